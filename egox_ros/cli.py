@@ -1,0 +1,92 @@
+"""`egox`: the command line of egox_ros (node, launch, replay, sample, config)."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from egox_ros.ros.node import main
+    main(["egox_node", *args.ros_args])
+    return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    """Start the nodes of launch_spec the way `ros2 launch egox_ros egox.launch.py` does."""
+    from egox_ros.ros.launch_spec import LAUNCH_ARGUMENTS, NODES, default_params_file, resolve
+    values = {a.name: a.default for a in LAUNCH_ARGUMENTS}
+    for item in args.arguments:
+        name, sep, value = item.partition(":=")
+        if not sep or name not in values:
+            print(f"egox launch: unknown launch argument {item!r}; known: "
+                  f"{', '.join(f'{a.name}:=<{a.default or empty}>' for a in LAUNCH_ARGUMENTS for empty in ['']) }",
+                  file=sys.stderr)
+            return 2
+        values[name] = value
+    procs = []
+    for spec in NODES:
+        cmd = [sys.executable, "-m", "egox_ros.ros.node", "--ros-args", "-r", f"__node:={spec.name}",
+               "--params-file", values["params_file"] or str(default_params_file()),
+               "-p", f"use_sim_time:={values['use_sim_time'].lower()}"]
+        if values["namespace"]:
+            cmd += ["-r", f"__ns:=/{values['namespace'].strip('/')}"]
+        for src, dst in spec.remappings:
+            cmd += ["-r", f"{src}:={resolve(dst, values)}"]
+        print("egox launch:", " ".join(cmd), file=sys.stderr)
+        procs.append(subprocess.Popen(cmd))
+
+    def stop(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    return max(p.wait() for p in procs)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from egox_ros.ros.replay import run
+    return run(args)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from egox_ros.tools.make_sample_bag import main
+    return main(args.rest) or 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from egox_ros.ros.config import default_parameters_yaml
+    sys.stdout.write(default_parameters_yaml())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="egox", description="EgoX for ROS 2: third-person camera to first-person "
+                                                              "video. See README.md.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("node", help="run the egox node (arguments after -- go to ROS: --ros-args -p name:=value ...)")
+    p.add_argument("ros_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_node)
+    p = sub.add_parser("launch", help="start the node(s) of launch/egox.launch.py without ros2cli "
+                                      "(arguments: name:=value, e.g. exo_image:=/camera/image_raw use_sim_time:=true)")
+    p.add_argument("arguments", nargs="*")
+    p.set_defaults(func=_cmd_launch)
+    from egox_ros.ros.replay import add_arguments
+    p = sub.add_parser("replay", help="replay a rosbag2 bag through the node in lockstep; record outputs, "
+                                      "contact sheet and metrics")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_replay)
+    p = sub.add_parser("sample", help="rebuild the bundled sample bag from ../shared/data/tum_rgbd")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_sample)
+    p = sub.add_parser("config", help="print the default parameter file (config/egox.yaml)")
+    p.set_defaults(func=_cmd_config)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

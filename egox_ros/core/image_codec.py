@@ -1,0 +1,255 @@
+"""Conversion between ``sensor_msgs/msg/Image`` byte buffers and numpy arrays.
+
+A small, dependency-free stand-in for ``cv_bridge`` (which is not available from
+PyPI for ROS 2).  Decoding builds a strided numpy view straight on top of the
+message buffer, so an image whose layout already matches the result (``rgb8``,
+``mono8``, little-endian ``16UC1``/``32FC1`` on a little-endian host, no row
+padding) costs no copy at all; every other case costs exactly one vectorised
+copy.  No per-pixel Python loops anywhere.
+
+Results that are zero-copy views of ``data`` are read-only when ``data`` is
+immutable (``bytes``); pass ``copy=True`` to :func:`decode_image` to always get
+a fresh, writable array.
+"""
+
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ImageDecodeError",
+    "SUPPORTED_ENCODINGS",
+    "ENCODABLE_ENCODINGS",
+    "decode_image",
+    "decode_rgb",
+    "decode_depth_m",
+    "encode_image",
+]
+
+Buffer = bytes | bytearray | memoryview | array.array
+
+
+class ImageDecodeError(ValueError):
+    """An image buffer cannot be interpreted with the given encoding/size/step."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    channels: int
+    base: str  # numpy kind+size without byte order: 'u1', 'u2', 'f4'
+    order: tuple[int, ...] | None  # source channel indices giving R, G, B (None: single channel)
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.base[1:])
+
+    @property
+    def bytes_per_pixel(self) -> int:
+        return self.channels * self.itemsize
+
+
+_LAYOUTS: dict[str, _Layout] = {
+    "rgb8": _Layout(3, "u1", (0, 1, 2)),
+    "bgr8": _Layout(3, "u1", (2, 1, 0)),
+    "rgba8": _Layout(4, "u1", (0, 1, 2)),
+    "bgra8": _Layout(4, "u1", (2, 1, 0)),
+    "mono8": _Layout(1, "u1", None),
+    "mono16": _Layout(1, "u2", None),
+    "16UC1": _Layout(1, "u2", None),
+    "32FC1": _Layout(1, "f4", None),
+    # OpenCV-style aliases.
+    "8UC1": _Layout(1, "u1", None),
+    "8UC3": _Layout(3, "u1", (2, 1, 0)),
+}
+
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_LAYOUTS)
+ENCODABLE_ENCODINGS: tuple[str, ...] = ("rgb8", "mono8", "mono16", "16UC1", "32FC1")
+
+
+def _layout(encoding: str) -> _Layout:
+    try:
+        return _LAYOUTS[encoding]
+    except (KeyError, TypeError):
+        raise ImageDecodeError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+        ) from None
+
+
+def _as_u8(data: Buffer, encoding: str) -> np.ndarray:
+    try:
+        buf = np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(
+            f"{encoding} image: data of type {type(data).__name__} is not a contiguous byte buffer ({exc})"
+        ) from None
+    return buf
+
+
+def _strided_view(
+    data: Buffer,
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    is_bigendian: bool,
+) -> tuple[np.ndarray, _Layout]:
+    """A zero-copy (H, W, C) view of ``data`` in the buffer's own byte order."""
+    layout = _layout(encoding)
+    for name, value in (("height", height), ("width", width), ("step", step)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ImageDecodeError(
+                f"{encoding} image {width}x{height} step {step}: {name} must be a non-negative integer, got {value!r}"
+            )
+    height, width, step = int(height), int(width), int(step)
+    row_bytes = width * layout.bytes_per_pixel
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f"{encoding} image {width}x{height}: step {step} is too small, expected at least "
+            f"width * {layout.bytes_per_pixel} bytes/pixel = {row_bytes}"
+        )
+    buf = _as_u8(data, encoding)
+    needed = step * height
+    if buf.size < needed:
+        raise ImageDecodeError(
+            f"{encoding} image {width}x{height} step {step}: data too short, expected at least "
+            f"step * height = {needed} bytes, got {buf.size}"
+        )
+    byteorder = ">" if is_bigendian else "<"
+    dtype = np.dtype(layout.base if layout.itemsize == 1 else byteorder + layout.base)
+    if height == 0 or width == 0:
+        return np.zeros((height, width, layout.channels), dtype=dtype), layout
+    view = np.ndarray(
+        shape=(height, width, layout.channels),
+        dtype=dtype,
+        buffer=buf,
+        offset=0,
+        strides=(step, layout.bytes_per_pixel, layout.itemsize),
+    )
+    return view, layout
+
+
+def decode_image(
+    data: Buffer,
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    is_bigendian: bool,
+    *,
+    copy: bool = False,
+) -> np.ndarray:
+    """Decode an Image message buffer.
+
+    Returns (H, W, 3) uint8 RGB for colour encodings (alpha dropped, BGR
+    reordered), (H, W) uint8 for mono8/8UC1, (H, W) uint16 for mono16/16UC1 and
+    (H, W) float32 for 32FC1, always C-contiguous and in native byte order.
+    Row padding (``step`` larger than ``width * bytes_per_pixel``) is skipped.
+
+    Raises:
+        ImageDecodeError: unknown encoding, inconsistent step, or too little data.
+    """
+    view, layout = _strided_view(data, encoding, height, width, step, is_bigendian)
+    if layout.order is not None:
+        if layout.order == (0, 1, 2) and layout.channels == 3:
+            out = view
+        else:
+            # Fancy indexing over the channel axis: one gather, contiguous result.
+            out = view[..., list(layout.order)] if layout.order != (0, 1, 2) else view[..., :3]
+    else:
+        out = view[..., 0]
+        if out.dtype.itemsize > 1 and not out.dtype.isnative:
+            out = out.astype(out.dtype.newbyteorder("="))
+    out = np.ascontiguousarray(out)
+    if copy and np.may_share_memory(out, view):
+        out = out.copy()
+    return out
+
+
+def decode_rgb(
+    data: Buffer,
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    is_bigendian: bool,
+) -> np.ndarray:
+    """Decode any supported colour or mono encoding to (H, W, 3) uint8 RGB.
+
+    mono8 is replicated to three channels; mono16/16UC1 is scaled by ``>> 8``.
+    32FC1 has no meaningful colour mapping and raises :class:`ImageDecodeError`.
+    """
+    layout = _layout(encoding)
+    if layout.base == "f4":
+        raise ImageDecodeError(
+            f"cannot convert {encoding} image {width}x{height} to rgb8: float images have no colour mapping"
+        )
+    img = decode_image(data, encoding, height, width, step, is_bigendian)
+    if img.ndim == 3:
+        return img
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    return np.repeat(img[:, :, None], 3, axis=2)
+
+
+def decode_depth_m(
+    data: Buffer,
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    is_bigendian: bool,
+) -> np.ndarray:
+    """Decode a depth image to (H, W) float32 metres, NaN where there is no reading.
+
+    16UC1/mono16 hold millimetres (0 = no reading); 32FC1 holds metres (0,
+    negative, infinite and NaN values become NaN).
+    """
+    if encoding in ("16UC1", "mono16"):
+        mm = decode_image(data, encoding, height, width, step, is_bigendian)
+        out = mm.astype(np.float32)
+        out *= np.float32(0.001)
+        out[mm == 0] = np.nan
+        return out
+    if encoding == "32FC1":
+        # Always copy: the result is modified in place below.
+        out = decode_image(data, encoding, height, width, step, is_bigendian, copy=True)
+        with np.errstate(invalid="ignore"):
+            out[~(np.isfinite(out) & (out > 0))] = np.nan
+        return out
+    raise ImageDecodeError(f"depth must be 16UC1 (mm) or 32FC1 (m), got {encoding!r} ({width}x{height})")
+
+
+def encode_image(array: np.ndarray, encoding: str) -> tuple[bytes, int]:
+    """Encode an array as little-endian Image bytes; returns ``(data, step)``.
+
+    Accepted: rgb8 (H, W, 3) uint8, mono8 (H, W) uint8, 16UC1/mono16 (H, W)
+    uint16, 32FC1 (H, W) float32.  Rows are packed (``step = width * bpp``).
+
+    Raises:
+        ValueError: unsupported encoding, or an array of the wrong dtype/shape.
+    """
+    expected = {
+        "rgb8": (np.dtype(np.uint8), 3),
+        "mono8": (np.dtype(np.uint8), 2),
+        "mono16": (np.dtype(np.uint16), 2),
+        "16UC1": (np.dtype(np.uint16), 2),
+        "32FC1": (np.dtype(np.float32), 2),
+    }
+    if encoding not in expected:
+        raise ValueError(
+            f"cannot encode {encoding!r}; supported: {', '.join(ENCODABLE_ENCODINGS)}"
+        )
+    arr = np.asarray(array)
+    dtype, ndim = expected[encoding]
+    shape_ok = arr.ndim == ndim and (ndim == 2 or arr.shape[2] == 3)
+    if not shape_ok:
+        want = "(H, W, 3)" if ndim == 3 else "(H, W)"
+        raise ValueError(f"{encoding} needs an array of shape {want}, got shape {arr.shape}")
+    if arr.dtype.kind != dtype.kind or arr.dtype.itemsize != dtype.itemsize:
+        raise ValueError(f"{encoding} needs dtype {dtype.name}, got {arr.dtype}")
+    little = arr.astype(dtype.newbyteorder("<"), copy=False)
+    step = arr.shape[1] * (3 if ndim == 3 else 1) * dtype.itemsize
+    return little.tobytes(), step

@@ -1,0 +1,76 @@
+"""Conversions between ROS messages and the core's numpy / camera / transform types."""
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, Transform, TransformStamped
+from sensor_msgs.msg import CameraInfo, Image
+
+from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.image_codec import decode_depth_m, decode_rgb, encode_image
+from egox_ros.core.transforms import RigidTransform
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(stamp_ns: int) -> Time:
+    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any supported colour or mono encoding; raises ImageDecodeError."""
+    return decode_rgb(msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
+
+
+def image_to_depth_m(msg: Image) -> np.ndarray:
+    """(H, W) float32 metres (NaN = no reading) from 16UC1 mm or 32FC1 m; raises ImageDecodeError."""
+    return decode_depth_m(msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
+
+
+def array_to_image(array: np.ndarray, encoding: str, stamp: Time, frame_id: str) -> Image:
+    data, step = encode_image(array, encoding)
+    msg = Image(height=array.shape[0], width=array.shape[1], encoding=encoding, is_bigendian=0, step=step)
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.data = data
+    return msg
+
+
+def camera_info_to_camera(msg: CameraInfo) -> PinholeCamera:
+    """Camera model from CameraInfo; raises ValueError for unsupported distortion models or bad intrinsics."""
+    return PinholeCamera.from_camera_info(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model)
+
+
+def camera_to_camera_info(camera: PinholeCamera, stamp: Time, frame_id: str) -> CameraInfo:
+    msg = CameraInfo(width=camera.width, height=camera.height,
+                     distortion_model="plumb_bob", d=[0.0] * 5)
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.k = [camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [camera.fx, 0.0, camera.cx, 0.0, 0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def transform_msg_to_rigid(msg: Transform) -> RigidTransform:
+    t, q = msg.translation, msg.rotation
+    return RigidTransform(np.array([t.x, t.y, t.z]), np.array([q.x, q.y, q.z, q.w]))
+
+
+def pose_msg_to_rigid(msg: Pose) -> RigidTransform:
+    p, q = msg.position, msg.orientation
+    return RigidTransform(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+
+
+def rigid_to_transform_stamped(transform: RigidTransform, parent: str, child: str, stamp: Time) -> TransformStamped:
+    msg = TransformStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = parent
+    msg.child_frame_id = child
+    t, q = transform.translation_m, transform.rotation_xyzw
+    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = map(float, t)
+    (msg.transform.rotation.x, msg.transform.rotation.y,
+     msg.transform.rotation.z, msg.transform.rotation.w) = map(float, q)
+    return msg

@@ -1,0 +1,505 @@
+"""The egox node: exo camera + head pose in, ego view out. A thin ROS layer over egox_ros.core.
+
+Flow: every exo image becomes a pending frame that waits (bounded in count and wall time) for its camera info, depth
+and TF; once complete it enters the rolling window and the generator queue; a worker thread renders priors, runs the
+generator and publishes. Every image that arrives is either published or dropped with a reason, and each drop is
+published as a ClipMetadata with STATUS_DROPPED, counted in /diagnostics and in ~/progress.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+import transforms3d
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from egox_msgs.msg import ClipMetadata, NodeProgress
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Empty
+from tf2_msgs.msg import TFMessage
+
+from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.frames import ExoFrame, FrameWindow
+from egox_ros.core.generators import make_generator
+from egox_ros.core.image_codec import ImageDecodeError
+from egox_ros.core.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_camera_from_config
+from egox_ros.core.tf_buffer import ExtrapolationError, TfBufferCore, TfError
+from egox_ros.core.transforms import RigidTransform
+from egox_ros.ros import conversions as conv
+from egox_ros.ros.config import (DiagnosticsConfig, InputsConfig, OutputsConfig, QosConfig, SyncConfig,
+                                 parameter_sections)
+from egox_ros.ros.params import declare_config
+
+
+@dataclass
+class PendingFrame:
+    """An exo image waiting for its camera info, depth and TF."""
+    stamp_ns: int
+    rgb: np.ndarray
+    frame_id: str
+    arrived_s: float                  # monotonic
+    waiting_for: str = "inputs"       # what it waited for last (reported if it times out)
+
+
+@dataclass
+class FrameAccounting:
+    """Counts of the frame life cycle; invariant: received == published + dropped + waiting + queued."""
+    received: int = 0
+    published: int = 0
+    dropped: Counter = field(default_factory=Counter)   # reason code -> frames
+    last_received_ns: int = 0
+    received_times: deque = field(default_factory=lambda: deque(maxlen=1000))    # monotonic arrival times
+    published_times: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+PROGRESS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL)  # latched: late joiners get the current state
+
+
+def _qos(reliability: str, depth: int) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT)
+
+
+class EgoxNode(Node):
+    """ROS 2 node `egox`; see the module docstring and README for topics and parameters."""
+
+    def __init__(self, **kwargs):
+        super().__init__("egox", **kwargs)
+        configs = {name: declare_config(self, name, cls) for name, cls in parameter_sections().items()}
+        self.inputs: InputsConfig = configs["inputs"]
+        self.outputs: OutputsConfig = configs["outputs"]
+        self.qos: QosConfig = configs["qos"]
+        self.sync: SyncConfig = configs["sync"]
+        self.diag_config: DiagnosticsConfig = configs["diagnostics"]
+        ego_config, window_config = configs["ego_camera"], configs["window"]
+        prior_config, generator_config = configs["prior"], configs["generator"]
+
+        self.ego_camera: PinholeCamera = ego_camera_from_config(ego_config)
+        self.generator = make_generator(generator_config)
+        self.pipeline = EgoPipeline(PriorRenderer(prior_config, self.ego_camera, generator_config.device),
+                                    self.generator)
+        self.fusion_frames = prior_config.fusion_frames
+        self.window = FrameWindow(window_config)
+        self.tf = TfBufferCore(cache_time_s=self.sync.tf_cache_s)
+        rpy = self.outputs.head_to_ego_rpy_rad
+        self.head_T_ego = RigidTransform(
+            np.array(self.outputs.head_to_ego_xyz_m, float),
+            np.roll(transforms3d.euler.euler2quat(*rpy, axes="sxyz"), -1))  # wxyz -> xyzw
+        self.queue_capacity = max(self.sync.queue_capacity, self.generator.clip_frames)
+
+        # State shared by the input callbacks (serialised by one callback group), the timers and the worker.
+        self._lock = threading.Condition()
+        self._camera_info: CameraInfo | None = None
+        self._camera: PinholeCamera | None = None
+        self._depth: dict[int, np.ndarray] = {}          # stamp_ns -> depth_m
+        self._pending: dict[int, PendingFrame] = {}       # stamp_ns -> frame waiting for inputs
+        self._queue: deque[tuple[ExoFrame, list[ExoFrame]]] = deque()   # frame, its fusion context
+        self._in_generator = 0
+        self._flush_requested = False
+        self._last_accepted_ns = -1
+        self._stats = FrameAccounting()
+        self._notes: Counter = Counter()                  # non-frame events for diagnostics (bad depth, ...)
+        self._clip_seq = itertools.count()
+        self._running = True
+
+        inputs_group = MutuallyExclusiveCallbackGroup()
+        in_qos = _qos(self.qos.input_reliability, self.qos.input_depth)
+        out_qos = _qos(self.qos.output_reliability, self.qos.output_depth)
+        self.create_subscription(Image, "exo/image_raw", self._on_image, in_qos, callback_group=inputs_group)
+        self.create_subscription(CameraInfo, "exo/camera_info", self._on_camera_info, in_qos,
+                                 callback_group=inputs_group)
+        if self.inputs.use_depth:
+            self.create_subscription(Image, "exo/depth/image_raw", self._on_depth, in_qos, callback_group=inputs_group)
+        if self.inputs.head_source == "pose_topic":
+            self.create_subscription(PoseStamped, "head/pose", self._on_head_pose, in_qos,
+                                     callback_group=inputs_group)
+        tf_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        tf_static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                   durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), tf_qos,
+                                 callback_group=inputs_group)
+        self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), tf_static_qos,
+                                 callback_group=inputs_group)
+        self.create_subscription(Empty, "~/flush", self._on_flush, 10, callback_group=inputs_group)
+
+        self.pub_ego = self.create_publisher(Image, "ego/image_raw", out_qos)
+        self.pub_ego_info = self.create_publisher(CameraInfo, "ego/camera_info", out_qos)
+        self.pub_prior = self.create_publisher(Image, "ego/prior/image_raw", out_qos)
+        self.pub_mask = self.create_publisher(Image, "ego/prior/mask", out_qos)
+        self.pub_meta = self.create_publisher(ClipMetadata, "ego/clip_metadata",
+                                              _qos("reliable", max(100, self.qos.output_depth)))
+        self.pub_progress = self.create_publisher(NodeProgress, "~/progress", PROGRESS_QOS)
+        self.pub_tf = self.create_publisher(TFMessage, "/tf", tf_qos)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # timeouts run in wall time, also under use_sim_time
+        self.create_timer(min(0.1, self.sync.timeout_s / 2), self._expire_pending, callback_group=inputs_group,
+                          clock=steady)
+        self.create_timer(self.diag_config.period_s, self._publish_diagnostics, clock=steady)
+        self._worker = threading.Thread(target=self._work, name="egox-generator", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"egox ready: generator '{self.generator.name}' ({self.generator.clip_frames} frame(s) per clip), "
+            f"ego {self.ego_camera.width}x{self.ego_camera.height}, head from {self.inputs.head_source} "
+            f"'{self.inputs.head_frame}', depth {'on' if self.inputs.use_depth else 'off'}")
+        self._publish_progress()
+
+    # ------------------------------------------------------------------ inputs
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            camera = conv.camera_info_to_camera(msg)
+        except ValueError as e:
+            self._note("bad_camera_info", f"camera info rejected: {e}")
+            return
+        with self._lock:
+            self._camera_info, self._camera = msg, camera
+        self._resolve_pending()
+
+    def _on_depth(self, msg: Image) -> None:
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        try:
+            depth_m = conv.image_to_depth_m(msg)
+        except ImageDecodeError as e:
+            self._note("bad_depth", f"depth image at {stamp_ns * 1e-9:.3f} s rejected: {e}")
+            return
+        if not np.isfinite(depth_m).any():
+            self._note("depth_without_valid_pixels", f"depth image at {stamp_ns * 1e-9:.3f} s has no valid pixel "
+                                                     "(all zero / NaN): its frame gets an empty prior")
+        with self._lock:
+            self._depth[stamp_ns] = depth_m
+            while len(self._depth) > 2 * self.sync.max_waiting + 8:
+                del self._depth[min(self._depth)]
+        self._resolve_pending()
+
+    def _on_tf(self, msg: TFMessage, static: bool) -> None:
+        for t in msg.transforms:
+            stamp_ns = conv.stamp_to_ns(t.header.stamp)
+            if not static:
+                self._observe_time(stamp_ns)
+            try:
+                self.tf.set_transform(t.header.frame_id, t.child_frame_id, stamp_ns,
+                                      conv.transform_msg_to_rigid(t.transform), static=static)
+            except (TfError, ValueError) as e:
+                self._note("bad_tf", f"transform {t.header.frame_id} -> {t.child_frame_id} rejected: {e}")
+        self._resolve_pending()
+
+    def _on_head_pose(self, msg: PoseStamped) -> None:
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        self._observe_time(stamp_ns)
+        parent = msg.header.frame_id or self.inputs.world_frame
+        try:
+            self.tf.set_transform(parent, self.inputs.head_frame, stamp_ns, conv.pose_msg_to_rigid(msg.pose))
+        except (TfError, ValueError) as e:
+            self._note("bad_head_pose", f"head pose rejected: {e}")
+        self._resolve_pending()
+
+    def _on_image(self, msg: Image) -> None:
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        now = time.monotonic()
+        with self._lock:
+            self._stats.received += 1
+            self._stats.received_times.append(now)
+            self._stats.last_received_ns = max(self._stats.last_received_ns, stamp_ns)
+        self._observe_time(stamp_ns)
+        try:
+            rgb = conv.image_to_rgb(msg)
+        except ImageDecodeError as e:
+            self._drop([stamp_ns], "bad_image", str(e))
+            return
+        frame_id = self.inputs.exo_frame or msg.header.frame_id
+        with self._lock:
+            if not frame_id:
+                reason = ("bad_image", "exo image has an empty header.frame_id and inputs.exo_frame is not set")
+            elif stamp_ns in self._pending:
+                reason = ("duplicate_stamp", f"another image with stamp {stamp_ns * 1e-9:.6f} s is already waiting")
+            elif stamp_ns <= self._last_accepted_ns:
+                reason = ("out_of_order_stamp", f"stamp {stamp_ns * 1e-9:.6f} s is not after the last accepted "
+                                                f"frame {self._last_accepted_ns * 1e-9:.6f} s")
+            else:
+                reason = None
+                self._pending[stamp_ns] = PendingFrame(stamp_ns, rgb, frame_id, now)
+                overflow = sorted(self._pending)[:-self.sync.max_waiting] if len(self._pending) > self.sync.max_waiting else []
+                for s in overflow:
+                    del self._pending[s]
+        if reason:
+            self._drop([stamp_ns], *reason)
+            return
+        if overflow:
+            self._drop(overflow, "too_many_waiting", f"more than sync.max_waiting={self.sync.max_waiting} frames "
+                                                     "waited for their inputs")
+        self._resolve_pending()
+
+    def _on_flush(self, _msg: Empty) -> None:
+        """End of stream: drop frames still waiting for inputs and let the worker finish partial clips."""
+        with self._lock:
+            waiting = sorted(self._pending.values(), key=lambda p: p.stamp_ns)
+            self._pending.clear()
+            self._flush_requested = True
+            self._lock.notify_all()
+        for p in waiting:
+            self._drop([p.stamp_ns], "end_of_stream", f"stream ended while the frame waited for {p.waiting_for}")
+        self._publish_progress()
+
+    # ------------------------------------------------------------- synchronisation
+    def _observe_time(self, stamp_ns: int) -> None:
+        """A stamp far behind the newest seen (a looping bag) resets TF, window and sync state."""
+        if not self.tf.observe_clock(stamp_ns, int(self.sync.time_jump_back_s * 1e9)):
+            return
+        self.window.clear()
+        with self._lock:
+            self._depth.clear()
+            self._last_accepted_ns = -1
+            stale = [s for s in self._pending if s > stamp_ns]
+            for s in stale:
+                del self._pending[s]
+        self.get_logger().warn(f"time jumped back to {stamp_ns * 1e-9:.3f} s: TF buffer, window and sync reset")
+        self._notes["time_jump_back"] += 1
+        if stale:
+            self._drop(stale, "time_jump_back", "time jumped back while the frame waited for inputs")
+
+    def _resolve_pending(self) -> None:
+        """Move pending frames whose inputs are all there into the window and the generator queue, oldest first."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    break
+                pending = self._pending[min(self._pending)]
+                outcome = self._try_complete(pending)
+                if outcome is None:        # still waiting: later frames wait behind it to keep stamps in order
+                    break
+                del self._pending[pending.stamp_ns]
+                if isinstance(outcome, ExoFrame):
+                    if len(self._queue) >= self.queue_capacity:
+                        outcome = ("generator_busy", f"generator queue full ({self.queue_capacity} frames)")
+                    else:
+                        self._last_accepted_ns = pending.stamp_ns
+                        self.window.append(outcome)
+                        context = self.window.newest(self.fusion_frames, up_to_ns=pending.stamp_ns)
+                        self._queue.append((outcome, context))
+                        self._lock.notify_all()
+            if isinstance(outcome, tuple):
+                self._drop([pending.stamp_ns], *outcome)
+            else:
+                self._publish_progress()
+
+    def _try_complete(self, p: PendingFrame) -> ExoFrame | tuple[str, str] | None:
+        """The complete frame, a (reason, detail) drop, or None to keep waiting. Called with the lock held."""
+        if self._camera_info is None:
+            p.waiting_for = "camera info on exo/camera_info"
+            return None
+        h, w = p.rgb.shape[:2]
+        if (self._camera_info.height, self._camera_info.width) != (h, w):
+            return ("camera_info_mismatch", f"image is {w}x{h} but camera info says "
+                                            f"{self._camera_info.width}x{self._camera_info.height}")
+        depth_m = None
+        if self.inputs.use_depth:
+            tol = int(self.sync.depth_tolerance_s * 1e9)
+            near = [s for s in self._depth if abs(s - p.stamp_ns) <= tol]
+            if not near:
+                p.waiting_for = f"a depth image within {self.sync.depth_tolerance_s} s on exo/depth/image_raw"
+                return None
+            depth_m = self._depth[min(near, key=lambda s: abs(s - p.stamp_ns))]
+            if depth_m.shape != (h, w):
+                return ("depth_mismatch", f"depth is {depth_m.shape[1]}x{depth_m.shape[0]}, image is {w}x{h}")
+        try:
+            world_T_exo = self.tf.lookup_transform(self.inputs.world_frame, p.frame_id, p.stamp_ns)
+            world_T_head = self.tf.lookup_transform(self.inputs.world_frame, self.inputs.head_frame, p.stamp_ns)
+        except ExtrapolationError as e:
+            if e.direction == "past":
+                return ("tf_extrapolation_past", str(e))
+            p.waiting_for = f"TF: {e}"
+            return None
+        except TfError as e:
+            p.waiting_for = f"TF: {e}"
+            return None
+        return ExoFrame(stamp_ns=p.stamp_ns, rgb=p.rgb, depth_m=depth_m, camera=self._camera,
+                        world_T_exo=world_T_exo.as_matrix(),
+                        world_T_ego=(world_T_head @ self.head_T_ego).as_matrix(), exo_frame_id=p.frame_id)
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            expired = [p for p in self._pending.values() if now - p.arrived_s > self.sync.timeout_s]
+            for p in expired:
+                del self._pending[p.stamp_ns]
+        for p in sorted(expired, key=lambda p: p.stamp_ns):
+            code = "tf_unavailable" if p.waiting_for.startswith("TF") else (
+                "camera_info_missing" if "camera info" in p.waiting_for else "depth_missing")
+            self._drop([p.stamp_ns], code, f"waited {self.sync.timeout_s} s for {p.waiting_for}")
+        if expired:
+            self._resolve_pending()
+
+    # ------------------------------------------------------------------ generation
+    def _work(self) -> None:
+        clip_frames = self.generator.clip_frames
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: not self._running or len(self._queue) >= clip_frames
+                                    or (self._flush_requested and self._queue) or self._flush_requested)
+                if not self._running:
+                    return
+                if len(self._queue) < clip_frames:
+                    partial = [self._queue.popleft() for _ in range(len(self._queue))]
+                    self._flush_requested = False
+                    clip = []
+                else:
+                    partial = []
+                    clip = [self._queue.popleft() for _ in range(clip_frames)]
+                    self._in_generator = len(clip)
+            if partial:
+                self._drop([f.stamp_ns for f, _ in partial], "end_of_stream",
+                           f"incomplete clip at the end of the stream ({len(partial)} of {clip_frames} frames)")
+            if clip:
+                self._generate(clip)
+
+    def _generate(self, clip: list[tuple[ExoFrame, list[ExoFrame]]]) -> None:
+        frames = [f for f, _ in clip]
+        started = time.monotonic()
+        try:
+            output = self.pipeline.run(frames, [c for _, c in clip])
+        except Exception as e:  # noqa: BLE001 - a failing generator must not take the node down
+            self.get_logger().error(f"generator '{self.generator.name}' failed: {type(e).__name__}: {e}")
+            with self._lock:
+                self._in_generator = 0
+            self._drop([f.stamp_ns for f in frames], "generator_failed", f"{type(e).__name__}: {e}",
+                       status=ClipMetadata.STATUS_FAILED)
+            return
+        self._publish_clip(output, latency_s=time.monotonic() - started)
+
+    def _publish_clip(self, output: ClipOutput, latency_s: float) -> None:
+        frames = output.request.frames
+        ego_frame = self.outputs.ego_frame
+        for frame, prior, rgb, valid in zip(frames, output.request.priors, output.result.rgb, output.result.valid):
+            stamp = conv.ns_to_stamp(frame.stamp_ns)
+            if self.outputs.publish_tf:
+                world_T_ego = RigidTransform.from_matrix(frame.world_T_ego)
+                self.pub_tf.publish(TFMessage(transforms=[conv.rigid_to_transform_stamped(
+                    world_T_ego, self.inputs.world_frame, ego_frame, stamp)]))
+            self.pub_prior.publish(conv.array_to_image(prior.rgb, "rgb8", stamp, ego_frame))
+            self.pub_mask.publish(conv.array_to_image(valid.astype(np.uint8) * 255, "mono8", stamp, ego_frame))
+            self.pub_ego_info.publish(conv.camera_to_camera_info(self.ego_camera, stamp, ego_frame))
+            self.pub_ego.publish(conv.array_to_image(rgb, "rgb8", stamp, ego_frame))
+        meta = self._metadata([f.stamp_ns for f in frames], ClipMetadata.STATUS_OK, "")
+        meta.exo_frame_id = frames[0].exo_frame_id
+        meta.prior_coverage = [p.coverage for p in output.request.priors]
+        meta.prior_time_s = output.prior_time_s
+        meta.generation_time_s = output.generation_time_s
+        meta.latency_s = latency_s
+        now = time.monotonic()
+        with self._lock:
+            self._in_generator = 0
+            self._stats.published += len(frames)
+            self._stats.published_times.extend([now] * len(frames))
+        self.pub_meta.publish(meta)
+        self._publish_progress()
+
+    # ---------------------------------------------------------------- accounting
+    def _metadata(self, stamps_ns: list[int], status: int, reason: str) -> ClipMetadata:
+        meta = ClipMetadata(status=status, reason=reason, generator=self.generator.name,
+                            clip_id=f"{self.get_name()}-{next(self._clip_seq)}",
+                            ego_frame_id=self.outputs.ego_frame, exo_frame_id=self.inputs.exo_frame)
+        meta.header.stamp = conv.ns_to_stamp(stamps_ns[0])
+        meta.header.frame_id = self.outputs.ego_frame
+        meta.source_stamps = [conv.ns_to_stamp(s) for s in stamps_ns]
+        meta.generator_settings = [KeyValue(key=k, value=v) for k, v in self.generator.settings().items()]
+        return meta
+
+    def _drop(self, stamps_ns: list[int], code: str, detail: str, status: int = ClipMetadata.STATUS_DROPPED) -> None:
+        """Count frames as dropped, log it (throttled) and publish one ClipMetadata per frame saying why."""
+        with self._lock:
+            self._stats.dropped[code] += len(stamps_ns)
+        self.get_logger().warn(f"dropped {len(stamps_ns)} frame(s) [{code}]: {detail}", throttle_duration_sec=1.0)
+        for s in stamps_ns:
+            self.pub_meta.publish(self._metadata([s], status, f"{code}: {detail}"))
+        self._publish_progress()
+
+    def _note(self, code: str, detail: str) -> None:
+        """A problem with a non-frame input (depth, camera info, TF): counted in diagnostics and logged."""
+        with self._lock:
+            self._notes[code] += 1
+        self.get_logger().warn(detail, throttle_duration_sec=1.0)
+
+    def progress(self) -> NodeProgress:
+        with self._lock:
+            s = self._stats
+            return NodeProgress(last_received_stamp=conv.ns_to_stamp(s.last_received_ns),
+                                frames_received=s.received, frames_published=s.published,
+                                frames_dropped=sum(s.dropped.values()), frames_waiting=len(self._pending),
+                                frames_queued=len(self._queue) + self._in_generator,
+                                queue_capacity=self.queue_capacity)
+
+    def _publish_progress(self) -> None:
+        self.pub_progress.publish(self.progress())
+
+    def _publish_diagnostics(self) -> None:
+        progress = self.progress()
+        now = time.monotonic()
+        period = self.diag_config.period_s
+        with self._lock:
+            rate_in = sum(1 for t in self._stats.received_times if now - t <= period) / period
+            rate_out = sum(1 for t in self._stats.published_times if now - t <= period) / period
+            dropped = dict(self._stats.dropped)
+            notes = dict(self._notes)
+        values = {
+            "generator": self.generator.name, "input_rate_hz": f"{rate_in:.2f}", "output_rate_hz": f"{rate_out:.2f}",
+            "window_frames": str(len(self.window)), "frames_received": str(progress.frames_received),
+            "frames_published": str(progress.frames_published), "frames_dropped": str(progress.frames_dropped),
+            "frames_waiting": str(progress.frames_waiting), "frames_queued": str(progress.frames_queued),
+        }
+        values.update({f"dropped.{k}": str(v) for k, v in sorted(dropped.items())})
+        values.update({f"input_problems.{k}": str(v) for k, v in sorted(notes.items())})
+        level = DiagnosticStatus.OK
+        message = "ok"
+        if dropped or notes:
+            level, message = DiagnosticStatus.WARN, "frames dropped or inputs rejected; see values"
+        if self._camera_info is None and progress.frames_received:
+            level, message = DiagnosticStatus.WARN, "no camera info received on exo/camera_info"
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: frames", message=message,
+                                  hardware_id="egox",
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(array)
+
+    def destroy_node(self) -> None:
+        with self._lock:
+            self._running = False
+            self._lock.notify_all()
+            left = len(self._pending) + len(self._queue)
+        if left:
+            self.get_logger().warn(f"shutting down with {left} frame(s) not yet published (waiting or queued)")
+        self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = EgoxNode()
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""Offline replay: play a rosbag2 bag into the live graph in lockstep with the egox node, record its outputs.
+
+`egox replay IN_BAG -o OUT_DIR` starts the node (unless --attach), plays every message of IN_BAG (sqlite3 or MCAP)
+with /clock, sends the next exo image only once the node has taken the previous one and has room in its generator
+queue (egox_msgs/NodeProgress), so nothing is dropped however slow the generator is; records every output into
+OUT_DIR/bag (MCAP) and writes OUT_DIR/contact_sheet.png and OUT_DIR/metrics.json. All DDS traffic stays on this
+machine (shared memory, localhost discovery, a private domain id).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from egox_ros.ros.dds import apply_isolated_env
+
+OUTPUT_TOPICS = {  # topic -> type; all relative to the node's namespace (root by default)
+    "/ego/image_raw": "sensor_msgs/msg/Image",
+    "/ego/camera_info": "sensor_msgs/msg/CameraInfo",
+    "/ego/prior/image_raw": "sensor_msgs/msg/Image",
+    "/ego/prior/mask": "sensor_msgs/msg/Image",
+    "/ego/clip_metadata": "egox_msgs/msg/ClipMetadata",
+    "/tf": "tf2_msgs/msg/TFMessage",          # only the node's world -> ego frame transforms are recorded
+    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
+}
+
+
+class ReplayError(RuntimeError):
+    """The replay could not finish; the message says why and what to check."""
+
+
+def typestore_with_egox_msgs():
+    """rosbags typestore for ROS 2 Kilted plus egox_msgs (from its installed or source .msg files)."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+    store = get_typestore(Stores.ROS2_KILTED)
+    candidates = [Path(__file__).resolve().parents[2] / "msg" / "egox_msgs" / "msg"]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidates.insert(0, Path(get_package_share_directory("egox_msgs")) / "msg")
+    except Exception:  # noqa: BLE001 - not installed through ament: use the source tree
+        pass
+    msg_dir = next((d for d in candidates if d.is_dir()), None)
+    if msg_dir is None:
+        raise ReplayError(f"egox_msgs .msg files not found in {[str(c) for c in candidates]}")
+    types = {}
+    for path in sorted(msg_dir.glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"egox_msgs/msg/{path.stem}"))
+    store.register(types)
+    return store
+
+
+def _message_class(type_name: str):
+    package, _, name = type_name.split("/")
+    return getattr(importlib.import_module(f"{package}.msg"), name)
+
+
+@dataclass
+class ReplayResult:
+    images_sent: int
+    out_bag: Path
+    metrics_path: Path
+    contact_sheet_path: Path
+    metrics: dict = field(default_factory=dict)
+
+
+class _Recorder:
+    """Subscribes (raw CDR) to the node's outputs and writes them to an MCAP bag, stamped with their header stamps."""
+
+    def __init__(self, node, out_bag: Path, typestore, ego_frame: str):
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        self.typestore = typestore
+        self.ego_frame = ego_frame
+        self.writer = Writer(out_bag, version=8, storage_plugin=StoragePlugin.MCAP)
+        self.writer.open()
+        self.lock = threading.Lock()
+        self.connections = {}
+        self.counts: dict[str, int] = {}
+        self.metadata: list = []   # deserialised ClipMetadata
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        self.subscriptions = []
+        for topic, type_name in OUTPUT_TOPICS.items():
+            self.connections[topic] = self.writer.add_connection(topic, type_name, typestore=typestore)
+            self.counts[topic] = 0
+            self.subscriptions.append(node.create_subscription(
+                _message_class(type_name), topic, lambda raw, t=topic, n=type_name: self._on(t, n, raw), qos,
+                raw=True))
+
+    def _on(self, topic: str, type_name: str, raw: bytes) -> None:
+        msg = self.typestore.deserialize_cdr(raw, type_name)
+        if topic == "/tf":
+            if not any(t.child_frame_id == self.ego_frame for t in msg.transforms):
+                return  # the replayed bag's own TF, not an output
+            stamp = msg.transforms[0].header.stamp
+        elif topic == "/diagnostics":
+            stamp = msg.header.stamp
+        else:
+            stamp = msg.header.stamp
+        with self.lock:
+            if self.writer is None:
+                return
+            self.writer.write(self.connections[topic], stamp.sec * 1_000_000_000 + stamp.nanosec, bytes(raw))
+            self.counts[topic] += 1
+            if topic == "/ego/clip_metadata":
+                self.metadata.append(msg)
+
+    def frames_accounted(self) -> int:
+        with self.lock:
+            return sum(len(m.source_stamps) for m in self.metadata)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+
+
+class _Player:
+    """Plays a bag's messages as raw CDR on matching publishers, with /clock; tracks the node's NodeProgress."""
+
+    def __init__(self, node, reader, exo_topic: str):
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+        from std_msgs.msg import Empty
+        from egox_msgs.msg import NodeProgress
+        self.node = node
+        self.exo_topic = exo_topic
+        self.publishers = {}
+        self.skipped: dict[str, str] = {}
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        for conn in reader.connections:
+            if conn.topic in self.publishers or conn.topic in self.skipped:
+                continue
+            try:
+                cls = _message_class(conn.msgtype)
+            except (ImportError, AttributeError, ValueError):
+                self.skipped[conn.topic] = conn.msgtype
+                continue
+            qos = reliable
+            if conn.topic == "/tf_static":
+                qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.publishers[conn.topic] = node.create_publisher(cls, conn.topic, qos)
+        self.clock_pub = node.create_publisher(Clock, "/clock", 10)
+        self.flush_pub = node.create_publisher(Empty, "/egox/flush", 10)
+        self.progress = None
+        self.progress_changed = threading.Condition()
+        from egox_ros.ros.node import PROGRESS_QOS
+        node.create_subscription(NodeProgress, "/egox/progress", self._on_progress, PROGRESS_QOS)
+
+    def _on_progress(self, msg) -> None:
+        with self.progress_changed:
+            self.progress = msg
+            self.progress_changed.notify_all()
+
+    def publish_clock(self, stamp_ns: int) -> None:
+        from rosgraph_msgs.msg import Clock
+        from egox_ros.ros.conversions import ns_to_stamp
+        self.clock_pub.publish(Clock(clock=ns_to_stamp(stamp_ns)))
+
+
+def _wait(condition, predicate, what: str, stall_timeout_s: float, alive, snapshot) -> None:
+    """Wait until predicate() holds; fail if snapshot() stays the same for stall_timeout_s or the node died."""
+    deadline = time.monotonic() + stall_timeout_s
+    last = None
+    with condition:
+        while not predicate():
+            state = alive()
+            if state is not None:
+                raise ReplayError(f"while waiting for {what}: {state}")
+            state = repr(snapshot())
+            if state != last:
+                last, deadline = state, time.monotonic() + stall_timeout_s
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplayError(f"no progress for {stall_timeout_s:.0f} s while waiting for {what}")
+            condition.wait(timeout=min(0.5, remaining))
+
+
+def _wait_for_matches(node, endpoints, timeout_s: float, alive) -> None:
+    """Wait until every (kind, entity) pair has matched: ('pub', publisher) needs a subscriber, ('sub', sub) a publisher."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [name for kind, ent, name in endpoints
+                   if (ent.get_subscription_count() if kind == "pub" else ent.get_publisher_count()) == 0]
+        if not missing:
+            return
+        state = alive()
+        if state is not None:
+            raise ReplayError(f"while waiting for the node's topics: {state}")
+        if time.monotonic() > deadline:
+            raise ReplayError(f"these topics did not match the node within {timeout_s:.0f} s: {missing}. "
+                              "Is the node running in the same ROS_DOMAIN_ID with the same topic names?")
+        time.sleep(0.05)
+
+
+def _start_node(params_file: str | None, overrides: list[str], log_path: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "egox_ros.ros.node", "--ros-args", "-r", "__node:=egox"]
+    from egox_ros.ros.launch_spec import default_params_file
+    cmd += ["--params-file", params_file or str(default_params_file())]
+    # Lockstep needs lossless inputs (reliable, deep enough for the TF and depth between two images) and sim time.
+    cmd += ["-p", "use_sim_time:=true", "-p", "qos.input_reliability:=reliable", "-p", "qos.input_depth:=100"]
+    for o in overrides:
+        cmd += ["-p", o]
+    log = open(log_path, "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+
+
+def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
+           exo_topic: str = "/exo/image_raw", gt_topic: str = "/ego/ground_truth/image_raw",
+           attach: bool = False, stall_timeout_s: float = 300.0, sheet_frames: int = 6, progress_bar: bool = True,
+           domain_id: int | None = None) -> ReplayResult:
+    """Run the whole replay; see the module docstring. Raises ReplayError with a clear message on failure."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rosbags.highlevel import AnyReader
+    from tqdm import tqdm
+
+    in_bag = Path(in_bag)
+    if not in_bag.exists():
+        raise ReplayError(f"input bag {in_bag} does not exist")
+    out_dir = Path(out_dir)
+    out_bag = out_dir / "bag"
+    if out_bag.exists():
+        shutil.rmtree(out_bag)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not attach:
+        apply_isolated_env(domain_id)
+    typestore = typestore_with_egox_msgs()
+
+    try:
+        reader = AnyReader([in_bag])
+        reader.open()
+    except Exception as e:  # noqa: BLE001 - rosbags raises several types for broken bags
+        raise ReplayError(f"cannot open {in_bag} as a rosbag2 bag (sqlite3 or MCAP): {type(e).__name__}: {e}") from e
+    image_conns = [c for c in reader.connections if c.topic == exo_topic]
+    if not image_conns:
+        raise ReplayError(f"{in_bag} has no {exo_topic} topic; topics: {sorted({c.topic for c in reader.connections})}")
+    total_images = sum(c.msgcount for c in image_conns)
+
+    node_proc = None
+    node_log = out_dir / "node.log"
+    if not attach:
+        node_proc = _start_node(params_file, overrides or [], node_log)
+
+    def alive():
+        if node_proc is not None and node_proc.poll() is not None:
+            tail = node_log.read_text()[-3000:] if node_log.exists() else ""
+            return f"the egox node exited with code {node_proc.returncode}; its log ({node_log}):\n{tail}"
+        return None
+
+    rclpy.init()
+    node = rclpy.create_node("egox_replay")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    player = _Player(node, reader, exo_topic)
+    recorder = _Recorder(node, out_bag, typestore, ego_frame=_ego_frame(params_file, overrides or []))
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    started = time.monotonic()
+    images_sent = 0
+    truncated = None
+    try:
+        endpoints = [("pub", player.publishers[t], t) for t in (exo_topic, "/exo/camera_info") if t in player.publishers]
+        endpoints += [("sub", s, t) for s, t in zip(recorder.subscriptions, OUTPUT_TOPICS) if t == "/ego/clip_metadata"]
+        _wait_for_matches(node, endpoints, 60.0, alive)
+        with player.progress_changed:
+            player.progress_changed.wait_for(lambda: player.progress is not None, timeout=30.0)
+        if player.progress is None:
+            raise ReplayError("the node's /egox/progress never arrived; is the node an egox node?")
+        bar = tqdm(total=total_images, unit="frame", desc="replay", disable=not progress_bar)
+        last_clock = -1
+        try:
+            for conn, log_ns, raw in reader.messages():
+                if conn.topic not in player.publishers:
+                    continue
+                if log_ns > last_clock:
+                    player.publish_clock(log_ns)
+                    last_clock = log_ns
+                player.publishers[conn.topic].publish(raw)
+                if conn.topic == exo_topic:
+                    images_sent += 1
+                    n = images_sent
+                    _wait(player.progress_changed,
+                          lambda: player.progress.frames_received >= n
+                          and player.progress.frames_queued < player.progress.queue_capacity,
+                          f"the node to take exo image {n}", stall_timeout_s, alive, lambda: player.progress)
+                    bar.update(1)
+        except ReplayError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a truncated or corrupt bag: keep what was played
+            truncated = f"{type(e).__name__}: {e}"
+            node.get_logger().error(f"input bag ended early after {images_sent} exo images: {truncated}")
+        bar.close()
+        player.flush_pub.publish(_empty())
+        _wait(player.progress_changed,
+              lambda: player.progress.frames_received >= images_sent and player.progress.frames_waiting == 0
+              and player.progress.frames_queued == 0,
+              "the node to finish every frame", stall_timeout_s, alive, lambda: player.progress)
+        deadline = time.monotonic() + 30.0
+        while recorder.frames_accounted() < images_sent or \
+                recorder.counts["/ego/image_raw"] < player.progress.frames_published:
+            if time.monotonic() > deadline:
+                raise ReplayError(f"recorded outputs account for {recorder.frames_accounted()} of {images_sent} "
+                                  "frames after the node finished")
+            time.sleep(0.05)
+        progress = player.progress
+    finally:
+        recorder.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        reader.close()
+        if node_proc is not None and node_proc.poll() is None:
+            os.killpg(node_proc.pid, signal.SIGINT)
+            try:
+                node_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(node_proc.pid, signal.SIGKILL)
+    wall_s = time.monotonic() - started
+
+    from egox_ros.ros.replay_report import write_report
+    metrics = write_report(in_bag, out_bag, out_dir, exo_topic=exo_topic, gt_topic=gt_topic,
+                           typestore=typestore, sheet_frames=sheet_frames)
+    metrics["run"] = {"input_bag": str(in_bag), "images_sent": images_sent, "wall_time_s": round(wall_s, 3),
+                      "frames_per_second": round(images_sent / wall_s, 3) if wall_s > 0 else None,
+                      "frames_received_by_node": int(progress.frames_received),
+                      "frames_published": int(progress.frames_published),
+                      "frames_dropped": int(progress.frames_dropped),
+                      "input_truncated": truncated, "skipped_topics": player.skipped,
+                      "recorded_messages": dict(recorder.counts)}
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    return ReplayResult(images_sent, out_bag, metrics_path, out_dir / "contact_sheet.png", metrics)
+
+
+def _empty():
+    from std_msgs.msg import Empty
+    return Empty()
+
+
+def _ego_frame(params_file: str | None, overrides: list[str]) -> str:
+    """The node's outputs.ego_frame from -p overrides or the parameter file (default ego_camera_optical)."""
+    for o in overrides:
+        if o.startswith("outputs.ego_frame:="):
+            return o.split(":=", 1)[1]
+    from egox_ros.ros.launch_spec import default_params_file
+    import yaml
+    doc = yaml.safe_load(Path(params_file or default_params_file()).read_text()) or {}
+    for section in doc.values():
+        frame = ((section or {}).get("ros__parameters", {}).get("outputs", {}) or {}).get("ego_frame")
+        if frame:
+            return frame
+    return "ego_camera_optical"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("in_bag", type=Path, help="rosbag2 bag (directory or .mcap/.db3 file)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output directory (bag/, PNG, JSON)")
+    parser.add_argument("--params-file", help="node parameter YAML (default: the package's config/egox.yaml)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="override a node parameter, e.g. -p prior.point_radius_px:=2")
+    parser.add_argument("--exo-topic", default="/exo/image_raw")
+    parser.add_argument("--gt-topic", default="/ego/ground_truth/image_raw",
+                        help="ground-truth ego image topic in the input bag (metrics when present)")
+    parser.add_argument("--attach", action="store_true",
+                        help="use an already running egox node (same ROS_DOMAIN_ID) instead of starting one")
+    parser.add_argument("--stall-timeout", type=float, default=300.0,
+                        help="give up when the node makes no progress for this long [s]")
+    parser.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID for the replay (default: random 1..100)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = replay(args.in_bag, args.out, params_file=args.params_file, overrides=args.param,
+                        exo_topic=args.exo_topic, gt_topic=args.gt_topic, attach=args.attach,
+                        stall_timeout_s=args.stall_timeout, domain_id=args.domain_id)
+    except ReplayError as e:
+        print(f"egox replay: error: {e}", file=sys.stderr)
+        return 1
+    run_info = result.metrics["run"]
+    summary = result.metrics.get("summary", {})
+    print(f"replayed {result.images_sent} exo frames in {run_info['wall_time_s']:.1f} s "
+          f"({run_info['frames_per_second']} frames/s): {run_info['frames_published']} published, "
+          f"{run_info['frames_dropped']} dropped")
+    if summary.get("mean_masked_psnr_db") is not None:
+        print(f"ego vs ground truth: mean coverage {summary['mean_coverage']:.3f}, "
+              f"mean masked PSNR {summary['mean_masked_psnr_db']:.2f} dB")
+    print(f"bag: {result.out_bag}\ncontact sheet: {result.contact_sheet_path}\nmetrics: {result.metrics_path}")
+    return 0

@@ -1,0 +1,153 @@
+"""Metrics JSON and contact-sheet PNG of a replay, computed from the input bag and the recorded output bag."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.contact_sheet import contact_sheet
+from egox_ros.core.evaluation import masked_psnr, resample_into_camera
+from egox_ros.core.image_codec import decode_image, decode_rgb
+from egox_ros.core.tf_buffer import TfBufferCore, TfError
+from egox_ros.core.transforms import RigidTransform
+
+STATUS_NAMES = {0: "ok", 1: "failed", 2: "dropped"}
+
+
+def _ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def _rgb(msg) -> np.ndarray:
+    return decode_rgb(msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
+
+
+def _camera(msg) -> PinholeCamera:
+    return PinholeCamera.from_camera_info(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model)
+
+
+def _rigid(t) -> RigidTransform:
+    return RigidTransform(np.array([t.translation.x, t.translation.y, t.translation.z]),
+                          np.array([t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w]))
+
+
+def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_topic: str, typestore,
+                 sheet_frames: int = 6) -> dict:
+    """Per-frame status, prior coverage and (with a ground-truth topic) masked PSNR of the ego output against the
+    ground truth resampled into the ego camera; writes out_dir/contact_sheet.png; returns the metrics dict."""
+    from rosbags.highlevel import AnyReader
+
+    gt_info_topic = gt_topic.rsplit("/", 1)[0] + "/camera_info"
+    tf = TfBufferCore(cache_time_s=1e6)
+    meta_by_stamp: dict[int, object] = {}
+    exo_stamps: list[int] = []
+    gt_camera: PinholeCamera | None = None
+    ego_camera: PinholeCamera | None = None
+    with AnyReader([in_bag, out_bag], default_typestore=typestore) as reader:
+        small = [c for c in reader.connections
+                 if c.topic in ("/tf", "/tf_static", "/ego/clip_metadata", gt_info_topic, "/ego/camera_info")]
+        for conn, _, raw in reader.messages(connections=small):
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.topic in ("/tf", "/tf_static"):
+                for t in msg.transforms:
+                    try:
+                        tf.set_transform(t.header.frame_id, t.child_frame_id, _ns(t.header.stamp), _rigid(t.transform),
+                                         static=conn.topic == "/tf_static")
+                    except TfError:
+                        pass
+            elif conn.topic == "/ego/clip_metadata":
+                for s in msg.source_stamps:
+                    meta_by_stamp[_ns(s)] = msg
+            elif conn.topic == gt_info_topic and gt_camera is None:
+                gt_camera = _camera(msg)
+            elif conn.topic == "/ego/camera_info" and ego_camera is None:
+                ego_camera = _camera(msg)
+        exo_conns = [c for c in reader.connections if c.topic == exo_topic]
+        for _, log_ns, _ in reader.messages(connections=exo_conns):
+            exo_stamps.append(log_ns)
+
+        published = [s for s in exo_stamps if s in meta_by_stamp and meta_by_stamp[s].status == 0]
+        count = min(sheet_frames, len(published))
+        sheet_stamps = {published[int(round(i * (len(published) - 1) / max(count - 1, 1)))] for i in range(count)}
+
+        # One pass over the images of both bags (time order); a stamp is evaluated once its pieces are in.
+        topics = {exo_topic: "exo", gt_topic: "gt", "/ego/image_raw": "ego", "/ego/prior/image_raw": "prior",
+                  "/ego/prior/mask": "mask"}
+        image_conns = [c for c in reader.connections if c.topic in topics]
+        has_gt = any(c.topic == gt_topic for c in image_conns) and gt_camera is not None
+        needed = {"ego", "mask"} | ({"gt"} if has_gt else set())
+        parts: dict[int, dict[str, np.ndarray]] = {}
+        frames: dict[int, dict] = {}
+        sheet_rows: dict[int, list] = {}
+        for conn, log_ns, raw in reader.messages(connections=image_conns):
+            kind = topics[conn.topic]
+            if kind in ("exo", "prior") and log_ns not in sheet_stamps:
+                continue  # only needed for the contact sheet
+            msg = reader.deserialize(raw, conn.msgtype)
+            stamp = _ns(msg.header.stamp)
+            if kind == "mask":
+                image = decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step,
+                                     bool(msg.is_bigendian)) > 0
+            else:
+                image = _rgb(msg)
+            if kind == "gt":
+                parts.setdefault(stamp, {})["gt_frame"] = msg.header.frame_id
+            parts.setdefault(stamp, {})[kind] = image
+            p = parts[stamp]
+            if needed <= p.keys() and (stamp not in sheet_stamps or {"exo", "prior"} <= p.keys()):
+                frames[stamp] = _evaluate(p, stamp, ego_camera, gt_camera, tf, meta_by_stamp)
+                if stamp in sheet_stamps:
+                    sheet_rows[stamp] = [p.get("exo"), p.get("prior"), p["ego"], p.get("gt_in_ego")]
+                del parts[stamp]
+
+    per_frame = []
+    for stamp in exo_stamps:
+        meta = meta_by_stamp.get(stamp)
+        entry = {"stamp_ns": stamp, "status": STATUS_NAMES.get(meta.status, "?") if meta else "missing",
+                 "reason": meta.reason if meta else "no clip metadata recorded for this frame"}
+        entry.update(frames.get(stamp, {}))
+        per_frame.append(entry)
+    psnrs = [f["masked_psnr_db"] for f in per_frame if f.get("masked_psnr_db") is not None]
+    coverages = [f["coverage"] for f in per_frame if "coverage" in f]
+    ok_meta = [m for m in {id(m): m for m in meta_by_stamp.values()}.values() if m.status == 0]
+    summary = {
+        "frames_in": len(exo_stamps),
+        "frames_published": sum(1 for f in per_frame if f["status"] == "ok"),
+        "frames_dropped_by_reason": dict(Counter(f["reason"].split(":")[0] for f in per_frame if f["status"] != "ok")),
+        "frames_unaccounted": sum(1 for f in per_frame if f["status"] == "missing"),
+        "ground_truth_topic": gt_topic if has_gt else None,
+        "mean_coverage": float(np.mean(coverages)) if coverages else None,
+        "mean_masked_psnr_db": float(np.mean(psnrs)) if psnrs else None,
+        "mean_prior_time_ms": float(np.mean([m.prior_time_s for m in ok_meta]) * 1e3) if ok_meta else None,
+        "mean_generation_time_ms": float(np.mean([m.generation_time_s for m in ok_meta]) * 1e3) if ok_meta else None,
+        "generator": ok_meta[0].generator if ok_meta else None,
+    }
+    if sheet_rows:
+        ordered = sorted(sheet_rows)
+        titles = [f"t={(s - exo_stamps[0]) * 1e-9:.2f}s" + (f"  {frames[s]['masked_psnr_db']:.1f}dB"
+                                                             if frames[s].get("masked_psnr_db") else "")
+                  for s in ordered]
+        contact_sheet([sheet_rows[s] for s in ordered], ["exo", "prior", "ego (output)", "ground truth"],
+                      titles).save(out_dir / "contact_sheet.png")
+    return {"summary": summary, "frames": per_frame}
+
+
+def _evaluate(p: dict, stamp: int, ego_camera, gt_camera, tf: TfBufferCore, meta_by_stamp: dict) -> dict:
+    result = {"coverage": float(p["mask"].mean())}
+    if "gt" not in p or ego_camera is None:
+        return result
+    meta = meta_by_stamp.get(stamp)
+    gt_R_ego = None
+    if meta is not None:
+        try:
+            gt_R_ego = tf.lookup_transform(p["gt_frame"], meta.ego_frame_id, stamp).rotation_matrix()
+        except TfError:
+            result["ground_truth_note"] = "no TF between the ground-truth and ego frames; orientation assumed equal"
+    gt_in_ego, gt_valid = resample_into_camera(p["gt"], gt_camera, ego_camera, gt_R_ego)
+    p["gt_in_ego"] = gt_in_ego
+    psnr = masked_psnr(p["ego"], gt_in_ego, p["mask"] & gt_valid)
+    result["masked_psnr_db"] = None if psnr is None else round(psnr, 3)
+    result["evaluated_pixels"] = int((p["mask"] & gt_valid).sum())
+    return result

@@ -1,0 +1,208 @@
+"""Tests for egox_ros.core.image_codec (pure-numpy cv_bridge replacement)."""
+
+import array
+
+import numpy as np
+import pytest
+
+from egox_ros.core.image_codec import (
+    ImageDecodeError,
+    SUPPORTED_ENCODINGS,
+    decode_depth_m,
+    decode_image,
+    decode_rgb,
+    encode_image,
+)
+
+RNG = np.random.default_rng(1234)
+H, W = 5, 7
+
+
+def _pad_rows(data: bytes, height: int, row_bytes: int, pad: int) -> bytes:
+    """Insert ``pad`` garbage bytes after every row."""
+    rows = np.frombuffer(data, np.uint8).reshape(height, row_bytes)
+    garbage = np.full((height, pad), 0xAB, np.uint8)
+    return np.concatenate([rows, garbage], axis=1).tobytes()
+
+
+SAMPLES = {
+    "rgb8": RNG.integers(0, 256, (H, W, 3), dtype=np.uint8),
+    "mono8": RNG.integers(0, 256, (H, W), dtype=np.uint8),
+    "16UC1": RNG.integers(0, 65536, (H, W), dtype=np.uint16),
+    "mono16": RNG.integers(0, 65536, (H, W), dtype=np.uint16),
+    "32FC1": RNG.normal(size=(H, W)).astype(np.float32),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(SAMPLES))
+def test_round_trip_packed(encoding):
+    img = SAMPLES[encoding]
+    data, step = encode_image(img, encoding)
+    assert step == W * img.itemsize * (3 if img.ndim == 3 else 1)
+    assert len(data) == step * H
+    out = decode_image(data, encoding, H, W, step, False)
+    assert out.dtype == img.dtype and out.dtype.isnative
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, img)
+
+
+@pytest.mark.parametrize("encoding", sorted(SAMPLES))
+@pytest.mark.parametrize("pad", [1, 3, 8])
+def test_round_trip_padded_step(encoding, pad):
+    img = SAMPLES[encoding]
+    data, step = encode_image(img, encoding)
+    padded = _pad_rows(data, H, step, pad)
+    out = decode_image(padded, encoding, H, W, step + pad, False)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, img)
+
+
+@pytest.mark.parametrize("container", [bytes, bytearray, memoryview, lambda b: array.array("B", b)])
+def test_accepts_buffer_types(container):
+    img = SAMPLES["rgb8"]
+    data, step = encode_image(img, "rgb8")
+    np.testing.assert_array_equal(decode_image(container(data), "rgb8", H, W, step, False), img)
+
+
+@pytest.mark.parametrize("encoding,dtype", [("16UC1", ">u2"), ("mono16", ">u2"), ("32FC1", ">f4")])
+@pytest.mark.parametrize("pad", [0, 2])
+def test_big_endian_input(encoding, dtype, pad):
+    img = SAMPLES[encoding]
+    data = img.astype(dtype).tobytes()
+    step = W * img.itemsize
+    if pad:
+        data = _pad_rows(data, H, step, pad)
+    out = decode_image(data, encoding, H, W, step + pad, True)
+    assert out.dtype.isnative
+    np.testing.assert_array_equal(out, img)
+
+
+def test_channel_order_on_hand_built_2x2():
+    # Pixels (row-major): red, green, blue, white-ish with distinct values.
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]], np.uint8)
+    bgr = rgb[..., ::-1]
+    alpha = np.full((2, 2, 1), 77, np.uint8)
+    cases = {
+        "rgb8": rgb,
+        "bgr8": bgr,
+        "8UC3": bgr,
+        "rgba8": np.concatenate([rgb, alpha], axis=2),
+        "bgra8": np.concatenate([bgr, alpha], axis=2),
+    }
+    for encoding, raw in cases.items():
+        c = raw.shape[2]
+        out = decode_image(raw.tobytes(), encoding, 2, 2, 2 * c, False)
+        assert out.shape == (2, 2, 3), encoding
+        np.testing.assert_array_equal(out, rgb, err_msg=encoding)
+        # Same with one padding byte per row.
+        padded = _pad_rows(raw.tobytes(), 2, 2 * c, 1)
+        np.testing.assert_array_equal(decode_image(padded, encoding, 2, 2, 2 * c + 1, False), rgb)
+    assert decode_image(rgb.tobytes(), "bgr8", 2, 2, 6, False)[0, 0].tolist() == [0, 0, 255]
+
+
+def test_zero_copy_view_and_copy_flag():
+    img = SAMPLES["rgb8"]
+    data = bytearray(img.tobytes())
+    view = decode_image(data, "rgb8", H, W, W * 3, False)
+    assert np.shares_memory(view, np.frombuffer(data, np.uint8))
+    fresh = decode_image(data, "rgb8", H, W, W * 3, False, copy=True)
+    assert not np.shares_memory(fresh, np.frombuffer(data, np.uint8))
+    assert fresh.flags.writeable
+
+
+def test_decode_rgb_mono_and_mono16():
+    mono = np.array([[0, 128], [200, 255]], np.uint8)
+    out = decode_rgb(mono.tobytes(), "mono8", 2, 2, 2, False)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.repeat(mono[:, :, None], 3, axis=2))
+    m16 = np.array([[0, 0x1234], [0xFF00, 0xFFFF]], np.uint16)
+    out16 = decode_rgb(m16.astype("<u2").tobytes(), "mono16", 2, 2, 4, False)
+    np.testing.assert_array_equal(out16[..., 1], [[0, 0x12], [0xFF, 0xFF]])
+    rgb = SAMPLES["rgb8"]
+    np.testing.assert_array_equal(decode_rgb(rgb[..., ::-1].tobytes(), "bgr8", H, W, W * 3, False), rgb)
+    with pytest.raises(ImageDecodeError, match="32FC1"):
+        decode_rgb(SAMPLES["32FC1"].tobytes(), "32FC1", H, W, W * 4, False)
+
+
+def test_depth_units_16uc1():
+    mm = np.array([[0, 1000], [1500, 65535]], np.uint16)
+    m = decode_depth_m(mm.tobytes(), "16UC1", 2, 2, 4, False)
+    assert m.dtype == np.float32
+    assert np.isnan(m[0, 0])
+    np.testing.assert_allclose(m[0, 1:], [1.0], rtol=1e-6)
+    np.testing.assert_allclose(m[1], [1.5, 65.535], rtol=1e-6)
+    big = decode_depth_m(mm.astype(">u2").tobytes(), "16UC1", 2, 2, 4, True)
+    np.testing.assert_array_equal(np.isnan(big), np.isnan(m))
+    np.testing.assert_allclose(big[~np.isnan(big)], m[~np.isnan(m)])
+
+
+def test_depth_units_32fc1():
+    raw = np.array([[0.0, -1.0, np.inf], [2.5, np.nan, 0.75]], np.float32)
+    m = decode_depth_m(raw.tobytes(), "32FC1", 2, 3, 12, False)
+    assert np.isnan(m[0]).all() and np.isnan(m[1, 1])
+    np.testing.assert_allclose(m[1, [0, 2]], [2.5, 0.75])
+    # The input buffer is left untouched even when it is writable.
+    buf = bytearray(raw.tobytes())
+    decode_depth_m(buf, "32FC1", 2, 3, 12, False)
+    assert bytes(buf) == raw.tobytes()
+
+
+def test_depth_rejects_other_encodings():
+    with pytest.raises(ImageDecodeError, match=r"depth must be 16UC1 \(mm\) or 32FC1 \(m\), got 'rgb8'"):
+        decode_depth_m(bytes(12), "rgb8", 2, 2, 6, False)
+
+
+def test_step_too_small():
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(bytes(100), "rgb8", 2, 4, 11, False)
+    msg = str(err.value)
+    assert "rgb8" in msg and "step 11" in msg and "12" in msg
+
+
+def test_truncated_data():
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(bytes(47), "16UC1", 4, 6, 12, False)
+    msg = str(err.value)
+    assert "16UC1" in msg and "48" in msg and "47" in msg and "6x4" in msg
+
+
+def test_unknown_encoding_lists_supported():
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(bytes(4), "yuv422", 1, 2, 4, False)
+    msg = str(err.value)
+    assert "yuv422" in msg
+    for enc in ("rgb8", "bgr8", "mono16", "16UC1", "32FC1"):
+        assert enc in msg
+    assert set(SUPPORTED_ENCODINGS) >= {"rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "32FC1"}
+
+
+def test_negative_size_rejected():
+    with pytest.raises(ImageDecodeError, match="height"):
+        decode_image(bytes(4), "mono8", -1, 2, 2, False)
+
+
+def test_empty_image():
+    out = decode_image(b"", "rgb8", 0, 0, 0, False)
+    assert out.shape == (0, 0, 3) and out.dtype == np.uint8
+
+
+def test_encode_validation():
+    with pytest.raises(ValueError, match="dtype uint8"):
+        encode_image(np.zeros((2, 2, 3), np.float32), "rgb8")
+    with pytest.raises(ValueError, match=r"shape \(H, W, 3\)"):
+        encode_image(np.zeros((2, 2), np.uint8), "rgb8")
+    with pytest.raises(ValueError, match=r"shape \(H, W\)"):
+        encode_image(np.zeros((2, 2, 1), np.uint16), "16UC1")
+    with pytest.raises(ValueError, match="float32"):
+        encode_image(np.zeros((2, 2), np.float64), "32FC1")
+    with pytest.raises(ValueError, match="bgr8"):
+        encode_image(np.zeros((2, 2, 3), np.uint8), "bgr8")
+
+
+def test_encode_is_little_endian_and_handles_views():
+    img = np.array([[1, 256]], dtype=">u2")
+    data, step = encode_image(img, "16UC1")
+    assert step == 4 and data == b"\x01\x00\x00\x01"
+    rgb = SAMPLES["rgb8"][:, ::2]  # non-contiguous view
+    data, step = encode_image(rgb, "rgb8")
+    np.testing.assert_array_equal(decode_image(data, "rgb8", H, rgb.shape[1], step, False), rgb)

@@ -42,7 +42,8 @@ class PriorRenderer:
 
     def render(self, frame: ExoFrame, context: list[ExoFrame]) -> Prior:
         """Prior of `frame` in its ego pose, fusing the clouds of `context` (window frames, oldest first)."""
-        clouds = [c for c in (self.cloud_of(f) for f in context) if c is not None]
+        # Newest first: on equal depth the z-buffer keeps the earlier point, so the newest colour wins.
+        clouds = [c for c in (self.cloud_of(f) for f in reversed(context)) if c is not None]
         h, w = self.ego_camera.height, self.ego_camera.width
         if not clouds:
             return Prior(rgb=np.zeros((h, w, 3), np.uint8), mask=np.zeros((h, w), bool),

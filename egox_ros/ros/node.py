@@ -264,7 +264,7 @@ class EgoxNode(Node):
             stale = [s for s in self._pending if s > stamp_ns]
             for s in stale:
                 del self._pending[s]
-        self.get_logger().warn(f"time jumped back to {stamp_ns * 1e-9:.3f} s: TF buffer, window and sync reset")
+        self.get_logger().warning(f"time jumped back to {stamp_ns * 1e-9:.3f} s: TF buffer, window and sync reset")
         self._notes["time_jump_back"] += 1
         if stale:
             self._drop(stale, "time_jump_back", "time jumped back while the frame waited for inputs")
@@ -420,7 +420,7 @@ class EgoxNode(Node):
         """Count frames as dropped, log it (throttled) and publish one ClipMetadata per frame saying why."""
         with self._lock:
             self._stats.dropped[code] += len(stamps_ns)
-        self.get_logger().warn(f"dropped {len(stamps_ns)} frame(s) [{code}]: {detail}", throttle_duration_sec=1.0)
+        self.get_logger().warning(f"dropped {len(stamps_ns)} frame(s) [{code}]: {detail}", throttle_duration_sec=1.0)
         for s in stamps_ns:
             self.pub_meta.publish(self._metadata([s], status, f"{code}: {detail}"))
         self._publish_progress()
@@ -429,7 +429,7 @@ class EgoxNode(Node):
         """A problem with a non-frame input (depth, camera info, TF): counted in diagnostics and logged."""
         with self._lock:
             self._notes[code] += 1
-        self.get_logger().warn(detail, throttle_duration_sec=1.0)
+        self.get_logger().warning(detail, throttle_duration_sec=1.0)
 
     def progress(self) -> NodeProgress:
         with self._lock:
@@ -479,7 +479,7 @@ class EgoxNode(Node):
             self._lock.notify_all()
             left = len(self._pending) + len(self._queue)
         if left:
-            self.get_logger().warn(f"shutting down with {left} frame(s) not yet published (waiting or queued)")
+            self.get_logger().warning(f"shutting down with {left} frame(s) not yet published (waiting or queued)")
         self._worker.join(timeout=5.0)
         super().destroy_node()
 

@@ -1,0 +1,127 @@
+"""Shared fixtures: DDS isolated to this machine (shared memory only, localhost discovery, a private domain id),
+the egox node as a real subprocess, and an in-process rclpy node that talks to it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from egox_ros.ros.dds import apply_isolated_env
+
+REPO = Path(__file__).resolve().parents[1]
+TUM = REPO.parent / "shared" / "data" / "tum_rgbd"
+SAMPLE_BAG = REPO / "sample" / "tum_fr1_rpy"
+
+# Before rclpy is imported anywhere in the test process: keep DDS on this machine, own domain per test run.
+apply_isolated_env(int(os.environ.get("EGOX_TEST_DOMAIN_ID", 1 + os.getpid() % 100)))
+
+
+def wait_until(predicate, timeout_s: float = 20.0, what: str = "condition", interval_s: float = 0.02):
+    """Poll predicate() until it returns a truthy value (returned); fail the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class NodeProcess:
+    """The egox node in its own process; log captured to a file."""
+
+    def __init__(self, tmp_path: Path, params: dict[str, object] | None = None, params_file: Path | None = None,
+                 name: str = "egox", extra: list[str] | None = None):
+        self.log_path = tmp_path / f"{name}.log"
+        cmd = [sys.executable, "-m", "egox_ros.ros.node", "--ros-args", "-r", f"__node:={name}"]
+        if params_file is not None:
+            cmd += ["--params-file", str(params_file)]
+        for key, value in (params or {}).items():
+            cmd += ["-p", f"{key}:={_param_text(value)}"]
+        cmd += extra or []
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                                     start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _param_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_param_text(v) for v in value) + "]"
+    return str(value)
+
+
+@pytest.fixture(scope="session")
+def rclpy_context():
+    import rclpy
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+class TestPeer:
+    """An in-process rclpy node spinning in a background thread: publishes inputs, collects outputs."""
+
+    def __init__(self, name: str):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.node = rclpy.create_node(name)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.received: dict[str, list] = {}
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def collect(self, msg_type, topic: str, qos=None):
+        """Subscribe and keep every message in self.received[topic]."""
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        qos = qos or QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        self.received.setdefault(topic, [])
+
+        def keep(msg):
+            with self.lock:
+                self.received[topic].append(msg)
+        return self.node.create_subscription(msg_type, topic, keep, qos)
+
+    def messages(self, topic: str) -> list:
+        with self.lock:
+            return list(self.received.get(topic, []))
+
+    def publisher(self, msg_type, topic: str, qos=None):
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        qos = qos or QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def peer(rclpy_context, request):
+    p = TestPeer("egox_test_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:40])
+    yield p
+    p.close()

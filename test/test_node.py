@@ -1,0 +1,313 @@
+"""The egox node in its own process, driven over real DDS from the test process.
+
+Scene: the exo camera sits at the world origin looking along +z at a uniformly coloured plane 2 m away; the head is at
+the same pose, so the prior shows the plane in the middle of the (wider) ego view and nothing at its corners.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from egox_msgs.msg import ClipMetadata, NodeProgress
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Empty
+from tf2_msgs.msg import TFMessage
+
+from conftest import NodeProcess, wait_until
+from egox_ros.ros.node import PROGRESS_QOS
+
+W, H, F = 160, 120, 100.0  # 77 x 62 degrees; points land 2.2 ego pixels apart, closed by 3x3 splats
+COLOR = (200, 50, 30)
+SEC = 1_000_000_000
+T0 = 100 * SEC
+
+
+def stamp(ns):
+    from builtin_interfaces.msg import Time
+    return Time(sec=ns // SEC, nanosec=ns % SEC)
+
+
+def ns_of(t) -> int:
+    return t.sec * SEC + t.nanosec
+
+
+def image_msg(ns, encoding="rgb8", color=COLOR, width=W, height=H, step=None, data=None, frame="exo_optical"):
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 1}[encoding] \
+        if encoding in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16") else 3
+    order = {"rgb8": color, "bgr8": color[::-1], "rgba8": (*color, 255), "bgra8": (*color[::-1], 255),
+             "mono8": (color[0],), "mono16": (color[0] * 256,)}.get(encoding, color)
+    dtype = np.uint16 if encoding == "mono16" else np.uint8
+    pixels = np.broadcast_to(np.array(order, dtype), (height, width, channels)).copy()
+    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=0,
+                step=step if step is not None else width * channels * pixels.itemsize)
+    msg.header.stamp, msg.header.frame_id = stamp(ns), frame
+    msg.data = data if data is not None else pixels.tobytes()
+    return msg
+
+
+def depth_msg(ns, depth_m=2.0, encoding="16UC1", width=W, height=H):
+    if encoding == "16UC1":
+        pixels = np.full((height, width), int(round(depth_m * 1000)), np.uint16)
+    else:
+        pixels = np.full((height, width), depth_m, np.float32)
+    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=0, step=width * pixels.itemsize)
+    msg.header.stamp, msg.header.frame_id = stamp(ns), "exo_optical"
+    msg.data = pixels.tobytes()
+    return msg
+
+
+def info_msg(width=W, height=H):
+    msg = CameraInfo(width=width, height=height, distortion_model="plumb_bob", d=[0.0] * 5)
+    msg.header.frame_id = "exo_optical"
+    msg.k = [F, 0.0, (width - 1) / 2, 0.0, F, (height - 1) / 2, 0.0, 0.0, 1.0]
+    return msg
+
+
+def tf_msg(ns, parent, child, xyz=(0.0, 0.0, 0.0)):
+    t = TransformStamped()
+    t.header.stamp, t.header.frame_id, t.child_frame_id = stamp(ns), parent, child
+    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = xyz
+    t.transform.rotation.w = 1.0
+    return TFMessage(transforms=[t])
+
+
+class Rig:
+    """Publishers and collectors around one running node."""
+
+    def __init__(self, peer, node: NodeProcess, depth=True, pose_topic=False):
+        self.peer, self.node = peer, node
+        self.pub_image = peer.publisher(Image, "/exo/image_raw")
+        self.pub_info = peer.publisher(CameraInfo, "/exo/camera_info")
+        self.pub_depth = peer.publisher(Image, "/exo/depth/image_raw") if depth else None
+        self.pub_tf = peer.publisher(TFMessage, "/tf")
+        self.pub_pose = peer.publisher(PoseStamped, "/head/pose") if pose_topic else None
+        self.pub_flush = peer.publisher(Empty, "/egox/flush")
+        subs = [peer.collect(typ, topic) for topic, typ in [
+            ("/ego/image_raw", Image), ("/ego/camera_info", CameraInfo), ("/ego/prior/image_raw", Image),
+            ("/ego/prior/mask", Image), ("/ego/clip_metadata", ClipMetadata), ("/diagnostics", DiagnosticArray)]]
+        peer.collect(TFMessage, "/tf")
+        peer.collect(NodeProgress, "/egox/progress", PROGRESS_QOS)
+        pubs = [self.pub_image, self.pub_info, self.pub_tf] + [p for p in (self.pub_depth, self.pub_pose) if p]
+        # Both directions must match before anything is sent, or the first messages can be lost.
+        wait_until(lambda: node.proc.poll() is not None or (all(p.get_subscription_count() > 0 for p in pubs)
+                                                            and all(s.get_publisher_count() > 0 for s in subs)),
+                   30, "the node to subscribe to every input and publish every output")
+        assert node.proc.poll() is None, node.log()
+        wait_until(lambda: self.peer.messages("/egox/progress"), 30, "the node's latched progress")
+
+    def send_frame(self, ns, image=None, depth=True, head=True, exo_tf=True, info=True):
+        if info:
+            self.pub_info.publish(info_msg())
+        if exo_tf:
+            self.pub_tf.publish(tf_msg(ns, "world", "exo_optical"))
+        if head:
+            self.pub_tf.publish(tf_msg(ns, "world", "head"))
+        if depth and self.pub_depth:
+            self.pub_depth.publish(depth if isinstance(depth, Image) else depth_msg(ns))
+        self.pub_image.publish(image or image_msg(ns))
+
+    def meta_for(self, ns, timeout_s=20.0) -> ClipMetadata:
+        return wait_until(lambda: next((m for m in self.peer.messages("/ego/clip_metadata")
+                                        if any(ns_of(s) == ns for s in m.source_stamps)), None),
+                          timeout_s, f"clip metadata of the frame at {ns / SEC:.3f} s\n{self.node.log()[-2000:]}")
+
+    def output(self, topic, ns):
+        return wait_until(lambda: next((m for m in self.peer.messages(topic) if ns_of(m.header.stamp) == ns), None),
+                          10, f"{topic} at {ns / SEC:.3f} s")
+
+    def progress(self) -> NodeProgress:
+        return self.peer.messages("/egox/progress")[-1]
+
+
+def ego_rgb(msg: Image) -> np.ndarray:
+    assert msg.encoding == "rgb8"
+    return np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+
+
+@pytest.fixture
+def rig(peer, tmp_path):
+    node = NodeProcess(tmp_path, params={"sync.timeout_s": 2.0, "qos.input_reliability": "reliable",
+                                         "diagnostics.period_s": 0.2})
+    yield Rig(peer, node)
+    node.stop()
+
+
+def test_every_output_carries_the_source_stamp_and_ego_frame(rig):
+    ns = T0
+    rig.send_frame(ns)
+    meta = rig.meta_for(ns)
+    assert meta.status == ClipMetadata.STATUS_OK, meta.reason
+    assert meta.generator == "prior" and meta.ego_frame_id == "ego_camera_optical"
+    assert meta.exo_frame_id == "exo_optical" and [ns_of(s) for s in meta.source_stamps] == [ns]
+    ego = rig.output("/ego/image_raw", ns)
+    prior = rig.output("/ego/prior/image_raw", ns)
+    mask = rig.output("/ego/prior/mask", ns)
+    info = rig.output("/ego/camera_info", ns)
+    for msg in (ego, prior, mask, info):
+        assert msg.header.frame_id == "ego_camera_optical"
+    assert (ego.width, ego.height, info.width, info.height) == (448, 448, 448, 448)
+    assert list(info.k) == [224.0, 0.0, 223.5, 0.0, 224.0, 223.5, 0.0, 0.0, 1.0]
+    rgb = ego_rgb(ego)
+    mask_px = np.frombuffer(bytes(mask.data), np.uint8).reshape(448, 448)
+    # The plane fills the exo view (77 degrees) and so the middle of the 90-degree ego view, not its corners.
+    assert tuple(rgb[224, 224]) == COLOR and mask_px[224, 224] == 255
+    assert tuple(rgb[2, 2]) == (0, 0, 0) and mask_px[2, 2] == 0
+    assert 0.3 < meta.prior_coverage[0] < 0.95
+    ego_tf = wait_until(lambda: [t for m in rig.peer.messages("/tf") for t in m.transforms
+                                 if t.child_frame_id == "ego_camera_optical"], 10, "the ego frame on /tf")
+    assert ego_tf[0].header.frame_id == "world" and ns_of(ego_tf[0].header.stamp) == ns
+    p = wait_until(lambda: rig.progress().frames_published == 1 and rig.progress(), 10, "progress")
+    assert (p.frames_received, p.frames_dropped, p.frames_waiting, p.frames_queued) == (1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("depth_encoding", ["16UC1", "32FC1"])
+def test_image_encodings_and_depth_units(rig, depth_encoding):
+    for i, encoding in enumerate(["rgb8", "bgr8", "rgba8", "bgra8"]):
+        ns = T0 + i * SEC // 10
+        rig.send_frame(ns, image=image_msg(ns, encoding), depth=depth_msg(ns, 2.0, depth_encoding))
+        assert rig.meta_for(ns).status == ClipMetadata.STATUS_OK
+        assert tuple(ego_rgb(rig.output("/ego/image_raw", ns))[224, 224]) == COLOR, encoding
+    for i, encoding in enumerate(["mono8", "mono16"]):
+        ns = T0 + (10 + i) * SEC // 10
+        rig.send_frame(ns, image=image_msg(ns, encoding), depth=depth_msg(ns, 2.0, depth_encoding))
+        assert rig.meta_for(ns).status == ClipMetadata.STATUS_OK
+        assert tuple(ego_rgb(rig.output("/ego/image_raw", ns))[224, 224]) == (COLOR[0],) * 3, encoding
+    # A padded row step is honoured: 8 spare bytes per row.
+    ns = T0 + 2 * SEC
+    padded = image_msg(ns, step=W * 3 + 8, data=np.pad(np.broadcast_to(np.array(COLOR, np.uint8), (H, W, 3))
+                                                       .reshape(H, W * 3), ((0, 0), (0, 8))).tobytes())
+    rig.send_frame(ns, image=padded, depth=depth_msg(ns, 2.0, depth_encoding))
+    assert tuple(ego_rgb(rig.output("/ego/image_raw", ns))[224, 224]) == COLOR
+
+
+def test_bad_input_is_dropped_with_a_reason_and_the_node_keeps_running(rig):
+    t = iter(range(T0, T0 + 100 * SEC, SEC // 10))
+    cases = {}
+    ns = next(t); rig.send_frame(ns, image=image_msg(ns, "yuv422")); cases[ns] = "bad_image"
+    ns = next(t); rig.send_frame(ns, image=image_msg(ns, step=W * 3 - 1)); cases[ns] = "bad_image"
+    ns = next(t); rig.send_frame(ns, image=image_msg(ns, data=b"\x00" * 10)); cases[ns] = "bad_image"
+    ns = next(t); rig.send_frame(ns, image=image_msg(ns, width=80, height=60), depth=depth_msg(ns, width=80, height=60))
+    cases[ns] = "camera_info_mismatch"
+    ns = next(t); rig.send_frame(ns, depth=False); cases[ns] = "depth_missing"
+    # Last: any later head TF would let this frame interpolate, as tf2 would.
+    ns = next(t); rig.send_frame(ns, head=False); cases[ns] = "tf_unavailable"
+    for ns, code in cases.items():
+        meta = rig.meta_for(ns)
+        assert meta.status == ClipMetadata.STATUS_DROPPED and meta.reason.startswith(code + ":"), (code, meta.reason)
+        assert len(meta.reason) > len(code) + 10  # says why, not only what
+    # A good frame, then one older than it (out of order), then one whose TF is older than the buffer's history.
+    good = next(t)
+    rig.send_frame(good)
+    assert rig.meta_for(good).status == ClipMetadata.STATUS_OK
+    older = good - SEC // 20
+    rig.pub_depth.publish(depth_msg(older))
+    rig.pub_image.publish(image_msg(older))
+    assert rig.meta_for(older).reason.startswith("out_of_order_stamp:")
+    # NaN / zero depth: the frame adds no points, but is published with the prior of the earlier window frames,
+    # and the diagnostics report it.
+    ns = next(t)
+    rig.send_frame(ns, depth=depth_msg(ns, 0.0))
+    meta = rig.meta_for(ns)
+    assert meta.status == ClipMetadata.STATUS_OK and meta.prior_coverage[0] > 0.3
+    ns = next(t)
+    rig.send_frame(ns, depth=depth_msg(ns, float("nan"), "32FC1"))
+    assert rig.meta_for(ns).status == ClipMetadata.STATUS_OK
+    # Still alive and right after all of that.
+    ns = next(t)
+    rig.send_frame(ns)
+    assert rig.meta_for(ns).status == ClipMetadata.STATUS_OK
+    assert tuple(ego_rgb(rig.output("/ego/image_raw", ns))[224, 224]) == COLOR
+    p = wait_until(lambda: (q := rig.progress()).frames_received == 11 and q.frames_waiting == 0 and q, 10,
+                   "progress to count 11 frames")
+    assert p.frames_published + p.frames_dropped == p.frames_received == 11
+    assert p.frames_dropped == 7
+
+    def diag():
+        for array in reversed(rig.peer.messages("/diagnostics")):
+            values = {kv.key: kv.value for s in array.status for kv in s.values}
+            if values.get("frames_received") == "11":
+                return values
+    values = wait_until(diag, 10, "diagnostics counting 11 frames")
+    assert values["dropped.bad_image"] == "3" and values["dropped.out_of_order_stamp"] == "1"
+    assert values["dropped.tf_unavailable"] == "1" and values["dropped.depth_missing"] == "1"
+    assert int(values["input_problems.depth_without_valid_pixels"]) == 2
+    assert "input_rate_hz" in values and "window_frames" in values
+    assert rig.node.proc.poll() is None
+
+
+def test_tf_interpolation_between_samples_and_a_time_jump_back(rig):
+    ns = T0 + 50 * SEC
+    rig.send_frame(ns)
+    assert rig.meta_for(ns).status == ClipMetadata.STATUS_OK
+    # The next TF samples come 1.5 s later; an image in between is interpolated, as tf2 does.
+    past = ns + SEC // 2
+    rig.pub_tf.publish(tf_msg(past + SEC, "world", "head"))
+    rig.pub_tf.publish(tf_msg(past + SEC, "world", "exo_optical"))
+    rig.pub_depth.publish(depth_msg(past))
+    rig.pub_image.publish(image_msg(past))
+    ok = rig.meta_for(past)  # interpolated between T0+50 and T0+51.5: fine
+    assert ok.status == ClipMetadata.STATUS_OK
+    # A bag that loops: stamps jump back by far more than sync.time_jump_back_s; TF and the window reset.
+    looped = T0
+    rig.send_frame(looped)
+    assert rig.meta_for(looped).status == ClipMetadata.STATUS_OK
+    assert "time jumped back" in wait_until(lambda: "time jumped back" in rig.node.log() and rig.node.log(), 10,
+                                            "the time-jump warning in the log")
+
+
+def test_flush_drops_frames_that_still_wait(rig):
+    ns = T0
+    rig.send_frame(ns, head=False)
+    rig.pub_flush.publish(Empty())
+    meta = rig.meta_for(ns)
+    assert meta.status == ClipMetadata.STATUS_DROPPED and meta.reason.startswith("end_of_stream:")
+    assert "TF" in meta.reason
+
+
+def test_head_pose_from_a_pose_topic_with_offset(peer, tmp_path):
+    # The head pose comes from PoseStamped; the ego optical frame is 1 m behind the head along z (the plane moves to
+    # 3 m, so the prior covers less of the ego view than with the head at the camera).
+    node = NodeProcess(tmp_path, params={"inputs.head_source": "pose_topic", "outputs.head_to_ego_xyz_m": [0.0, 0.0, -1.0],
+                                         "qos.input_reliability": "reliable"})
+    try:
+        rig = Rig(peer, node, pose_topic=True)
+        ns = T0
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = stamp(ns), "world"
+        pose.pose.orientation.w = 1.0
+        rig.pub_pose.publish(pose)
+        rig.send_frame(ns, head=False)
+        meta = rig.meta_for(ns)
+        assert meta.status == ClipMetadata.STATUS_OK, meta.reason
+        assert 0.1 < meta.prior_coverage[0] < 0.3
+        ego_tf = wait_until(lambda: [t for m in peer.messages("/tf") for t in m.transforms
+                                     if t.child_frame_id == "ego_camera_optical"], 10, "ego frame on /tf")
+        assert ego_tf[0].transform.translation.z == pytest.approx(-1.0)
+    finally:
+        node.stop()
+
+
+def test_parameters_from_yaml_with_command_line_override(peer, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    ego_camera:\n      width: 96\n      height: 64\n      fx: 50\n"
+                      "    outputs:\n      ego_frame: my_ego\n")
+    node = NodeProcess(tmp_path, params_file=params, params={"ego_camera.height": 80,
+                                                             "qos.input_reliability": "reliable"})
+    try:
+        rig = Rig(peer, node)
+        rig.send_frame(T0)
+        info = rig.output("/ego/camera_info", T0)
+        assert (info.width, info.height, info.k[0], info.header.frame_id) == (96, 80, 50.0, "my_ego")
+    finally:
+        node.stop()
+
+
+def test_invalid_parameter_stops_the_node_with_a_clear_message(tmp_path):
+    node = NodeProcess(tmp_path, params={"prior.point_radius_px": 99})
+    try:
+        node.proc.wait(timeout=30)
+    finally:
+        node.stop()
+    assert node.proc.returncode != 0
+    assert "point_radius_px" in node.log()

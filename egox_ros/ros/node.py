@@ -48,7 +48,7 @@ class PendingFrame:
     rgb: np.ndarray
     frame_id: str
     arrived_s: float                  # monotonic
-    waiting_for: str = "inputs"       # what it waited for last (reported if it times out)
+    waiting_for: tuple[str, str] = ("inputs_missing", "its inputs")  # (drop code, what) if it times out
 
 
 @dataclass
@@ -169,6 +169,7 @@ class EgoxNode(Node):
 
     def _on_depth(self, msg: Image) -> None:
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        self._observe_time(stamp_ns)
         try:
             depth_m = conv.image_to_depth_m(msg)
         except ImageDecodeError as e:
@@ -249,7 +250,7 @@ class EgoxNode(Node):
             self._flush_requested = True
             self._lock.notify_all()
         for p in waiting:
-            self._drop([p.stamp_ns], "end_of_stream", f"stream ended while the frame waited for {p.waiting_for}")
+            self._drop([p.stamp_ns], "end_of_stream", f"stream ended while the frame waited for {p.waiting_for[1]}")
         self._publish_progress()
 
     # ------------------------------------------------------------- synchronisation
@@ -258,8 +259,8 @@ class EgoxNode(Node):
         if not self.tf.observe_clock(stamp_ns, int(self.sync.time_jump_back_s * 1e9)):
             return
         self.window.clear()
-        with self._lock:
-            self._depth.clear()
+        with self._lock:  # keep what already belongs to the new timeline (callbacks of other topics came first)
+            self._depth = {s: d for s, d in self._depth.items() if s <= stamp_ns}
             self._last_accepted_ns = -1
             stale = [s for s in self._pending if s > stamp_ns]
             for s in stale:
@@ -297,7 +298,7 @@ class EgoxNode(Node):
     def _try_complete(self, p: PendingFrame) -> ExoFrame | tuple[str, str] | None:
         """The complete frame, a (reason, detail) drop, or None to keep waiting. Called with the lock held."""
         if self._camera_info is None:
-            p.waiting_for = "camera info on exo/camera_info"
+            p.waiting_for = ("camera_info_missing", "camera info on exo/camera_info")
             return None
         h, w = p.rgb.shape[:2]
         if (self._camera_info.height, self._camera_info.width) != (h, w):
@@ -308,7 +309,8 @@ class EgoxNode(Node):
             tol = int(self.sync.depth_tolerance_s * 1e9)
             near = [s for s in self._depth if abs(s - p.stamp_ns) <= tol]
             if not near:
-                p.waiting_for = f"a depth image within {self.sync.depth_tolerance_s} s on exo/depth/image_raw"
+                p.waiting_for = ("depth_missing",
+                                 f"a depth image within {self.sync.depth_tolerance_s} s on exo/depth/image_raw")
                 return None
             depth_m = self._depth[min(near, key=lambda s: abs(s - p.stamp_ns))]
             if depth_m.shape != (h, w):
@@ -319,25 +321,29 @@ class EgoxNode(Node):
         except ExtrapolationError as e:
             if e.direction == "past":
                 return ("tf_extrapolation_past", str(e))
-            p.waiting_for = f"TF: {e}"
+            p.waiting_for = ("tf_unavailable", f"TF: {e}")
             return None
         except TfError as e:
-            p.waiting_for = f"TF: {e}"
+            p.waiting_for = ("tf_unavailable", f"TF: {e}")
             return None
         return ExoFrame(stamp_ns=p.stamp_ns, rgb=p.rgb, depth_m=depth_m, camera=self._camera,
                         world_T_exo=world_T_exo.as_matrix(),
                         world_T_ego=(world_T_head @ self.head_T_ego).as_matrix(), exo_frame_id=p.frame_id)
 
     def _expire_pending(self) -> None:
+        """Drop frames that waited longer than sync.timeout_s, each with what it still lacks."""
         now = time.monotonic()
         with self._lock:
-            expired = [p for p in self._pending.values() if now - p.arrived_s > self.sync.timeout_s]
+            expired = sorted((p for p in self._pending.values() if now - p.arrived_s > self.sync.timeout_s),
+                             key=lambda p: p.stamp_ns)
             for p in expired:
                 del self._pending[p.stamp_ns]
-        for p in sorted(expired, key=lambda p: p.stamp_ns):
-            code = "tf_unavailable" if p.waiting_for.startswith("TF") else (
-                "camera_info_missing" if "camera info" in p.waiting_for else "depth_missing")
-            self._drop([p.stamp_ns], code, f"waited {self.sync.timeout_s} s for {p.waiting_for}")
+                if self._try_complete(p) is None:  # frames behind an older one were never checked: check now
+                    continue
+                p.waiting_for = ("inputs_missing", "the older frames before it")  # complete, but too late
+        for p in expired:
+            code, what = p.waiting_for
+            self._drop([p.stamp_ns], code, f"waited {self.sync.timeout_s} s for {what}")
         if expired:
             self._resolve_pending()
 
@@ -441,7 +447,8 @@ class EgoxNode(Node):
                                 queue_capacity=self.queue_capacity)
 
     def _publish_progress(self) -> None:
-        self.pub_progress.publish(self.progress())
+        with self._lock:  # snapshot and publish together: subscribers never see an older state after a newer one
+            self.pub_progress.publish(self.progress())
 
     def _publish_diagnostics(self) -> None:
         progress = self.progress()

@@ -260,9 +260,10 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             return f"the egox node exited with code {node_proc.returncode}; its log ({node_log}):\n{tail}"
         return None
 
-    rclpy.init()
-    node = rclpy.create_node("egox_replay")
-    executor = SingleThreadedExecutor()
+    context = rclpy.Context()  # own context: callers (tests, tools) may already use the default one
+    rclpy.init(context=context)
+    node = rclpy.create_node("egox_replay", context=context)
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     player = _Player(node, reader, exo_topic)
     recorder = _Recorder(node, out_bag, typestore, ego_frame=_ego_frame(params_file, overrides or []))
@@ -285,18 +286,21 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             for conn, log_ns, raw in reader.messages():
                 if conn.topic not in player.publishers:
                     continue
+                if conn.topic == exo_topic and images_sent:
+                    # Before the next image: the node holds the previous ones (waiting for inputs or queued) with
+                    # room to spare. Waiting here, not right after an image, lets inputs logged just after it arrive.
+                    n = images_sent
+                    _wait(player.progress_changed,
+                          lambda: player.progress.frames_received >= n and
+                          player.progress.frames_waiting + player.progress.frames_queued < player.progress.queue_capacity,
+                          f"the node to take exo image {n}", stall_timeout_s, alive, lambda: player.progress)
+                    bar.update(1)
                 if log_ns > last_clock:
                     player.publish_clock(log_ns)
                     last_clock = log_ns
                 player.publishers[conn.topic].publish(raw)
-                if conn.topic == exo_topic:
-                    images_sent += 1
-                    n = images_sent
-                    _wait(player.progress_changed,
-                          lambda: player.progress.frames_received >= n
-                          and player.progress.frames_queued < player.progress.queue_capacity,
-                          f"the node to take exo image {n}", stall_timeout_s, alive, lambda: player.progress)
-                    bar.update(1)
+                images_sent += conn.topic == exo_topic
+            bar.update(images_sent - bar.n)
         except ReplayError:
             raise
         except Exception as e:  # noqa: BLE001 - a truncated or corrupt bag: keep what was played
@@ -320,7 +324,7 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
         recorder.close()
         executor.shutdown()
         node.destroy_node()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(context=context)
         reader.close()
         if node_proc is not None and node_proc.poll() is None:
             os.killpg(node_proc.pid, signal.SIGINT)

@@ -33,7 +33,7 @@ def resample_into_camera(image: np.ndarray, source: PinholeCamera, target: Pinho
     gx = (src_uv[..., 0] + 0.5) / source.width * 2 - 1
     gy = (src_uv[..., 1] + 0.5) / source.height * 2 - 1
     valid = in_front & (gx >= -1) & (gx <= 1) & (gy >= -1) & (gy <= 1)
-    src = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    src = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # copy: bag buffers are read-only
     out = F.grid_sample(src, torch.stack([gx, gy], -1)[None].float(), mode="bilinear", align_corners=False)
     out = out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     valid = valid.numpy()

@@ -21,9 +21,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     for item in args.arguments:
         name, sep, value = item.partition(":=")
         if not sep or name not in values:
-            print(f"egox launch: unknown launch argument {item!r}; known: "
-                  f"{', '.join(f'{a.name}:=<{a.default or empty}>' for a in LAUNCH_ARGUMENTS for empty in ['']) }",
-                  file=sys.stderr)
+            known = ", ".join(f"{a.name}:={a.default!r}" for a in LAUNCH_ARGUMENTS)
+            print(f"egox launch: unknown launch argument {item!r}; known (with defaults): {known}", file=sys.stderr)
             return 2
         values[name] = value
     procs = []

@@ -22,14 +22,18 @@ SAMPLE_BAG = REPO / "sample" / "tum_fr1_rpy"
 apply_isolated_env(int(os.environ.get("EGOX_TEST_DOMAIN_ID", 1 + os.getpid() % 100)))
 
 
-def wait_until(predicate, timeout_s: float = 20.0, what: str = "condition", interval_s: float = 0.02):
-    """Poll predicate() until it returns a truthy value (returned); fail the test with `what` on timeout."""
+def wait_until(predicate, timeout_s: float = 20.0, what: str = "condition", interval_s: float = 0.02,
+               raise_on_timeout: bool = True):
+    """Poll predicate() until it returns a truthy value (returned); on timeout fail the test naming `what`
+    (or return None with raise_on_timeout=False)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
+            if not raise_on_timeout:
+                return None
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
 
@@ -105,6 +109,12 @@ class TestPeer:
             with self.lock:
                 self.received[topic].append(msg)
         return self.node.create_subscription(msg_type, topic, keep, qos)
+
+    def clear(self) -> None:
+        """Forget everything received so far."""
+        with self.lock:
+            for messages in self.received.values():
+                messages.clear()
 
     def messages(self, topic: str) -> list:
         with self.lock:

@@ -49,8 +49,8 @@ def declare_config(node: Node, section: str, cls: type[T]) -> T:
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(default, list):
-            value = [float(v) if isinstance(d, float) else v for v, d in zip(list(value), default + [default[-1]] * len(value))] \
-                if default else list(value)
+            as_float = bool(default) and isinstance(default[0], float)
+            value = [float(v) if as_float else v for v in value]
         values[f.name] = value
     try:
         return cls(**values)

@@ -103,8 +103,6 @@ class _Recorder:
             if not any(t.child_frame_id == self.ego_frame for t in msg.transforms):
                 return  # the replayed bag's own TF, not an output
             stamp = msg.transforms[0].header.stamp
-        elif topic == "/diagnostics":
-            stamp = msg.header.stamp
         else:
             stamp = msg.header.stamp
         with self.lock:

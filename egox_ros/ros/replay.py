@@ -260,17 +260,18 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
 
     context = rclpy.Context()  # own context: callers (tests, tools) may already use the default one
     rclpy.init(context=context)
-    node = rclpy.create_node("egox_replay", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    player = _Player(node, reader, exo_topic)
-    recorder = _Recorder(node, out_bag, typestore, ego_frame=_ego_frame(params_file, overrides or []))
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    started = time.monotonic()
-    images_sent = 0
-    truncated = None
+    node = executor = recorder = None
     try:
+        node = rclpy.create_node("egox_replay", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        player = _Player(node, reader, exo_topic)
+        recorder = _Recorder(node, out_bag, typestore, ego_frame=_ego_frame(params_file, overrides or []))
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        started = time.monotonic()
+        images_sent = 0
+        truncated = None
         endpoints = [("pub", player.publishers[t], t) for t in (exo_topic, "/exo/camera_info") if t in player.publishers]
         endpoints += [("sub", s, t) for s, t in zip(recorder.subscriptions, OUTPUT_TOPICS) if t == "/ego/clip_metadata"]
         _wait_for_matches(node, endpoints, 60.0, alive)
@@ -318,10 +319,13 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
                                   "frames after the node finished")
             time.sleep(0.05)
         progress = player.progress
-    finally:
-        recorder.close()
-        executor.shutdown()
-        node.destroy_node()
+    finally:  # whatever failed above, the node we started must not outlive the replay
+        if recorder is not None:
+            recorder.close()
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown(context=context)
         reader.close()
         if node_proc is not None and node_proc.poll() is None:

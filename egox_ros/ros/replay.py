@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from egox_ros.ros.conversions import stamp_to_ns
 from egox_ros.ros.dds import apply_isolated_env
 
 OUTPUT_TOPICS = {  # topic -> type; all relative to the node's namespace (root by default)
@@ -108,7 +109,7 @@ class _Recorder:
         with self.lock:
             if self.writer is None:
                 return
-            self.writer.write(self.connections[topic], stamp.sec * 1_000_000_000 + stamp.nanosec, bytes(raw))
+            self.writer.write(self.connections[topic], stamp_to_ns(stamp), bytes(raw))
             self.counts[topic] += 1
             if topic == "/ego/clip_metadata":
                 self.metadata.append(msg)

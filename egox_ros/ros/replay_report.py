@@ -7,30 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from egox_ros.core.camera import PinholeCamera
+from egox_ros.ros.conversions import camera_info_to_camera as _camera
+from egox_ros.ros.conversions import image_to_rgb as _rgb
+from egox_ros.ros.conversions import stamp_to_ns as _ns
+from egox_ros.ros.conversions import transform_msg_to_rigid as _rigid
 from egox_ros.core.contact_sheet import contact_sheet
 from egox_ros.core.evaluation import masked_psnr, resample_into_camera
-from egox_ros.core.image_codec import decode_image, decode_rgb
+from egox_ros.core.image_codec import decode_image
 from egox_ros.core.tf_buffer import TfBufferCore, TfError
-from egox_ros.core.transforms import RigidTransform
 
 STATUS_NAMES = {0: "ok", 1: "failed", 2: "dropped"}
-
-
-def _ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
-def _rgb(msg) -> np.ndarray:
-    return decode_rgb(msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
-
-
-def _camera(msg) -> PinholeCamera:
-    return PinholeCamera.from_camera_info(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model)
-
-
-def _rigid(t) -> RigidTransform:
-    return RigidTransform(np.array([t.translation.x, t.translation.y, t.translation.z]),
-                          np.array([t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w]))
 
 
 def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_topic: str, typestore,

@@ -22,6 +22,7 @@ if [[ "${1:-}" != "--force" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; t
 fi
 
 log() { printf '\033[1m[egox setup]\033[0m %s\n' "$*" >&2; }
+trap 'log "setup failed (scripts/setup.sh line $LINENO); run it again, or with --force for a full rebuild"' ERR
 quiet_pip() { "$venv/bin/python" -m pip "$@" 2>&1 | grep -vE "is ignored: it is neither a file nor a directory" || true; }
 
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -35,7 +36,7 @@ quiet_pip install -q --disable-pip-version-check -r "$root/requirements.txt"
 # The wheels' exported CMake files name the wheel build machine's Python and numpy headers; point them here.
 py_inc="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
 np_inc="$("$venv/bin/python" -c 'import numpy; print(numpy.get_include())')"
-grep -rlZ --include='*.cmake' '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null \
+{ grep -rlZ --include='*.cmake' '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null || true; } \
   | xargs -0 -r sed -i \
       -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#${np_inc}#g" \
       -e "s#/opt/python/cp311-cp311/include/python3.11#${py_inc}#g"

@@ -51,11 +51,36 @@ class PendingFrame:
     waiting_for: tuple[str, str] = ("inputs_missing", "its inputs")  # (drop code, what) if it times out
 
 
+class SequenceGaps:
+    """Messages that never reached a subscription callback, from gaps in each publisher's sequence numbers.
+
+    A KEEP_LAST subscription overwrites its oldest message when its history (qos.input_depth) is full, and a
+    BEST_EFFORT transport may lose samples; neither tells the subscriber, but the publisher numbers every message.
+    """
+
+    def __init__(self):
+        self._last_seq: dict[bytes, int] = {}   # publisher gid -> newest publication sequence number seen
+
+    def lost_before(self, info) -> int:
+        """Messages from this message's publisher lost since its previous one (0 for its first, or when the RMW
+        does not report sequence numbers). `info`: the rclpy MessageInfo passed to the callback."""
+        seq = info.get("publication_sequence_number")
+        gid = info.get("publisher_gid")
+        if not seq or not gid:
+            return 0
+        key = bytes(gid["data"])
+        last = self._last_seq.get(key)
+        self._last_seq[key] = max(seq, last or 0)
+        return max(0, seq - last - 1) if last is not None else 0
+
+
 @dataclass
 class FrameAccounting:
-    """Counts of the frame life cycle; invariant: received == published + dropped + waiting + queued."""
+    """Counts of the frame life cycle; invariant: received == published + dropped + waiting + queued.
+    `lost` images never reached the node (see SequenceGaps)."""
     received: int = 0
     published: int = 0
+    lost: int = 0
     dropped: Counter = field(default_factory=Counter)   # reason code -> frames
     last_received_ns: int = 0
     received_times: deque = field(default_factory=lambda: deque(maxlen=1000))    # monotonic arrival times
@@ -111,6 +136,7 @@ class EgoxNode(Node):
         self._last_accepted_ns = -1
         self._stats = FrameAccounting()
         self._notes: Counter = Counter()                  # non-frame events for diagnostics (bad depth, ...)
+        self._image_gaps, self._depth_gaps, self._tf_gaps = SequenceGaps(), SequenceGaps(), SequenceGaps()
         self._clip_seq = itertools.count()
         self._running = True
 
@@ -128,9 +154,9 @@ class EgoxNode(Node):
         tf_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
         tf_static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), tf_qos,
+        self.create_subscription(TFMessage, "/tf", lambda m, info: self._on_tf(m, info, False), tf_qos,
                                  callback_group=inputs_group)
-        self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), tf_static_qos,
+        self.create_subscription(TFMessage, "/tf_static", lambda m, info: self._on_tf(m, info, True), tf_static_qos,
                                  callback_group=inputs_group)
         self.create_subscription(Empty, "~/flush", self._on_flush, 10, callback_group=inputs_group)
 
@@ -167,8 +193,13 @@ class EgoxNode(Node):
             self._camera_info, self._camera = msg, camera
         self._resolve_pending()
 
-    def _on_depth(self, msg: Image) -> None:
+    def _on_depth(self, msg: Image, info) -> None:
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        lost = self._depth_gaps.lost_before(info)
+        if lost:
+            self._note("depth_lost", f"{lost} depth image(s) lost before the node took them (the input queue "
+                                     "overflowed or the transport lost them); consider raising qos.input_depth",
+                       count=lost)
         self._observe_time(stamp_ns)
         try:
             depth_m = conv.image_to_depth_m(msg)
@@ -184,7 +215,10 @@ class EgoxNode(Node):
                 del self._depth[min(self._depth)]
         self._resolve_pending()
 
-    def _on_tf(self, msg: TFMessage, static: bool) -> None:
+    def _on_tf(self, msg: TFMessage, info, static: bool) -> None:
+        lost = self._tf_gaps.lost_before(info)
+        if lost:
+            self._note("tf_lost", f"{lost} TF message(s) lost before the node took them", count=lost)
         for t in msg.transforms:
             stamp_ns = conv.stamp_to_ns(t.header.stamp)
             if not static:
@@ -206,10 +240,17 @@ class EgoxNode(Node):
             self._note("bad_head_pose", f"head pose rejected: {e}")
         self._resolve_pending()
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image, info) -> None:
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
         now = time.monotonic()
+        lost = self._image_gaps.lost_before(info)
+        if lost:
+            self.get_logger().warning(
+                f"{lost} exo image(s) lost before the node took them (the input queue of qos.input_depth="
+                f"{self.qos.input_depth} overflowed or the transport lost them); counted as frames_lost",
+                throttle_duration_sec=1.0)
         with self._lock:
+            self._stats.lost += lost
             self._stats.received += 1
             self._stats.received_times.append(now)
             self._stats.last_received_ns = max(self._stats.last_received_ns, stamp_ns)
@@ -431,17 +472,17 @@ class EgoxNode(Node):
             self.pub_meta.publish(self._metadata([s], status, f"{code}: {detail}"))
         self._publish_progress()
 
-    def _note(self, code: str, detail: str) -> None:
+    def _note(self, code: str, detail: str, count: int = 1) -> None:
         """A problem with a non-frame input (depth, camera info, TF): counted in diagnostics and logged."""
         with self._lock:
-            self._notes[code] += 1
+            self._notes[code] += count
         self.get_logger().warning(detail, throttle_duration_sec=1.0)
 
     def progress(self) -> NodeProgress:
         with self._lock:
             s = self._stats
             return NodeProgress(last_received_stamp=conv.ns_to_stamp(s.last_received_ns),
-                                frames_received=s.received, frames_published=s.published,
+                                frames_received=s.received, frames_published=s.published, frames_lost=s.lost,
                                 frames_dropped=sum(s.dropped.values()), frames_waiting=len(self._pending),
                                 frames_queued=len(self._queue) + self._in_generator,
                                 queue_capacity=self.queue_capacity)
@@ -463,14 +504,15 @@ class EgoxNode(Node):
             "generator": self.generator.name, "input_rate_hz": f"{rate_in:.2f}", "output_rate_hz": f"{rate_out:.2f}",
             "window_frames": str(len(self.window)), "frames_received": str(progress.frames_received),
             "frames_published": str(progress.frames_published), "frames_dropped": str(progress.frames_dropped),
+            "frames_lost": str(progress.frames_lost),
             "frames_waiting": str(progress.frames_waiting), "frames_queued": str(progress.frames_queued),
         }
         values.update({f"dropped.{k}": str(v) for k, v in sorted(dropped.items())})
         values.update({f"input_problems.{k}": str(v) for k, v in sorted(notes.items())})
         level = DiagnosticStatus.OK
         message = "ok"
-        if dropped or notes:
-            level, message = DiagnosticStatus.WARN, "frames dropped or inputs rejected; see values"
+        if dropped or notes or progress.frames_lost:
+            level, message = DiagnosticStatus.WARN, "frames dropped or lost, or inputs rejected; see values"
         if self._camera_info is None and progress.frames_received:
             level, message = DiagnosticStatus.WARN, "no camera info received on exo/camera_info"
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: frames", message=message,

@@ -291,7 +291,7 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
                     # room to spare. Waiting here, not right after an image, lets inputs logged just after it arrive.
                     n = images_sent
                     _wait(player.progress_changed,
-                          lambda: player.progress.frames_received >= n and
+                          lambda: _images_taken(player.progress) >= n and
                           player.progress.frames_waiting + player.progress.frames_queued < player.progress.queue_capacity,
                           f"the node to take exo image {n}", stall_timeout_s, alive, lambda: player.progress)
                     bar.update(1)
@@ -309,14 +309,15 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
         bar.close()
         player.flush_pub.publish(_empty())
         _wait(player.progress_changed,
-              lambda: player.progress.frames_received >= images_sent and player.progress.frames_waiting == 0
+              lambda: _images_taken(player.progress) >= images_sent and player.progress.frames_waiting == 0
               and player.progress.frames_queued == 0,
               "the node to finish every frame", stall_timeout_s, alive, lambda: player.progress)
         deadline = time.monotonic() + 30.0
-        while recorder.frames_accounted() < images_sent or \
+        images_seen = images_sent - player.progress.frames_lost  # lost images never reached the node
+        while recorder.frames_accounted() < images_seen or \
                 recorder.counts["/ego/image_raw"] < player.progress.frames_published:
             if time.monotonic() > deadline:
-                raise ReplayError(f"recorded outputs account for {recorder.frames_accounted()} of {images_sent} "
+                raise ReplayError(f"recorded outputs account for {recorder.frames_accounted()} of {images_seen} "
                                   "frames after the node finished")
             time.sleep(0.05)
         progress = player.progress
@@ -345,11 +346,17 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
                       "frames_received_by_node": int(progress.frames_received),
                       "frames_published": int(progress.frames_published),
                       "frames_dropped": int(progress.frames_dropped),
+                      "frames_lost_before_node": int(progress.frames_lost),
                       "input_truncated": truncated, "skipped_topics": player.skipped,
                       "recorded_messages": dict(recorder.counts)}
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
     return ReplayResult(images_sent, out_bag, metrics_path, out_dir / "contact_sheet.png", metrics)
+
+
+def _images_taken(progress) -> int:
+    """Exo images the node has taken or knows it lost (its input queue overflowed)."""
+    return progress.frames_received + progress.frames_lost
 
 
 def _empty():
@@ -400,7 +407,9 @@ def run(args: argparse.Namespace) -> int:
     summary = result.metrics.get("summary", {})
     print(f"replayed {result.images_sent} exo frames in {run_info['wall_time_s']:.1f} s "
           f"({run_info['frames_per_second']} frames/s): {run_info['frames_published']} published, "
-          f"{run_info['frames_dropped']} dropped")
+          f"{run_info['frames_dropped']} dropped"
+          + (f", {run_info['frames_lost_before_node']} lost before the node" if run_info["frames_lost_before_node"]
+             else ""))
     if summary.get("mean_masked_psnr_db") is not None:
         print(f"ego vs ground truth: mean coverage {summary['mean_coverage']:.3f}, "
               f"mean masked PSNR {summary['mean_masked_psnr_db']:.2f} dB")

@@ -1,4 +1,4 @@
-"""`egox`: the command line of egox_ros (node, launch, replay, sample, config)."""
+"""`egox`: the command line of egox_ros (node, launch, replay, sample, bench, config)."""
 from __future__ import annotations
 
 import argparse
@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sample", help="rebuild the bundled sample bag from ../shared/data/tum_rgbd")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_sample)
+    from egox_ros.bench.cli import add_arguments as add_bench_arguments, run as run_bench
+    p = sub.add_parser("bench", help="benchmarks (JSON on stdout; --write-docs refreshes docs/benchmarks.md)")
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
     p = sub.add_parser("config", help="print the default parameter file (config/egox.yaml)")
     p.set_defaults(func=_cmd_config)
     args = parser.parse_args(argv)

@@ -1,0 +1,50 @@
+"""`egox bench <name>`: run a benchmark, print its JSON, optionally refresh its section of docs/benchmarks.md."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser("geometry", help="ego-prior geometry on real TUM RGB-D data: accuracy against the real "
+                                        "frames and open3d, speed, scaling")
+    p.add_argument("--json", action="store_true", help="print only the JSON document (no progress)")
+    p.add_argument("--quick", action="store_true", help="fewer pairs and repeats: a smoke run")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--write-docs", action="store_true", help=f"replace this benchmark's section of {DOCS}")
+
+
+def update_docs_section(name: str, body: str, path: Path = DOCS) -> None:
+    """Replace (or append) the section between `<!-- bench:NAME begin -->` and `<!-- bench:NAME end -->`."""
+    begin, end = f"<!-- bench:{name} begin -->", f"<!-- bench:{name} end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body}{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + f"\n\n## `egox bench {name}`\n\n{block}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bench == "geometry":
+        from egox_ros.bench import geometry as bench
+        from tqdm import tqdm
+        bar = None if args.json else tqdm(desc="bench geometry", unit="pair", file=sys.stderr)
+        result = bench.run_all(quick=args.quick, device=args.device,
+                               progress=(lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar else None)
+        if bar:
+            bar.close()
+        print(json.dumps(result, indent=None if args.json else 1))
+        if args.write_docs:
+            update_docs_section("geometry", bench.markdown(result))
+            print(f"updated {DOCS}", file=sys.stderr)
+        return 0
+    raise SystemExit(f"unknown benchmark {args.bench!r}")

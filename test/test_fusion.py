@@ -18,6 +18,12 @@ from egox_ros.core.render import render_points
 SMALL = PinholeCamera(64, 48, 60.0, 60.0, 31.5, 23.5)
 
 
+def _config(**overrides) -> FusionConfig:
+    """The settings these tests were written for (full-resolution lifting, a 16-frame window, static mode raising on
+    motion), whatever the node's defaults are."""
+    return FusionConfig(**{"stride": 1, "window_frames": 16, "static_on_move": "raise", **overrides})
+
+
 def _pose(t=(0.0, 0.0, 0.0), yaw_deg: float = 0.0) -> np.ndarray:
     a = math.radians(yaw_deg)
     m = np.eye(4)
@@ -72,13 +78,13 @@ def _tum(index: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
 
 def test_config_validation_and_factory():
     with pytest.raises(ValueError, match="mode"):
-        FusionConfig(mode="magic")
+        _config(mode="magic")
     with pytest.raises(ValueError, match="min_depth_m"):
-        FusionConfig(min_depth_m=5.0, max_depth_m=1.0)
+        _config(min_depth_m=5.0, max_depth_m=1.0)
     with pytest.raises(ValueError, match="voxel_size_m"):
-        FusionConfig(voxel_size_m=0.0)
+        _config(voxel_size_m=0.0)
     for mode, cls in (("static", StaticCameraFusion), ("moving", VoxelFusion), ("concat", ConcatFusion)):
-        fusion = make_fusion(FusionConfig(mode=mode))
+        fusion = make_fusion(_config(mode=mode))
         assert isinstance(fusion, cls) and isinstance(fusion, CloudFusion)
         assert len(fusion) == 0 and len(fusion.cloud()) == 0
         rgb, depth = _flat(2.0)
@@ -100,7 +106,7 @@ def test_static_fusion_averages_depth_and_colour_noise():
     rgb, depth, pose = _tum(20)
     gen = torch.Generator().manual_seed(0)
     sigma_m, sigma_rgb, n = 0.01, 12.0, 16
-    fusion = StaticCameraFusion(FusionConfig(mode="static", window_frames=n))
+    fusion = StaticCameraFusion(_config(mode="static", window_frames=n))
     single = None
     for k in range(n):
         noisy_d = depth + sigma_m * torch.randn(depth.shape, generator=gen)
@@ -126,7 +132,7 @@ def test_static_fusion_averages_depth_and_colour_noise():
 
 
 def test_static_dynamic_mask_keeps_people_out_of_the_background():
-    cfg = FusionConfig(mode="static", window_frames=8)
+    cfg = _config(mode="static", window_frames=8)
     fusion = StaticCameraFusion(cfg)
     person = torch.zeros((SMALL.height, SMALL.width), dtype=torch.bool)
     for k in range(4):
@@ -155,7 +161,7 @@ def test_static_dynamic_mask_keeps_people_out_of_the_background():
 
 
 def test_static_memory_is_bounded_by_the_image_not_the_window():
-    fusion = StaticCameraFusion(FusionConfig(mode="static", window_frames=8))
+    fusion = StaticCameraFusion(_config(mode="static", window_frames=8))
     sizes = []
     for k in range(200):
         rgb, depth = _flat(2.0 + 0.001 * (k % 7))
@@ -174,7 +180,7 @@ def test_static_memory_is_bounded_by_the_image_not_the_window():
 
 
 def test_static_detects_camera_motion():
-    cfg = FusionConfig(mode="static", static_pose_tolerance_m=0.01, static_pose_tolerance_deg=0.5)
+    cfg = _config(mode="static", static_pose_tolerance_m=0.01, static_pose_tolerance_deg=0.5)
     fusion = StaticCameraFusion(cfg)
     fusion.add(1, *_flat(2.0), SMALL, _pose())
     fusion.add(2, *_flat(2.0), SMALL, _pose((0.005, 0, 0), yaw_deg=0.2))  # within tolerance
@@ -187,7 +193,7 @@ def test_static_detects_camera_motion():
     assert len(fusion) == 2 and fusion.cloud() is before  # nothing changed
     with pytest.raises(ValueError, match="intrinsics"):
         fusion.add(3, *_flat(2.0), PinholeCamera(64, 48, 61.0, 60.0, 31.5, 23.5), _pose())
-    resetting = StaticCameraFusion(FusionConfig(mode="static", static_on_move="reset"))
+    resetting = StaticCameraFusion(_config(mode="static", static_on_move="reset"))
     resetting.add(1, *_flat(2.0), SMALL, _pose())
     resetting.add(2, *_flat(2.0), SMALL, _pose((1.0, 0, 0)))
     assert resetting.moves == 1 and len(resetting) == 1
@@ -205,14 +211,14 @@ def test_voxel_fusion_of_real_frames_renders_the_next_view_as_well_as_concatenat
     i = 20
     rgb_t, depth_t, pose_t = _tum(i + 5)
     cfg = dict(voxel_size_m=0.005, window_frames=5)
-    voxel = VoxelFusion(FusionConfig(**cfg), incremental=True)
-    rebuild = VoxelFusion(FusionConfig(**cfg), incremental=False)
-    concat = ConcatFusion(FusionConfig(mode="concat", **cfg))
+    voxel = VoxelFusion(_config(**cfg), incremental=True)
+    rebuild = VoxelFusion(_config(**cfg), incremental=False)
+    concat = ConcatFusion(_config(mode="concat", **cfg))
     for k in range(i, i + 5):
         rgb, depth, pose = _tum(k)
         for fusion in (voxel, rebuild, concat):
             fusion.add(k, rgb, depth, FR1, pose)
-    sliding = VoxelFusion(FusionConfig(**cfg), incremental=True)  # frames i-5..i-1 enter and leave again
+    sliding = VoxelFusion(_config(**cfg), incremental=True)  # frames i-5..i-1 enter and leave again
     for k in range(i - 5, i + 5):
         rgb, depth, pose = _tum(k)
         sliding.add(k, rgb, depth, FR1, pose)
@@ -242,7 +248,7 @@ def test_voxel_fusion_of_real_frames_renders_the_next_view_as_well_as_concatenat
 
 @pytest.mark.parametrize("incremental", [True, False])
 def test_voxel_fusion_averages_and_window_eviction_removes_old_frames(incremental):
-    cfg = FusionConfig(voxel_size_m=0.05, window_frames=3)
+    cfg = _config(voxel_size_m=0.05, window_frames=3)
     fusion = VoxelFusion(cfg, incremental=incremental)
     fusion.add(1, *_flat(2.0, (100, 0, 0)), SMALL, _pose())
     fusion.add(2, *_flat(2.0, (200, 50, 0)), SMALL, _pose())
@@ -264,20 +270,20 @@ def test_voxel_fusion_averages_and_window_eviction_removes_old_frames(incrementa
 
 @pytest.mark.parametrize("incremental", [True, False])
 def test_voxel_fusion_memory_is_bounded_for_a_long_window(incremental):
-    cfg = FusionConfig(voxel_size_m=0.05, window_frames=1000, max_points=5000)
+    cfg = _config(voxel_size_m=0.05, window_frames=1000, max_points=5000)
     fusion = VoxelFusion(cfg, incremental=incremental)
     for k in range(60):
         fusion.add(k, *_flat(2.0), SMALL, _pose((0.3 * k, 0, 0), yaw_deg=k))  # every frame sees new space
         assert fusion.num_records <= cfg.max_points and len(fusion.cloud()) <= cfg.max_points
     assert 1 < len(fusion) < 60  # the oldest frames left early
     assert fusion.nbytes() < 5000 * 40 * 3
-    big = VoxelFusion(FusionConfig(voxel_size_m=0.001, max_points=500))
+    big = VoxelFusion(_config(voxel_size_m=0.001, max_points=500))
     big.add(0, *_flat(2.0), SMALL, _pose())  # one frame with more voxels than allowed is thinned
     assert len(big.cloud()) == 500
 
 
 def test_moving_fusion_keeps_dynamic_points_out_of_the_grid():
-    fusion = VoxelFusion(FusionConfig(voxel_size_m=0.02))
+    fusion = VoxelFusion(_config(voxel_size_m=0.02))
     rgb, depth = _flat(2.0)
     mask = torch.zeros(depth.shape, dtype=torch.bool)
     mask[:10, :10] = True
@@ -292,7 +298,7 @@ def test_moving_fusion_keeps_dynamic_points_out_of_the_grid():
 
 
 def test_concat_fusion_is_bounded():
-    fusion = ConcatFusion(FusionConfig(mode="concat", window_frames=100, max_points=SMALL.width * SMALL.height * 3))
+    fusion = ConcatFusion(_config(mode="concat", window_frames=100, max_points=SMALL.width * SMALL.height * 3))
     for k in range(10):
         fusion.add(k, *_flat(2.0), SMALL, _pose())
     assert len(fusion) == 3 and len(fusion.cloud()) == SMALL.width * SMALL.height * 3

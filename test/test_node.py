@@ -22,6 +22,7 @@ from conftest import NodeProcess, wait_until
 from egox_ros.ros.node import PROGRESS_QOS
 
 W, H, F = 160, 120, 100.0  # 77 x 62 degrees; points land 2.2 ego pixels apart, closed by 3x3 splats
+SCENE = {"fusion.stride": 1}  # lift every pixel of these small images (the default, 2, leaves holes at 4.4 px)
 COLOR = (200, 50, 30)
 SEC = 1_000_000_000
 T0 = 100 * SEC
@@ -169,10 +170,12 @@ def ego_rgb(msg: Image) -> np.ndarray:
 
 
 @pytest.fixture
-def rig(peer, tmp_path):
+def rig(peer, tmp_path, request):
+    """A node with the test settings, plus any parameters a test passes with indirect parametrisation."""
     # Tests send bursts of frames: an input queue deeper than any burst, so the node sees every message.
-    node = NodeProcess(tmp_path, params={"sync.timeout_s": 2.0, "qos.input_reliability": "reliable",
-                                         "qos.input_depth": 100, "diagnostics.period_s": 0.2})
+    node = NodeProcess(tmp_path, params={**SCENE, "sync.timeout_s": 2.0, "qos.input_reliability": "reliable",
+                                         "qos.input_depth": 100, "diagnostics.period_s": 0.2,
+                                         **getattr(request, "param", {})})
     yield Rig(peer, node)
     node.stop()
 
@@ -207,6 +210,8 @@ def test_every_output_carries_the_source_stamp_and_ego_frame(rig):
             p.frames_waiting, p.frames_queued) == (1, 0, 0, 0)
 
 
+# One frame per prior: the fusion averages the colours of the window, and each frame here has its own encoding.
+@pytest.mark.parametrize("rig", [{"fusion.window_frames": 1}], indirect=True)
 @pytest.mark.parametrize("depth_encoding", ["16UC1", "32FC1"])
 def test_image_encodings_and_depth_units(rig, depth_encoding):
     for i, encoding in enumerate(["rgb8", "bgr8", "rgba8", "bgra8"]):
@@ -289,7 +294,7 @@ def test_bad_input_is_dropped_with_a_reason_and_the_node_keeps_running(rig):
 def test_images_lost_in_an_overflowing_input_queue_are_counted(peer, tmp_path):
     # A one-message input queue and a node that cannot take messages (stopped) while ten images arrive: the
     # subscription keeps only the newest, and the node learns of the others from the publisher's sequence numbers.
-    node = NodeProcess(tmp_path, params={"sync.timeout_s": 1.0, "qos.input_reliability": "reliable",
+    node = NodeProcess(tmp_path, params={**SCENE, "sync.timeout_s": 1.0, "qos.input_reliability": "reliable",
                                          "qos.input_depth": 1, "diagnostics.period_s": 0.2})
     try:
         rig = Rig(peer, node)
@@ -355,7 +360,7 @@ def test_flush_drops_frames_that_still_wait(rig):
 def test_head_pose_from_a_pose_topic_with_offset(peer, tmp_path):
     # The head pose comes from PoseStamped; the ego optical frame is 1 m behind the head along z (the plane moves to
     # 3 m, so the prior covers less of the ego view than with the head at the camera).
-    node = NodeProcess(tmp_path, params={"inputs.head_source": "pose_topic", "outputs.head_to_ego_xyz_m": [0.0, 0.0, -1.0],
+    node = NodeProcess(tmp_path, params={**SCENE, "inputs.head_source": "pose_topic", "outputs.head_to_ego_xyz_m": [0.0, 0.0, -1.0],
                                          "qos.input_reliability": "reliable"})
     try:
         rig = Rig(peer, node, pose_topic=True)

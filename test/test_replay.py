@@ -36,7 +36,7 @@ def test_sample_replay_accounts_for_every_frame_and_beats_chance(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "egox_ros.cli", "replay", str(SAMPLE_BAG), "-o", str(tmp_path / "out"),
          "--params-file", str(SAMPLE_BAG.parent / "egox_sample.yaml"),
-         "-p", "sync.queue_capacity:=1", "-p", "prior.fusion_frames:=8"],
+         "-p", "sync.queue_capacity:=1", "-p", "fusion.window_frames:=8"],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "50 published, 0 dropped" in result.stdout

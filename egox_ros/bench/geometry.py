@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,14 @@ from egox_ros.bench.common import machine_info, median_ms
 from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.config import EgoCameraConfig, PriorConfig
 from egox_ros.core.evaluation import masked_psnr
+from egox_ros.core.fusion import FusionConfig, make_fusion
 from egox_ros.core.pipeline import ego_camera_from_config
 from egox_ros.core.render import PointCloud, lift_depth, render_points
 from egox_ros.tools.tum import SEQUENCES, TumSequence
 
 GAPS = (5, 10, 20)
 WINDOW_FRAMES = 4
+WINDOW_MODES = ("moving", "concat")  # 'static' needs a fixed exo camera; both TUM cameras move
 POINT_RADIUS_PX = PriorConfig().point_radius_px
 SECTION = "geometry"
 
@@ -40,6 +43,15 @@ def _cloud(seq: TumSequence, index: int, device, stride: int) -> PointCloud:
     f = seq[index]
     return lift_depth(_tensor(f.rgb, device), _tensor(f.depth_m, device), seq.camera, _tensor(f.world_T_camera, device),
                       stride=stride, min_depth_m=0.1, max_depth_m=10.0)
+
+
+def _fused(seq: TumSequence, indices, mode: str, stride: int, device) -> PointCloud:
+    """The cloud of frames `indices` fused by the node's fusion module in `mode` (window = len(indices))."""
+    fusion = make_fusion(FusionConfig(mode=mode, window_frames=len(indices), stride=stride), device)
+    for k in indices:
+        f = seq[k]
+        fusion.add(k, f.rgb, f.depth_m, seq.camera, f.world_T_camera)
+    return fusion.cloud()
 
 
 def _mae(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float | None:
@@ -94,15 +106,16 @@ def accuracy(sequence: str, gaps=GAPS, pairs_per_gap: int = 8, device: str = "cp
             target = seq[j]
             pose_j = _tensor(target.world_T_camera, device)
             single = _cloud(seq, i, device, stride)
-            window = PointCloud.concat([_cloud(seq, k, device, stride) for k in range(i, i - WINDOW_FRAMES, -1)])
             v1 = render_points(single, seq.camera, pose_j, POINT_RADIUS_PX)
-            vw = render_points(window, seq.camera, pose_j, POINT_RADIUS_PX)
             m1 = v1.mask.cpu().numpy()
-            row = {"i": i, "j": j,
-                   "single": _score(v1.rgb.cpu().numpy(), m1, target.rgb),
-                   "window": _score(vw.rgb.cpu().numpy(), vw.mask.cpu().numpy(), target.rgb),
-                   "no_warp": _score(seq[i].rgb, np.ones_like(m1), target.rgb),
-                   "no_warp_on_covered": _score(seq[i].rgb, m1, target.rgb)}
+            row = {"i": i, "j": j, "single": _score(v1.rgb.cpu().numpy(), m1, target.rgb)}
+            for mode in WINDOW_MODES:
+                vw = render_points(_fused(seq, range(i - WINDOW_FRAMES + 1, i + 1), mode, stride, device),
+                                   seq.camera, pose_j, POINT_RADIUS_PX)
+                row[f"window_{mode}"] = _score(vw.rgb.cpu().numpy(), vw.mask.cpu().numpy(), target.rgb)
+            row.update({
+                "no_warp": _score(seq[i].rgb, np.ones_like(m1), target.rgb),
+                "no_warp_on_covered": _score(seq[i].rgb, m1, target.rgb)})
             # Independent renderer on the same cloud, both with single-pixel points into an undistorted pinhole.
             ours = render_points(single, pinhole, pose_j, 0)
             o_rgb, o_mask, o_depth = _open3d_render(single, pinhole, target.world_T_camera)
@@ -119,7 +132,7 @@ def accuracy(sequence: str, gaps=GAPS, pairs_per_gap: int = 8, device: str = "cp
             if progress:
                 progress(f"{sequence} gap {gap}: {i}->{j}")
         summary = {}
-        for key in ("single", "window", "no_warp", "no_warp_on_covered", "open3d"):
+        for key in ("single", *(f"window_{m}" for m in WINDOW_MODES), "no_warp", "no_warp_on_covered", "open3d"):
             summary[key] = {m: _mean(r[key][m] for r in rows) for m in ("coverage", "psnr_db", "mae")}
         summary["open3d"].update({m: _mean(r["open3d"][m] for r in rows)
                                   for m in ("mask_iou", "depth_abs_diff_m", "same_color_fraction")})
@@ -132,16 +145,17 @@ def _ego_camera() -> PinholeCamera:
     return ego_camera_from_config(EgoCameraConfig())
 
 
-def speed(device: str = "cpu", repeats: int = 20, stride: int = 1) -> dict:
-    """Milliseconds per 640x480 exo frame: lifting, fusion of the window, rendering into the 448x448 ego camera."""
+def speed(device: str = "cpu", repeats: int = 20, stride: int = 1, mode: str = "moving") -> dict:
+    """Milliseconds per new 640x480 exo frame in the node's streaming prior path: depth alignment, fusion (lifting,
+    adding the frame, dropping the one that left the window, the fused cloud) and rendering into the 448x448 ego
+    camera. 'static' mode gets every frame at one pose (a fixed camera), the others the real poses."""
     seq = TumSequence(SEQUENCES[0])
     ego = _ego_camera()
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
     frame = seq[20]
-    rgb, depth, pose = _tensor(frame.rgb, device), _tensor(frame.depth_m, device), _tensor(frame.world_T_camera, device)
-    ego_pose = _tensor(seq[30].world_T_camera, device)
+    depth = _tensor(frame.depth_m, device)
     result = {"device": device, "exo": "640x480", "ego": f"{ego.width}x{ego.height}", "lift_stride": stride,
-              "window_frames": WINDOW_FRAMES, "point_radius_px": POINT_RADIUS_PX}
+              "fusion": mode, "window_frames": WINDOW_FRAMES, "point_radius_px": POINT_RADIUS_PX}
     # Alignment: the streaming aligner fed a relative inverse depth (an affine map of the real inverse depth, as a
     # video depth model gives) and the real depth as the metric source.
     from egox_ros.core.depth_alignment import DepthAlignmentConfig, StreamingDepthAligner
@@ -149,13 +163,35 @@ def speed(device: str = "cpu", repeats: int = 20, stride: int = 1) -> dict:
     relative_inv = 3.0 / depth + 0.2
     result["alignment_fit_stride"] = aligner.config.fit_stride
     result["alignment_ms"] = median_ms(lambda: aligner.update(relative_inv, depth), repeats, sync=sync)
-    result["lift_ms"] = median_ms(lambda: lift_depth(rgb, depth, seq.camera, pose, stride=stride), repeats, sync=sync)
-    clouds = [_cloud(seq, k, device, stride) for k in range(20, 20 - WINDOW_FRAMES, -1)]
-    result["fusion_concat_ms"] = median_ms(lambda: PointCloud.concat(clouds), repeats, sync=sync)
-    window = PointCloud.concat(clouds)
-    result["window_points"] = len(window)
-    result["render_ms"] = median_ms(lambda: render_points(window, ego, ego_pose, POINT_RADIUS_PX), repeats, sync=sync)
-    per_frame = result["alignment_ms"] + result["lift_ms"] + result["fusion_concat_ms"] + result["render_ms"]
+
+    fusion = make_fusion(FusionConfig(mode=mode, window_frames=WINDOW_FRAMES, stride=stride), device)
+    first = 5
+    frames = [seq[k] for k in range(first, min(len(seq), first + WINDOW_FRAMES + repeats))]
+    fusion_ms, render_ms, points = [], [], []
+    for n, f in enumerate(frames):
+        pose = frames[0].world_T_camera if mode == "static" else f.world_T_camera
+        rgb, depth_k = _tensor(f.rgb, device), _tensor(f.depth_m, device)
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        fusion.add(n, rgb, depth_k, seq.camera, pose)
+        fusion.remove_older_than(n - WINDOW_FRAMES + 1)
+        cloud = fusion.cloud()
+        if sync:
+            sync()
+        t1 = time.perf_counter()
+        render_points(cloud, ego, _tensor(f.world_T_camera, device), POINT_RADIUS_PX)
+        if sync:
+            sync()
+        t2 = time.perf_counter()
+        if n >= WINDOW_FRAMES:  # the window is full: steady state
+            fusion_ms.append((t1 - t0) * 1e3)
+            render_ms.append((t2 - t1) * 1e3)
+            points.append(len(cloud))
+    result["window_points"] = int(np.median(points))
+    result["fusion_ms"] = round(float(np.median(fusion_ms)), 3)
+    result["render_ms"] = round(float(np.median(render_ms)), 3)
+    per_frame = result["alignment_ms"] + result["fusion_ms"] + result["render_ms"]
     result["prior_path_ms"] = round(per_frame, 3)
     result["prior_path_fps"] = round(1000.0 / per_frame, 2)
     return result
@@ -187,7 +223,8 @@ def run_all(quick: bool = False, device: str = "cpu", progress=None) -> dict:
             "accuracy": {f"{name}/stride{stride}": accuracy(name, pairs_per_gap=pairs, device=device, stride=stride,
                                                             progress=progress)
                          for name in SEQUENCES for stride in (1, 2)},
-            "speed": [speed(device, repeats=5 if quick else 20, stride=stride) for stride in (1, 2)],
+            "speed": [speed(device, repeats=5 if quick else 20, stride=stride, mode=mode)
+                      for mode in ("moving", "static", "concat") for stride in (1, 2)],
             "scaling": scaling(device, windows=(1, 2, 4, 8) if quick else (1, 2, 4, 8, 16, 32),
                                repeats=3 if quick else 5)}
 
@@ -199,28 +236,32 @@ def markdown(result: dict) -> str:
              f"{m['memory_gb']} GB), GPU: {m['gpu'] or 'none'}; " +
              ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + (" (quick run)" if result["quick"] else ""),
              "", "### Accuracy on real data (TUM RGB-D, sensor depth)", "",
-             "Render frame j from the cloud of frame i (single) or of frames i-3..i (window, concatenated), "
-             f"3x3 splats, and compare with the real frame j on the covered pixels. PSNR in dB, MAE in 0-255 units.",
-             "", "| sequence / lift stride | gap | coverage single / window | PSNR single | PSNR window | PSNR no-warp "
-             "(all / covered) | MAE single | MAE no-warp | open3d: mask IoU, same colour, PSNR ours / open3d |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Render frame j from the cloud of frame i (single) or of frames i-3..i fused (voxel: the 'moving' fusion; "
+             "concat: the clouds side by side), 3x3 splats, and compare with the real frame j on the covered pixels. "
+             "PSNR in dB, MAE in 0-255 units. No-warp: frame i itself, on all pixels / on the pixels the single "
+             "render covers. open3d: its projection of the single cloud against ours, both single-pixel into the "
+             "undistorted pinhole.", "",
+             "| sequence / lift stride | gap | coverage single / voxel / concat | PSNR single / voxel / concat "
+             "| PSNR no-warp (all / covered) | MAE single / no-warp | open3d: mask IoU, same colour, PSNR ours / open3d |",
+             "|---|---|---|---|---|---|---|"]
     for name, acc in result["accuracy"].items():
         for gap, g in acc["gaps"].items():
             s = g["mean"]
             o = s["open3d"]
-            lines.append(f"| {name} | {gap} | {s['single']['coverage']:.3f} / {s['window']['coverage']:.3f} "
-                         f"| {s['single']['psnr_db']:.2f} | {s['window']['psnr_db']:.2f} "
+            lines.append(f"| {name} | {gap} | {s['single']['coverage']:.3f} / {s['window_moving']['coverage']:.3f} / "
+                         f"{s['window_concat']['coverage']:.3f} | {s['single']['psnr_db']:.2f} / "
+                         f"{s['window_moving']['psnr_db']:.2f} / {s['window_concat']['psnr_db']:.2f} "
                          f"| {s['no_warp']['psnr_db']:.2f} / {s['no_warp_on_covered']['psnr_db']:.2f} "
-                         f"| {s['single']['mae']:.1f} | {s['no_warp']['mae']:.1f} "
+                         f"| {s['single']['mae']:.1f} / {s['no_warp']['mae']:.1f} "
                          f"| {o['mask_iou']:.4f}, {o['same_color_fraction']:.4f}, "
                          f"{o['ours_pinhole_r0_psnr_db']:.2f} / {o['psnr_db']:.2f} |")
-    lines += ["", "### Speed (640x480 exo frame to 448x448 ego prior)", "",
-              "| device | lift stride | window points | alignment ms | lift ms | fusion ms | render ms | prior path ms "
+    lines += ["", "### Speed (each new 640x480 exo frame to a 448x448 ego prior, window of 4 frames)", "",
+              "| device | fusion | lift stride | window points | alignment ms | fusion ms | render ms | prior path ms "
               "| frames/s |", "|---|---|---|---|---|---|---|---|---|"]
     for sp in result["speed"]:
-        lines.append(f"| {sp['device']} | {sp['lift_stride']} | {sp['window_points']} | {sp['alignment_ms']} "
-                     f"| {sp['lift_ms']} "
-                     f"| {sp['fusion_concat_ms']} | {sp['render_ms']} | {sp['prior_path_ms']} | {sp['prior_path_fps']} |")
+        lines.append(f"| {sp['device']} | {sp['fusion']} | {sp['lift_stride']} | {sp['window_points']} "
+                     f"| {sp['alignment_ms']} | {sp['fusion_ms']} | {sp['render_ms']} | {sp['prior_path_ms']} "
+                     f"| {sp['prior_path_fps']} |")
     sc = result["scaling"]
     lines += ["", "### Scaling (render time against window length)", "",
               "| window frames | points | render ms | ms per million points |", "|---|---|---|---|"]

@@ -61,17 +61,11 @@ class WindowConfig:
 
 @dataclass
 class PriorConfig:
-    """Ego prior: window frames lifted to a world point cloud and splatted into the ego camera."""
-    fusion_frames: int = param(4, "newest window frames fused into the point cloud of each prior", (1, 1000))
-    lift_stride: int = param(1, "use every n-th exo pixel when lifting depth to points", (1, 16))
+    """Ego prior rendering: the fused window cloud (see FusionConfig) splatted into the ego camera."""
     point_radius_px: int = param(1, "splat radius of each point in the ego image [px] (0 = one pixel)", (0, 16))
-    min_depth_m: float = param(0.1, "exo depth below this is ignored [m]", (0.0, 1000.0))
-    max_depth_m: float = param(10.0, "exo depth above this is ignored [m]", (0.0, 1000.0))
 
     def __post_init__(self) -> None:
         validate(self)
-        if self.min_depth_m >= self.max_depth_m:
-            raise ValueError(f"PriorConfig.min_depth_m ({self.min_depth_m}) must be below max_depth_m ({self.max_depth_m})")
 
 
 @dataclass

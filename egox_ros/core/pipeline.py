@@ -1,4 +1,4 @@
-"""From synchronised exo frames to ego clips: prior rendering over the rolling window, then the generator."""
+"""From synchronised exo frames to ego clips: the window fused and rendered as the ego prior, then the generator."""
 from __future__ import annotations
 
 import time
@@ -11,7 +11,8 @@ from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.config import EgoCameraConfig, PriorConfig
 from egox_ros.core.frames import ExoFrame
 from egox_ros.core.generators import ClipRequest, ClipResult, EgoGenerator, Prior
-from egox_ros.core.render import PointCloud, lift_depth, render_points
+from egox_ros.core.fusion import CloudFusion, FusionConfig, make_fusion
+from egox_ros.core.render import render_points
 
 
 def ego_camera_from_config(config: EgoCameraConfig) -> PinholeCamera:
@@ -20,36 +21,43 @@ def ego_camera_from_config(config: EgoCameraConfig) -> PinholeCamera:
 
 
 class PriorRenderer:
-    """Renders the ego prior of a frame from the point cloud of the newest window frames up to it."""
+    """Renders the ego prior of each frame from the window frames up to it, fused into one world point cloud.
 
-    def __init__(self, config: PriorConfig, ego_camera: PinholeCamera, device: str = "cpu"):
+    Stateful and fed in stamp order (the node's worker renders clips oldest first): each render adds the context
+    frames the fusion has not seen, drops those that left the window, and splats the fused cloud plus the frame's
+    own dynamic points. A context older than what the fusion holds (a time jump back) restarts the fusion.
+    """
+
+    def __init__(self, config: PriorConfig, fusion_config: FusionConfig, ego_camera: PinholeCamera,
+                 device: str = "cpu"):
         self.config = config
+        self.fusion_config = fusion_config
         self.ego_camera = ego_camera
         self.device = torch.device(device)
+        self.fusion: CloudFusion = make_fusion(fusion_config, self.device)
+        self._newest_ns: int | None = None   # newest stamp added to the fusion
 
-    def cloud_of(self, frame: ExoFrame) -> PointCloud | None:
-        """The frame's world point cloud (lifted once, cached on the frame); None without depth."""
-        if frame.depth_m is None:
-            return None
-        key = ("cloud", self.config.lift_stride, self.config.min_depth_m, self.config.max_depth_m, str(self.device))
-        if key not in frame.cache:
-            frame.cache[key] = lift_depth(
-                torch.from_numpy(frame.rgb).to(self.device), torch.from_numpy(frame.depth_m).to(self.device),
-                frame.camera, torch.from_numpy(frame.world_T_exo).to(self.device),
-                stride=self.config.lift_stride, min_depth_m=self.config.min_depth_m,
-                max_depth_m=self.config.max_depth_m)
-        return frame.cache[key]
+    def _update_fusion(self, context: list[ExoFrame]) -> None:
+        if self._newest_ns is not None and context and context[-1].stamp_ns < self._newest_ns:
+            self.fusion.reset()
+            self._newest_ns = None
+        for f in context:
+            if f.depth_m is None or (self._newest_ns is not None and f.stamp_ns <= self._newest_ns):
+                continue
+            self.fusion.add(f.stamp_ns, f.rgb, f.depth_m, f.camera, f.world_T_exo)
+            self._newest_ns = f.stamp_ns
+        if context:
+            self.fusion.remove_older_than(context[0].stamp_ns)
 
     def render(self, frame: ExoFrame, context: list[ExoFrame]) -> Prior:
-        """Prior of `frame` in its ego pose, fusing the clouds of `context` (window frames, oldest first)."""
-        # Newest first: on equal depth the z-buffer keeps the earlier point, so the newest colour wins.
-        clouds = [c for c in (self.cloud_of(f) for f in reversed(context)) if c is not None]
+        """Prior of `frame` in its ego pose; `context`: its window frames, oldest first, ending with `frame`."""
+        self._update_fusion(context)
+        cloud = self.fusion.frame_cloud(frame.stamp_ns) if len(self.fusion) else None
         h, w = self.ego_camera.height, self.ego_camera.width
-        if not clouds:
+        if cloud is None or len(cloud) == 0:
             return Prior(rgb=np.zeros((h, w, 3), np.uint8), mask=np.zeros((h, w), bool),
                          depth_m=np.zeros((h, w), np.float32))
-        view = render_points(PointCloud.concat(clouds), self.ego_camera,
-                             torch.from_numpy(frame.world_T_ego).to(self.device),
+        view = render_points(cloud, self.ego_camera, torch.from_numpy(frame.world_T_ego),
                              point_radius_px=self.config.point_radius_px)
         return Prior(rgb=view.rgb.cpu().numpy(), mask=view.mask.cpu().numpy(), depth_m=view.depth_m.cpu().numpy())
 

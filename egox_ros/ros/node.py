@@ -109,13 +109,13 @@ class EgoxNode(Node):
         self.sync: SyncConfig = configs["sync"]
         self.diag_config: DiagnosticsConfig = configs["diagnostics"]
         ego_config, window_config = configs["ego_camera"], configs["window"]
-        prior_config, generator_config = configs["prior"], configs["generator"]
+        prior_config, fusion_config, generator_config = configs["prior"], configs["fusion"], configs["generator"]
 
         self.ego_camera: PinholeCamera = ego_camera_from_config(ego_config)
         self.generator = make_generator(generator_config)
-        self.pipeline = EgoPipeline(PriorRenderer(prior_config, self.ego_camera, generator_config.device),
-                                    self.generator)
-        self.fusion_frames = prior_config.fusion_frames
+        self.pipeline = EgoPipeline(PriorRenderer(prior_config, fusion_config, self.ego_camera,
+                                                  generator_config.device), self.generator)
+        self.fusion_frames = min(fusion_config.window_frames, window_config.max_frames)
         self.window = FrameWindow(window_config)
         self.tf = TfBufferCore(cache_time_s=self.sync.tf_cache_s)
         rpy = self.outputs.head_to_ego_rpy_rad

@@ -328,6 +328,31 @@ def test_images_lost_in_an_overflowing_input_queue_are_counted(peer, tmp_path):
         node.stop()
 
 
+@pytest.mark.parametrize("rig", [{"outputs.publish_cloud": True}], indirect=True)
+def test_fused_cloud_is_published_for_rviz(rig):
+    from sensor_msgs.msg import PointCloud2
+    from egox_ros.ros.pointcloud2 import pointcloud2_to_cloud
+    sub = rig.peer.collect(PointCloud2, "/ego/prior/cloud")
+    wait_until(lambda: sub.get_publisher_count() > 0, 10, "the cloud publisher")
+    # Matching is only visible from our side: send frames until a cloud comes out (normally the first).
+    for n in range(10):
+        ns = T0 + n * SEC
+        rig.send_frame(ns)
+        rig.ok(ns)
+        msg = wait_until(lambda: next((m for m in rig.peer.messages("/ego/prior/cloud")
+                                       if ns_of(m.header.stamp) == ns), None), 2, "", raise_on_timeout=False)
+        if msg:
+            break
+    assert msg, "no fused cloud on /ego/prior/cloud"
+    assert msg.header.frame_id == "world"
+    cloud = pointcloud2_to_cloud(msg)
+    points, colors = cloud.points_world.numpy(), cloud.colors.numpy()
+    # The plane 2 m in front of the exo camera (at the world origin), in its colour, at voxel resolution.
+    assert len(cloud) > 1000
+    assert np.allclose(points[:, 2], 2.0, atol=0.01)
+    assert (colors == COLOR).all()
+
+
 def test_tf_interpolation_between_samples_and_a_time_jump_back(rig):
     ns = T0 + 50 * SEC
     rig.send_frame(ns)

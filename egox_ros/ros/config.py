@@ -32,6 +32,8 @@ class OutputsConfig:
                                       "pitch yaw [rad]; use [-1.5708, 0, -1.5708] for a REP-103 head (x forward, z up)",
                                       (-7.0, 7.0))
     publish_tf: bool = param(True, "publish world -> ego_frame on /tf at every output stamp")
+    publish_cloud: bool = param(False, "publish the fused window cloud (world frame) on ego/prior/cloud with every "
+                                       "clip, for RViz")
 
     def __post_init__(self) -> None:
         validate(self)

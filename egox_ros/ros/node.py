@@ -24,7 +24,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
@@ -39,6 +39,7 @@ from egox_ros.ros import conversions as conv
 from egox_ros.ros.config import (DiagnosticsConfig, InputsConfig, OutputsConfig, QosConfig, SyncConfig,
                                  parameter_sections)
 from egox_ros.ros.params import declare_config
+from egox_ros.ros.pointcloud2 import cloud_to_pointcloud2
 
 
 @dataclass
@@ -164,6 +165,8 @@ class EgoxNode(Node):
         self.pub_ego_info = self.create_publisher(CameraInfo, "ego/camera_info", out_qos)
         self.pub_prior = self.create_publisher(Image, "ego/prior/image_raw", out_qos)
         self.pub_mask = self.create_publisher(Image, "ego/prior/mask", out_qos)
+        self.pub_cloud = self.create_publisher(PointCloud2, "ego/prior/cloud", out_qos) \
+            if self.outputs.publish_cloud else None
         self.pub_meta = self.create_publisher(ClipMetadata, "ego/clip_metadata",
                                               _qos("reliable", max(100, self.qos.output_depth)))
         self.pub_progress = self.create_publisher(NodeProgress, "~/progress", PROGRESS_QOS)
@@ -438,6 +441,9 @@ class EgoxNode(Node):
             self.pub_mask.publish(conv.array_to_image(valid.astype(np.uint8) * 255, "mono8", stamp, ego_frame))
             self.pub_ego_info.publish(conv.camera_to_camera_info(self.ego_camera, stamp, ego_frame))
             self.pub_ego.publish(conv.array_to_image(rgb, "rgb8", stamp, ego_frame))
+        if self.pub_cloud is not None:  # the fusion as it was for the clip's newest frame
+            self.pub_cloud.publish(cloud_to_pointcloud2(self.pipeline.renderer.fusion.cloud(), self.inputs.world_frame,
+                                                        conv.ns_to_stamp(frames[-1].stamp_ns)))
         meta = self._metadata([f.stamp_ns for f in frames], ClipMetadata.STATUS_OK, "")
         meta.exo_frame_id = frames[0].exo_frame_id
         meta.prior_coverage = [p.coverage for p in output.request.priors]

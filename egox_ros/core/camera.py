@@ -354,7 +354,7 @@ class PinholeCamera(CameraModel):
         xy = p[..., :2] * inv_z.unsqueeze(-1)
         if self.has_distortion:
             if math.isfinite(self._max_r2):  # type: ignore[attr-defined]
-                valid = valid & ((xy * xy).sum(dim=-1) <= self._max_r2)  # type: ignore[attr-defined]
+                valid = valid & ((xy * xy).sum(dim=-1) < self._max_r2)  # type: ignore[attr-defined]
             # Invalid points are distorted at the centre so that their pixels stay finite.
             xy = self.distort_normalized(torch.where(valid.unsqueeze(-1), xy, 0.0))
         u = xy[..., 0] * self.fx + self.cx

@@ -34,18 +34,32 @@ def validate(config: Any) -> None:
             raise ValueError(f"{type(config).__name__}.{f.name} = {value!r}; expected one of {list(choices)}")
 
 
+EGO_CAMERA_MODELS = ("pinhole", "equidistant")
+
+
 @dataclass
 class EgoCameraConfig:
-    """Pinhole intrinsics of the generated ego view (OpenCV optical axes), pixels."""
+    """Camera model and intrinsics of the generated ego view (OpenCV optical axes), pixels."""
     width: int = param(448, "ego image width [px]; the released EgoX weights expect 448", (16, 4096))
     height: int = param(448, "ego image height [px]; the released EgoX weights expect 448", (16, 4096))
     fx: float = param(224.0, "ego focal length x [px] (224 px at 448 px width = 90 degrees field of view)", (1.0, 1e5))
     fy: float = param(224.0, "ego focal length y [px]", (1.0, 1e5))
     cx: float = param(223.5, "ego principal point x [px]", (-1e4, 1e4))
     cy: float = param(223.5, "ego principal point y [px]", (-1e4, 1e4))
+    model: str = param("pinhole", "ego camera model: 'pinhole' (OpenCV plumb_bob / rational_polynomial distortion) "
+                       "or 'equidistant' (Kannala-Brandt fisheye, as OpenCV fisheye)",
+                       choices=EGO_CAMERA_MODELS)
+    distortion: list = param([0.0, 0.0, 0.0, 0.0], "distortion coefficients, all zeros = none; pinhole: 4 or 5 "
+                             "(k1 k2 p1 p2 [k3], plumb_bob) or 8 (k1 k2 p1 p2 k3 k4 k5 k6, rational_polynomial); "
+                             "equidistant: 4 (k1 k2 k3 k4)", (-1e3, 1e3))
 
     def __post_init__(self) -> None:
+        self.distortion = [float(c) for c in self.distortion]
         validate(self)
+        counts = {"pinhole": (0, 4, 5, 8), "equidistant": (0, 4)}[self.model]
+        if len(self.distortion) not in counts:
+            raise ValueError(f"EgoCameraConfig.distortion has {len(self.distortion)} coefficients; the "
+                             f"{self.model!r} model takes {', '.join(map(str, counts))}")
 
 
 @dataclass

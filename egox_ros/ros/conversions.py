@@ -6,7 +6,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, Transform, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image
 
-from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.camera import CameraModel, camera_from_camera_info
 from egox_ros.core.image_codec import decode_depth_m, decode_rgb, encode_image
 from egox_ros.core.transforms import RigidTransform
 
@@ -38,14 +38,18 @@ def array_to_image(array: np.ndarray, encoding: str, stamp: Time, frame_id: str)
     return msg
 
 
-def camera_info_to_camera(msg: CameraInfo) -> PinholeCamera:
-    """Camera model from CameraInfo; raises ValueError for unsupported distortion models or bad intrinsics."""
-    return PinholeCamera.from_camera_info(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model)
+def camera_info_to_camera(msg: CameraInfo) -> CameraModel:
+    """Camera model from CameraInfo (plumb_bob, rational_polynomial, equidistant or none).
+
+    Raises ValueError for unsupported distortion models, wrong coefficient counts or bad intrinsics.
+    """
+    return camera_from_camera_info(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model)
 
 
-def camera_to_camera_info(camera: PinholeCamera, stamp: Time, frame_id: str) -> CameraInfo:
-    msg = CameraInfo(width=camera.width, height=camera.height,
-                     distortion_model="plumb_bob", d=[0.0] * 5)
+def camera_to_camera_info(camera: CameraModel, stamp: Time, frame_id: str) -> CameraInfo:
+    """CameraInfo with the camera's intrinsics, distortion model and coefficients (R identity, P = [K | 0])."""
+    model, d = camera.camera_info_distortion
+    msg = CameraInfo(width=camera.width, height=camera.height, distortion_model=model, d=[float(c) for c in d])
     msg.header.stamp = stamp
     msg.header.frame_id = frame_id
     msg.k = [camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0]

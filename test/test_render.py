@@ -292,3 +292,19 @@ def test_real_frame_warped_to_a_later_pose_matches_the_real_image():
     err = (view.depth_m - depth_j)[both].abs()
     assert float(err.median()) < 0.02  # measured 6 mm
     assert float((err < 0.05).float().mean()) > 0.9  # measured 0.976
+
+
+def test_fisheye_exo_lifts_only_pixels_inside_its_image_circle():
+    from egox_ros.core.camera import FisheyeCamera
+    # Equidistant, 100 px per radian: 90 degrees off-axis is 157 px from the centre, so the corners of a 400x400
+    # image (283 px) lie outside the image circle and have no ray.
+    cam = FisheyeCamera(400, 400, 100.0, 100.0, 199.5, 199.5, (0.0, 0.0, 0.0, 0.0))
+    rays = cam.ray_grid()
+    inside = torch.isfinite(rays).all(-1)
+    assert 0.3 < float(inside.float().mean()) < 0.9
+    depth = torch.full((400, 400), 2.0)
+    rgb = torch.full((400, 400, 3), 7, dtype=torch.uint8)
+    cloud = lift_depth(rgb, depth, cam, torch.eye(4, dtype=torch.float64))
+    assert len(cloud) == int(inside.sum())
+    assert torch.isfinite(cloud.points_world).all()
+    assert torch.allclose(cloud.points_world[:, 2], torch.tensor(2.0))

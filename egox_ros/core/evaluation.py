@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.camera import CameraModel
 
 
 def masked_psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float | None:
@@ -17,7 +17,7 @@ def masked_psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> f
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
 
 
-def resample_into_camera(image: np.ndarray, source: PinholeCamera, target: PinholeCamera,
+def resample_into_camera(image: np.ndarray, source: CameraModel, target: CameraModel,
                          source_R_target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-render a (H, W, 3) uint8 image taken by `source` as seen by `target` at the same optical centre.
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.camera import CameraModel
 from egox_ros.core.config import WindowConfig
 
 
@@ -21,7 +21,7 @@ class ExoFrame:
     stamp_ns: int
     rgb: np.ndarray
     depth_m: np.ndarray | None
-    camera: PinholeCamera
+    camera: CameraModel
     world_T_exo: np.ndarray
     world_T_ego: np.ndarray
     exo_frame_id: str

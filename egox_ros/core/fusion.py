@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.camera import CameraModel
 from egox_ros.core.config import param, validate
 from egox_ros.core.render import PointCloud
 
@@ -87,7 +87,7 @@ class CameraMovedError(RuntimeError):
 class CloudFusion(Protocol):
     """What the prior renderer needs from a fusion strategy."""
 
-    def add(self, key: int, rgb, depth_m, camera: PinholeCamera, world_T_camera,
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera,
             dynamic_mask=None) -> None:
         """Fuse one frame (key: stamp [ns], increasing). Frames beyond the window leave."""
 
@@ -141,7 +141,7 @@ class _FrameInput:
     ``static_valid`` / ``dynamic_valid`` (h', w') bool; rays (h', w', 3) float32 unit-z camera rays.
     """
 
-    def __init__(self, config: FusionConfig, device, rgb, depth_m, camera: PinholeCamera, world_T_camera,
+    def __init__(self, config: FusionConfig, device, rgb, depth_m, camera: CameraModel, world_T_camera,
                  dynamic_mask):
         depth = torch.as_tensor(depth_m)
         dev = torch.device(device) if device is not None else depth.device
@@ -156,7 +156,9 @@ class _FrameInput:
         self.pose = _pose64(world_T_camera)
         self.device = dev
         depth = depth[::s, ::s].to(device=dev, dtype=torch.float32)
+        self.rays = camera.ray_grid(s, device=dev)
         valid = torch.isfinite(depth) & (depth >= config.min_depth_m) & (depth <= config.max_depth_m) & (depth > 0)
+        valid &= torch.isfinite(self.rays).all(-1)  # a fisheye has no ray outside its image circle
         if dynamic_mask is not None:
             mask = torch.as_tensor(dynamic_mask)
             if tuple(mask.shape) != expected:
@@ -168,7 +170,6 @@ class _FrameInput:
         self.rgb = rgb[::s, ::s].to(dev)
         self.static_valid = valid & ~dynamic
         self.dynamic_valid = valid & dynamic
-        self.rays = camera.ray_grid(s, device=dev)
 
     def lift(self, select: torch.Tensor) -> PointCloud:
         """World points of the pixels where ``select`` (h', w') bool is True (they must have valid depth)."""
@@ -250,7 +251,7 @@ class StaticCameraFusion:
         self.reset()
 
     def reset(self) -> None:
-        self._camera: PinholeCamera | None = None
+        self._camera: CameraModel | None = None
         self._pose: np.ndarray | None = None
         self._depth: torch.Tensor | None = None
         self._color: torch.Tensor | None = None
@@ -264,7 +265,7 @@ class StaticCameraFusion:
         """Frames fused since the last reset, capped at ``window_frames`` (the average's effective length)."""
         return min(self._frames, self.config.window_frames)
 
-    def add(self, key: int, rgb, depth_m, camera: PinholeCamera, world_T_camera, dynamic_mask=None) -> None:
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
         """Average the frame's static pixels in; keep its dynamic pixels (lifted) with ``key``."""
         key = _check_key(key, self._newest)
         frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
@@ -484,7 +485,7 @@ class VoxelFusion:
         """Voxel records held for the window's frames (the quantity bounded by ``max_points``)."""
         return sum(len(r) for r in self._records.values())
 
-    def add(self, key: int, rgb, depth_m, camera: PinholeCamera, world_T_camera, dynamic_mask=None) -> None:
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
         key = _check_key(key, self._newest)
         frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
         record = _voxelize(frame.lift(frame.static_valid), self.config.voxel_size_m)
@@ -577,7 +578,7 @@ class ConcatFusion:
     def __len__(self) -> int:
         return len(self._clouds)
 
-    def add(self, key: int, rgb, depth_m, camera: PinholeCamera, world_T_camera, dynamic_mask=None) -> None:
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
         key = _check_key(key, self._newest)
         frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
         cloud = frame.lift(frame.static_valid)

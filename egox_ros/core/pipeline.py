@@ -31,7 +31,7 @@ class PriorRenderer:
     own dynamic points. A context older than what the fusion holds (a time jump back) restarts the fusion.
     """
 
-    def __init__(self, config: PriorConfig, fusion_config: FusionConfig, ego_camera: PinholeCamera,
+    def __init__(self, config: PriorConfig, fusion_config: FusionConfig, ego_camera: CameraModel,
                  device: str = "cpu"):
         self.config = config
         self.fusion_config = fusion_config

@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.camera import CameraModel
 
 _INDEX_BITS = 32
 _MAX_POINTS = (1 << 31) - 1  # the index half of a key is read back as int32
@@ -128,7 +128,7 @@ def _invert(pose64: torch.Tensor) -> torch.Tensor:
 def lift_depth(
     rgb: torch.Tensor,
     depth_m: torch.Tensor,
-    camera: PinholeCamera,
+    camera: CameraModel,
     world_T_camera: torch.Tensor,
     stride: int = 1,
     min_depth_m: float = 0.1,
@@ -156,6 +156,7 @@ def lift_depth(
     depth = depth_m[::stride, ::stride].to(torch.float32)
     colors = rgb[::stride, ::stride].to(device)
     valid = torch.isfinite(depth) & (depth > 0.0) & (depth >= min_depth_m) & (depth <= max_depth_m)
+    valid &= torch.isfinite(rays).all(-1)  # a fisheye has no ray outside its image circle
     keep = torch.nonzero(valid.reshape(-1)).squeeze(1)  # one nonzero, shared by the three gathers
     d = depth.reshape(-1).index_select(0, keep)
     points_cam = rays.reshape(-1, 3).index_select(0, keep) * d.unsqueeze(-1)
@@ -165,7 +166,7 @@ def lift_depth(
 
 def render_points(
     cloud: PointCloud,
-    camera: PinholeCamera,
+    camera: CameraModel,
     world_T_camera: torch.Tensor,
     point_radius_px: int = 1,
 ) -> RenderedView:

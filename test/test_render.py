@@ -308,3 +308,21 @@ def test_fisheye_exo_lifts_only_pixels_inside_its_image_circle():
     assert len(cloud) == int(inside.sum())
     assert torch.isfinite(cloud.points_world).all()
     assert torch.allclose(cloud.points_world[:, 2], torch.tensor(2.0))
+
+
+@needs_tum
+def test_rendering_in_chunks_gives_the_same_image(monkeypatch):
+    import egox_ros.core.render as render
+    rgb_i, depth_i, pose_i = _tum_frame(20)
+    _, _, pose_j = _tum_frame(30)
+    # Two copies of the cloud in different colours: equal depths everywhere, so each tie between chunks must go to
+    # the lower global index, the first copy.
+    first = lift_depth(rgb_i, depth_i, FR1, pose_i, stride=2)
+    cloud = PointCloud.concat([first, PointCloud(first.points_world, 255 - first.colors)])
+    whole = render_points(cloud, FR1, pose_j, point_radius_px=1)
+    monkeypatch.setattr(render, "_CHUNK_POINTS", 1000)
+    chunked = render_points(cloud, FR1, pose_j, point_radius_px=1)
+    assert len(cloud) > 50 * 1000
+    assert torch.equal(whole.mask, chunked.mask) and torch.equal(whole.rgb, chunked.rgb)
+    assert torch.equal(whole.depth_m, chunked.depth_m)
+    assert torch.equal(whole.rgb, render_points(first, FR1, pose_j, point_radius_px=1).rgb)

@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
         bar = None if args.json else tqdm(desc="bench geometry", unit="pair", file=sys.stderr)
         result = bench.run_all(quick=args.quick, device=args.device,
-                               progress=(lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar else None)
-        if bar:
+                               progress=(lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None)
+        if bar is not None:
             bar.close()
         print(json.dumps(result, indent=None if args.json else 1))
         if args.write_docs:

@@ -145,7 +145,8 @@ def _ego_camera() -> PinholeCamera:
     return ego_camera_from_config(EgoCameraConfig())
 
 
-def speed(device: str = "cpu", repeats: int = 20, stride: int = 1, mode: str = "moving") -> dict:
+def speed(device: str = "cpu", repeats: int = 20, stride: int = 1, mode: str = "moving",
+          window_frames: int = WINDOW_FRAMES) -> dict:
     """Milliseconds per new 640x480 exo frame in the node's streaming prior path: depth alignment, fusion (lifting,
     adding the frame, dropping the one that left the window, the fused cloud) and rendering into the 448x448 ego
     camera. 'static' mode gets every frame at one pose (a fixed camera), the others the real poses."""
@@ -155,7 +156,7 @@ def speed(device: str = "cpu", repeats: int = 20, stride: int = 1, mode: str = "
     frame = seq[20]
     depth = _tensor(frame.depth_m, device)
     result = {"device": device, "exo": "640x480", "ego": f"{ego.width}x{ego.height}", "lift_stride": stride,
-              "fusion": mode, "window_frames": WINDOW_FRAMES, "point_radius_px": POINT_RADIUS_PX}
+              "fusion": mode, "window_frames": window_frames, "point_radius_px": POINT_RADIUS_PX}
     # Alignment: the streaming aligner fed a relative inverse depth (an affine map of the real inverse depth, as a
     # video depth model gives) and the real depth as the metric source.
     from egox_ros.core.depth_alignment import DepthAlignmentConfig, StreamingDepthAligner
@@ -164,9 +165,9 @@ def speed(device: str = "cpu", repeats: int = 20, stride: int = 1, mode: str = "
     result["alignment_fit_stride"] = aligner.config.fit_stride
     result["alignment_ms"] = median_ms(lambda: aligner.update(relative_inv, depth), repeats, sync=sync)
 
-    fusion = make_fusion(FusionConfig(mode=mode, window_frames=WINDOW_FRAMES, stride=stride), device)
-    first = 5
-    frames = [seq[k] for k in range(first, min(len(seq), first + WINDOW_FRAMES + repeats))]
+    fusion = make_fusion(FusionConfig(mode=mode, window_frames=window_frames, stride=stride), device)
+    first = 5 if window_frames + repeats + 5 <= len(seq) else 0
+    frames = [seq[k] for k in range(first, min(len(seq), first + window_frames + repeats))]
     fusion_ms, render_ms, points = [], [], []
     for n, f in enumerate(frames):
         pose = frames[0].world_T_camera if mode == "static" else f.world_T_camera
@@ -175,7 +176,7 @@ def speed(device: str = "cpu", repeats: int = 20, stride: int = 1, mode: str = "
             sync()
         t0 = time.perf_counter()
         fusion.add(n, rgb, depth_k, seq.camera, pose)
-        fusion.remove_older_than(n - WINDOW_FRAMES + 1)
+        fusion.remove_older_than(n - window_frames + 1)
         cloud = fusion.cloud()
         if sync:
             sync()
@@ -184,7 +185,7 @@ def speed(device: str = "cpu", repeats: int = 20, stride: int = 1, mode: str = "
         if sync:
             sync()
         t2 = time.perf_counter()
-        if n >= WINDOW_FRAMES:  # the window is full: steady state
+        if n >= window_frames:  # the window is full: steady state
             fusion_ms.append((t1 - t0) * 1e3)
             render_ms.append((t2 - t1) * 1e3)
             points.append(len(cloud))
@@ -213,7 +214,14 @@ def scaling(device: str = "cpu", windows=(1, 2, 4, 8, 16, 32), repeats: int = 5)
                      "ms_per_million_points": round(ms / len(cloud) * 1e6, 2)})
     # Growth exponent: slope of log(time) against log(points), least squares over the rows (1 = linear).
     slope = float(np.polyfit(np.log([r["points"] for r in rows]), np.log([r["render_ms"] for r in rows]), 1)[0])
-    return {"device": device, "rows": rows, "loglog_slope": round(slope, 3), "at_most_linear": slope <= 1.1}
+    # The node's streaming path (default 'moving' fusion, stride 2) against window length.
+    path = [speed(device, repeats=repeats, stride=2, mode="moving", window_frames=n) for n in windows]
+    path_rows = [{k: r[k] for k in ("window_frames", "window_points", "fusion_ms", "render_ms", "prior_path_ms")}
+                 for r in path]
+    path_slope = float(np.polyfit(np.log([r["window_frames"] for r in path_rows]),
+                                  np.log([r["fusion_ms"] + r["render_ms"] for r in path_rows]), 1)[0])
+    return {"device": device, "rows": rows, "loglog_slope": round(slope, 3), "at_most_linear": slope <= 1.1,
+            "prior_path_rows": path_rows, "prior_path_loglog_slope_vs_window": round(path_slope, 3)}
 
 
 def run_all(quick: bool = False, device: str = "cpu", progress=None) -> dict:
@@ -268,5 +276,13 @@ def markdown(result: dict) -> str:
     for r in sc["rows"]:
         lines.append(f"| {r['window_frames']} | {r['points']} | {r['render_ms']} | {r['ms_per_million_points']} |")
     lines += ["", f"Growth exponent (slope of log time against log points): {sc['loglog_slope']} "
-                  f"({'at most linear' if sc['at_most_linear'] else 'worse than linear'})."]
+                  f"({'at most linear' if sc['at_most_linear'] else 'worse than linear'}).", "",
+              "The node's streaming path ('moving' voxel fusion, lift stride 2) against window length:", "",
+              "| window frames | fused points | fusion ms | render ms | prior path ms (with alignment) |",
+              "|---|---|---|---|---|"]
+    for r in sc["prior_path_rows"]:
+        lines.append(f"| {r['window_frames']} | {r['window_points']} | {r['fusion_ms']} | {r['render_ms']} "
+                     f"| {r['prior_path_ms']} |")
+    lines += ["", f"Growth exponent of fusion + render time against window length: "
+                  f"{sc['prior_path_loglog_slope_vs_window']} (the voxel grid merges what the frames share)."]
     return "\n".join(lines) + "\n"

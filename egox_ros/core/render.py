@@ -34,6 +34,8 @@ _MAX_POINTS = (1 << 31) - 1  # the index half of a key is read back as int32
 # Which int32 word of an int64 holds its low / high 32 bits on this machine.
 _LO_WORD, _HI_WORD = (0, 1) if sys.byteorder == "little" else (1, 0)
 _EMPTY_KEY = torch.iinfo(torch.int64).max
+_CHUNK_POINTS = 1 << 20  # points per pass; on a 2-core EPYC 2^20 keeps 35 ms per million points from 0.25 M to
+                         # 8 M points, smaller chunks cost more per chunk (2^15: 88 ms/M at 0.25 M points)
 
 
 @dataclass
@@ -193,8 +195,13 @@ def render_points(
     pad = 2 * radius
     pw, ph = w + 2 * pad, h + 2 * pad
     zbuf_key = torch.full((ph * pw,), _EMPTY_KEY, dtype=torch.int64, device=device)
-    if n > 0:
-        points_cam = _transform(cloud.points_world, _invert(pose))
+    camera_T_world = _invert(pose)
+    # Points go through in chunks: amin is order-free, so the result is the same, and the temporaries stay small,
+    # which keeps the time per point constant however large the cloud (measured with `egox bench geometry`'s
+    # scaling table: in one pass it tripled from 0.25 M to 8 M points, 35 -> 112 ms per million).
+    for start in range(0, n, _CHUNK_POINTS):
+        stop = min(n, start + _CHUNK_POINTS)
+        points_cam = _transform(cloud.points_world[start:stop], camera_T_world)
         uv, valid = camera.project(points_cam)
         z = points_cam[:, 2].contiguous()
         # Pixel containing the projection (pixel centres at integers).
@@ -207,9 +214,9 @@ def render_points(
         vi = torch.where(valid, vf, 0.0).to(torch.int64)
         base = (vi + pad) * pw + (ui + pad)
         z_bits = torch.where(valid, z, 1.0).view(torch.int32).to(torch.int64)
-        key = (z_bits << _INDEX_BITS) | torch.arange(n, device=device, dtype=torch.int64)
+        key = (z_bits << _INDEX_BITS) | torch.arange(start, stop, device=device, dtype=torch.int64)
         key = torch.where(valid, key, _EMPTY_KEY)
-        # One scatter per offset of the square: (2r+1)^2 passes over N points,
+        # One scatter per offset of the square: (2r+1)^2 passes over the chunk,
         # cheaper than materialising a (2r+1)^2 * N index tensor.
         for dv in range(-radius, radius + 1):
             for du in range(-radius, radius + 1):

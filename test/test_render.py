@@ -1,9 +1,7 @@
 """Lifting and z-buffered splatting: synthetic geometry plus render-and-compare on real TUM RGB-D frames."""
 
 import math
-import os
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ import torch
 
 from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.render import PointCloud, RenderedView, lift_depth, render_points
+from egox_ros.tools.tum import FR1_CAMERA, TumSequence, tum_root
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -203,50 +202,25 @@ def test_point_cloud_concat_and_len():
 
 # ----------------------------------------------------------------------------- real data (TUM RGB-D fr1_rpy)
 
-# freiburg1 Kinect intrinsics and distortion from the data set's README (OpenCV order k1 k2 p1 p2 k3).
-FR1 = PinholeCamera(640, 480, 517.3, 516.5, 318.6, 255.3, (0.2624, -0.9531, -0.0054, 0.0026, 1.1633))
+FR1 = FR1_CAMERA  # freiburg1 Kinect intrinsics and distortion from the data set's README
 
 
-def _tum_dir() -> Path | None:
-    candidates = [os.environ.get("EGOX_TUM_DIR", "")]
-    candidates += [str(Path(__file__).resolve().parents[1] / "shared/data/tum_rgbd"), "/work/shared/data/tum_rgbd"]
-    for c in candidates:
-        if c and (Path(c) / "fr1_rpy_60" / "associations.txt").is_file():
-            return Path(c) / "fr1_rpy_60"
-    return None
-
-
-def _read_rows(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-
-
-def _quat_xyzw_to_matrix(q) -> np.ndarray:
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+def _tum_available() -> bool:
+    try:
+        tum_root()
+        return True
+    except FileNotFoundError:
+        return False
 
 
 @lru_cache(maxsize=None)
 def _tum_frame(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rgb uint8 (480, 640, 3), depth metres float32 (480, 640), world_T_camera float64 (4, 4)) of a frame."""
-    from PIL import Image
-
-    root = _tum_dir()
-    t_rgb, rgb_file, _, depth_file = _read_rows(root / "associations.txt")[index]
-    gt = np.array(_read_rows(root / "groundtruth.txt"), dtype=np.float64)
-    row = gt[np.argmin(np.abs(gt[:, 0] - float(t_rgb)))]  # nearest motion-capture sample
-    assert abs(row[0] - float(t_rgb)) < 0.01
-    rgb = torch.from_numpy(np.array(Image.open(root / rgb_file).convert("RGB")))
-    depth = torch.from_numpy(np.array(Image.open(root / depth_file)).astype(np.float32) / 5000.0)
-    return rgb, depth, _pose(_quat_xyzw_to_matrix(row[4:8]), row[1:4])
+    """(rgb uint8 (480, 640, 3), depth metres float32 (480, 640), NaN = no reading, world_T_camera float64 (4, 4))."""
+    f = TumSequence("fr1_rpy_60")[index]
+    return torch.from_numpy(f.rgb), torch.from_numpy(f.depth_m), _pose(f.world_T_camera[:3, :3], f.world_T_camera[:3, 3])
 
 
-needs_tum = pytest.mark.skipif(_tum_dir() is None, reason="TUM RGB-D sample (shared/data/tum_rgbd) not found")
+needs_tum = pytest.mark.skipif(not _tum_available(), reason="TUM RGB-D sample (shared/data/tum_rgbd) not found")
 
 
 @needs_tum

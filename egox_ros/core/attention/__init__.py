@@ -1,0 +1,1 @@
+"""Attention with a geometry-guided bias (GGA): the bias computed from small direction tables, never as L x L."""

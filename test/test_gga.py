@@ -1,0 +1,85 @@
+"""GGA attention: the bias formula, and the chunked and FlexAttention evaluations against a dense fp64 reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from egox_ros.core.attention.gga import (EPS, GgaTables, flex_attention_available, gga_attention_chunked,
+                                         gga_attention_flex, gga_bias_dense)
+
+
+def tables(frames=3, exo_per_frame=24, ego_per_frame=16, seed=0) -> GgaTables:
+    """Tokens frame by frame, exo then ego within each frame (the canvas order); random unit directions."""
+    g = torch.Generator().manual_seed(seed)
+    per = exo_per_frame + ego_per_frame
+    length = frames * per
+    is_ego = torch.tensor(([False] * exo_per_frame + [True] * ego_per_frame) * frames)
+    frame = torch.arange(frames).repeat_interleave(per)
+    qd = F.normalize(torch.randn(length, 3, generator=g), dim=-1)
+    kd = F.normalize(torch.randn(frames, length, 3, generator=g), dim=-1) * (~is_ego)[None, :, None]
+    return GgaTables(qd, frame, is_ego, kd)
+
+
+def dense_reference(q, k, v, t: GgaTables, strength, mode) -> torch.Tensor:
+    bias = gga_bias_dense(t.to(dtype=torch.float64), strength, mode)
+    q, k, v = (x.double() for x in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias, dim=-1)
+    return w @ v
+
+
+def qkv(length, heads=2, dim=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, heads, length, dim, generator=g) for _ in range(3)]
+
+
+def test_bias_values_by_hand():
+    # One ego query, three exo keys at known cosines, one ego key (direction 0).
+    qd = torch.tensor([[1.0, 0.0, 0.0]] * 4)
+    kd = torch.tensor([[[0.5, math.sqrt(0.75), 0.0], [-0.5, math.sqrt(0.75), 0.0], [1.0, 0.0, 0.0], [0, 0, 0]]])
+    t = GgaTables(qd, torch.zeros(4, dtype=torch.int64), torch.tensor([True, False, False, True]), kd)
+    released = gga_bias_dense(t, strength=3.0)
+    # cos 0.5 -> log(1 + 1.5); cos -0.5 -> log(0.5) (negative cosines are not scaled); cos 1 -> log(4); ego key -> eps.
+    expected = torch.tensor([math.log(2.5 + EPS), math.log(0.5 + EPS), math.log(4.0 + EPS), math.log(1 + EPS)])
+    assert torch.allclose(released[0], expected, atol=1e-6)
+    assert torch.equal(released[1], torch.zeros(4)) and torch.equal(released[2], torch.zeros(4))  # exo rows: 0
+    paper = gga_bias_dense(t, strength=2.0, mode="paper")
+    assert torch.allclose(paper[0, :3], 2.0 * torch.log(torch.tensor([1.5, 0.5, 2.0]) + EPS), atol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        gga_bias_dense(t, mode="other")
+
+
+@pytest.mark.parametrize("mode,strength", [("released", 3.0), ("released", 1.0), ("paper", 2.0)])
+def test_chunked_attention_matches_the_dense_fp64_reference(mode, strength):
+    t = tables()
+    q, k, v = qkv(t.length)
+    ref = dense_reference(q, k, v, t, strength, mode)
+    out = gga_attention_chunked(q, k, v, t, strength, mode, chunk_rows=7)  # several chunks, one ragged
+    assert (out.double() - ref).abs().max() <= 1e-5
+    # The bias matters: plain attention differs on ego rows, and is identical on exo rows.
+    plain = F.scaled_dot_product_attention(q, k, v)
+    assert (out - plain)[:, :, t.query_is_ego].abs().max() > 1e-2
+    assert torch.allclose(out[:, :, ~t.query_is_ego], plain[:, :, ~t.query_is_ego], atol=1e-6)
+
+
+@pytest.mark.skipif(not flex_attention_available(), reason="FlexAttention not available in this torch")
+def test_flex_attention_matches_the_dense_fp64_reference():
+    t = tables(frames=2, exo_per_frame=40, ego_per_frame=24)  # 128 tokens: one FlexAttention block
+    q, k, v = qkv(t.length, heads=2, dim=16)
+    ref = dense_reference(q, k, v, t, 3.0, "released")
+    out = gga_attention_flex(q, k, v, t, 3.0, "released")
+    assert (out.double() - ref).abs().max() <= 1e-5
+
+
+def test_bad_inputs_raise_clear_errors():
+    t = tables()
+    with pytest.raises(ValueError, match="tokens but the GGA tables"):
+        gga_attention_chunked(*qkv(t.length + 1), t)
+    with pytest.raises(ValueError, match="non-finite"):
+        GgaTables(t.query_dir, t.query_frame, t.query_is_ego, t.key_dir * float("nan"))
+    with pytest.raises(ValueError, match="index the"):
+        GgaTables(t.query_dir, t.query_frame + 5, t.query_is_ego, t.key_dir)
+    with pytest.raises(ValueError, match=r"\(F, L, 3\)"):
+        GgaTables(t.query_dir, t.query_frame, t.query_is_ego, t.key_dir[:, :-1])

@@ -32,3 +32,15 @@ def test_geometry_bench_quick_run_reports_accuracy_speed_and_scaling():
     for sp in result["speed"]:
         assert sp["prior_path_ms"] > 0 and sp["window_points"] > 0
     assert [r["window_frames"] for r in result["scaling"]["rows"]] == [1, 2, 4, 8]
+
+
+def test_gga_bench_quick_run_checks_exactness_and_times_every_method():
+    run = subprocess.run([sys.executable, "-m", "egox_ros.cli", "bench", "gga", "--quick", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["device"] == "cpu" and result["released_size"] is None and "GPU" in result["released_size_note"]
+    for row in result["small"]:
+        assert row["chunked_max_abs_err"] <= 1e-5
+        assert row.get("flex_max_abs_err", 0.0) <= 1e-5
+        assert row["plain_sdpa_ms"] > 0 and row["chunked_ms"] > 0 and row["dense_bias_ms"] > 0

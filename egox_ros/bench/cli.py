@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer pairs and repeats: a smoke run")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--write-docs", action="store_true", help=f"replace this benchmark's section of {DOCS}")
+    p = sub.add_parser("gga", help="geometry-guided attention: exactness and time against plain attention and the "
+                                   "dense-bias method (small sizes on CPU; the released size with --device cuda)")
+    p.add_argument("--json", action="store_true", help="print only the JSON document")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats: a smoke run")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--write-docs", action="store_true", help=f"replace this benchmark's section of {DOCS}")
 
 
 def update_docs_section(name: str, body: str, path: Path = DOCS) -> None:
@@ -45,6 +51,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=None if args.json else 1))
         if args.write_docs:
             update_docs_section("geometry", bench.markdown(result))
+            print(f"updated {DOCS}", file=sys.stderr)
+        return 0
+    if args.bench == "gga":
+        from egox_ros.bench import gga as bench
+        result = bench.run_all(device=args.device, quick=args.quick)
+        print(json.dumps(result, indent=None if args.json else 1))
+        if args.write_docs:
+            update_docs_section("gga", bench.markdown(result))
             print(f"updated {DOCS}", file=sys.stderr)
         return 0
     raise SystemExit(f"unknown benchmark {args.bench!r}")

@@ -75,6 +75,31 @@ class SequenceGaps:
         return max(0, seq - last - 1) if last is not None else 0
 
 
+class InputDelays:
+    """Worst delays of each input topic since the node started, from the rclpy MessageInfo of each message [ms]:
+    transport (publish -> arrival in the subscription's queue) and callback (publish -> our callback running).
+    A large callback delay with a small transport delay means the node was busy, not the network."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._worst: dict[str, tuple[float, float]] = {}
+
+    def observe(self, topic: str, info) -> None:
+        source, received = info.get("source_timestamp"), info.get("received_timestamp")
+        if not source or not received:
+            return
+        transport_ms, callback_ms = (received - source) / 1e6, (time.time_ns() - source) / 1e6
+        with self._lock:
+            worst = self._worst.get(topic, (0.0, 0.0))
+            self._worst[topic] = (max(worst[0], transport_ms), max(worst[1], callback_ms))
+
+    def report(self) -> dict[str, str]:
+        """Diagnostic values 'input_delay_max_ms.<topic>': 'transport / callback'."""
+        with self._lock:
+            worst = dict(self._worst)
+        return {f"input_delay_max_ms.{t}": f"{a:.1f} / {b:.1f}" for t, (a, b) in sorted(worst.items())}
+
+
 @dataclass
 class FrameAccounting:
     """Counts of the frame life cycle; invariant: received == published + dropped + waiting + queued.
@@ -138,6 +163,7 @@ class EgoxNode(Node):
         self._stats = FrameAccounting()
         self._notes: Counter = Counter()                  # non-frame events for diagnostics (bad depth, ...)
         self._image_gaps, self._depth_gaps, self._tf_gaps = SequenceGaps(), SequenceGaps(), SequenceGaps()
+        self._delays = InputDelays()
         self._clip_seq = itertools.count()
         self._running = True
 
@@ -197,6 +223,7 @@ class EgoxNode(Node):
         self._resolve_pending()
 
     def _on_depth(self, msg: Image, info) -> None:
+        self._delays.observe("depth", info)
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
         lost = self._depth_gaps.lost_before(info)
         if lost:
@@ -219,6 +246,7 @@ class EgoxNode(Node):
         self._resolve_pending()
 
     def _on_tf(self, msg: TFMessage, info, static: bool) -> None:
+        self._delays.observe("tf_static" if static else "tf", info)
         lost = self._tf_gaps.lost_before(info)
         if lost:
             self._note("tf_lost", f"{lost} TF message(s) lost before the node took them", count=lost)
@@ -244,6 +272,7 @@ class EgoxNode(Node):
         self._resolve_pending()
 
     def _on_image(self, msg: Image, info) -> None:
+        self._delays.observe("image", info)
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
         now = time.monotonic()
         lost = self._image_gaps.lost_before(info)
@@ -515,6 +544,7 @@ class EgoxNode(Node):
         }
         values.update({f"dropped.{k}": str(v) for k, v in sorted(dropped.items())})
         values.update({f"input_problems.{k}": str(v) for k, v in sorted(notes.items())})
+        values.update(self._delays.report())
         level = DiagnosticStatus.OK
         message = "ok"
         if dropped or notes or progress.frames_lost:

@@ -77,7 +77,7 @@ def test_replay_of_a_sqlite3_bag(tmp_path):
     _copy_bag(SAMPLE_BAG, bag, StoragePlugin.SQLITE3, keep_frames=6)
     result = replay(bag, tmp_path / "out", progress_bar=False)
     assert result.images_sent == 6
-    assert result.metrics["summary"]["frames_published"] == 6
+    assert result.metrics["summary"]["frames_published"] == 6, result.metrics["summary"]
     assert (tmp_path / "out" / "contact_sheet.png").exists()
 
 

@@ -163,6 +163,11 @@ class _Player:
             self.progress = msg
             self.progress_changed.notify_all()
 
+    def wait_delivered(self, timeout_s: float) -> bool:
+        """Block until the node has acknowledged every message played so far (all in its queues), or timeout."""
+        from rclpy.duration import Duration
+        return all(pub.wait_for_all_acked(Duration(seconds=timeout_s)) for pub in self.publishers.values())
+
     def publish_clock(self, stamp_ns: int) -> None:
         from rosgraph_msgs.msg import Clock
         from egox_ros.ros.conversions import ns_to_stamp
@@ -307,6 +312,10 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             truncated = f"{type(e).__name__}: {e}"
             node.get_logger().error(f"input bag ended early after {images_sent} exo images: {truncated}")
         bar.close()
+        # End of stream only once the node holds everything played: a flush overtaking the last TF or depth message
+        # (another topic, another writer) would drop the last frame as end_of_stream.
+        if not player.wait_delivered(30.0):
+            node.get_logger().warning("the node did not acknowledge every message within 30 s; flushing anyway")
         player.flush_pub.publish(_empty())
         _wait(player.progress_changed,
               lambda: _images_taken(player.progress) >= images_sent and player.progress.frames_waiting == 0

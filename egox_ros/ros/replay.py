@@ -209,12 +209,20 @@ def _wait_for_matches(node, endpoints, timeout_s: float, alive) -> None:
         time.sleep(0.05)
 
 
+REPLAY_INPUT_TIMEOUT_S = 10.0
+
+
 def _start_node(params_file: str | None, overrides: list[str], log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "egox_ros.ros.node", "--ros-args", "-r", "__node:=egox"]
     from egox_ros.ros.launch_spec import default_params_file
     cmd += ["--params-file", params_file or str(default_params_file())]
     # Lockstep needs lossless inputs (reliable, deep enough for the TF and depth between two images) and sim time.
     cmd += ["-p", "use_sim_time:=true", "-p", "qos.input_reliability:=reliable", "-p", "qos.input_depth:=100"]
+    # Offline, a frame's inputs are played right after it, so its wall-clock wait only has to outlast a busy
+    # machine (the live default, 1 s, dropped frames on a loaded 2-core CI runner). A value the user gives wins.
+    user_text = " ".join(overrides) + (Path(params_file).read_text() if params_file else "")
+    if "timeout_s" not in user_text:
+        cmd += ["-p", f"sync.timeout_s:={REPLAY_INPUT_TIMEOUT_S}"]
     for o in overrides:
         cmd += ["-p", o]
     log = open(log_path, "w")

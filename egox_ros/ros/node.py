@@ -19,9 +19,8 @@ import transforms3d
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from egox_msgs.msg import ClipMetadata, NodeProgress
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -150,7 +149,7 @@ class EgoxNode(Node):
             np.roll(transforms3d.euler.euler2quat(*rpy, axes="sxyz"), -1))  # wxyz -> xyzw
         self.queue_capacity = max(self.sync.queue_capacity, self.generator.clip_frames)
 
-        # State shared by the input callbacks (serialised by one callback group), the timers and the worker.
+        # State shared by the callbacks (one executor thread) and the generator worker thread.
         self._lock = threading.Condition()
         self._camera_info: CameraInfo | None = None
         self._camera: PinholeCamera | None = None
@@ -167,25 +166,20 @@ class EgoxNode(Node):
         self._clip_seq = itertools.count()
         self._running = True
 
-        inputs_group = MutuallyExclusiveCallbackGroup()
         in_qos = _qos(self.qos.input_reliability, self.qos.input_depth)
         out_qos = _qos(self.qos.output_reliability, self.qos.output_depth)
-        self.create_subscription(Image, "exo/image_raw", self._on_image, in_qos, callback_group=inputs_group)
-        self.create_subscription(CameraInfo, "exo/camera_info", self._on_camera_info, in_qos,
-                                 callback_group=inputs_group)
+        self.create_subscription(Image, "exo/image_raw", self._on_image, in_qos)
+        self.create_subscription(CameraInfo, "exo/camera_info", self._on_camera_info, in_qos)
         if self.inputs.use_depth:
-            self.create_subscription(Image, "exo/depth/image_raw", self._on_depth, in_qos, callback_group=inputs_group)
+            self.create_subscription(Image, "exo/depth/image_raw", self._on_depth, in_qos)
         if self.inputs.head_source == "pose_topic":
-            self.create_subscription(PoseStamped, "head/pose", self._on_head_pose, in_qos,
-                                     callback_group=inputs_group)
+            self.create_subscription(PoseStamped, "head/pose", self._on_head_pose, in_qos)
         tf_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
         tf_static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(TFMessage, "/tf", lambda m, info: self._on_tf(m, info, False), tf_qos,
-                                 callback_group=inputs_group)
-        self.create_subscription(TFMessage, "/tf_static", lambda m, info: self._on_tf(m, info, True), tf_static_qos,
-                                 callback_group=inputs_group)
-        self.create_subscription(Empty, "~/flush", self._on_flush, 10, callback_group=inputs_group)
+        self.create_subscription(TFMessage, "/tf", lambda m, info: self._on_tf(m, info, False), tf_qos)
+        self.create_subscription(TFMessage, "/tf_static", lambda m, info: self._on_tf(m, info, True), tf_static_qos)
+        self.create_subscription(Empty, "~/flush", self._on_flush, 10)
 
         self.pub_ego = self.create_publisher(Image, "ego/image_raw", out_qos)
         self.pub_ego_info = self.create_publisher(CameraInfo, "ego/camera_info", out_qos)
@@ -200,8 +194,7 @@ class EgoxNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # timeouts run in wall time, also under use_sim_time
-        self.create_timer(min(0.1, self.sync.timeout_s / 2), self._expire_pending, callback_group=inputs_group,
-                          clock=steady)
+        self.create_timer(min(0.1, self.sync.timeout_s / 2), self._expire_pending, clock=steady)
         self.create_timer(self.diag_config.period_s, self._publish_diagnostics, clock=steady)
         self._worker = threading.Thread(target=self._work, name="egox-generator", daemon=True)
         self._worker.start()
@@ -574,7 +567,10 @@ def main(args: list[str] | None = None) -> None:
     node = None
     try:
         node = EgoxNode()
-        executor = MultiThreadedExecutor(num_threads=3)
+        # One thread for every callback: they are short (decode, buffer, publish), generation runs on the node's
+        # own worker thread. A multi-threaded executor with one exclusive group for the inputs left TF and depth
+        # callbacks waiting for seconds behind the image callbacks (measured with input_delay_max_ms).
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -7,27 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from egox_ros.bench.gga import make_tables
 from egox_ros.core.attention.gga import (EPS, GgaTables, flex_attention_available, gga_attention_chunked,
-                                         gga_attention_flex, gga_bias_dense)
-
-
-def tables(frames=3, exo_per_frame=24, ego_per_frame=16, seed=0) -> GgaTables:
-    """Tokens frame by frame, exo then ego within each frame (the canvas order); random unit directions."""
-    g = torch.Generator().manual_seed(seed)
-    per = exo_per_frame + ego_per_frame
-    length = frames * per
-    is_ego = torch.tensor(([False] * exo_per_frame + [True] * ego_per_frame) * frames)
-    frame = torch.arange(frames).repeat_interleave(per)
-    qd = F.normalize(torch.randn(length, 3, generator=g), dim=-1)
-    kd = F.normalize(torch.randn(frames, length, 3, generator=g), dim=-1) * (~is_ego)[None, :, None]
-    return GgaTables(qd, frame, is_ego, kd)
-
-
-def dense_reference(q, k, v, t: GgaTables, strength, mode) -> torch.Tensor:
-    bias = gga_bias_dense(t.to(dtype=torch.float64), strength, mode)
-    q, k, v = (x.double() for x in (q, k, v))
-    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias, dim=-1)
-    return w @ v
+                                         gga_attention_flex, gga_attention_reference, gga_bias_dense)
 
 
 def qkv(length, heads=2, dim=16, seed=1):
@@ -53,9 +35,9 @@ def test_bias_values_by_hand():
 
 @pytest.mark.parametrize("mode,strength", [("released", 3.0), ("released", 1.0), ("paper", 2.0)])
 def test_chunked_attention_matches_the_dense_fp64_reference(mode, strength):
-    t = tables()
+    t = make_tables(frames=3, exo_per_frame=24, ego_per_frame=16)
     q, k, v = qkv(t.length)
-    ref = dense_reference(q, k, v, t, strength, mode)
+    ref = gga_attention_reference(q, k, v, t, strength, mode)
     out = gga_attention_chunked(q, k, v, t, strength, mode, chunk_rows=7)  # several chunks, one ragged
     assert (out.double() - ref).abs().max() <= 1e-5
     # The bias matters: plain attention differs on ego rows, and is identical on exo rows.
@@ -66,15 +48,15 @@ def test_chunked_attention_matches_the_dense_fp64_reference(mode, strength):
 
 @pytest.mark.skipif(not flex_attention_available(), reason="FlexAttention not available in this torch")
 def test_flex_attention_matches_the_dense_fp64_reference():
-    t = tables(frames=2, exo_per_frame=40, ego_per_frame=24)  # 128 tokens: one FlexAttention block
+    t = make_tables(frames=2, exo_per_frame=40, ego_per_frame=24)  # 128 tokens: one FlexAttention block
     q, k, v = qkv(t.length, heads=2, dim=16)
-    ref = dense_reference(q, k, v, t, 3.0, "released")
+    ref = gga_attention_reference(q, k, v, t, 3.0, "released")
     out = gga_attention_flex(q, k, v, t, 3.0, "released")
     assert (out.double() - ref).abs().max() <= 1e-5
 
 
 def test_bad_inputs_raise_clear_errors():
-    t = tables()
+    t = make_tables(frames=3, exo_per_frame=24, ego_per_frame=16)
     with pytest.raises(ValueError, match="tokens but the GGA tables"):
         gga_attention_chunked(*qkv(t.length + 1), t)
     with pytest.raises(ValueError, match="non-finite"):

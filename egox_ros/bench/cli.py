@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -10,20 +11,23 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
 
+# name -> help; each is the module egox_ros.bench.<name> with run_all(quick, device, progress) and markdown().
+BENCHMARKS = {
+    "geometry": "ego-prior geometry on real TUM RGB-D data: accuracy against the real frames and open3d, speed, "
+                "scaling",
+    "gga": "geometry-guided attention: exactness and time against plain attention and the dense-bias method "
+           "(small sizes on CPU; the released size with --device cuda)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True)
-    p = sub.add_parser("geometry", help="ego-prior geometry on real TUM RGB-D data: accuracy against the real "
-                                        "frames and open3d, speed, scaling")
-    p.add_argument("--json", action="store_true", help="print only the JSON document (no progress)")
-    p.add_argument("--quick", action="store_true", help="fewer pairs and repeats: a smoke run")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    p.add_argument("--write-docs", action="store_true", help=f"replace this benchmark's section of {DOCS}")
-    p = sub.add_parser("gga", help="geometry-guided attention: exactness and time against plain attention and the "
-                                   "dense-bias method (small sizes on CPU; the released size with --device cuda)")
-    p.add_argument("--json", action="store_true", help="print only the JSON document")
-    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats: a smoke run")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    p.add_argument("--write-docs", action="store_true", help=f"replace this benchmark's section of {DOCS}")
+    for name, help_text in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--json", action="store_true", help="print only the JSON document (no progress)")
+        p.add_argument("--quick", action="store_true", help="fewer cases and repeats: a smoke run")
+        p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+        p.add_argument("--write-docs", action="store_true", help=f"replace this benchmark's section of {DOCS}")
 
 
 def update_docs_section(name: str, body: str, path: Path = DOCS) -> None:
@@ -40,25 +44,15 @@ def update_docs_section(name: str, body: str, path: Path = DOCS) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bench == "geometry":
-        from egox_ros.bench import geometry as bench
-        from tqdm import tqdm
-        bar = None if args.json else tqdm(desc="bench geometry", unit="pair", file=sys.stderr)
-        result = bench.run_all(quick=args.quick, device=args.device,
-                               progress=(lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None)
-        if bar is not None:
-            bar.close()
-        print(json.dumps(result, indent=None if args.json else 1))
-        if args.write_docs:
-            update_docs_section("geometry", bench.markdown(result))
-            print(f"updated {DOCS}", file=sys.stderr)
-        return 0
-    if args.bench == "gga":
-        from egox_ros.bench import gga as bench
-        result = bench.run_all(device=args.device, quick=args.quick)
-        print(json.dumps(result, indent=None if args.json else 1))
-        if args.write_docs:
-            update_docs_section("gga", bench.markdown(result))
-            print(f"updated {DOCS}", file=sys.stderr)
-        return 0
-    raise SystemExit(f"unknown benchmark {args.bench!r}")
+    from tqdm import tqdm
+    bench = importlib.import_module(f"egox_ros.bench.{args.bench}")
+    bar = None if args.json else tqdm(desc=f"bench {args.bench}", unit="case", file=sys.stderr)
+    progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
+    result = bench.run_all(quick=args.quick, device=args.device, progress=progress)
+    if bar is not None:
+        bar.close()
+    print(json.dumps(result, indent=None if args.json else 1))
+    if args.write_docs:
+        update_docs_section(args.bench, bench.markdown(result))
+        print(f"updated {DOCS}", file=sys.stderr)
+    return 0

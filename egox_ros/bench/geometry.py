@@ -22,7 +22,7 @@ import torch
 from egox_ros.bench.common import machine_info, median_ms
 from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.config import EgoCameraConfig, PriorConfig
-from egox_ros.core.evaluation import masked_psnr
+from egox_ros.core.evaluation import masked_mae, masked_psnr
 from egox_ros.core.fusion import FusionConfig, make_fusion
 from egox_ros.core.pipeline import ego_camera_from_config
 from egox_ros.core.render import PointCloud, lift_depth, render_points
@@ -54,15 +54,9 @@ def _fused(seq: TumSequence, indices, mode: str, stride: int, device) -> PointCl
     return fusion.cloud()
 
 
-def _mae(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float | None:
-    if not mask.any():
-        return None
-    return float(np.abs(image[mask].astype(np.float64) - reference[mask].astype(np.float64)).mean())
-
-
 def _score(rgb: np.ndarray, mask: np.ndarray, reference: np.ndarray) -> dict:
     return {"coverage": float(mask.mean()), "psnr_db": masked_psnr(rgb, reference, mask),
-            "mae": _mae(rgb, reference, mask)}
+            "mae": masked_mae(rgb, reference, mask)}
 
 
 def _open3d_render(cloud: PointCloud, camera: PinholeCamera, world_T_camera: np.ndarray):

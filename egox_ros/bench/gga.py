@@ -6,20 +6,18 @@ The released size (28,028 tokens, 40 heads x 128, bf16) needs a GPU: `--device c
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from egox_ros.bench.common import machine_info, median_ms
 from egox_ros.core.attention.gga import (GgaTables, flex_attention_available, gga_attention_chunked,
-                                         gga_attention_flex, gga_bias_dense)
+                                         gga_attention_flex, gga_attention_reference, gga_bias_dense)
 
 SECTION = "gga"
 RELEASED_TOKENS = (13, 28 * 28, 28 * 49)   # latent frames, exo tokens per frame, ego tokens per frame: 28,028 tokens
 
 
-def make_tables(frames: int, exo_per_frame: int, ego_per_frame: int, device, seed: int = 0) -> GgaTables:
+def make_tables(frames: int, exo_per_frame: int, ego_per_frame: int, device="cpu", seed: int = 0) -> GgaTables:
     """Random unit directions in the canvas token order (per frame: exo tokens, then ego tokens)."""
     g = torch.Generator().manual_seed(seed)
     per = exo_per_frame + ego_per_frame
@@ -54,9 +52,7 @@ def case(frames: int, exo: int, ego: int, heads: int, dim: int, device: str, dty
     if check:
         bias = gga_bias_dense(t).to(dtype)
         row["dense_bias_ms"] = median_ms(lambda: _dense_bias_attention(q, k, v, bias), repeats, sync=sync)
-        qd, kd, vd = (x.double().cpu() for x in (q, k, v))
-        w = torch.softmax(qd @ kd.transpose(-1, -2) / math.sqrt(dim) + gga_bias_dense(t.to("cpu", torch.float64)), -1)
-        ref = w @ vd
+        ref = gga_attention_reference(q, k, v, t)
         row["chunked_max_abs_err"] = float((gga_attention_chunked(q, k, v, t).double().cpu() - ref).abs().max())
         if "flex_ms" in row:
             row["flex_max_abs_err"] = float((gga_attention_flex(q, k, v, t).double().cpu() - ref).abs().max())
@@ -66,13 +62,17 @@ def case(frames: int, exo: int, ego: int, heads: int, dim: int, device: str, dty
     return row
 
 
-def run_all(device: str = "cpu", quick: bool = False) -> dict:
-    """Small CPU sizes with exactness checks; on CUDA also the released size (no dense reference there)."""
+def run_all(quick: bool = False, device: str = "cpu", progress=None) -> dict:
+    """Small CPU sizes with exactness checks; on CUDA also the released size (no dense reference there).
+    progress(what) is called after each case."""
     sizes = [(2, 40, 24, 2, 16), (4, 96, 64, 4, 32)] if quick else [(2, 40, 24, 2, 16), (4, 96, 64, 4, 32),
                                                                    (13, 112, 196, 4, 64)]
     result = {"benchmark": SECTION, "quick": quick, "machine": machine_info(), "device": device,
-              "small": [case(*s, device=device, dtype=torch.float32, repeats=3 if quick else 10, check=True)
-                        for s in sizes]}
+              "small": []}
+    for s in sizes:
+        result["small"].append(case(*s, device=device, dtype=torch.float32, repeats=3 if quick else 10, check=True))
+        if progress:
+            progress(f"{s[0] * (s[1] + s[2])} tokens")
     if device.startswith("cuda"):
         f, exo, ego = RELEASED_TOKENS
         result["released_size"] = case(f, exo, ego, 40, 128, device, torch.bfloat16, repeats=10, check=False)

@@ -17,6 +17,13 @@ def masked_psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> f
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
 
 
+def masked_mae(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float | None:
+    """Mean absolute error (0-255 units) of uint8 images (H, W, 3) over the pixels where mask is True; None if empty."""
+    if not mask.any():
+        return None
+    return float(np.abs(image[mask].astype(np.float64) - reference[mask].astype(np.float64)).mean())
+
+
 def resample_into_camera(image: np.ndarray, source: CameraModel, target: CameraModel,
                          source_R_target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-render a (H, W, 3) uint8 image taken by `source` as seen by `target` at the same optical centre.

@@ -28,12 +28,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
 
 from egox_ros.core.camera import CameraModel
 from egox_ros.core.config import param, validate
-from egox_ros.core.render import PointCloud
+from egox_ros.core.render import PointCloud, pose_float64, transform_points
 
 FUSION_MODES = ("static", "moving", "concat")
 
@@ -110,27 +109,10 @@ class CloudFusion(Protocol):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _pose64(world_T_camera) -> np.ndarray:
-    pose = (world_T_camera.detach().cpu().numpy() if torch.is_tensor(world_T_camera)
-            else np.asarray(world_T_camera)).astype(np.float64)
-    if pose.shape != (4, 4):
-        raise ValueError(f"world_T_camera must be a 4x4 matrix, got shape {pose.shape}")
-    if not np.isfinite(pose).all():
-        raise ValueError("world_T_camera must be finite")
-    return pose
-
-
-def _apply_pose(points: torch.Tensor, pose: np.ndarray) -> torch.Tensor:
-    """(N, 3) float32 camera points -> world points with a float64 4x4 pose (elementwise, any device)."""
-    m = pose.tolist()
-    x, y, z = points.unbind(-1)
-    return torch.stack([x * m[i][0] + y * m[i][1] + z * m[i][2] + m[i][3] for i in range(3)], dim=-1)
-
-
-def _pose_change(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(translation [m], rotation angle [deg]) between two poses."""
-    translation = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
-    cos = (np.trace(a[:3, :3].T @ b[:3, :3]) - 1.0) / 2.0
+def _pose_change(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(translation [m], rotation angle [deg]) between two float64 poses."""
+    translation = float(torch.linalg.norm(a[:3, 3] - b[:3, 3]))
+    cos = (float(torch.trace(a[:3, :3].T @ b[:3, :3])) - 1.0) / 2.0
     return translation, math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
@@ -153,7 +135,7 @@ class _FrameInput:
             raise ValueError(f"rgb must be uint8 of shape {expected + (3,)}, got {rgb.dtype} {tuple(rgb.shape)}")
         s = config.stride
         self.camera = camera
-        self.pose = _pose64(world_T_camera)
+        self.pose = pose_float64(world_T_camera)
         self.device = dev
         depth = depth[::s, ::s].to(device=dev, dtype=torch.float32)
         self.rays = camera.ray_grid(s, device=dev)
@@ -176,12 +158,20 @@ class _FrameInput:
         keep = torch.nonzero(select.reshape(-1)).squeeze(1)
         d = self.depth.reshape(-1).index_select(0, keep)
         points = self.rays.reshape(-1, 3).index_select(0, keep) * d.unsqueeze(-1)
-        return PointCloud(_apply_pose(points, self.pose), self.rgb.reshape(-1, 3).index_select(0, keep))
+        return PointCloud(transform_points(points, self.pose), self.rgb.reshape(-1, 3).index_select(0, keep))
 
 
 def _even_subset(n: int, limit: int, device) -> torch.Tensor:
     """``limit`` evenly spaced indices of ``range(n)`` (deterministic thinning)."""
     return torch.linspace(0, n - 1, limit, device=device).round().to(torch.int64)
+
+
+def _thin(cloud: PointCloud, limit: int) -> PointCloud:
+    """At most ``limit`` points of ``cloud``, evenly spaced."""
+    if len(cloud) <= limit:
+        return cloud
+    idx = _even_subset(len(cloud), limit, cloud.device)
+    return PointCloud(cloud.points_world[idx], cloud.colors[idx])
 
 
 class _DynamicStore:
@@ -192,9 +182,7 @@ class _DynamicStore:
         self.clouds: OrderedDict[int, PointCloud] = OrderedDict()
 
     def put(self, key: int, cloud: PointCloud) -> None:
-        if len(cloud) > self.max_points:
-            idx = _even_subset(len(cloud), self.max_points, cloud.device)
-            cloud = PointCloud(cloud.points_world[idx], cloud.colors[idx])
+        cloud = _thin(cloud, self.max_points)
         if len(cloud):
             self.clouds[key] = cloud
         while sum(len(c) for c in self.clouds.values()) > self.max_points:
@@ -212,7 +200,35 @@ class _DynamicStore:
         return PointCloud.concat([dyn.to(background.device) if len(background) else dyn, background])
 
     def nbytes(self) -> int:
-        return sum(c.points_world.nbytes + c.colors.nbytes for c in self.clouds.values())
+        return sum(c.nbytes for c in self.clouds.values())
+
+
+class _FusionBase:
+    """What every fusion shares: per-frame dynamic points added to the fused background cloud."""
+    _dynamic: _DynamicStore
+
+    def cloud(self) -> PointCloud:
+        raise NotImplementedError
+
+    def frame_cloud(self, key: int) -> PointCloud:
+        return self._dynamic.with_background(self.cloud(), int(key))
+
+
+class _PerFrameFusion(_FusionBase):
+    """A fusion that keeps each frame's contribution, so that frames leave the window exactly."""
+
+    def _frame_keys(self) -> list[int]:
+        raise NotImplementedError
+
+    def _remove_frame(self, key: int) -> None:
+        raise NotImplementedError
+
+    def remove_older_than(self, key: int) -> int:
+        old = [k for k in self._frame_keys() if k < int(key)]
+        for k in old:
+            self._remove_frame(k)
+        self._dynamic.drop_older_than(int(key))
+        return len(old)
 
 
 def _check_key(key: int, newest: int | None) -> int:
@@ -225,7 +241,7 @@ def _check_key(key: int, newest: int | None) -> int:
 # ----------------------------------------------------------------------------- static camera
 
 
-class StaticCameraFusion:
+class StaticCameraFusion(_FusionBase):
     """Per-pixel running average of depth and colour for a static exo camera.
 
     State on the stride-subsampled pixel grid (h', w'): mean depth float32 [m], mean colour float32, and an
@@ -252,7 +268,7 @@ class StaticCameraFusion:
 
     def reset(self) -> None:
         self._camera: CameraModel | None = None
-        self._pose: np.ndarray | None = None
+        self._pose: torch.Tensor | None = None
         self._depth: torch.Tensor | None = None
         self._color: torch.Tensor | None = None
         self._weight: torch.Tensor | None = None
@@ -332,16 +348,13 @@ class StaticCameraFusion:
                 rays = self._camera.ray_grid(self.config.stride, device=self._depth.device)
                 points = rays.reshape(-1, 3).index_select(0, keep) * self._depth.reshape(-1)[keep].unsqueeze(-1)
                 colors = self.background_rgb().reshape(-1, 3).index_select(0, keep)
-                self._cache = PointCloud(_apply_pose(points, self._pose), colors)
+                self._cache = PointCloud(transform_points(points, self._pose), colors)
         return self._cache
-
-    def frame_cloud(self, key: int) -> PointCloud:
-        return self._dynamic.with_background(self.cloud(), int(key))
 
     def nbytes(self) -> int:
         """Bytes held by the fusion state (averages, dynamic points, cached cloud)."""
         state = sum(t.nbytes for t in (self._depth, self._color, self._weight) if t is not None)
-        cache = self._cache.points_world.nbytes + self._cache.colors.nbytes if self._cache is not None else 0
+        cache = self._cache.nbytes if self._cache is not None else 0
         return state + self._dynamic.nbytes() + cache
 
 
@@ -441,7 +454,7 @@ def _voxel_cloud(v: _Voxels, voxel_size_m: float) -> PointCloud:
     return PointCloud(points, colors)
 
 
-class VoxelFusion:
+class VoxelFusion(_PerFrameFusion):
     """Voxel-grid fusion for a moving exo camera (each frame with its own pose).
 
     Each frame's static points are binned once into voxels of edge ``voxel_size_m`` (keys: the integer voxel
@@ -493,7 +506,7 @@ class VoxelFusion:
             record = record.select(_even_subset(len(record), self.config.max_points, record.keys.device))
         budget = self.config.max_points - len(record)
         while self._records and (len(self._records) >= self.config.window_frames or self.num_records > budget):
-            self._drop(next(iter(self._records)))
+            self._remove_frame(next(iter(self._records)))
         self._records[key] = record
         self._newest = key
         if self.incremental:
@@ -503,7 +516,7 @@ class VoxelFusion:
             self._dynamic.clouds.popitem(last=False)
         self._cache = None
 
-    def _drop(self, key: int) -> None:
+    def _remove_frame(self, key: int) -> None:
         record = self._records.pop(key)
         self._dynamic.clouds.pop(key, None)
         self._cache = None
@@ -521,12 +534,8 @@ class VoxelFusion:
         if not bool(keep.all()):
             self._grid = g.select(keep)
 
-    def remove_older_than(self, key: int) -> int:
-        old = [k for k in self._records if k < int(key)]
-        for k in old:
-            self._drop(k)
-        self._dynamic.drop_older_than(int(key))
-        return len(old)
+    def _frame_keys(self) -> list[int]:
+        return list(self._records)
 
     def cloud(self) -> PointCloud:
         if self._cache is None:
@@ -541,23 +550,20 @@ class VoxelFusion:
                 self._cache = _voxel_cloud(grid, self.config.voxel_size_m)
         return self._cache
 
-    def frame_cloud(self, key: int) -> PointCloud:
-        return self._dynamic.with_background(self.cloud(), int(key))
-
     def nbytes(self) -> int:
         """Bytes held: voxel records, fused grid, dynamic points, cached cloud."""
         total = sum(r.nbytes() for r in self._records.values()) + self._dynamic.nbytes()
         if self._grid is not None:
             total += self._grid.nbytes()
         if self._cache is not None:
-            total += self._cache.points_world.nbytes + self._cache.colors.nbytes
+            total += self._cache.nbytes
         return total
 
 
 # ----------------------------------------------------------------------------- plain concatenation
 
 
-class ConcatFusion:
+class ConcatFusion(_PerFrameFusion):
     """The window's per-frame clouds side by side, newest first (on equal depth the renderer keeps the newest).
 
     Bound: at most ``window_frames`` frames and ``max_points`` points in all; the oldest frames leave early, and
@@ -581,30 +587,23 @@ class ConcatFusion:
     def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
         key = _check_key(key, self._newest)
         frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
-        cloud = frame.lift(frame.static_valid)
-        if len(cloud) > self.config.max_points:
-            idx = _even_subset(len(cloud), self.config.max_points, cloud.device)
-            cloud = PointCloud(cloud.points_world[idx], cloud.colors[idx])
+        cloud = _thin(frame.lift(frame.static_valid), self.config.max_points)
         budget = self.config.max_points - len(cloud)
         while self._clouds and (len(self._clouds) >= self.config.window_frames
                                 or sum(len(c) for c in self._clouds.values()) > budget):
-            self.remove(next(iter(self._clouds)))
+            self._remove_frame(next(iter(self._clouds)))
         self._clouds[key] = cloud
         self._newest = key
         self._dynamic.put(key, frame.lift(frame.dynamic_valid))
         self._cache = None
 
-    def remove(self, key: int) -> None:
+    def _frame_keys(self) -> list[int]:
+        return list(self._clouds)
+
+    def _remove_frame(self, key: int) -> None:
         self._clouds.pop(key)
         self._dynamic.clouds.pop(key, None)
         self._cache = None
-
-    def remove_older_than(self, key: int) -> int:
-        old = [k for k in self._clouds if k < int(key)]
-        for k in old:
-            self.remove(k)
-        self._dynamic.drop_older_than(int(key))
-        return len(old)
 
     def cloud(self) -> PointCloud:
         if self._cache is None:
@@ -612,13 +611,10 @@ class ConcatFusion:
                            else PointCloud.empty(self.device))
         return self._cache
 
-    def frame_cloud(self, key: int) -> PointCloud:
-        return self._dynamic.with_background(self.cloud(), int(key))
-
     def nbytes(self) -> int:
-        total = sum(c.points_world.nbytes + c.colors.nbytes for c in self._clouds.values()) + self._dynamic.nbytes()
+        total = sum(c.nbytes for c in self._clouds.values()) + self._dynamic.nbytes()
         if self._cache is not None:
-            total += self._cache.points_world.nbytes + self._cache.colors.nbytes
+            total += self._cache.nbytes
         return total
 
 

@@ -87,6 +87,11 @@ class PointCloud:
     def to(self, device: torch.device | str) -> "PointCloud":
         return PointCloud(self.points_world.to(device), self.colors.to(device))
 
+    @property
+    def nbytes(self) -> int:
+        return self.points_world.nbytes + self.colors.nbytes
+
+
 
 @dataclass
 class RenderedView:
@@ -103,7 +108,8 @@ class RenderedView:
         return float(self.mask.float().mean()) if self.mask.numel() else 0.0
 
 
-def _pose(world_T_camera) -> torch.Tensor:
+def pose_float64(world_T_camera) -> torch.Tensor:
+    """A 4x4 pose (torch or numpy, any float dtype) as a float64 CPU tensor; ValueError unless 4x4 and finite."""
     pose = torch.as_tensor(np.asarray(world_T_camera) if not torch.is_tensor(world_T_camera) else world_T_camera)
     if pose.shape != (4, 4):
         raise ValueError(f"pose must be a 4x4 matrix, got shape {tuple(pose.shape)}")
@@ -113,7 +119,7 @@ def _pose(world_T_camera) -> torch.Tensor:
     return pose
 
 
-def _transform(points: torch.Tensor, pose64: torch.Tensor) -> torch.Tensor:
+def transform_points(points: torch.Tensor, pose64: torch.Tensor) -> torch.Tensor:
     """Apply a 4x4 float64 CPU pose to (N, 3) float32 points (elementwise; faster than a K=3 matmul)."""
     m = pose64.tolist()
     x, y, z = points.unbind(-1)
@@ -121,10 +127,6 @@ def _transform(points: torch.Tensor, pose64: torch.Tensor) -> torch.Tensor:
         [x * m[i][0] + y * m[i][1] + z * m[i][2] + m[i][3] for i in range(3)],
         dim=-1,
     )
-
-
-def _invert(pose64: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.inv(pose64)
 
 
 def lift_depth(
@@ -162,7 +164,7 @@ def lift_depth(
     keep = torch.nonzero(valid.reshape(-1)).squeeze(1)  # one nonzero, shared by the three gathers
     d = depth.reshape(-1).index_select(0, keep)
     points_cam = rays.reshape(-1, 3).index_select(0, keep) * d.unsqueeze(-1)
-    points_world = _transform(points_cam, _pose(world_T_camera))
+    points_world = transform_points(points_cam, pose_float64(world_T_camera))
     return PointCloud(points_world, colors.reshape(-1, 3).index_select(0, keep))
 
 
@@ -187,7 +189,7 @@ def render_points(
     n = len(cloud)
     if n > _MAX_POINTS:
         raise ValueError(f"too many points for one render ({n}); the limit is {_MAX_POINTS}")
-    pose = _pose(world_T_camera)
+    pose = pose_float64(world_T_camera)
 
     # The z-buffer is padded by 2r on every side so that every splat of a point
     # whose centre pixel lies within r of the image fits without bounds checks;
@@ -195,13 +197,13 @@ def render_points(
     pad = 2 * radius
     pw, ph = w + 2 * pad, h + 2 * pad
     zbuf_key = torch.full((ph * pw,), _EMPTY_KEY, dtype=torch.int64, device=device)
-    camera_T_world = _invert(pose)
+    camera_T_world = torch.linalg.inv(pose)
     # Points go through in chunks: amin is order-free, so the result is the same, and the temporaries stay small,
     # which keeps the time per point constant however large the cloud (measured with `egox bench geometry`'s
     # scaling table: in one pass it tripled from 0.25 M to 8 M points, 35 -> 112 ms per million).
     for start in range(0, n, _CHUNK_POINTS):
         stop = min(n, start + _CHUNK_POINTS)
-        points_cam = _transform(cloud.points_world[start:stop], camera_T_world)
+        points_cam = transform_points(cloud.points_world[start:stop], camera_T_world)
         uv, valid = camera.project(points_cam)
         z = points_cam[:, 2].contiguous()
         # Pixel containing the projection (pixel centres at integers).

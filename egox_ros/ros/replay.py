@@ -212,6 +212,22 @@ def _wait_for_matches(node, endpoints, timeout_s: float, alive) -> None:
 REPLAY_INPUT_TIMEOUT_S = 10.0
 
 
+def _user_sets(name: str, params_file: str | None, overrides: list[str]) -> bool:
+    """Whether `-p name:=...` or the parameter file (any node section) sets the dotted parameter `name`."""
+    if any(o.split(":=", 1)[0] == name for o in overrides):
+        return True
+    if not params_file:
+        return False
+    import yaml
+    for section in (yaml.safe_load(Path(params_file).read_text()) or {}).values():
+        value = (section or {}).get("ros__parameters", {})
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return True
+    return False
+
+
 def _start_node(params_file: str | None, overrides: list[str], log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "egox_ros.ros.node", "--ros-args", "-r", "__node:=egox"]
     from egox_ros.ros.launch_spec import default_params_file
@@ -220,8 +236,7 @@ def _start_node(params_file: str | None, overrides: list[str], log_path: Path) -
     cmd += ["-p", "use_sim_time:=true", "-p", "qos.input_reliability:=reliable", "-p", "qos.input_depth:=100"]
     # Offline, a frame's inputs are played right after it, so its wall-clock wait only has to outlast a busy
     # machine (the live default, 1 s, dropped frames on a loaded 2-core CI runner). A value the user gives wins.
-    user_text = " ".join(overrides) + (Path(params_file).read_text() if params_file else "")
-    if "timeout_s" not in user_text:
+    if not _user_sets("sync.timeout_s", params_file, overrides):
         cmd += ["-p", f"sync.timeout_s:={REPLAY_INPUT_TIMEOUT_S}"]
     for o in overrides:
         cmd += ["-p", o]

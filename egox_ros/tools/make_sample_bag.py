@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from egox_ros.tools.tum import read_associations, read_groundtruth
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "tum_rgbd" / "fr1_rpy_60"
 DEFAULT_OUTPUT = REPO_ROOT / "sample" / "tum_fr1_rpy"
@@ -58,15 +60,6 @@ _BAG_FILE_SUFFIXES = {".mcap", ".yaml", ".db3", ".zstd"}
 
 
 @dataclass(frozen=True)
-class Frame:
-    """One associated TUM frame."""
-
-    stamp_ns: int
-    rgb_path: Path
-    depth_path: Path
-
-
-@dataclass(frozen=True)
 class Intrinsics:
     fx: float
     fy: float
@@ -88,42 +81,6 @@ class Intrinsics:
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def _stamp_to_ns(text: str) -> int:
-    """Decimal seconds string -> integer nanoseconds, exactly (no float rounding)."""
-    sec, _, frac = text.partition(".")
-    frac = (frac + "000000000")[:9]
-    return int(sec) * 1_000_000_000 + int(frac)
-
-
-def read_associations(source: Path) -> list[Frame]:
-    path = source / "associations.txt"
-    frames = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        t_rgb, rgb, _t_depth, depth = line.split()[:4]
-        frames.append(Frame(_stamp_to_ns(t_rgb), source / rgb, source / depth))
-    frames.sort(key=lambda f: f.stamp_ns)
-    return frames
-
-
-def read_groundtruth(source: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (stamps_ns int64 (N,), translations (N, 3), quaternions xyzw (N, 4))."""
-    stamps, values = [], []
-    for line in (source / "groundtruth.txt").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        stamps.append(_stamp_to_ns(parts[0]))
-        values.append([float(v) for v in parts[1:8]])
-    order = np.argsort(np.asarray(stamps, np.int64), kind="stable")
-    stamps_arr = np.asarray(stamps, np.int64)[order]
-    vals = np.asarray(values, np.float64)[order]
-    return stamps_arr, vals[:, :3], vals[:, 3:7]
 
 
 def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.transforms import quat_to_matrix
 
 DEPTH_UNITS_PER_M = 5000.0  # TUM depth PNG: metres = value / 5000, 0 = no reading
 
@@ -44,22 +45,61 @@ def tum_root() -> Path:
                             "set EGOX_TUM_DIR")
 
 
-def quat_xyzw_to_matrix(q) -> np.ndarray:
-    """(3, 3) rotation matrix of a quaternion (x, y, z, w); normalised first."""
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+@dataclass(frozen=True)
+class Frame:
+    """One associated TUM frame: the colour image's stamp and both files."""
+
+    stamp_ns: int
+    rgb_path: Path
+    depth_path: Path
+
+
+def _stamp_to_ns(text: str) -> int:
+    """Decimal seconds string -> integer nanoseconds, exactly (no float rounding)."""
+    sec, _, frac = text.partition(".")
+    frac = (frac + "000000000")[:9]
+    return int(sec) * 1_000_000_000 + int(frac)
+
+
+def read_associations(source: Path) -> list[Frame]:
+    """The frames of `source`/associations.txt (`t_rgb rgb_file t_depth depth_file`), oldest first."""
+    path = source / "associations.txt"
+    frames = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        t_rgb, rgb, _t_depth, depth = line.split()[:4]
+        frames.append(Frame(_stamp_to_ns(t_rgb), source / rgb, source / depth))
+    frames.sort(key=lambda f: f.stamp_ns)
+    return frames
+
+
+def read_groundtruth(source: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (stamps_ns int64 (N,), translations (N, 3), quaternions xyzw (N, 4))."""
+    stamps, values = [], []
+    for line in (source / "groundtruth.txt").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        stamps.append(_stamp_to_ns(parts[0]))
+        values.append([float(v) for v in parts[1:8]])
+    order = np.argsort(np.asarray(stamps, np.int64), kind="stable")
+    stamps_arr = np.asarray(stamps, np.int64)[order]
+    vals = np.asarray(values, np.float64)[order]
+    return stamps_arr, vals[:, :3], vals[:, 3:7]
 
 
 def _rows(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def _pose(row) -> np.ndarray:
+def _pose(translation, quaternion_xyzw) -> np.ndarray:
+    """(4, 4) float64 camera-to-world pose."""
     pose = np.eye(4)
-    pose[:3, :3] = quat_xyzw_to_matrix([float(v) for v in row[3:7]])
-    pose[:3, 3] = [float(v) for v in row[0:3]]
+    pose[:3, :3] = quat_to_matrix(np.asarray(quaternion_xyzw, dtype=np.float64))
+    pose[:3, 3] = np.asarray(translation, dtype=np.float64)
     return pose
 
 
@@ -73,16 +113,17 @@ class TumSequence:
         self.root = (root or tum_root()) / name
         self.camera = FR1_CAMERA if name.startswith("fr1") else FR3_CAMERA
         if name == "fr1_rpy_60":
-            gt = np.array(_rows(self.root / "groundtruth.txt"), dtype=np.float64)
+            stamps_ns, translations, quaternions = read_groundtruth(self.root)
             self._items = []
-            for t_rgb, rgb, _, depth in _rows(self.root / "associations.txt"):
-                row = gt[np.argmin(np.abs(gt[:, 0] - float(t_rgb)))]  # nearest motion-capture sample (< 4 ms)
-                self._items.append((float(t_rgb), rgb, depth, _pose(row[1:])))
+            for f in read_associations(self.root):
+                k = int(np.argmin(np.abs(stamps_ns - f.stamp_ns)))  # nearest motion-capture sample (< 4 ms)
+                self._items.append((f.stamp_ns * 1e-9, f.rgb_path, f.depth_path, _pose(translations[k], quaternions[k])))
         else:
             rgbs = [r[1] for r in _rows(self.root / "rgb.txt")]
             depths = [r[1] for r in _rows(self.root / "depth.txt")]
-            poses = _rows(self.root / "truth_cam_poses.txt")
-            self._items = [(float(p[0]), r, d, _pose(p[1:])) for r, d, p in zip(rgbs, depths, poses)]
+            poses = [[float(v) for v in p] for p in _rows(self.root / "truth_cam_poses.txt")]
+            self._items = [(p[0], self.root / r, self.root / d, _pose(p[1:4], p[4:8]))
+                           for r, d, p in zip(rgbs, depths, poses)]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -93,8 +134,8 @@ class TumSequence:
     @lru_cache(maxsize=128)
     def _load(self, index: int) -> TumFrame:
         from PIL import Image
-        stamp_s, rgb_file, depth_file, pose = self._items[index]
-        rgb = np.array(Image.open(self.root / rgb_file).convert("RGB"))
-        raw = np.array(Image.open(self.root / depth_file)).astype(np.float32)
+        stamp_s, rgb_path, depth_path, pose = self._items[index]
+        rgb = np.array(Image.open(rgb_path).convert("RGB"))
+        raw = np.array(Image.open(depth_path)).astype(np.float32)
         depth_m = np.where(raw > 0, raw / DEPTH_UNITS_PER_M, np.nan).astype(np.float32)
         return TumFrame(index, stamp_s, rgb, depth_m, pose)

@@ -17,6 +17,7 @@ Three evaluations of the same maths: `gga_bias_dense` (the reference: materialis
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,6 +90,15 @@ def gga_bias_rows(tables: GgaTables, rows: torch.Tensor, strength: float = 3.0,
 def gga_bias_dense(tables: GgaTables, strength: float = 3.0, mode: GgaMode = "released") -> torch.Tensor:
     """The full (L, L) bias. A reference for tests and small sizes: it allocates L x L."""
     return gga_bias_rows(tables, torch.arange(tables.length, device=tables.query_dir.device), strength, mode)
+
+
+def gga_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: GgaTables,
+                            strength: float = 3.0, mode: GgaMode = "released") -> torch.Tensor:
+    """Dense float64 GGA attention on the CPU: the reference the kernels are checked against (allocates L x L)."""
+    bias = gga_bias_dense(tables.to("cpu", torch.float64), strength, mode)
+    q, k, v = (x.detach().to("cpu", torch.float64) for x in (q, k, v))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias, dim=-1)
+    return weights @ v
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: GgaTables) -> None:

@@ -161,6 +161,13 @@ class CameraModel:
         return dataclasses.replace(self, width=int(width), height=int(height), fx=self.fx * sx, fy=self.fy * sy,
                                    cx=(self.cx + 0.5) * sx - 0.5, cy=(self.cy + 0.5) * sy - 0.5)
 
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> "CameraModel":
+        """The same camera for the ``width`` x ``height`` window of the image whose top-left pixel is (x0, y0)."""
+        if not (0 <= x0 and 0 <= y0 and 0 < width and 0 < height and x0 + width <= self.width
+                and y0 + height <= self.height):
+            raise ValueError(f"crop {width}x{height} at ({x0}, {y0}) is outside the {self.width}x{self.height} image")
+        return dataclasses.replace(self, width=int(width), height=int(height), cx=self.cx - x0, cy=self.cy - y0)
+
     # ------------------------------------------------------------------ properties
 
     @property

@@ -85,8 +85,54 @@ class PriorConfig:
 @dataclass
 class GeneratorConfig:
     """Which generator turns priors into ego images, and its shared settings."""
-    name: str = param("prior", "generator: 'prior' (the ego image is the prior)", choices=("prior",))
+    name: str = param("prior", "generator: 'prior' (the ego image is the prior) or 'egox' (the EgoX diffusion "
+                      "model, section egox; without its weights the node says so and publishes priors)",
+                      choices=("prior", "egox"))
     device: str = param("cpu", "torch device for rendering and generation ('cpu', 'cuda', 'cuda:1', ...)")
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+DEFAULT_PROMPT = ("[Exo view] A person works with their hands at a table, seen from a camera across the room. "
+                  "[Ego view] The same scene from the person's own eyes: their hands and the objects they handle, "
+                  "close up.")
+DEFAULT_NEGATIVE_PROMPT = "blurry, low quality, distorted hands, static frames, watermark, text"
+
+
+@dataclass
+class EgoxConfig:
+    """The EgoX generator (Wan 2.1 image-to-video 14B + the EgoX LoRA): weights, canvas, sampling and GGA."""
+    model_path: str = param("", "local diffusers folder of Wan-AI/Wan2.1-I2V-14B-480P-Diffusers (never downloaded)")
+    lora_path: str = param("", "EgoX LoRA: pytorch_lora_weights.safetensors from DAVIAN-Robotics/EgoX, or its "
+                               "folder; empty = base model only")
+    lora_scale: float = param(1.0, "strength of the fused LoRA", (0.0, 4.0))
+    clip_frames: int = param(49, "frames per generated clip, 4k + 1 (the released weights: 49)", (1, 1001))
+    exo_width: int = param(784, "exo half of the canvas [px]; frames are centre-cropped to its aspect and resized "
+                                "(released: 784)", (16, 4096))
+    exo_height: int = param(448, "canvas height [px], shared by the exo and ego halves; must equal "
+                                 "ego_camera.height (released: 448)", (16, 4096))
+    steps: int = param(50, "denoising steps", (1, 1000))
+    guidance_scale: float = param(5.0, "classifier-free guidance (<= 1: one transformer pass per step)", (0.0, 50.0))
+    seed: int = param(0, "noise seed of every clip (same inputs and seed, same clip)", (0, 2**31 - 1))
+    prompt: str = param(DEFAULT_PROMPT, "two-part caption: '[Exo view] ... [Ego view] ...'")
+    negative_prompt: str = param(DEFAULT_NEGATIVE_PROMPT, "negative prompt for classifier-free guidance")
+    gga: str = param("released", "geometry-guided attention: 'released' (the released weights' semantics), "
+                                 "'paper' (the paper's formula) or 'off'", choices=("released", "paper", "off"))
+    gga_strength: float = param(3.0, "GGA strength s (released inference: 3.0)", (0.0, 100.0))
+    gga_backend: str = param("auto", "GGA kernel: 'flex' (bias inside a compiled FlexAttention kernel), 'chunked' "
+                                     "(exact, chunks of query rows) or 'auto' (flex on CUDA, chunked elsewhere)",
+                             choices=("auto", "flex", "chunked"))
+    dtype: str = param("auto", "transformer and text encoder dtype; 'auto' = bfloat16 on CUDA, float32 on CPU",
+                       choices=("auto", "bfloat16", "float16", "float32"))
+    offload: str = param("none", "'none' (all on the device, >= 80 GB GPU), 'model' (each model on the GPU only "
+                                 "while it runs) or 'sequential' (layer by layer; least memory, slowest)",
+                         choices=("none", "model", "sequential"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if (self.clip_frames - 1) % 4:
+            raise ValueError(f"EgoxConfig.clip_frames = {self.clip_frames}; Wan needs 4k + 1 frames (e.g. 49)")
+        for name in ("exo_width", "exo_height"):
+            if getattr(self, name) % 16:
+                raise ValueError(f"EgoxConfig.{name} = {getattr(self, name)} must be a multiple of 16")

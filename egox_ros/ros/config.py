@@ -82,11 +82,12 @@ class DiagnosticsConfig:
 
 def parameter_sections() -> dict[str, type]:
     """Every parameter section of the node, in declaration order: `<section>.<field>` is a parameter."""
-    from egox_ros.core.config import EgoCameraConfig, GeneratorConfig, PriorConfig, WindowConfig
+    from egox_ros.core.config import EgoCameraConfig, EgoxConfig, GeneratorConfig, PriorConfig, WindowConfig
     from egox_ros.core.fusion import FusionConfig
     return {"inputs": InputsConfig, "outputs": OutputsConfig, "qos": QosConfig, "sync": SyncConfig,
             "diagnostics": DiagnosticsConfig, "ego_camera": EgoCameraConfig, "window": WindowConfig,
-            "fusion": FusionConfig, "prior": PriorConfig, "generator": GeneratorConfig}
+            "fusion": FusionConfig, "prior": PriorConfig, "generator": GeneratorConfig,
+            "egox": EgoxConfig}
 
 
 def default_parameters_yaml() -> str:

@@ -29,7 +29,8 @@ from tf2_msgs.msg import TFMessage
 
 from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.frames import ExoFrame, FrameWindow
-from egox_ros.core.generators import make_generator
+from egox_ros.core.egox.weights import WeightsError
+from egox_ros.core.generators import EgoGenerator, PriorGenerator, make_generator
 from egox_ros.core.image_codec import ImageDecodeError
 from egox_ros.core.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_camera_from_config
 from egox_ros.core.tf_buffer import ExtrapolationError, TfBufferCore, TfError
@@ -137,7 +138,12 @@ class EgoxNode(Node):
         prior_config, fusion_config, generator_config = configs["prior"], configs["fusion"], configs["generator"]
 
         self.ego_camera: PinholeCamera = ego_camera_from_config(ego_config)
-        self.generator = make_generator(generator_config)
+        self.generator_problem = ""       # why the configured generator is not in use (diagnostics)
+        try:
+            self.generator: EgoGenerator = make_generator(generator_config, configs["egox"])
+            self.generator_state = "loading"
+        except WeightsError as e:
+            self.generator = self._fall_back(generator_config.name, e)
         self.pipeline = EgoPipeline(PriorRenderer(prior_config, fusion_config, self.ego_camera,
                                                   generator_config.device), self.generator)
         self.fusion_frames = min(fusion_config.window_frames, window_config.max_frames)
@@ -414,9 +420,32 @@ class EgoxNode(Node):
             self._resolve_pending()
 
     # ------------------------------------------------------------------ generation
+    def _fall_back(self, name: str, error: Exception) -> EgoGenerator:
+        """The prior generator in place of `name`, which cannot run; the reason goes to the log and diagnostics."""
+        self.generator_problem = f"generator '{name}' unavailable, publishing priors instead: {error}"
+        self.generator_state = "fallback"
+        self.get_logger().error(self.generator_problem)
+        return PriorGenerator()
+
+    def _prepare_generator(self) -> None:
+        """Load the generator's models on this (worker) thread; the callbacks keep receiving meanwhile."""
+        if self.generator_state != "loading":
+            return
+        started = time.monotonic()
+        try:
+            self.generator.prepare()
+        except Exception as e:  # noqa: BLE001 - missing or broken weights must not take the node down
+            with self._lock:
+                self.generator = self.pipeline.generator = self._fall_back(self.generator.name,
+                                                                           f"{type(e).__name__}: {e}")
+            return
+        self.generator_state = "ready"
+        self.get_logger().info(f"generator '{self.generator.name}' ready after {time.monotonic() - started:.1f} s")
+
     def _work(self) -> None:
-        clip_frames = self.generator.clip_frames
+        self._prepare_generator()
         while True:
+            clip_frames = self.generator.clip_frames
             with self._lock:
                 self._lock.wait_for(lambda: not self._running or len(self._queue) >= clip_frames
                                     or (self._flush_requested and self._queue) or self._flush_requested)
@@ -529,7 +558,7 @@ class EgoxNode(Node):
             dropped = dict(self._stats.dropped)
             notes = dict(self._notes)
         values = {
-            "generator": self.generator.name, "input_rate_hz": f"{rate_in:.2f}", "output_rate_hz": f"{rate_out:.2f}",
+            "generator": self.generator.name, "generator_state": self.generator_state, "input_rate_hz": f"{rate_in:.2f}", "output_rate_hz": f"{rate_out:.2f}",
             "window_frames": str(len(self.window)), "frames_received": str(progress.frames_received),
             "frames_published": str(progress.frames_published), "frames_dropped": str(progress.frames_dropped),
             "frames_lost": str(progress.frames_lost),
@@ -544,6 +573,9 @@ class EgoxNode(Node):
             level, message = DiagnosticStatus.WARN, "frames dropped or lost, or inputs rejected; see values"
         if self._camera_info is None and progress.frames_received:
             level, message = DiagnosticStatus.WARN, "no camera info received on exo/camera_info"
+        if self.generator_problem:
+            values["generator_problem"] = self.generator_problem
+            level, message = DiagnosticStatus.WARN, self.generator_problem
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: frames", message=message,
                                   hardware_id="egox",
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])

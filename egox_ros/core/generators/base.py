@@ -49,6 +49,10 @@ class EgoGenerator(ABC):
         """Frames per clip; the node collects this many synchronised frames before calling generate()."""
         return 1
 
+    def prepare(self) -> None:
+        """Load what generation needs (models); called once on the node's worker thread before the first clip.
+        Raises if that fails; the caller reports it and falls back."""
+
     def settings(self) -> dict[str, str]:
         """Settings worth recording next to the output (clip metadata)."""
         return {}

@@ -1,0 +1,119 @@
+"""The `egox` generator: clips of N synchronised frames through the EgoX diffusion model.
+
+Construction only checks that the weight files are there (fast; WeightsError otherwise); `prepare()` loads the model
+(minutes for the 14B checkpoint) and is called by the node's worker thread, so the node keeps receiving meanwhile.
+Per clip: the exo frames are centre-cropped to the canvas aspect and resized (the exo camera and depth follow),
+the priors form the ego half, and the GGA direction tables come from the exo depth and both cameras' poses.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from egox_ros.core.camera import CameraModel
+from egox_ros.core.config import EgoxConfig
+from egox_ros.core.generators.base import ClipRequest, ClipResult, EgoGenerator
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def fit_exo_frame(rgb: np.ndarray, depth_m: np.ndarray | None, camera: CameraModel, width: int, height: int
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, CameraModel]:
+    """Centre-crop an exo frame to width:height and resize it to width x height.
+
+    rgb (H, W, 3) uint8 -> (height, width, 3) uint8 tensor (bilinear, antialiased); depth_m (H, W) float32 metres ->
+    (height, width) (nearest, so no depth is invented across edges) or None; the camera cropped and scaled alike."""
+    h, w = rgb.shape[:2]
+    if (camera.width, camera.height) != (w, h):
+        raise ValueError(f"exo image is {w}x{h} but its camera info says {camera.width}x{camera.height}")
+    crop_w, crop_h = (w, round(w * height / width)) if w * height <= h * width else (round(h * width / height), h)
+    x0, y0 = (w - crop_w) // 2, (h - crop_h) // 2
+    camera = camera.cropped(x0, y0, crop_w, crop_h).with_size(width, height)
+    image = torch.from_numpy(np.ascontiguousarray(rgb[y0:y0 + crop_h, x0:x0 + crop_w])).permute(2, 0, 1)[None]
+    image = F.interpolate(image.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    image = image[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+    depth = None
+    if depth_m is not None:
+        crop = torch.from_numpy(np.ascontiguousarray(depth_m[y0:y0 + crop_h, x0:x0 + crop_w], dtype=np.float32))
+        depth = F.interpolate(crop[None, None], size=(height, width), mode="nearest-exact")[0, 0]
+    return image, depth, camera
+
+
+class EgoxGenerator(EgoGenerator):
+    """EgoX on the node's device; see the module docstring. Thread-safe (one clip at a time)."""
+
+    name = "egox"
+
+    def __init__(self, config: EgoxConfig, device: str = "cpu"):
+        from egox_ros.core.egox.weights import check_model_folder, lora_file   # fast: files only, no torch model
+        self.config = config
+        self.device = torch.device(device)
+        self.model_path = check_model_folder(config.model_path)
+        self.lora_path = lora_file(config.lora_path) if config.lora_path else None
+        self.dtype = DTYPES.get(config.dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.pipe = None
+        self.lora = None
+        self._lock = threading.Lock()
+
+    @property
+    def clip_frames(self) -> int:
+        return self.config.clip_frames
+
+    def prepare(self) -> None:
+        """Load the base checkpoint and fuse the LoRA (once)."""
+        from egox_ros.core.egox.pipeline import EgoxPipeline
+        with self._lock:
+            if self.pipe is not None:
+                return
+            pipe = EgoxPipeline.from_local(self.model_path, None, dtype=self.dtype, device=str(self.device),
+                                           offload=self.config.offload)
+            if self.lora_path is not None:
+                self.lora = pipe.load_egox_lora(self.lora_path, self.config.lora_scale)
+            if self.config.gga != "off":
+                pipe.enable_gga(self.config.gga_strength, self.config.gga, self.config.gga_backend)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipe = pipe
+
+    def settings(self) -> dict[str, str]:
+        c = self.config
+        lora = f"{self.lora_path} (rank {self.lora.rank}, scale {c.lora_scale})" if self.lora else \
+            (str(self.lora_path) if self.lora_path else "none")
+        return {"model_path": str(self.model_path), "lora": lora, "clip_frames": str(c.clip_frames),
+                "canvas": f"{c.exo_width}+{c.exo_height}x{c.exo_height}", "steps": str(c.steps),
+                "guidance_scale": str(c.guidance_scale), "seed": str(c.seed), "prompt": c.prompt,
+                "gga": "off" if c.gga == "off" else f"{c.gga}, strength {c.gga_strength}, {c.gga_backend}",
+                "dtype": str(self.dtype).removeprefix("torch."), "offload": c.offload}
+
+    def _gga_tables(self, request: ClipRequest, exo_depths: list, exo_cameras: list[CameraModel]):
+        from egox_ros.core.attention.directions import gga_tables_from_geometry
+        if self.config.gga == "off" or any(d is None for d in exo_depths):
+            return None   # without exo depth there is no geometry to guide the attention
+        if any(c != exo_cameras[0] for c in exo_cameras):
+            raise ValueError("the exo camera changed within the clip")
+        tables, _ = gga_tables_from_geometry(
+            request.ego_camera, torch.from_numpy(np.stack([f.world_T_ego for f in request.frames])),
+            exo_cameras[0], torch.from_numpy(np.stack([f.world_T_exo for f in request.frames])),
+            torch.stack(exo_depths))
+        return tables
+
+    def generate(self, request: ClipRequest) -> ClipResult:
+        c = self.config
+        if len(request.frames) != c.clip_frames:
+            raise ValueError(f"a clip needs {c.clip_frames} frames, got {len(request.frames)}")
+        ego = request.ego_camera
+        if ego.height != c.exo_height or ego.width % 16:
+            raise ValueError(f"the ego camera is {ego.width}x{ego.height}; the canvas needs height egox.exo_height = "
+                             f"{c.exo_height} and a width that is a multiple of 16 (released: 448x448)")
+        self.prepare()
+        fitted = [fit_exo_frame(f.rgb, f.depth_m, f.camera, c.exo_width, c.exo_height) for f in request.frames]
+        exo_video = torch.stack([rgb for rgb, _, _ in fitted])
+        tables = self._gga_tables(request, [d for _, d, _ in fitted], [cam for _, _, cam in fitted])
+        prior_video = np.stack([p.rgb for p in request.priors])
+        with self._lock:
+            out = self.pipe(exo_video, prior_video, c.prompt, c.negative_prompt, num_inference_steps=c.steps,
+                            guidance_scale=c.guidance_scale, gga_tables=tables,
+                            generator=torch.Generator(device="cpu").manual_seed(c.seed))
+        return ClipResult(rgb=list(out.ego), valid=[np.ones(out.ego.shape[1:3], bool)] * len(out.ego))

@@ -1,0 +1,256 @@
+"""The EgoX pipeline on a tiny, randomly initialised Wan 2.1 I2V checkpoint built from configs (no download).
+
+Canvas and mask layout, the clean exo latent, GGA on the self-attention, the released LoRA naming, seeds, and clear
+errors for bad input and missing files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from egox_ros.core.attention.directions import gga_tables_from_geometry
+from egox_ros.core.attention.gga import GgaTables
+from egox_ros.core.attention.processor import GgaAttnProcessor, GgaState
+from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.egox.pipeline import EgoxPipeline, _video_tensor
+from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model, tiny_transformer_config
+from egox_ros.core.egox.weights import LORA_KEY, WeightsError, check_lora_file
+
+FRAMES, H, W_EXO, W_EGO = 5, 32, 64, 32          # latent: 2 frames x 4 x (8 + 4); tokens: 2 x 2 x (4 + 2) = 24
+PROMPT = "[Exo view] a person picks up a cup [Ego view] the hands pick up a cup"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("egox_weights")
+    return save_tiny_model(root / "model"), save_tiny_lora(root / "lora")
+
+
+@pytest.fixture(scope="module")
+def pipe(weights):
+    model, lora = weights
+    p = EgoxPipeline.from_local(model, lora, dtype=torch.float32, device="cpu")
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def videos(seed=0):
+    rng = np.random.default_rng(seed)
+    exo = rng.integers(0, 256, (FRAMES, H, W_EXO, 3), dtype=np.uint8)
+    prior = rng.integers(0, 256, (FRAMES, H, W_EGO, 3), dtype=np.uint8)
+    prior[:, :, : W_EGO // 2] = 0                   # a hole, as the prior has
+    return exo, prior
+
+
+def geometry_tables(strength_scene: float = 2.0) -> GgaTables:
+    """Direction tables of the tiny canvas from a real geometry: exo and ego cameras 0.5 m apart facing a wall."""
+    ego_cam = PinholeCamera(W_EGO, H, 20.0, 20.0, 15.5, 15.5)
+    exo_cam = PinholeCamera(W_EXO, H, 30.0, 30.0, 31.5, 15.5)
+    ego = torch.eye(4, dtype=torch.float64).repeat(FRAMES, 1, 1)
+    ego[:, 0, 3] = torch.linspace(0.0, 0.3, FRAMES)
+    exo = torch.eye(4, dtype=torch.float64)
+    exo[0, 3] = -0.5
+    depth = torch.full((FRAMES, H, W_EXO), strength_scene)
+    tables, layout = gga_tables_from_geometry(ego_cam, ego, exo_cam, exo, depth)
+    assert layout.length == 24
+    return tables
+
+
+def run(pipe, seed=0, **kwargs):
+    exo, prior = kwargs.pop("videos", videos())
+    kwargs.setdefault("num_inference_steps", 3)
+    return pipe(exo, prior, PROMPT, "blurry", generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_whole_pipeline_runs_on_cpu(pipe):
+    out = run(pipe, gga_tables=geometry_tables())
+    assert out.ego.shape == (FRAMES, H, W_EGO, 3) and out.ego.dtype == np.uint8
+    assert out.exo_latent.shape == (1, 16, 2, H // 8, W_EXO // 8)
+    assert out.ego.std() > 1.0                                   # an image, not a constant
+    # The prior conditions the ego half: another prior, another clip.
+    exo, prior = videos()
+    other = run(pipe, videos=(exo, 255 - prior))
+    assert np.abs(other.ego.astype(int) - run(pipe).ego).max() > 0
+
+
+def test_canvas_channels_and_mask_layout(pipe):
+    exo, prior = videos()
+    inputs = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: inputs.append(kwargs["hidden_states"].clone()), with_kwargs=True)
+    try:
+        out = run(pipe, videos=(exo, prior), num_inference_steps=2, guidance_scale=5.0)
+    finally:
+        hook.remove()
+    assert len(inputs) == 2 * 2                                  # two passes per step (classifier-free guidance)
+    x0 = out.exo_latent
+    p0 = pipe.encode_video(_video_tensor(prior, "prior"))
+    we = x0.shape[-1]
+    for x in inputs:
+        assert x.shape == (1, 36, 2, H // 8, (W_EXO + W_EGO) // 8)
+        assert torch.equal(x[:, :16, ..., :we], x0)              # the clean exo latent, every pass
+        mask = x[:, 16:20]
+        assert (mask[:, :, 0, :, :we] == 1).all()                # exo half, first latent frame: known
+        assert (mask[:, :, 1:, :, :we] == 0).all() and (mask[..., we:] == 0).all()
+        assert torch.equal(x[:, 20:36, ..., :we], x0)            # condition: x_0 | p_0
+        assert torch.allclose(x[:, 20:36, ..., we:], p0, atol=1e-6)
+    # The noisy ego half moves from step to step; the exo half does not.
+    assert not torch.equal(inputs[0][:, :16, ..., we:], inputs[2][:, :16, ..., we:])
+
+
+def test_the_exo_half_never_moves_and_only_the_ego_half_is_decoded(pipe):
+    seen = []
+    out = run(pipe, num_inference_steps=4, step_callback=lambda i, t, z: seen.append(z.clone()))
+    assert len(seen) == 4
+    we = out.exo_latent.shape[-1]
+    for z in seen:
+        assert torch.equal(z[..., :we], out.exo_latent)
+    latent = run(pipe, num_inference_steps=4, output_type="latent").ego
+    assert latent.shape[-1] == W_EGO // 8 and torch.equal(latent, seen[-1][..., we:])
+
+
+def test_same_seed_same_clip_other_seed_other_clip(pipe):
+    a, b, c = run(pipe, seed=7), run(pipe, seed=7), run(pipe, seed=8)
+    assert np.array_equal(a.ego, b.ego)
+    assert not np.array_equal(a.ego, c.ego)
+
+
+def test_gga_on_and_off_change_the_ego_output(pipe):
+    tables = geometry_tables()
+    plain = run(pipe, output_type="latent").ego
+    guided = run(pipe, output_type="latent", gga_tables=tables).ego
+    assert (guided - plain).abs().max() > 1e-3
+    # Zero key directions make every bias log(1 + eps): softmax-invariant, so GGA with them equals no GGA.
+    flat = GgaTables(tables.query_dir, tables.query_frame, tables.query_is_ego, torch.zeros_like(tables.key_dir))
+    assert torch.allclose(run(pipe, output_type="latent", gga_tables=flat).ego, plain, atol=1e-5)
+    # The paper's formula is another bias.
+    pipe.enable_gga(mode="paper", strength=1.0)
+    try:
+        paper = run(pipe, output_type="latent", gga_tables=tables).ego
+    finally:
+        pipe.enable_gga(mode="released", strength=3.0)
+    assert (paper - guided).abs().max() > 1e-4
+
+
+def test_gga_biases_ego_query_rows_only():
+    from diffusers import WanTransformer3DModel
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(**tiny_transformer_config(1))
+    attn = model.blocks[0].attn1
+    tables = geometry_tables()
+    x = torch.randn(1, tables.length, 32)
+    rope = model.rope(torch.zeros(1, 36, 2, H // 8, (W_EXO + W_EGO) // 8))
+    with torch.no_grad():
+        plain = WanAttnProcessor()(attn, x, None, None, rope)
+        guided = GgaAttnProcessor(GgaState(tables=tables))(attn, x, None, None, rope)
+        unset = GgaAttnProcessor(GgaState())(attn, x, None, None, rope)
+    ego = tables.query_is_ego
+    assert torch.allclose(guided[:, ~ego], plain[:, ~ego], atol=1e-6)     # exo rows: exactly plain attention
+    assert (guided[:, ego] - plain[:, ego]).abs().max() > 1e-3
+    assert torch.allclose(unset, plain, atol=1e-6)                       # no tables: plain attention
+    with pytest.raises(ValueError, match="self-attention"):
+        GgaAttnProcessor(GgaState())(attn, x, x, None, rope)
+
+
+def test_prompt_embeddings_give_the_same_clip_as_the_prompt(pipe):
+    positive, negative = pipe.encode_prompt(PROMPT, "blurry", max_sequence_length=512, device="cpu")
+    exo, prior = videos()
+    from_text = run(pipe, output_type="latent").ego
+    from_embeds = pipe(exo, prior, prompt_embeds=positive, negative_prompt_embeds=negative, num_inference_steps=3,
+                       generator=torch.Generator().manual_seed(0), output_type="latent").ego
+    assert torch.allclose(from_text, from_embeds, atol=1e-5)
+    with pytest.raises(ValueError, match="negative_prompt_embeds"):
+        pipe(exo, prior, prompt_embeds=positive, num_inference_steps=1)
+    with pytest.raises(ValueError, match="prompt"):
+        pipe(exo, prior, num_inference_steps=1)
+
+
+def test_a_rank_256_lora_with_the_released_names_loads_and_fuses_exactly(weights, pipe, tmp_path):
+    model, lora = weights
+    with safe_open(str(lora), framework="pt") as f:
+        keys = list(f.keys())
+        assert f.get_slice("transformer.blocks.0.attn1.to_q.lora_A.weight").get_shape() == [256, 32]
+    assert len(keys) == 2 * 2 * 4 * 2 and all(LORA_KEY.match(k) for k in keys)
+    summary = check_lora_file(lora, pipe.transformer.config)
+    assert (summary.rank, summary.blocks, summary.keys) == (256, 2, 32)
+
+    base = EgoxPipeline.from_local(model, None, dtype=torch.float32, device="cpu")
+    unfused = EgoxPipeline.from_local(model, None, dtype=torch.float32, device="cpu")
+    unfused.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="egox")   # adapter layers, unfused
+    g = torch.Generator().manual_seed(3)
+    inputs = dict(hidden_states=torch.randn(1, 36, 2, 4, 12, generator=g), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 512, 32, generator=g),
+                  encoder_hidden_states_image=torch.randn(1, 17, 32, generator=g), return_dict=False)
+    with torch.no_grad():
+        y_fused = pipe.transformer(**inputs)[0]
+        y_unfused = unfused.transformer(**inputs)[0]
+        y_base = base.transformer(**inputs)[0]
+    assert (y_fused - y_unfused).abs().max() <= 1e-5
+    assert (y_fused - y_base).abs().max() > 1e-3                   # the adapter does change the model
+    # Fused means plain Linear layers again: nothing LoRA-shaped left to run per step.
+    assert type(pipe.transformer.blocks[0].attn1.to_q) is torch.nn.Linear
+
+
+def test_bad_input_raises_clear_errors(pipe):
+    exo, prior = videos()
+    with pytest.raises(ValueError, match="4k \\+ 1"):
+        pipe(np.concatenate([exo, exo[:1]]), np.concatenate([prior, prior[:1]]), PROMPT)
+    with pytest.raises(ValueError, match="5 frames and the ego prior 9"):
+        pipe(exo, np.concatenate([prior, prior[:4]]), PROMPT)
+    with pytest.raises(ValueError, match="same height"):
+        pipe(exo, np.zeros((FRAMES, 48, 32, 3), np.uint8), PROMPT)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        pipe(exo, np.zeros((FRAMES, H, 40, 3), np.uint8), PROMPT)
+    bad = prior.astype(np.float32) / 255
+    bad[2, 3, 4] = math.nan
+    with pytest.raises(ValueError, match="prior_video has NaN"):
+        pipe(exo, bad, PROMPT)
+    with pytest.raises(ValueError, match="\\(frames, height, width, 3\\)"):
+        pipe(exo[..., 0], prior, PROMPT)
+    tables = geometry_tables()
+    wrong = GgaTables(tables.query_dir[:12], tables.query_frame[:12], tables.query_is_ego[:12],
+                      tables.key_dir[:, :12])
+    with pytest.raises(ValueError, match="12 tokens; this canvas has 24"):
+        pipe(exo, prior, PROMPT, gga_tables=wrong)
+
+
+def test_missing_or_mismatched_weight_files_name_what_is_wrong(weights, tmp_path):
+    model, lora = weights
+    with pytest.raises(WeightsError, match="model_index.json is missing.*huggingface-cli download Wan-AI"):
+        EgoxPipeline.from_local(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    for f in (broken / "transformer").glob("*.safetensors"):
+        f.unlink()
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(WeightsError) as e:
+        EgoxPipeline.from_local(broken)
+    assert "transformer/*.safetensors or *.bin" in str(e.value) and "found in transformer/: config.json" in str(e.value)
+    assert "tokenizer/" in str(e.value) and "Wan2.1-I2V-14B-480P-Diffusers" in str(e.value)
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["transformer"][1] == "WanTransformer3DModel"      # a diffusers Wan I2V folder, as released
+
+    with pytest.raises(WeightsError, match="pytorch_lora_weights.safetensors not found.*DAVIAN-Robotics/EgoX"):
+        EgoxPipeline.from_local(model, tmp_path)
+    config = EgoxPipeline.from_local(model, None, dtype=torch.float32, device="cpu").transformer.config
+    wide = save_tiny_lora(tmp_path / "wide", rank=8)
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(wide))
+    tensors["transformer.blocks.0.attn1.to_q.lora_A.weight"] = torch.zeros(8, 64)
+    save_file(tensors, str(wide))
+    with pytest.raises(WeightsError, match="to_q.lora_A.weight is \\(8, 64\\), the model needs \\(8, 32\\)"):
+        check_lora_file(wide, config)
+    renamed = {k.replace("transformer.", "diffusion_model."): v for k, v in tensors.items()}
+    save_file(renamed, str(wide))
+    with pytest.raises(WeightsError, match="diffusers key names"):
+        check_lora_file(wide, config)
+    deep = save_tiny_lora(tmp_path / "deep", rank=8, num_layers=3)
+    with pytest.raises(WeightsError, match="blocks.2.*the model has 2 blocks"):
+        check_lora_file(deep, config)

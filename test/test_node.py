@@ -80,8 +80,8 @@ def tf_msg(ns, parent, child, xyz=(0.0, 0.0, 0.0)):
 class Rig:
     """Publishers and collectors around one running node."""
 
-    def __init__(self, peer, node: NodeProcess, depth=True, pose_topic=False):
-        self.peer, self.node = peer, node
+    def __init__(self, peer, node: NodeProcess, depth=True, pose_topic=False, clip_frames=1):
+        self.peer, self.node, self.clip_frames = peer, node, clip_frames
         self.pub_image = peer.publisher(Image, "/exo/image_raw")
         self.pub_info = peer.publisher(CameraInfo, "/exo/camera_info")
         self.pub_depth = peer.publisher(Image, "/exo/depth/image_raw") if depth else None
@@ -104,17 +104,18 @@ class Rig:
 
     def _handshake(self):
         """Matching is only visible from our side: a VOLATILE reader that matches our writer late skips what was
-        sent before. Send warm-up frames (stamps long before the tests' T0) until one comes out, then take the
-        node's counts as the baseline that tests compare against."""
+        sent before. Send warm-up frames (stamps long before the tests' T0), a clip's worth at a time, until one
+        comes out, then take the node's counts as the baseline that tests compare against."""
         def warmed_up():
-            ns = SEC + self._warmups * SEC // 100
-            self._warmups += 1
-            if self.pub_pose:
-                pose = PoseStamped()
-                pose.header.stamp, pose.header.frame_id = stamp(ns), "world"
-                pose.pose.orientation.w = 1.0
-                self.pub_pose.publish(pose)
-            self.send_frame(ns, head=self.pub_pose is None)
+            for _ in range(self.clip_frames):
+                ns = SEC + self._warmups * SEC // 100
+                self._warmups += 1
+                if self.pub_pose:
+                    pose = PoseStamped()
+                    pose.header.stamp, pose.header.frame_id = stamp(ns), "world"
+                    pose.pose.orientation.w = 1.0
+                    self.pub_pose.publish(pose)
+                self.send_frame(ns, head=self.pub_pose is None)
             return wait_until(lambda: self.peer.messages("/ego/clip_metadata"), 0.5, "", raise_on_timeout=False)
         self._warmups = 0
         wait_until(warmed_up, 30, "a warm-up frame to come out of the node", interval_s=0.0)

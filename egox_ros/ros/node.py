@@ -558,7 +558,8 @@ class EgoxNode(Node):
             dropped = dict(self._stats.dropped)
             notes = dict(self._notes)
         values = {
-            "generator": self.generator.name, "generator_state": self.generator_state, "input_rate_hz": f"{rate_in:.2f}", "output_rate_hz": f"{rate_out:.2f}",
+            "generator": self.generator.name, "generator_state": self.generator_state,
+            "input_rate_hz": f"{rate_in:.2f}", "output_rate_hz": f"{rate_out:.2f}",
             "window_frames": str(len(self.window)), "frames_received": str(progress.frames_received),
             "frames_published": str(progress.frames_published), "frames_dropped": str(progress.frames_dropped),
             "frames_lost": str(progress.frames_lost),

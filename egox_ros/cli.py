@@ -1,4 +1,4 @@
-"""`egox`: the command line of egox_ros (node, launch, replay, sample, bench, config)."""
+"""`egox`: the command line of egox_ros (node, launch, replay, sample, bench, config, tiny-model)."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,18 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model
+    model = save_tiny_model(os.path.join(args.dir, "model"), seed=args.seed)
+    lora = save_tiny_lora(os.path.join(args.dir, "lora"), seed=args.seed)
+    print(f"tiny random checkpoint (noise-like output; for trying the pipeline, not for results):\n"
+          f"  egox.model_path:={model}\n  egox.lora_path:={lora}\n"
+          f"with a canvas it can take, e.g. -p generator.name:=egox -p egox.exo_width:=64 -p egox.exo_height:=32 "
+          f"-p ego_camera.width:=32 -p ego_camera.height:=32 -p ego_camera.fx:=16.0 -p ego_camera.fy:=16.0 "
+          f"-p ego_camera.cx:=15.5 -p ego_camera.cy:=15.5 -p egox.clip_frames:=5 -p egox.steps:=2")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="egox", description="EgoX for ROS 2: third-person camera to first-person "
                                                               "video. See README.md.")
@@ -87,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=run_bench)
     p = sub.add_parser("config", help="print the default parameter file (config/egox.yaml)")
     p.set_defaults(func=_cmd_config)
+    p = sub.add_parser("tiny-model", help="write a tiny random Wan 2.1 I2V checkpoint and EgoX-named LoRA (no "
+                                          "download) to DIR/model and DIR/lora, to try the egox generator")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_tiny_model)
     args = parser.parse_args(argv)
     return args.func(args)
 

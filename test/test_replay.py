@@ -105,3 +105,24 @@ def test_replay_errors_are_clear(tmp_path):
     (not_a_bag / "metadata.yaml").write_text("rosbag2_bagfile_information: {version: 8}\n")
     with pytest.raises(ReplayError, match="cannot open"):
         replay(not_a_bag, tmp_path / "out", progress_bar=False)
+
+
+def test_replay_with_the_egox_generator_runs_clips_in_lockstep(tmp_path):
+    # The tiny random checkpoint (no download), clips of 5 frames on a 64+32 x 32 canvas: the player must wait for
+    # whole clips, and every frame comes out of a clip with its source stamp.
+    from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model
+    model, lora = save_tiny_model(tmp_path / "model"), save_tiny_lora(tmp_path / "lora")
+    tiny = {"generator.name": "egox", "egox.model_path": model, "egox.lora_path": lora, "egox.clip_frames": 5,
+            "egox.steps": 2, "egox.exo_width": 64, "egox.exo_height": 32, "ego_camera.width": 32,
+            "ego_camera.height": 32, "ego_camera.fx": 25.8, "ego_camera.fy": 25.8, "ego_camera.cx": 15.5,
+            "ego_camera.cy": 15.5, "sync.queue_capacity": 1}
+    result = replay(SAMPLE_BAG, tmp_path / "out", params_file=str(SAMPLE_BAG.parent / "egox_sample.yaml"),
+                    overrides=[f"{k}:={v}" for k, v in tiny.items()], progress_bar=False)
+    run = result.metrics["run"]
+    assert (run["frames_published"], run["frames_dropped"]) == (FRAMES, 0)
+    with AnyReader([result.out_bag], default_typestore=typestore_with_egox_msgs()) as reader:
+        conns = [c for c in reader.connections if c.topic == "/ego/clip_metadata"]
+        metas = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages(conns)]
+    assert len(metas) == FRAMES // 5 and all(m.generator == "egox" and len(m.source_stamps) == 5 for m in metas)
+    stamps = [s.sec * 10**9 + s.nanosec for m in metas for s in m.source_stamps]
+    assert stamps == _input_stamps(SAMPLE_BAG)

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from egox_ros.core.attention.directions import gga_tables_from_geometry
-from egox_ros.core.attention.gga import GgaTables
+from egox_ros.core.attention.gga import GgaTables, flex_attention_available
 from egox_ros.core.attention.processor import GgaAttnProcessor, GgaState
 from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.egox.pipeline import EgoxPipeline, _video_tensor
@@ -254,3 +254,17 @@ def test_missing_or_mismatched_weight_files_name_what_is_wrong(weights, tmp_path
     deep = save_tiny_lora(tmp_path / "deep", rank=8, num_layers=3)
     with pytest.raises(WeightsError, match="blocks.2.*the model has 2 blocks"):
         check_lora_file(deep, config)
+
+
+@pytest.mark.skipif(not flex_attention_available(), reason="FlexAttention not available in this torch")
+def test_the_flex_backend_gives_the_chunked_result_inside_the_model(pipe):
+    # The compiled kernel computes the bias inside the attention (no L x L tensor); same clip as the exact chunks.
+    tables = geometry_tables()
+    pipe.enable_gga(backend="chunked")
+    chunked = run(pipe, output_type="latent", gga_tables=tables).ego
+    pipe.enable_gga(backend="flex")
+    try:
+        flex = run(pipe, output_type="latent", gga_tables=tables).ego
+    finally:
+        pipe.enable_gga(backend="auto")
+    assert (flex - chunked).abs().max() <= 1e-4

@@ -75,7 +75,7 @@ def test_without_weights_the_node_says_so_and_publishes_priors(peer, tmp_path):
         values = wait_until(lambda: (d := diagnostics(rig)).get("generator_problem") and d, 10,
                             "diagnostics naming the generator problem")
         assert "model_index.json is missing" in values["generator_problem"]
-        assert "huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers" in values["generator_problem"]
+        assert "hf download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers" in values["generator_problem"]
         assert values["generator_state"] == "fallback"
         array = rig.peer.messages("/diagnostics")[-1]
         assert array.status[0].level == array.status[0].WARN

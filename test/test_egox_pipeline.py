@@ -223,7 +223,7 @@ def test_bad_input_raises_clear_errors(pipe):
 
 def test_missing_or_mismatched_weight_files_name_what_is_wrong(weights, tmp_path):
     model, lora = weights
-    with pytest.raises(WeightsError, match="model_index.json is missing.*huggingface-cli download Wan-AI"):
+    with pytest.raises(WeightsError, match="model_index.json is missing.*hf download Wan-AI"):
         EgoxPipeline.from_local(tmp_path / "nowhere")
     broken = tmp_path / "broken"
     shutil.copytree(model, broken)

@@ -1,7 +1,7 @@
 """Checks of the local weights EgoX needs, with errors that say what is missing, what was found and what to get.
 
 Nothing here downloads. The base checkpoint is a diffusers folder (`model_path`, as saved by
-`huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --local-dir DIR`); the adapter is the authors'
+`hf download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --local-dir DIR`); the adapter is the authors'
 `pytorch_lora_weights.safetensors` (diffusers key names, rank 256) from the Hugging Face repo DAVIAN-Robotics/EgoX.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 BASE_REPO = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 LORA_REPO = "DAVIAN-Robotics/EgoX"
 LORA_FILE = "pytorch_lora_weights.safetensors"
-BASE_HINT = f"download it with: huggingface-cli download {BASE_REPO} --local-dir <model_path>"
-LORA_HINT = f"download it with: huggingface-cli download {LORA_REPO} {LORA_FILE} --local-dir <lora_dir>"
+BASE_HINT = f"download it with: hf download {BASE_REPO} --local-dir <model_path>"
+LORA_HINT = f"download it with: hf download {LORA_REPO} {LORA_FILE} --local-dir <lora_dir>"
 
 # What each component folder must hold (any one of the alternatives).
 _COMPONENT_FILES: dict[str, tuple[tuple[str, ...], ...]] = {

@@ -268,3 +268,58 @@ def test_the_flex_backend_gives_the_chunked_result_inside_the_model(pipe):
     finally:
         pipe.enable_gga(backend="auto")
     assert (flex - chunked).abs().max() <= 1e-4
+
+
+def exo_frames(depth=True):
+    """Five 160x120 exo frames of a textured wall 2 m away; the ego camera steps sideways."""
+    from egox_ros.core.frames import ExoFrame
+    cam = PinholeCamera(160, 120, 100.0, 100.0, 79.5, 59.5)
+    rng = np.random.default_rng(1)
+    frames = []
+    for i in range(FRAMES):
+        ego = np.eye(4)
+        ego[0, 3] = 0.05 * i
+        frames.append(ExoFrame(stamp_ns=i, rgb=rng.integers(0, 256, (120, 160, 3), dtype=np.uint8),
+                               depth_m=np.full((120, 160), 2.0, np.float32) if depth else None, camera=cam,
+                               world_T_exo=np.eye(4), world_T_ego=ego, exo_frame_id="exo"))
+    return frames
+
+
+def test_exo_frames_are_centre_cropped_to_the_canvas_with_their_camera():
+    from egox_ros.core.generators.egox import fit_exo_frame
+    frame = exo_frames()[0]
+    depth = frame.depth_m.copy()
+    depth[:, 80:] = 3.0
+    rgb, fitted_depth, cam = fit_exo_frame(frame.rgb, depth, frame.camera, W_EXO, H)
+    assert rgb.shape == (H, W_EXO, 3) and rgb.dtype == torch.uint8 and fitted_depth.shape == (H, W_EXO)
+    assert set(fitted_depth.unique().tolist()) == {2.0, 3.0}            # nearest: no invented depths
+    # 160x120 -> centre crop 160x80 (rows 20..99) -> 64x32: a 3D point lands where its crop pixel went.
+    point = torch.tensor([[0.3, -0.1, 2.0]], dtype=torch.float64)
+    u, v = frame.camera.project(point)[0][0]
+    u2, v2 = cam.project(point)[0][0]
+    s = W_EXO / 160
+    assert abs(float(u2) - ((float(u) + 0.5) * s - 0.5)) < 1e-9
+    assert abs(float(v2) - ((float(v) - 20 + 0.5) * s - 0.5)) < 1e-9
+
+
+def test_the_egox_generator_makes_a_clip_from_frames_and_priors(weights):
+    from egox_ros.core.config import EgoxConfig, GeneratorConfig
+    from egox_ros.core.generators import ClipRequest, Prior, make_generator
+    model, lora = weights
+    config = EgoxConfig(model_path=str(model), lora_path=str(lora), clip_frames=FRAMES, exo_width=W_EXO,
+                        exo_height=H, steps=2)
+    generator = make_generator(GeneratorConfig(name="egox"), config)
+    ego_cam = PinholeCamera(W_EGO, H, 20.0, 20.0, 15.5, 15.5)
+    with pytest.raises(ValueError, match="ego_camera.height = egox.exo_height = 32"):
+        generator.check_ego_camera(PinholeCamera(32, 48, 20.0, 20.0, 15.5, 23.5))
+    _, prior_video = videos()
+    priors = [Prior(rgb=p, mask=p.any(-1), depth_m=np.zeros(p.shape[:2], np.float32)) for p in prior_video]
+    with_depth = generator.generate(ClipRequest(exo_frames(), priors, ego_cam))
+    assert len(with_depth.rgb) == FRAMES and with_depth.rgb[0].shape == (H, W_EGO, 3)
+    assert all(v.all() for v in with_depth.valid)
+    # Without exo depth there is no geometry for GGA: the clip is made without it, and differs.
+    without_depth = generator.generate(ClipRequest(exo_frames(depth=False), priors, ego_cam))
+    assert not np.array_equal(np.stack(with_depth.rgb), np.stack(without_depth.rgb))
+    assert generator.settings()["gga"] == "released, strength 3.0, auto"
+    with pytest.raises(ValueError, match="needs 5 frames, got 4"):
+        generator.generate(ClipRequest(exo_frames()[:4], priors[:4], ego_cam))

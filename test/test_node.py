@@ -93,7 +93,8 @@ class Rig:
             ("/ego/prior/mask", Image), ("/ego/clip_metadata", ClipMetadata), ("/diagnostics", DiagnosticArray)]]
         peer.collect(TFMessage, "/tf")
         peer.collect(NodeProgress, "/egox/progress", PROGRESS_QOS)
-        pubs = [self.pub_image, self.pub_info, self.pub_tf] + [p for p in (self.pub_depth, self.pub_pose) if p]
+        pubs = [self.pub_image, self.pub_info, self.pub_tf, self.pub_flush] + [p for p in (self.pub_depth,
+                                                                                          self.pub_pose) if p]
         # Both directions must match before anything is sent, or the first messages can be lost.
         wait_until(lambda: node.proc.poll() is not None or (all(p.get_subscription_count() > 0 for p in pubs)
                                                             and all(s.get_publisher_count() > 0 for s in subs)),
@@ -107,6 +108,9 @@ class Rig:
         sent before. Send warm-up frames (stamps long before the tests' T0), a clip's worth at a time, until one
         comes out, then take the node's counts as the baseline that tests compare against."""
         def warmed_up():
+            if self.peer.messages("/egox/progress")[-1].frames_received:
+                # The node takes our frames (it may still be loading its generator): wait, do not pile up more.
+                return wait_until(lambda: self.peer.messages("/ego/clip_metadata"), 0.5, "", raise_on_timeout=False)
             for _ in range(self.clip_frames):
                 ns = SEC + self._warmups * SEC // 100
                 self._warmups += 1
@@ -118,13 +122,24 @@ class Rig:
                 self.send_frame(ns, head=self.pub_pose is None)
             return wait_until(lambda: self.peer.messages("/ego/clip_metadata"), 0.5, "", raise_on_timeout=False)
         self._warmups = 0
-        wait_until(warmed_up, 30, "a warm-up frame to come out of the node", interval_s=0.0)
+        wait_until(warmed_up, 60, "a warm-up frame to come out of the node", interval_s=0.0)
         # A warm-up message the node's reader dropped before it matched us is repaired later: wait until the node
         # has acknowledged everything, or a late warm-up stamp would look like a jump back in time.
         for pub in [self.pub_image, self.pub_info, self.pub_tf, self.pub_depth, self.pub_pose]:
             assert pub is None or pub.wait_for_all_acked(Duration(seconds=10)), f"{pub.topic_name} never acked"
-        self.baseline = wait_until(lambda: (p := self.progress()).frames_waiting == 0 and p.frames_queued == 0
-                                   and p.frames_received == self._warmups and p, 10, "the warm-up frames to settle")
+        flushed = []
+
+        def settled():
+            p = self.progress()
+            if p.frames_waiting or p.frames_received != self._warmups:
+                return None
+            if 0 < p.frames_queued < self.clip_frames and not flushed:
+                # A partial clip (a warm-up frame lost before the node matched us) would wait for good, and nothing
+                # else is on its way: end the stream, which drops it as end_of_stream.
+                flushed.append(self.pub_flush.publish(Empty()))
+            return p if p.frames_queued == 0 else None
+        self.baseline = wait_until(settled, 30, raise_on_timeout=False)
+        assert self.baseline, f"the {self._warmups} warm-up frames did not settle\n{self.state()}"
         self.peer.clear()
 
     def send_frame(self, ns, image=None, depth=True, head=True, exo_tf=True, info=True):

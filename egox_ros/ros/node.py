@@ -141,8 +141,9 @@ class EgoxNode(Node):
         self.generator_problem = ""       # why the configured generator is not in use (diagnostics)
         try:
             self.generator: EgoGenerator = make_generator(generator_config, configs["egox"])
+            self.generator.check_ego_camera(self.ego_camera)
             self.generator_state = "loading"
-        except WeightsError as e:
+        except (WeightsError, ValueError) as e:
             self.generator = self._fall_back(generator_config.name, e)
         self.pipeline = EgoPipeline(PriorRenderer(prior_config, fusion_config, self.ego_camera,
                                                   generator_config.device), self.generator)

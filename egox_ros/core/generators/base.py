@@ -49,6 +49,9 @@ class EgoGenerator(ABC):
         """Frames per clip; the node collects this many synchronised frames before calling generate()."""
         return 1
 
+    def check_ego_camera(self, camera: PinholeCamera) -> None:
+        """Raise ValueError if this generator cannot produce images for `camera` (checked once, at node start)."""
+
     def prepare(self) -> None:
         """Load what generation needs (models); called once on the node's worker thread before the first clip.
         Raises if that fails; the caller reports it and falls back."""

@@ -99,14 +99,17 @@ class EgoxGenerator(EgoGenerator):
             torch.stack(exo_depths))
         return tables
 
+    def check_ego_camera(self, camera: CameraModel) -> None:
+        if camera.height != self.config.exo_height or camera.width % 16:
+            raise ValueError(f"the ego camera is {camera.width}x{camera.height}; the canvas needs ego_camera.height = "
+                             f"egox.exo_height = {self.config.exo_height} and a width that is a multiple of 16 "
+                             "(released: 448x448)")
+
     def generate(self, request: ClipRequest) -> ClipResult:
         c = self.config
         if len(request.frames) != c.clip_frames:
             raise ValueError(f"a clip needs {c.clip_frames} frames, got {len(request.frames)}")
-        ego = request.ego_camera
-        if ego.height != c.exo_height or ego.width % 16:
-            raise ValueError(f"the ego camera is {ego.width}x{ego.height}; the canvas needs height egox.exo_height = "
-                             f"{c.exo_height} and a width that is a multiple of 16 (released: 448x448)")
+        self.check_ego_camera(request.ego_camera)
         self.prepare()
         fitted = [fit_exo_frame(f.rgb, f.depth_m, f.camera, c.exo_width, c.exo_height) for f in request.frames]
         exo_video = torch.stack([rgb for rgb, _, _ in fitted])

@@ -175,7 +175,7 @@ class EgoxPipeline(WanImageToVideoPipeline):
     @torch.no_grad()
     def __call__(self, exo_video, prior_video, prompt: str | None = None, negative_prompt: str | None = None, *,
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
-                 num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                 image_embeds: torch.Tensor | None = None, num_inference_steps: int = 50, guidance_scale: float = 5.0,
                  generator: torch.Generator | None = None, gga_tables: GgaTables | None = None,
                  output_type: str = "np",
                  step_callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> EgoxOutput:
@@ -184,6 +184,8 @@ class EgoxPipeline(WanImageToVideoPipeline):
         exo_video: (F, He, We, 3) uint8 (or float in [0, 1]), F = 4k + 1 (49 for the released weights, He x We =
         448 x 784); prior_video: (F, He, Wg, 3) likewise (448 x 448), black where the prior has holes. gga_tables:
         direction tables of this canvas (egox_ros.core.attention.directions); None runs without GGA.
+        prompt_embeds / negative_prompt_embeds (1, 512, text_dim) and image_embeds (1, tokens, image_dim) replace
+        the text and CLIP encoders (the CLIP image is the first exo frame).
         step_callback(i, t, canvas_latents) is called after every step with the (1, 16, F_latent, h, w) canvas.
         Returns EgoxOutput with the (F, He, Wg, 3) uint8 ego frames."""
         if num_inference_steps < 1:
@@ -197,10 +199,12 @@ class EgoxPipeline(WanImageToVideoPipeline):
 
         text, negative_text = self._text_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                                     guided, device, dtype)
-        image_embeds = None
-        if self.transformer.config.image_dim is not None:
+        if image_embeds is not None:
+            image_embeds = image_embeds.to(device, dtype)
+        elif self.transformer.config.image_dim is not None:
             if self.image_encoder is None:
-                raise ValueError("the transformer expects CLIP image embeddings but the pipeline has no image encoder")
+                raise ValueError("the transformer expects CLIP image embeddings: the pipeline needs an image encoder, "
+                                 "or pass image_embeds")
             first_exo = ((exo[0, :, 0].permute(1, 2, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()
             image_embeds = self.encode_image(first_exo, device).to(dtype)
 

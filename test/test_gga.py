@@ -53,6 +53,13 @@ def test_flex_attention_matches_the_dense_fp64_reference():
     ref = gga_attention_reference(q, k, v, t, 3.0, "released")
     out = gga_attention_flex(q, k, v, t, 3.0, "released")
     assert (out.double() - ref).abs().max() <= 1e-5
+    # A new clip of the same size (other tables) reuses the compiled kernel: no new graph, and the new geometry.
+    from torch._dynamo.utils import counters
+    graphs = counters["stats"]["unique_graphs"]
+    other = make_tables(frames=2, exo_per_frame=40, ego_per_frame=24, seed=7)
+    out = gga_attention_flex(q, k, v, other, 3.0, "released")
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert (out.double() - gga_attention_reference(q, k, v, other, 3.0, "released")).abs().max() <= 1e-5
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -32,6 +32,11 @@ def machine_info() -> dict:
         versions["open3d"] = import_open3d().__version__
     except ImportError:
         versions["open3d"] = None
+    for name in ("diffusers", "transformers", "peft"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gb": mem_gb,

@@ -96,7 +96,7 @@ class EgoxGenerator(EgoGenerator):
         tables, _ = gga_tables_from_geometry(
             request.ego_camera, torch.from_numpy(np.stack([f.world_T_ego for f in request.frames])),
             exo_cameras[0], torch.from_numpy(np.stack([f.world_T_exo for f in request.frames])),
-            torch.stack(exo_depths))
+            torch.stack(exo_depths).to(self.device))
         return tables
 
     def check_ego_camera(self, camera: CameraModel) -> None:

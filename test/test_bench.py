@@ -34,13 +34,57 @@ def test_geometry_bench_quick_run_reports_accuracy_speed_and_scaling():
     assert [r["window_frames"] for r in result["scaling"]["rows"]] == [1, 2, 4, 8]
 
 
-def test_gga_bench_quick_run_checks_exactness_and_times_every_method():
+@pytest.fixture(scope="module")
+def gga_quick_result():
     run = subprocess.run([sys.executable, "-m", "egox_ros.cli", "bench", "gga", "--quick", "--json"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    return json.loads(run.stdout)
+
+
+def test_gga_bench_quick_run_checks_exactness_and_times_every_method(gga_quick_result):
+    result = gga_quick_result
     assert result["device"] == "cpu" and result["released_size"] is None and "GPU" in result["released_size_note"]
     for row in result["small"]:
         assert row["chunked_max_abs_err"] <= 1e-5
         assert row.get("flex_max_abs_err", 0.0) <= 1e-5
         assert row["plain_sdpa_ms"] > 0 and row["chunked_ms"] > 0 and row["dense_bias_ms"] > 0
+        assert row["sdpa_backend"] and row["dense_bias_bytes"] == row["tokens"] ** 2 * 4   # fp32 L x L
+        assert row["plain_sdpa_peak_extra_bytes"] is None       # peak memory is measured on CUDA only
+
+
+def test_gga_bench_without_gpu_says_so_and_runs_the_full_step_code_on_a_tiny_transformer(gga_quick_result):
+    from egox_ros.bench.gga import GPU_COMMAND, markdown
+    result = gga_quick_result
+    assert result["full_step"] is None and GPU_COMMAND in result["full_step_note"]
+    tiny = result["full_step_tiny_cpu"]
+    assert "not a performance number" in tiny["note"]
+    assert tiny["tokens"] == 80 and tiny["ego_tokens"] == 32 and tiny["latent_shape"] == [1, 36, 2, 8, 20]
+    assert set(tiny["variants"]) >= {"plain", "gga_chunked"}
+    for v in tiny["variants"].values():
+        assert v["ms"] > 0 and v["finite"]
+    # GGA changes the step's output; the flex and chunked evaluations of it agree far more closely than that.
+    effect = tiny["gga_chunked_vs_plain_max_abs_diff"]
+    assert effect > 1e-4 * tiny["output_max_abs"]
+    if "gga_flex" in tiny["variants"]:
+        assert tiny["flex_vs_chunked_max_abs_diff"] < 1e-2 * effect
+    text = markdown(result)
+    assert "No GPU in this run" in text and f"`{GPU_COMMAND}`" in text and "not a performance number" in text
+
+
+def test_gga_bench_released_size_code_path_at_a_tiny_size_on_cpu():
+    """What `--device cuda` runs at 28,028 tokens (case with check=False, then markdown), here at 80 tokens."""
+    import torch
+
+    from egox_ros.bench.common import machine_info
+    from egox_ros.bench.gga import TINY_CANVAS, canvas_tables, case, dense_bias, markdown
+    from egox_ros.core.attention.gga import gga_bias_dense
+    t = canvas_tables(TINY_CANVAS)
+    assert torch.equal(t.query_is_ego, TINY_CANVAS.is_ego()) and torch.equal(t.query_frame, TINY_CANVAS.frame_of())
+    assert torch.equal(dense_bias(t, torch.float32, chunk_rows=7), gga_bias_dense(t))
+    row = case(TINY_CANVAS, heads=2, dim=16, device="cpu", dtype=torch.float32, repeats=1, check=False)
+    assert row["tokens"] == 80 and row["plain_sdpa_ms"] > 0 and row["chunked_ms"] > 0 and row["dense_bias_ms"] > 0
+    assert row.get("flex_vs_chunked_max_abs_diff", 0.0) < 1e-5
+    text = markdown({"machine": machine_info(), "device": "cpu", "quick": True, "target_ratio": 1.15,
+                     "small": [], "released_size": row})
+    assert "| GGA chunked |" in text and "| dense bias (L x L through SDPA) |" in text

@@ -88,3 +88,15 @@ def test_gga_bench_released_size_code_path_at_a_tiny_size_on_cpu():
     text = markdown({"machine": machine_info(), "device": "cpu", "quick": True, "target_ratio": 1.15,
                      "small": [], "released_size": row})
     assert "| GGA chunked |" in text and "| dense bias (L x L through SDPA) |" in text
+
+
+def test_generator_bench_runs_the_sampling_loop_and_says_what_needs_a_gpu():
+    from egox_ros.bench import generator
+    result = generator.run_all(quick=True)
+    rows = {r["gga"]: r for r in result["tiny_cpu"]}
+    assert set(rows) == {"chunked", "off"}
+    assert all(r["frames_out"] == 5 and r["steps"] == 2 and r["clip_s"] > 0 for r in rows.values())
+    assert result["full_size"] is None and generator.GPU_COMMAND in result["full_size_note"]
+    text = generator.markdown(result)
+    assert "not measured here" in text and generator.GPU_COMMAND in text
+    assert result["machine"]["versions"]["diffusers"]

@@ -104,11 +104,18 @@ def test_canvas_channels_and_mask_layout(pipe):
     assert not torch.equal(inputs[0][:, :16, ..., we:], inputs[2][:, :16, ..., we:])
 
 
-def test_the_exo_half_never_moves_and_only_the_ego_half_is_decoded(pipe):
+def test_the_exo_half_never_moves_and_only_the_ego_half_is_decoded(pipe, monkeypatch):
+    # What the scheduler gets: the exo half of the guided velocity is exactly zero, the ego half is not.
+    velocities = []
+    step = pipe.scheduler.step
+    monkeypatch.setattr(pipe.scheduler, "step", lambda v, *a, **k: (velocities.append(v.clone()), step(v, *a, **k))[1])
     seen = []
     out = run(pipe, num_inference_steps=4, step_callback=lambda i, t, z: seen.append(z.clone()))
-    assert len(seen) == 4
+    monkeypatch.undo()
+    assert len(seen) == len(velocities) == 4
     we = out.exo_latent.shape[-1]
+    for v in velocities:
+        assert (v[..., :we] == 0).all() and v[..., we:].abs().min() > 0
     for z in seen:
         assert torch.equal(z[..., :we], out.exo_latent)
     latent = run(pipe, num_inference_steps=4, output_type="latent").ego
@@ -317,9 +324,26 @@ def test_the_egox_generator_makes_a_clip_from_frames_and_priors(weights):
     with_depth = generator.generate(ClipRequest(exo_frames(), priors, ego_cam))
     assert len(with_depth.rgb) == FRAMES and with_depth.rgb[0].shape == (H, W_EGO, 3)
     assert all(v.all() for v in with_depth.valid)
-    # Without exo depth there is no geometry for GGA: the clip is made without it, and differs.
+    assert generator.settings()["gga"] == "released, strength 3.0, auto"
+    assert "(rank 256, scale 1.0)" in generator.settings()["lora"]
+    # Without exo depth there is no geometry for GGA: the clip is made without it (and says so), and differs.
     without_depth = generator.generate(ClipRequest(exo_frames(depth=False), priors, ego_cam))
     assert not np.array_equal(np.stack(with_depth.rgb), np.stack(without_depth.rgb))
-    assert generator.settings()["gga"] == "released, strength 3.0, auto"
+    assert generator.settings()["gga"] == "not applied: 5 of 5 frames have no exo depth"
     with pytest.raises(ValueError, match="needs 5 frames, got 4"):
         generator.generate(ClipRequest(exo_frames()[:4], priors[:4], ego_cam))
+
+
+def test_a_partly_downloaded_sharded_checkpoint_names_the_missing_shards(weights, tmp_path):
+    from egox_ros.core.egox.weights import check_model_folder
+    model, _ = weights
+    partial = tmp_path / "partial"
+    shutil.copytree(model, partial)
+    index = {"metadata": {}, "weight_map": {"blocks.0.attn1.to_q.weight": "diffusion_pytorch_model-00001-of-00002"
+                                                                         ".safetensors",
+                                            "blocks.1.attn1.to_q.weight": "diffusion_pytorch_model-00002-of-00002"
+                                                                          ".safetensors"}}
+    (partial / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    (partial / "transformer" / "diffusion_pytorch_model-00001-of-00002.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError, match="1 of the 2 shards .* transformer/: diffusion_pytorch_model-00002-of"):
+        check_model_folder(partial)

@@ -65,6 +65,10 @@ class GgaTables:
         return int(self.query_dir.shape[0])
 
     def to(self, device=None, dtype=None) -> "GgaTables":
+        """The tables on `device` (directions in `dtype`); self when they are there already (no copy, no checks)."""
+        if (device is None or self.query_dir.device == torch.device(device)) and \
+                (dtype is None or self.query_dir.dtype == dtype):
+            return self
         return GgaTables(self.query_dir.to(device=device, dtype=dtype), self.query_frame.to(device),
                          self.query_is_ego.to(device), self.key_dir.to(device=device, dtype=dtype))
 

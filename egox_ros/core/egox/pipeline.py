@@ -68,6 +68,7 @@ class EgoxPipeline(WanImageToVideoPipeline):
     """EgoX sampling on a Wan 2.1 image-to-video checkpoint; see the module docstring."""
 
     gga: GgaState | None = None
+    lora: LoraSummary | None = None      # the fused adapter, if any
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -99,7 +100,8 @@ class EgoxPipeline(WanImageToVideoPipeline):
 
     def load_egox_lora(self, lora_path: str | Path, scale: float = 1.0) -> LoraSummary:
         """Check the adapter against the transformer, load it with diffusers' loader and fuse it into the weights
-        (no per-step cost); the LoRA layers are removed after fusing."""
+        (no per-step cost); the LoRA layers are removed after fusing. Call before any offloading (from_local does):
+        fusing does not reach weights that offload hooks hold elsewhere."""
         summary = check_lora_file(lora_path, self.transformer.config)
         try:
             self.load_lora_weights(str(summary.path.parent), weight_name=summary.path.name, adapter_name="egox")
@@ -107,6 +109,7 @@ class EgoxPipeline(WanImageToVideoPipeline):
             raise WeightsError(f"loading the LoRA {summary.path} failed: {type(e).__name__}: {e}") from e
         self.fuse_lora(lora_scale=scale, components=["transformer"], adapter_names=["egox"])
         self.unload_lora_weights()
+        self.lora = summary
         return summary
 
     def enable_gga(self, strength: float = 3.0, mode: str = "released", backend: str = "auto") -> GgaState:
@@ -126,16 +129,15 @@ class EgoxPipeline(WanImageToVideoPipeline):
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """(1, 3, F, H, W) in [-1, 1] -> normalised latent (1, 16, F_latent, H/8, W/8) float32 on the execution
-        device (the VAE mean, no sampling)."""
-        vae_device = next(self.vae.parameters()).device
-        latents = retrieve_latents(self.vae.encode(video.to(vae_device, self.vae.dtype)), sample_mode="argmax")
-        return self._normalise(latents.to(self._execution_device, torch.float32))
+        device (the VAE mean, no sampling). Inputs go to the execution device, where offload hooks run the VAE."""
+        device = self._execution_device
+        latents = retrieve_latents(self.vae.encode(video.to(device, self.vae.dtype)), sample_mode="argmax")
+        return self._normalise(latents.to(device, torch.float32))
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latent -> (1, 3, F, H, W) in [-1, 1]."""
-        vae_device = next(self.vae.parameters()).device
-        latents = self._normalise(latents.to(vae_device, torch.float32), inverse=True).to(self.vae.dtype)
-        return self.vae.decode(latents, return_dict=False)[0]
+        latents = self._normalise(latents.to(self._execution_device, torch.float32), inverse=True)
+        return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
 
     def _check_videos(self, exo: torch.Tensor, prior: torch.Tensor, gga_tables: GgaTables | None) -> None:
         frames = exo.shape[2]
@@ -175,7 +177,7 @@ class EgoxPipeline(WanImageToVideoPipeline):
     @torch.no_grad()
     def __call__(self, exo_video, prior_video, prompt: str | None = None, negative_prompt: str | None = None, *,
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
-                 image_embeds: torch.Tensor | None = None, num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                 image_embeds: torch.Tensor | None = None, clip_image: str = "canvas", num_inference_steps: int = 50, guidance_scale: float = 5.0,
                  generator: torch.Generator | None = None, gga_tables: GgaTables | None = None,
                  output_type: str = "np",
                  step_callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> EgoxOutput:
@@ -185,11 +187,14 @@ class EgoxPipeline(WanImageToVideoPipeline):
         448 x 784); prior_video: (F, He, Wg, 3) likewise (448 x 448), black where the prior has holes. gga_tables:
         direction tables of this canvas (egox_ros.core.attention.directions); None runs without GGA.
         prompt_embeds / negative_prompt_embeds (1, 512, text_dim) and image_embeds (1, tokens, image_dim) replace
-        the text and CLIP encoders (the CLIP image is the first exo frame).
+        the text and CLIP encoders. clip_image: what the CLIP encoder sees, 'canvas' (frame 0 of [exo | prior], as the
+        canvas the model was fine-tuned on) or 'exo' (frame 0 of the exo video, as plain Wan I2V).
         step_callback(i, t, canvas_latents) is called after every step with the (1, 16, F_latent, h, w) canvas.
         Returns EgoxOutput with the (F, He, Wg, 3) uint8 ego frames."""
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' (uint8 frames) or 'latent', got {output_type!r}")
         exo, prior = _video_tensor(exo_video, "exo_video"), _video_tensor(prior_video, "prior_video")
         self._check_videos(exo, prior, gga_tables)
         device = self._execution_device
@@ -205,8 +210,11 @@ class EgoxPipeline(WanImageToVideoPipeline):
             if self.image_encoder is None:
                 raise ValueError("the transformer expects CLIP image embeddings: the pipeline needs an image encoder, "
                                  "or pass image_embeds")
-            first_exo = ((exo[0, :, 0].permute(1, 2, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()
-            image_embeds = self.encode_image(first_exo, device).to(dtype)
+            if clip_image not in ("canvas", "exo"):
+                raise ValueError(f"clip_image must be 'canvas' or 'exo', got {clip_image!r}")
+            first = exo[0, :, 0] if clip_image == "exo" else torch.cat([exo[0, :, 0], prior[0, :, 0]], dim=-1)
+            first = ((first.permute(1, 2, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+            image_embeds = self.encode_image(first, device).to(dtype)
 
         exo_latent = self.encode_video(exo)
         prior_latent = self.encode_video(prior)
@@ -242,13 +250,10 @@ class EgoxPipeline(WanImageToVideoPipeline):
                     if step_callback is not None:
                         step_callback(i, t, latents)
                     bar.update()
+            ego_latent = canvas.ego(latents)
+            ego = ego_latent if output_type == "latent" else _to_uint8(self.decode_latents(ego_latent))
         finally:
             if self.gga is not None:
                 self.gga.tables = None
-        ego_latent = canvas.ego(latents)
-        if output_type == "latent":
-            ego = ego_latent
-        else:
-            ego = _to_uint8(self.decode_latents(ego_latent))
-        self.maybe_free_model_hooks()
+            self.maybe_free_model_hooks()   # under model offload: nothing left on the GPU, also after an error
         return EgoxOutput(ego=ego, exo_latent=exo_latent)

@@ -31,7 +31,7 @@ _COMPONENT_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
 LORA_KEY = re.compile(r"^transformer\.blocks\.(\d+)\.attn([12])\.(to_q|to_k|to_v|to_out\.0)\.lora_([AB])\.weight$")
 
 
-class WeightsError(FileNotFoundError):
+class WeightsError(RuntimeError):
     """Missing or mismatched weight files; the message names what is missing, what was found and what to download."""
 
 
@@ -45,6 +45,22 @@ def _listing(folder: Path, limit: int = 12) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
     more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more if names else "(empty)"
+
+
+def _missing_shards(folder: Path, component: str) -> list[str]:
+    """Shards a sharded checkpoint's index names that are not there (a partly downloaded folder)."""
+    missing = []
+    for index in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            missing.append(f"{component}/{index.name} is unreadable ({type(e).__name__}: {e})")
+            continue
+        absent = sorted(name for name in shards if not (folder / name).is_file())
+        if absent:
+            missing.append(f"{len(absent)} of the {len(shards)} shards {index.name} lists in {component}/: "
+                           + ", ".join(absent[:4]) + (" ..." if len(absent) > 4 else ""))
+    return missing
 
 
 def check_model_folder(model_path: str | Path) -> Path:
@@ -69,6 +85,7 @@ def check_model_folder(model_path: str | Path) -> Path:
         for alternatives in alternatives_per_need:
             if not any(_has(folder, a) for a in alternatives):
                 missing.append(f"{component}/{' or '.join(alternatives)} (found in {component}/: {_listing(folder)})")
+        missing += _missing_shards(folder, component)
     if missing:
         raise WeightsError(f"the model folder {root} is incomplete; missing: " + "; ".join(missing) + f". {BASE_HINT}")
     return root

@@ -55,7 +55,7 @@ class EgoxGenerator(EgoGenerator):
         self.lora_path = lora_file(config.lora_path) if config.lora_path else None
         self.dtype = DTYPES.get(config.dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.pipe = None
-        self.lora = None
+        self.last_gga = "not run yet"     # what GGA did in the newest clip (clip metadata)
         self._lock = threading.Lock()
 
     @property
@@ -68,10 +68,9 @@ class EgoxGenerator(EgoGenerator):
         with self._lock:
             if self.pipe is not None:
                 return
-            pipe = EgoxPipeline.from_local(self.model_path, None, dtype=self.dtype, device=str(self.device),
-                                           offload=self.config.offload)
-            if self.lora_path is not None:
-                self.lora = pipe.load_egox_lora(self.lora_path, self.config.lora_scale)
+            # from_local fuses the LoRA before it installs any offload hooks
+            pipe = EgoxPipeline.from_local(self.model_path, self.lora_path, dtype=self.dtype, device=str(self.device),
+                                           offload=self.config.offload, lora_scale=self.config.lora_scale)
             if self.config.gga != "off":
                 pipe.enable_gga(self.config.gga_strength, self.config.gga, self.config.gga_backend)
             pipe.set_progress_bar_config(disable=True)
@@ -79,18 +78,27 @@ class EgoxGenerator(EgoGenerator):
 
     def settings(self) -> dict[str, str]:
         c = self.config
-        lora = f"{self.lora_path} (rank {self.lora.rank}, scale {c.lora_scale})" if self.lora else \
+        summary = self.pipe.lora if self.pipe is not None else None
+        lora = f"{self.lora_path} (rank {summary.rank}, scale {c.lora_scale})" if summary else \
             (str(self.lora_path) if self.lora_path else "none")
         return {"model_path": str(self.model_path), "lora": lora, "clip_frames": str(c.clip_frames),
                 "canvas": f"{c.exo_width}+{c.exo_height}x{c.exo_height}", "steps": str(c.steps),
                 "guidance_scale": str(c.guidance_scale), "seed": str(c.seed), "prompt": c.prompt,
-                "gga": "off" if c.gga == "off" else f"{c.gga}, strength {c.gga_strength}, {c.gga_backend}",
+                "gga": self.last_gga,
                 "dtype": str(self.dtype).removeprefix("torch."), "offload": c.offload}
 
     def _gga_tables(self, request: ClipRequest, exo_depths: list, exo_cameras: list[CameraModel]):
+        """The clip's direction tables, or None (and why, in last_gga) when GGA is off or has no geometry."""
         from egox_ros.core.attention.directions import gga_tables_from_geometry
-        if self.config.gga == "off" or any(d is None for d in exo_depths):
-            return None   # without exo depth there is no geometry to guide the attention
+        c = self.config
+        if c.gga == "off":
+            self.last_gga = "off"
+            return None
+        missing = sum(d is None for d in exo_depths)
+        if missing:
+            self.last_gga = f"not applied: {missing} of {len(exo_depths)} frames have no exo depth"
+            return None
+        self.last_gga = f"{c.gga}, strength {c.gga_strength}, {c.gga_backend}"
         if any(c != exo_cameras[0] for c in exo_cameras):
             raise ValueError("the exo camera changed within the clip")
         tables, _ = gga_tables_from_geometry(

@@ -347,3 +347,16 @@ def test_a_partly_downloaded_sharded_checkpoint_names_the_missing_shards(weights
     (partial / "transformer" / "diffusion_pytorch_model-00001-of-00002.safetensors").write_bytes(b"")
     with pytest.raises(WeightsError, match="1 of the 2 shards .* transformer/: diffusion_pytorch_model-00002-of"):
         check_model_folder(partial)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="offloading needs a CUDA device (never in CI)")
+@pytest.mark.parametrize("offload", ["none", "model", "sequential"])
+def test_offload_modes_give_the_same_clip_on_a_gpu(weights, offload):
+    model, lora = weights
+    reference = EgoxPipeline.from_local(model, lora, dtype=torch.float32, device="cpu")
+    gpu = EgoxPipeline.from_local(model, lora, dtype=torch.float32, device="cuda", offload=offload)
+    for p in (reference, gpu):
+        p.set_progress_bar_config(disable=True)
+    expected = run(reference, output_type="latent", gga_tables=geometry_tables()).ego
+    got = run(gpu, output_type="latent", gga_tables=geometry_tables()).ego
+    assert torch.allclose(got.cpu(), expected, atol=1e-3)

@@ -1,0 +1,1 @@
+"""Depth of the exo frames from a sensor topic or from the image alone (monocular and temporal models)."""

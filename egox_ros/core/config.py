@@ -94,6 +94,39 @@ class GeneratorConfig:
         validate(self)
 
 
+DEPTH_SOURCES = ("topic", "model", "video")
+
+
+@dataclass
+class DepthConfig:
+    """Where the exo depth comes from: a registered depth topic, or models run on the exo image alone."""
+    source: str = param("topic", "'topic': depth images on exo/depth/image_raw (inputs.use_depth); 'model': a "
+                                 "per-frame metric depth model (model_path); 'video': a temporally stabilised "
+                                 "relative model (video_model_path) aligned to the metric model (model_path)",
+                        choices=DEPTH_SOURCES)
+    model_path: str = param("", "local Hugging Face folder of a metric depth-estimation model (e.g. Depth Anything "
+                                "V2 Metric): the 'model' source, the metric reference of 'video', and the fallback "
+                                "of 'topic' when the depth topic stops")
+    video_model_path: str = param("", "local Hugging Face folder of a relative depth model that the 'video' source "
+                                      "stabilises over time (e.g. Depth Anything V2 relative)")
+    device: str = param("cpu", "torch device of the depth models ('cpu', 'cuda', ...)")
+    dtype: str = param("auto", "depth model dtype; 'auto' = half precision on CUDA where supported, float32 on CPU",
+                       choices=("auto", "float32", "float16", "bfloat16"))
+    max_lag_s: float = param(0.5, "a frame uses the model estimate nearest to its stamp if it is at most this far "
+                                  "away [s]; otherwise it waits (up to sync.timeout_s)", (0.0, 3600.0))
+    topic_timeout_s: float = param(2.0, "with source 'topic': no depth image for this long while images arrive "
+                                        "switches to the model at model_path, if set [s]", (0.1, 3600.0))
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.source in ("model", "video") and not self.model_path:
+            raise ValueError(f"DepthConfig.source = {self.source!r} needs depth.model_path (a local metric "
+                             "depth model folder)")
+        if self.source == "video" and not self.video_model_path:
+            raise ValueError("DepthConfig.source = 'video' needs depth.video_model_path (a local relative depth "
+                             "model folder)")
+
+
 DEFAULT_PROMPT = ("[Exo view] A person works with their hands at a table, seen from a camera across the room. "
                   "[Ego view] The same scene from the person's own eyes: their hands and the objects they handle, "
                   "close up.")

@@ -82,10 +82,13 @@ class DiagnosticsConfig:
 
 def parameter_sections() -> dict[str, type]:
     """Every parameter section of the node, in declaration order: `<section>.<field>` is a parameter."""
-    from egox_ros.core.config import EgoCameraConfig, EgoxConfig, GeneratorConfig, PriorConfig, WindowConfig
+    from egox_ros.core.config import (DepthConfig, EgoCameraConfig, EgoxConfig, GeneratorConfig, PriorConfig,
+                                      WindowConfig)
+    from egox_ros.core.depth_alignment import DepthAlignmentConfig
     from egox_ros.core.fusion import FusionConfig
     return {"inputs": InputsConfig, "outputs": OutputsConfig, "qos": QosConfig, "sync": SyncConfig,
-            "diagnostics": DiagnosticsConfig, "ego_camera": EgoCameraConfig, "window": WindowConfig,
+            "diagnostics": DiagnosticsConfig, "depth": DepthConfig, "depth_alignment": DepthAlignmentConfig,
+            "ego_camera": EgoCameraConfig, "window": WindowConfig,
             "fusion": FusionConfig, "prior": PriorConfig, "generator": GeneratorConfig,
             "egox": EgoxConfig}
 

@@ -28,6 +28,7 @@ from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.depth.estimator import make_depth_estimator
 from egox_ros.core.frames import ExoFrame, FrameWindow
 from egox_ros.core.egox.weights import WeightsError
 from egox_ros.core.generators import EgoGenerator, PriorGenerator, make_generator
@@ -137,6 +138,13 @@ class EgoxNode(Node):
         ego_config, window_config = configs["ego_camera"], configs["window"]
         prior_config, fusion_config, generator_config = configs["prior"], configs["fusion"], configs["generator"]
 
+        self.depth_config = configs["depth"]
+        # Depth models load here (a missing or incompatible folder stops the node with a message saying why).
+        self.depth_estimator = make_depth_estimator(self.depth_config, configs["depth_alignment"],
+                                                    on_result=self._on_depth_estimate)
+        self._last_depth_msg_s = time.monotonic()      # for the silence of the depth topic
+        self._depth_lag_ms: list[float] = []            # lags of model depth used since the last diagnostics
+        self._flush_after_depth = False
         self.ego_camera: PinholeCamera = ego_camera_from_config(ego_config)
         self.generator_problem = ""       # why the configured generator is not in use (diagnostics)
         try:
@@ -177,7 +185,7 @@ class EgoxNode(Node):
         out_qos = _qos(self.qos.output_reliability, self.qos.output_depth)
         self.create_subscription(Image, "exo/image_raw", self._on_image, in_qos)
         self.create_subscription(CameraInfo, "exo/camera_info", self._on_camera_info, in_qos)
-        if self.inputs.use_depth:
+        if self._depth_topic:
             self.create_subscription(Image, "exo/depth/image_raw", self._on_depth, in_qos)
         if self.inputs.head_source == "pose_topic":
             self.create_subscription(PoseStamped, "head/pose", self._on_head_pose, in_qos)
@@ -208,7 +216,7 @@ class EgoxNode(Node):
         self.get_logger().info(
             f"egox ready: generator '{self.generator.name}' ({self.generator.clip_frames} frame(s) per clip), "
             f"ego {self.ego_camera.width}x{self.ego_camera.height}, head from {self.inputs.head_source} "
-            f"'{self.inputs.head_frame}', depth {'on' if self.inputs.use_depth else 'off'}")
+            f"'{self.inputs.head_frame}', depth {self._depth_description()}")
         self._publish_progress()
 
     # ------------------------------------------------------------------ inputs
@@ -222,8 +230,39 @@ class EgoxNode(Node):
             self._camera_info, self._camera = msg, camera
         self._resolve_pending()
 
+    @property
+    def _depth_topic(self) -> bool:
+        return self.inputs.use_depth and self.depth_config.source == "topic"
+
+    def _depth_from_model(self) -> bool:
+        """Whether frames now take their depth from the model: source model/video, or a silent depth topic."""
+        if self.depth_estimator is None:
+            return False
+        if self.depth_config.source != "topic":
+            return True
+        return time.monotonic() - self._last_depth_msg_s > self.depth_config.topic_timeout_s
+
+    def _depth_description(self) -> str:
+        c = self.depth_config
+        if c.source == "topic":
+            topic = "topic exo/depth/image_raw" if self.inputs.use_depth else "off"
+            return topic + (f" (falls back to the model {c.model_path})" if self.depth_estimator else "")
+        return f"{c.source} ({c.model_path}{', ' + c.video_model_path if c.source == 'video' else ''})"
+
+    def _on_depth_estimate(self) -> None:
+        """A new model depth estimate (depth worker thread): frames waiting for it may complete; a flush that
+        waited for the depth models goes ahead once they are idle."""
+        self._resolve_pending()
+        with self._lock:
+            flush = self._flush_after_depth and not self.depth_estimator.busy_or_pending()
+            if flush:
+                self._flush_after_depth = False
+        if flush:
+            self._on_flush(None)
+
     def _on_depth(self, msg: Image, info) -> None:
         self._delays.observe("depth", info)
+        self._last_depth_msg_s = time.monotonic()
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
         lost = self._depth_gaps.lost_before(info)
         if lost:
@@ -292,6 +331,8 @@ class EgoxNode(Node):
         except ImageDecodeError as e:
             self._drop([stamp_ns], "bad_image", str(e))
             return
+        if self._depth_from_model():
+            self.depth_estimator.submit(stamp_ns, rgb)
         frame_id = self.inputs.exo_frame or msg.header.frame_id
         with self._lock:
             if not frame_id:
@@ -316,8 +357,12 @@ class EgoxNode(Node):
         self._resolve_pending()
 
     def _on_flush(self, _msg: Empty) -> None:
-        """End of stream: drop frames still waiting for inputs and let the worker finish partial clips."""
+        """End of stream: drop frames still waiting for inputs and let the worker finish partial clips. Waits for
+        the depth models first, so frames waiting for a depth estimate that is being computed still get it."""
         with self._lock:
+            if self.depth_estimator is not None and self.depth_estimator.busy_or_pending():
+                self._flush_after_depth = True
+                return
             waiting = sorted(self._pending.values(), key=lambda p: p.stamp_ns)
             self._pending.clear()
             self._flush_requested = True
@@ -332,6 +377,8 @@ class EgoxNode(Node):
         if not self.tf.observe_clock(stamp_ns, int(self.sync.time_jump_back_s * 1e9)):
             return
         self.window.clear()
+        if self.depth_estimator is not None:
+            self.depth_estimator.reset()
         with self._lock:  # keep what already belongs to the new timeline (callbacks of other topics came first)
             self._depth = {s: d for s, d in self._depth.items() if s <= stamp_ns}
             self._last_accepted_ns = -1
@@ -378,7 +425,17 @@ class EgoxNode(Node):
             return ("camera_info_mismatch", f"image is {w}x{h} but camera info says "
                                             f"{self._camera_info.width}x{self._camera_info.height}")
         depth_m = None
-        if self.inputs.use_depth:
+        if self._depth_from_model():
+            estimate = self.depth_estimator.estimate_for(p.stamp_ns, self.depth_config.max_lag_s)
+            if estimate is None:
+                p.waiting_for = ("depth_missing", f"a depth estimate within depth.max_lag_s = "
+                                                  f"{self.depth_config.max_lag_s} s from the depth model")
+                return None
+            depth_m = estimate.depth_m
+            if depth_m.shape != (h, w):
+                return ("depth_mismatch", f"model depth is {depth_m.shape[1]}x{depth_m.shape[0]}, image is {w}x{h}")
+            self._depth_lag_ms.append((p.stamp_ns - estimate.stamp_ns) * 1e-6)
+        elif self._depth_topic:
             tol = int(self.sync.depth_tolerance_s * 1e9)
             near = [s for s in self._depth if abs(s - p.stamp_ns) <= tol]
             if not near:
@@ -569,12 +626,24 @@ class EgoxNode(Node):
         values.update({f"dropped.{k}": str(v) for k, v in sorted(dropped.items())})
         values.update({f"input_problems.{k}": str(v) for k, v in sorted(notes.items())})
         values.update(self._delays.report())
+        values["depth.source"] = self._depth_description()
+        if self.depth_estimator is not None:
+            with self._lock:
+                lags, self._depth_lag_ms = self._depth_lag_ms, []
+            values["depth.active"] = "model" if self._depth_from_model() else "topic"
+            if lags:   # positive: the frame is newer than the depth it used
+                values["depth.lag_ms_max"] = f"{max(lags, key=abs):.1f}"
+            values.update({f"depth.{k}": v for k, v in self.depth_estimator.stats().items()})
         level = DiagnosticStatus.OK
         message = "ok"
         if dropped or notes or progress.frames_lost:
             level, message = DiagnosticStatus.WARN, "frames dropped or lost, or inputs rejected; see values"
         if self._camera_info is None and progress.frames_received:
             level, message = DiagnosticStatus.WARN, "no camera info received on exo/camera_info"
+        if self.depth_estimator is not None and self.depth_config.source == "topic" and self._depth_from_model() \
+                and self.inputs.use_depth:
+            level, message = DiagnosticStatus.WARN, (f"no depth on exo/depth/image_raw for more than "
+                                                     f"{self.depth_config.topic_timeout_s} s: depth from the model")
         if self.generator_problem:
             values["generator_problem"] = self.generator_problem
             level, message = DiagnosticStatus.WARN, self.generator_problem
@@ -593,6 +662,8 @@ class EgoxNode(Node):
         if left:
             self.get_logger().warning(f"shutting down with {left} frame(s) not yet published (waiting or queued)")
         self._worker.join(timeout=5.0)
+        if self.depth_estimator is not None:
+            self.depth_estimator.close()
         super().destroy_node()
 
 
@@ -600,7 +671,11 @@ def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = None
     try:
-        node = EgoxNode()
+        try:
+            node = EgoxNode()
+        except (ValueError, RuntimeError) as e:   # bad parameters, missing or incompatible depth models
+            rclpy.logging.get_logger("egox").fatal(f"cannot start: {type(e).__name__}: {e}")
+            raise SystemExit(2) from e
         # One thread for every callback: they are short (decode, buffer, publish), generation runs on the node's
         # own worker thread. A multi-threaded executor with one exclusive group for the inputs left TF and depth
         # callbacks waiting for seconds behind the image callbacks (measured with input_delay_max_ms).

@@ -10,6 +10,7 @@ from egox_ros.core.depth.tiny import save_tiny_depth_model
 from test_node import SCENE, SEC, T0, Rig
 
 RIG = {**SCENE, "sync.timeout_s": 4.0, "qos.input_reliability": "reliable", "qos.input_depth": 100,
+       "sync.queue_capacity": 100,
        "diagnostics.period_s": 0.2}
 
 
@@ -80,3 +81,21 @@ def test_a_missing_depth_model_stops_the_node_saying_what_was_expected(tmp_path)
     assert node.proc.returncode != 0
     log = node.log()
     assert "cannot start: DepthModelError" in log and "nowhere" in log and "hf download" in log
+
+
+def test_video_depth_aligned_to_the_metric_model(peer, tmp_path, metric_model):
+    from egox_ros.core.depth.tiny import save_tiny_depth_model
+    relative = save_tiny_depth_model(tmp_path / "relative", "depth_anything_relative")
+    node = NodeProcess(tmp_path, params={**RIG, "depth.source": "video", "depth.model_path": str(metric_model),
+                                         "depth.video_model_path": str(relative),
+                                         "depth_alignment.min_pixels": 50})
+    try:
+        rig = Rig(peer, node, depth=False)
+        stamps = [T0 + i * SEC // 30 for i in range(4)]
+        for ns in stamps:
+            rig.send_frame(ns)
+        assert all(rig.ok(ns).prior_coverage[0] > 0.05 for ns in stamps)
+        values = diagnostics(rig, **{"depth.active": "model"})
+        assert values["depth.source"].startswith("video (") and values["depth.alignment"].startswith("alpha ")
+    finally:
+        node.stop()

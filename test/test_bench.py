@@ -100,3 +100,15 @@ def test_generator_bench_runs_the_sampling_loop_and_says_what_needs_a_gpu():
     text = generator.markdown(result)
     assert "not measured here" in text and generator.GPU_COMMAND in text
     assert result["machine"]["versions"]["diffusers"]
+
+
+def test_depth_bench_times_every_source_at_640x480():
+    from egox_ros.bench import depth
+    result = depth.run_all(quick=True)
+    sources = {r["source"] for r in result["rows"]}
+    assert sources == {"topic", "model", "video", "video + alignment"}
+    assert all(r["ms_per_frame"] > 0 for r in result["rows"])
+    kinds = {r["model"]: r["kind"] for r in result["rows"]}
+    assert kinds["tiny depth_anything_metric"] == "metric" and kinds["tiny depth_anything_relative"] == \
+        "relative_inverse"
+    assert depth.REAL_MODELS_ENV in depth.markdown(result)

@@ -17,6 +17,8 @@ BENCHMARKS = {
                 "scaling",
     "gga": "geometry-guided attention: exactness and time against plain attention and the dense-bias method "
            "(small sizes on CPU; the released size with --device cuda)",
+    "depth": "per-frame time of each depth source (topic decode, tiny models per family, the video stabiliser, "
+             "video + alignment) at 640x480 on real TUM frames; real checkpoints from EGOX_BENCH_DEPTH_MODELS",
     "generator": "the whole EgoX sampling loop: tiny checkpoint on CPU; with --device cuda a full-size random "
                  "transformer at the released canvas, seconds per step and peak GPU memory per offload mode",
 }

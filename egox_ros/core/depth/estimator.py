@@ -125,7 +125,8 @@ class AsyncDepthEstimator:
             self._cond.notify_all()
         self._worker.join(timeout=10.0)
 
-    def _estimate(self, rgb: np.ndarray) -> tuple[np.ndarray, AlignedDepth | None]:
+    def estimate_now(self, rgb: np.ndarray) -> tuple[np.ndarray, AlignedDepth | None]:
+        """Depth (H, W) float32 metres of one image on the calling thread (what the worker runs per frame)."""
         metric = self.metric.estimate([rgb])[0].values
         if self.relative is None:
             return metric.astype(np.float32, copy=False), None
@@ -146,7 +147,7 @@ class AsyncDepthEstimator:
                 self._busy = True
             started = time.perf_counter()
             try:
-                depth_m, aligned = self._estimate(rgb)
+                depth_m, aligned = self.estimate_now(rgb)
             except Exception as e:  # noqa: BLE001 - a failing model must not stop the stream; reported in stats
                 with self._cond:
                     self.failed += 1

@@ -126,3 +126,17 @@ def test_replay_with_the_egox_generator_runs_clips_in_lockstep(tmp_path):
     assert len(metas) == FRAMES // 5 and all(m.generator == "egox" and len(m.source_stamps) == 5 for m in metas)
     stamps = [s.sec * 10**9 + s.nanosec for m in metas for s in m.source_stamps]
     assert stamps == _input_stamps(SAMPLE_BAG)
+
+
+def test_replay_with_depth_from_the_image_alone(tmp_path):
+    # The bag's depth topic is ignored: tiny metric + relative models (no download) give aligned depth per frame on
+    # the node's depth worker; the end-of-stream flush waits for them, so every frame is published.
+    from egox_ros.core.depth.tiny import save_tiny_depth_model
+    metric = save_tiny_depth_model(tmp_path / "metric", "depth_anything_metric")
+    relative = save_tiny_depth_model(tmp_path / "relative", "depth_anything_relative")
+    overrides = ["depth.source:=video", f"depth.model_path:={metric}", f"depth.video_model_path:={relative}"]
+    result = replay(SAMPLE_BAG, tmp_path / "out", params_file=str(SAMPLE_BAG.parent / "egox_sample.yaml"),
+                    overrides=overrides, progress_bar=False)
+    run = result.metrics["run"]
+    assert (run["frames_published"], run["frames_dropped"]) == (FRAMES, 0)
+    assert result.metrics["summary"]["mean_coverage"] > 0.1

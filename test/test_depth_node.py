@@ -68,6 +68,11 @@ def test_a_depth_topic_that_stops_falls_back_to_the_model(peer, tmp_path, metric
         assert int(values["depth.estimated"]) >= 10
         array = rig.peer.messages("/diagnostics")[-1]
         assert "depth from the model" in array.status[0].message
+        # Depth images come back: frames take them again.
+        back = T0 + 50 * SEC // 10
+        rig.send_frame(back)
+        assert rig.ok(back).status == ClipMetadata.STATUS_OK
+        diagnostics(rig, **{"depth.active": "topic"})
     finally:
         node.stop()
 

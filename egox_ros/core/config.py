@@ -112,8 +112,9 @@ class DepthConfig:
     device: str = param("cpu", "torch device of the depth models ('cpu', 'cuda', ...)")
     dtype: str = param("auto", "depth model dtype; 'auto' = half precision on CUDA where supported, float32 on CPU",
                        choices=("auto", "float32", "float16", "bfloat16"))
-    max_lag_s: float = param(0.5, "a frame uses the model estimate nearest to its stamp if it is at most this far "
-                                  "away [s]; otherwise it waits (up to sync.timeout_s)", (0.0, 3600.0))
+    max_lag_s: float = param(5.0, "a frame uses the model estimate nearest to its stamp (an older frame's when the "
+                                  "model is slower than the camera) if it is at most this far away [s]; otherwise "
+                                  "it waits (up to sync.timeout_s)", (0.0, 3600.0))
     topic_timeout_s: float = param(2.0, "with source 'topic': no depth image for this long while images arrive "
                                         "switches to the model at model_path, if set [s]", (0.1, 3600.0))
 

@@ -139,10 +139,15 @@ class EgoxNode(Node):
         prior_config, fusion_config, generator_config = configs["prior"], configs["fusion"], configs["generator"]
 
         self.depth_config = configs["depth"]
-        # Depth models load here (a missing or incompatible folder stops the node with a message saying why).
-        self.depth_estimator = make_depth_estimator(self.depth_config, configs["depth_alignment"],
-                                                    on_result=self._on_depth_estimate)
-        self._last_depth_msg_s = time.monotonic()      # for the silence of the depth topic
+        # Depth models load here (a missing or incompatible folder stops the node with a message saying why). A
+        # 'topic' source without the topic (inputs.use_depth false) has no depth and no fallback.
+        self.depth_estimator = None
+        if self.depth_config.source != "topic" or self.inputs.use_depth:
+            self.depth_estimator = make_depth_estimator(self.depth_config, configs["depth_alignment"],
+                                                        on_result=self._on_depth_estimate)
+        self._last_depth_msg_s: float | None = None     # the depth topic's silence: images arriving without depth
+        self._first_image_s: float | None = None
+        self._last_image_s: float | None = None
         self._depth_lag_ms: list[float] = []            # lags of model depth used since the last diagnostics
         self._flush_after_depth = False
         self.ego_camera: PinholeCamera = ego_camera_from_config(ego_config)
@@ -235,12 +240,16 @@ class EgoxNode(Node):
         return self.inputs.use_depth and self.depth_config.source == "topic"
 
     def _depth_from_model(self) -> bool:
-        """Whether frames now take their depth from the model: source model/video, or a silent depth topic."""
+        """Whether frames now take their depth from the model: source model/video, or a depth topic that has been
+        silent for depth.topic_timeout_s while images kept arriving."""
         if self.depth_estimator is None:
             return False
         if self.depth_config.source != "topic":
             return True
-        return time.monotonic() - self._last_depth_msg_s > self.depth_config.topic_timeout_s
+        if self._last_image_s is None:
+            return False
+        since = self._last_depth_msg_s if self._last_depth_msg_s is not None else self._first_image_s
+        return self._last_image_s - since > self.depth_config.topic_timeout_s
 
     def _depth_description(self) -> str:
         c = self.depth_config
@@ -249,9 +258,11 @@ class EgoxNode(Node):
             return topic + (f" (falls back to the model {c.model_path})" if self.depth_estimator else "")
         return f"{c.source} ({c.model_path}{', ' + c.video_model_path if c.source == 'video' else ''})"
 
-    def _on_depth_estimate(self) -> None:
-        """A new model depth estimate (depth worker thread): frames waiting for it may complete; a flush that
-        waited for the depth models goes ahead once they are idle."""
+    def _on_depth_estimate(self, error: str | None) -> None:
+        """The depth worker finished an image (its thread): frames waiting for depth may complete; a failure is
+        counted and logged; a flush that waited for the depth models goes ahead once they are idle."""
+        if error is not None:
+            self._note("depth_model_failed", f"depth model failed: {error}")
         self._resolve_pending()
         with self._lock:
             flush = self._flush_after_depth and not self.depth_estimator.busy_or_pending()
@@ -326,13 +337,14 @@ class EgoxNode(Node):
             self._stats.received_times.append(now)
             self._stats.last_received_ns = max(self._stats.last_received_ns, stamp_ns)
         self._observe_time(stamp_ns)
+        self._last_image_s = now
+        if self._first_image_s is None:
+            self._first_image_s = now
         try:
             rgb = conv.image_to_rgb(msg)
         except ImageDecodeError as e:
             self._drop([stamp_ns], "bad_image", str(e))
             return
-        if self._depth_from_model():
-            self.depth_estimator.submit(stamp_ns, rgb)
         frame_id = self.inputs.exo_frame or msg.header.frame_id
         with self._lock:
             if not frame_id:
@@ -351,6 +363,8 @@ class EgoxNode(Node):
         if reason:
             self._drop([stamp_ns], *reason)
             return
+        if self._depth_from_model():     # accepted frames only, in stamp order
+            self.depth_estimator.submit(stamp_ns, rgb)
         if overflow:
             self._drop(overflow, "too_many_waiting", f"more than sync.max_waiting={self.sync.max_waiting} frames "
                                                      "waited for their inputs")
@@ -376,10 +390,10 @@ class EgoxNode(Node):
         """A stamp far behind the newest seen (a looping bag) resets TF, window and sync state."""
         if not self.tf.observe_clock(stamp_ns, int(self.sync.time_jump_back_s * 1e9)):
             return
-        self.window.clear()
         if self.depth_estimator is not None:
             self.depth_estimator.reset()
         with self._lock:  # keep what already belongs to the new timeline (callbacks of other topics came first)
+            self.window.clear()    # under the lock: the depth worker may complete frames meanwhile
             self._depth = {s: d for s, d in self._depth.items() if s <= stamp_ns}
             self._last_accepted_ns = -1
             stale = [s for s in self._pending if s > stamp_ns]
@@ -461,7 +475,14 @@ class EgoxNode(Node):
                         world_T_ego=(world_T_head @ self.head_T_ego).as_matrix(), exo_frame_id=p.frame_id)
 
     def _expire_pending(self) -> None:
-        """Drop frames that waited longer than sync.timeout_s, each with what it still lacks."""
+        """Drop frames that waited longer than sync.timeout_s, each with what it still lacks (and carry out a
+        flush that waited for depth models which have gone idle without a result, e.g. after a reset)."""
+        with self._lock:
+            flush = self._flush_after_depth and not self.depth_estimator.busy_or_pending()
+            if flush:
+                self._flush_after_depth = False
+        if flush:
+            self._on_flush(None)
         now = time.monotonic()
         with self._lock:
             expired = sorted((p for p in self._pending.values() if now - p.arrived_s > self.sync.timeout_s),

@@ -3,8 +3,12 @@
 The node submits every exo image; the worker always takes the newest one not yet estimated (older ones it had no
 time for are counted as skipped), runs the metric source and, if configured, the relative source, aligns the
 relative inverse depth to the metric depth (egox_ros.core.depth_alignment, momentum-smoothed) and keeps the last
-few results. A frame then uses the estimate nearest to its stamp within `max_lag_s` (its own when the model keeps
-up); the lag is reported. Pure core: no rclpy.
+few results. A frame then uses the estimate nearest to its stamp that exists: its own when the model keeps up, an
+older frame's when the model is slower than the camera (the frame goes on at the camera rate; the lag is reported);
+only an estimate more than `max_lag_s` away makes it wait. Images are estimated one at a time, the newest first
+(batching serves offline use of DepthSource.estimate). The alignment fit uses every valid pixel: no dynamic-object
+mask is applied here, so a person moving through a large part of the view weighs on alpha and beta.
+Pure core: no rclpy.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ class DepthEstimate:
 
 
 def make_depth_estimator(config, alignment: DepthAlignmentConfig | None = None,
-                         on_result: Callable[[], None] | None = None) -> AsyncDepthEstimator | None:
+                         on_result: Callable[[str | None], None] | None = None) -> AsyncDepthEstimator | None:
     """The estimator a DepthConfig asks for: None for 'topic' without a fallback model; the metric model for
     'model' (and as the fallback of 'topic'); metric model + stabilised relative model for 'video'. Loads the models
     from their local folders (raises egox_ros.core.depth.hf_model.DepthModelError naming what is missing)."""
@@ -51,11 +55,15 @@ def make_depth_estimator(config, alignment: DepthAlignmentConfig | None = None,
 
 class AsyncDepthEstimator:
     """See the module docstring. metric: a DepthSource of kind 'metric'; relative: optional, kind
-    'relative_inverse' (then aligned to the metric one). Thread-safe."""
+    'relative_inverse' (then aligned to the metric one). Thread-safe; the sources and the aligner are only ever
+    used on the worker thread (reset() is carried out there, before the next image).
+
+    on_result(error) is called on the worker thread after every image it finishes: error None with a new estimate,
+    else the error text (the model failed; the stream goes on). It must not block for long."""
 
     def __init__(self, metric: DepthSource, relative: DepthSource | None = None,
                  alignment: DepthAlignmentConfig | None = None, keep: int = 32,
-                 on_result: Callable[[], None] | None = None):
+                 on_result: Callable[[str | None], None] | None = None):
         if metric.kind != "metric":
             raise ValueError(f"the metric depth source '{metric.name}' gives {metric.kind} depth; a metric one is "
                              "needed (a relative model can only be aligned to a metric source)")
@@ -63,11 +71,12 @@ class AsyncDepthEstimator:
             raise ValueError(f"the relative depth source '{relative.name}' gives {relative.kind} depth, not "
                              "relative inverse depth")
         self.metric, self.relative = metric, relative
-        self.on_result = on_result                     # called (worker thread) after each new estimate
+        self.on_result = on_result
         self.aligner = StreamingDepthAligner(alignment) if relative is not None else None
         self._results: deque[DepthEstimate] = deque(maxlen=keep)
         self._pending: tuple[int, np.ndarray] | None = None
         self._newest_done_ns = -1
+        self._generation = 0          # bumped by reset(); the worker resets its sources when it sees a new one
         self._cond = threading.Condition()
         self._running = True
         self._busy = False
@@ -78,7 +87,8 @@ class AsyncDepthEstimator:
         self._worker.start()
 
     def submit(self, stamp_ns: int, rgb: np.ndarray) -> None:
-        """Queue an exo image (H, W, 3) uint8; an older image not yet started is replaced (counted as skipped)."""
+        """Queue an exo image (H, W, 3) uint8 (stamps increasing; call reset() on a jump back). An older image not
+        yet started is replaced (counted as skipped)."""
         with self._cond:
             if self._pending is not None:
                 self.skipped += 1
@@ -86,7 +96,9 @@ class AsyncDepthEstimator:
             self._cond.notify_all()
 
     def estimate_for(self, stamp_ns: int, max_lag_s: float) -> DepthEstimate | None:
-        """The estimate nearest in time to stamp_ns, if one is within max_lag_s; else None."""
+        """The estimate nearest in time to stamp_ns if it is within max_lag_s of it, else None. With a model
+        slower than the camera this is usually an older frame's estimate: the frame goes on with it (the lag is
+        the caller's to report) instead of waiting for its own."""
         with self._cond:
             if not self._results:
                 return None
@@ -98,16 +110,13 @@ class AsyncDepthEstimator:
             return self._busy or self._pending is not None
 
     def reset(self) -> None:
-        """Forget results and temporal state (the stream jumped back in time)."""
+        """Forget results and temporal state (the stream jumped back in time). Returns at once; an estimate still
+        being computed for the old timeline is discarded."""
         with self._cond:
             self._results.clear()
             self._pending = None
             self._newest_done_ns = -1
-            if self.aligner is not None:
-                self.aligner.reset()
-            for source in (self.metric, self.relative):
-                if source is not None:
-                    source.reset()
+            self._generation += 1
 
     def stats(self) -> dict[str, str]:
         with self._cond:
@@ -134,7 +143,15 @@ class AsyncDepthEstimator:
         aligned = align_or_pass_through(self.aligner, torch.from_numpy(relative), torch.from_numpy(metric))
         return aligned.depth_m.cpu().numpy(), aligned
 
+    def _reset_sources(self) -> None:
+        if self.aligner is not None:
+            self.aligner.reset()
+        for source in (self.metric, self.relative):
+            if source is not None:
+                source.reset()
+
     def _work(self) -> None:
+        seen_generation = 0
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: not self._running or self._pending is not None)
@@ -142,25 +159,38 @@ class AsyncDepthEstimator:
                     return
                 stamp_ns, rgb = self._pending
                 self._pending = None
-                if stamp_ns <= self._newest_done_ns:     # a time jump back without reset: start over
-                    self._results.clear()
-                self._busy = True
+                generation = self._generation
+                stale = stamp_ns <= self._newest_done_ns      # out of order without a reset: not estimated
+                if stale:
+                    self.skipped += 1
+                self._busy = not stale
+            error = None
             started = time.perf_counter()
             try:
-                depth_m, aligned = self.estimate_now(rgb)
-            except Exception as e:  # noqa: BLE001 - a failing model must not stop the stream; reported in stats
-                with self._cond:
-                    self.failed += 1
-                    self.last_error = f"{type(e).__name__}: {e}"
-                    self._busy = False
-                continue
+                if generation != seen_generation:
+                    self._reset_sources()
+                    seen_generation = generation
+                if not stale:
+                    depth_m, aligned = self.estimate_now(rgb)
+            except Exception as e:  # noqa: BLE001 - a failing model must not stop the stream; reported
+                error = f"{type(e).__name__}: {e}"
             elapsed = time.perf_counter() - started
             with self._cond:
-                self._results.append(DepthEstimate(stamp_ns, depth_m, elapsed, aligned))
-                self._newest_done_ns = stamp_ns
-                self.estimated += 1
-                self.last_compute_s = elapsed
                 self._busy = False
+                if stale:
+                    pass
+                elif error is not None:
+                    self.failed += 1
+                    self.last_error = error
+                elif generation == self._generation:          # else the stream was reset meanwhile: discard
+                    self._results.append(DepthEstimate(stamp_ns, depth_m, elapsed, aligned))
+                    self._newest_done_ns = stamp_ns
+                    self.estimated += 1
+                    self.last_compute_s = elapsed
                 self._cond.notify_all()
             if self.on_result is not None:
-                self.on_result()
+                try:
+                    self.on_result(error)
+                except Exception as e:  # noqa: BLE001 - the caller's problem must not kill the depth thread
+                    with self._cond:
+                        self.last_error = f"on_result: {type(e).__name__}: {e}"

@@ -7,11 +7,9 @@ from egox_msgs.msg import ClipMetadata
 
 from conftest import NodeProcess, wait_until
 from egox_ros.core.depth.tiny import save_tiny_depth_model
-from test_node import SCENE, SEC, T0, Rig
+from test_node import RIG_PARAMS, SEC, T0, Rig
 
-RIG = {**SCENE, "sync.timeout_s": 4.0, "qos.input_reliability": "reliable", "qos.input_depth": 100,
-       "sync.queue_capacity": 100,
-       "diagnostics.period_s": 0.2}
+RIG = {**RIG_PARAMS, "sync.queue_capacity": 100}   # frames complete in bursts when an estimate arrives
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,14 @@ from egox_msgs.msg import ClipMetadata
 
 from conftest import NodeProcess, wait_until
 from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model
-from test_node import SCENE, SEC, T0, Rig, ego_rgb, ns_of
+from test_node import RIG_PARAMS, SEC, T0, Rig, ego_rgb, ns_of
 
 CLIP = 5
 # A 2:1 canvas half for the 160x120 exo images (centre-cropped to 160x80, resized to 64x32), a 32x32 ego view.
 TINY = {"generator.name": "egox", "egox.clip_frames": CLIP, "egox.exo_width": 64, "egox.exo_height": 32,
         "egox.steps": 2, "ego_camera.width": 32, "ego_camera.height": 32, "ego_camera.fx": 16.0,
         "ego_camera.fy": 16.0, "ego_camera.cx": 15.5, "ego_camera.cy": 15.5}
-RIG = {**SCENE, "sync.timeout_s": 4.0, "qos.input_reliability": "reliable", "qos.input_depth": 100,
-       "sync.queue_capacity": 100, "diagnostics.period_s": 0.2}
+RIG = {**RIG_PARAMS, "sync.queue_capacity": 100}   # whole clips queue up while the first one is generated
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,11 @@ from egox_ros.ros.node import PROGRESS_QOS
 
 W, H, F = 160, 120, 100.0  # 77 x 62 degrees; points land 2.2 ego pixels apart, closed by 3x3 splats
 SCENE = {"fusion.stride": 1}  # lift every pixel of these small images (the default, 2, leaves holes at 4.4 px)
+# Tests send bursts of frames: an input queue deeper than any burst, so the node sees every message.
+# sync.timeout_s: how long a frame may wait for its inputs; generous, since on a loaded 2-core CI machine one input
+# has been seen to arrive 2 s late (input_delay_max_ms in the failure message tells transport from a busy node).
+RIG_PARAMS = {**SCENE, "sync.timeout_s": 4.0, "qos.input_reliability": "reliable", "qos.input_depth": 100,
+              "diagnostics.period_s": 0.2}
 COLOR = (200, 50, 30)
 SEC = 1_000_000_000
 T0 = 100 * SEC
@@ -188,13 +193,7 @@ def ego_rgb(msg: Image) -> np.ndarray:
 @pytest.fixture
 def rig(peer, tmp_path, request):
     """A node with the test settings, plus any parameters a test passes with indirect parametrisation."""
-    # Tests send bursts of frames: an input queue deeper than any burst, so the node sees every message.
-    # sync.timeout_s: how long a frame may wait for its inputs; generous, since on a loaded 2-core CI machine one
-    # input has been seen to arrive 2 s late (input_delay_max_ms in the failure message tells transport from a busy
-    # node).
-    node = NodeProcess(tmp_path, params={**SCENE, "sync.timeout_s": 4.0, "qos.input_reliability": "reliable",
-                                         "qos.input_depth": 100, "diagnostics.period_s": 0.2,
-                                         **getattr(request, "param", {})})
+    node = NodeProcess(tmp_path, params={**RIG_PARAMS, **getattr(request, "param", {})})
     yield Rig(peer, node)
     node.stop()
 

@@ -264,6 +264,10 @@ class EgoxNode(Node):
         if error is not None:
             self._note("depth_model_failed", f"depth model failed: {error}")
         self._resolve_pending()
+        self._flush_if_depth_idle()
+
+    def _flush_if_depth_idle(self) -> None:
+        """Carry out a flush that waited for the depth models, once they are idle."""
         with self._lock:
             flush = self._flush_after_depth and not self.depth_estimator.busy_or_pending()
             if flush:
@@ -477,12 +481,7 @@ class EgoxNode(Node):
     def _expire_pending(self) -> None:
         """Drop frames that waited longer than sync.timeout_s, each with what it still lacks (and carry out a
         flush that waited for depth models which have gone idle without a result, e.g. after a reset)."""
-        with self._lock:
-            flush = self._flush_after_depth and not self.depth_estimator.busy_or_pending()
-            if flush:
-                self._flush_after_depth = False
-        if flush:
-            self._on_flush(None)
+        self._flush_if_depth_idle()
         now = time.monotonic()
         with self._lock:
             expired = sorted((p for p in self._pending.values() if now - p.arrived_s > self.sync.timeout_s),

@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
 from egox_ros.core.attention.gga import GgaMode, GgaTables, gga_attention_chunked, gga_attention_flex
 
@@ -75,10 +76,7 @@ class GgaAttnProcessor:
                  attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("GgaAttnProcessor is for Wan self-attention (attn1) only: no encoder states, no mask")
-        if getattr(attn, "fused_projections", False):
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)   # diffusers' own, fused or not
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))   # (B, L, H, D)
         if rotary_emb is not None:
@@ -101,6 +99,5 @@ def install_gga(transformer: torch.nn.Module, state: GgaState) -> int:
 
 def uninstall_gga(transformer: torch.nn.Module) -> None:
     """Back to diffusers' default processor on every block's self-attention."""
-    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
     for block in transformer.blocks:
         block.attn1.set_processor(WanAttnProcessor())

@@ -42,6 +42,7 @@ import torch
 
 from egox_ros.core.config import param, validate
 from egox_ros.core.depth.base import DEPTH_KINDS, DepthKind, DepthMap, DepthSource
+from egox_ros.core.folder_listing import describe_folder
 
 log = logging.getLogger(__name__)
 
@@ -110,26 +111,8 @@ def _depth_model_types() -> list[str]:
     return list(MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
 
 
-def _listing(path: Path, limit: int = 20) -> str:
-    """'name (size), ...' of a folder's entries, for error messages."""
-    entries = sorted(path.iterdir())
-    if not entries:
-        return "an empty folder"
-    parts = []
-    for entry in entries[:limit]:
-        if entry.is_dir():
-            parts.append(f"{entry.name}/")
-        else:
-            size = entry.stat().st_size
-            unit = next((u for u, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if size >= s), "B")
-            scale = {"GB": 1e9, "MB": 1e6, "kB": 1e3, "B": 1}[unit]
-            parts.append(f"{entry.name} ({size / scale:.3g} {unit})")
-    more = f", and {len(entries) - limit} more" if len(entries) > limit else ""
-    return ", ".join(parts) + more
-
-
 def _folder_error(path: Path, problem: str) -> DepthModelError:
-    found = _listing(path) if path.is_dir() else ("a file, not a folder" if path.exists() else "nothing there")
+    found = describe_folder(path)
     return DepthModelError(
         f"depth model folder '{path}': {problem}.\n"
         f"Expected a local Hugging Face depth-estimation checkpoint: config.json (a depth-estimation architecture, "

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from egox_ros.core.folder_listing import describe_folder
+
 BASE_REPO = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 LORA_REPO = "DAVIAN-Robotics/EgoX"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -39,14 +41,6 @@ def _has(folder: Path, pattern: str) -> bool:
     return any(folder.glob(pattern))
 
 
-def _listing(folder: Path, limit: int = 12) -> str:
-    if not folder.is_dir():
-        return "(no such folder)"
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more if names else "(empty)"
-
-
 def _missing_shards(folder: Path, component: str) -> list[str]:
     """Shards a sharded checkpoint's index names that are not there (a partly downloaded folder)."""
     missing = []
@@ -71,7 +65,7 @@ def check_model_folder(model_path: str | Path) -> Path:
     index = root / "model_index.json"
     if not index.is_file():
         raise WeightsError(f"{root} is not a diffusers model folder: model_index.json is missing "
-                           f"(found: {_listing(root)}); {BASE_HINT}")
+                           f"(found: {describe_folder(root)}); {BASE_HINT}")
     try:
         declared = json.loads(index.read_text())
     except json.JSONDecodeError as e:
@@ -84,7 +78,8 @@ def check_model_folder(model_path: str | Path) -> Path:
         folder = root / component
         for alternatives in alternatives_per_need:
             if not any(_has(folder, a) for a in alternatives):
-                missing.append(f"{component}/{' or '.join(alternatives)} (found in {component}/: {_listing(folder)})")
+                missing.append(f"{component}/{' or '.join(alternatives)} "
+                               f"(found in {component}/: {describe_folder(folder)})")
         missing += _missing_shards(folder, component)
     if missing:
         raise WeightsError(f"the model folder {root} is incomplete; missing: " + "; ".join(missing) + f". {BASE_HINT}")
@@ -106,7 +101,7 @@ def lora_file(lora_path: str | Path) -> Path:
     if path.is_dir():
         path = path / LORA_FILE
     if not path.is_file():
-        found = _listing(path.parent)
+        found = describe_folder(path.parent)
         raise WeightsError(f"EgoX LoRA file {path} not found (found in {path.parent}: {found}); {LORA_HINT}")
     return path
 

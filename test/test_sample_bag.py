@@ -1,5 +1,7 @@
 """Checks of the committed sample bag sample/tum_fr1_rpy and of its builder."""
 
+import copy
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,6 +34,59 @@ def _read_raw(path: Path):
 
     with AnyReader([path]) as reader:
         return [(c.topic, c.msgtype, t, bytes(raw)) for c, t, raw in reader.messages()]
+
+
+# Poses in the sample come from float64 lerp/slerp of the motion-capture poses; their last bit depends on the
+# CPU's libm and SIMD paths (another x86 CPU gave quaternions 1e-16 apart). Content that matters is far coarser:
+# 1e-9 (a nanometre, a nano-radian) is seven orders of magnitude above that rounding and far below any effect on
+# a rendered pixel. Integers, strings and image bytes (integer arithmetic only) must be identical.
+FLOAT_ATOL = 1e-9
+
+
+def _read_decoded(path: Path):
+    """[(topic, msgtype, log time, deserialised message)] in bag order."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([path]) as reader:
+        return [(c.topic, c.msgtype, t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+
+
+def _assert_same_content(a, b, where: str) -> None:
+    """Field by field: floats within FLOAT_ATOL, everything else equal."""
+    if dataclasses.is_dataclass(a):
+        assert type(a).__name__ == type(b).__name__, where
+        for f in dataclasses.fields(a):
+            _assert_same_content(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=0, atol=FLOAT_ATOL, err_msg=where)
+        else:
+            assert np.array_equal(a, b), where
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_content(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert isinstance(b, float) and abs(a - b) <= FLOAT_ATOL, f"{where}: {a!r} vs {b!r}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def test_content_comparison_can_fail():
+    """The determinism check below is only as good as this comparison: it must see a changed pose or pixel."""
+    decoded = _read_decoded(BAG)
+    tf = next(m[3] for m in decoded if m[0] == "/tf")
+    moved = copy.deepcopy(tf)
+    moved.transforms[0].transform.rotation.x += 1e-6
+    _assert_same_content(tf, copy.deepcopy(tf), "same")
+    with pytest.raises(AssertionError):
+        _assert_same_content(moved, tf, "moved")
+    img = next(m[3] for m in decoded if m[0] == "/exo/image_raw")
+    changed = copy.deepcopy(img)
+    changed.data[0] ^= 1
+    with pytest.raises(AssertionError):
+        _assert_same_content(changed, img, "pixel")
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +243,10 @@ def test_refuses_existing_output(tmp_path, capsys):
 def test_builder_is_deterministic(tmp_path):
     out = tmp_path / BAG.name
     assert msb.main(["-o", str(out)]) == 0
-    assert _read_raw(out) == _read_raw(BAG)
+    rebuilt, committed = _read_decoded(out), _read_decoded(BAG)
+    assert [m[:3] for m in rebuilt] == [m[:3] for m in committed]  # same topics, types, log times, order
+    for (topic, _, t, a), (_, _, _, b) in zip(rebuilt, committed):
+        _assert_same_content(a, b, f"{topic}@{t}")
     # A second run with --force replaces the bag and gives the same files.
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     assert msb.main(["-o", str(out), "--force"]) == 0

@@ -12,7 +12,7 @@ stamp="$venv/.egox_setup_stamp"
 py="${PYTHON:-python3}"
 
 inputs_hash() {
-  (cd "$root" && cat scripts/setup.sh requirements.txt setup.py package.xml \
+  (cd "$root" && cat scripts/setup.sh requirements.txt requirements-no-deps.txt setup.py package.xml \
      $(find msg -type f | LC_ALL=C sort)) | sha256sum | cut -d' ' -f1
 }
 
@@ -31,7 +31,8 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 log "installing dependencies (requirements.txt)"
 quiet_pip install -q --disable-pip-version-check -r "$root/requirements.txt"
-"$venv/bin/python" -c "import rclpy, torch" || { log "dependency install failed"; exit 1; }
+quiet_pip install -q --disable-pip-version-check --no-deps -r "$root/requirements-no-deps.txt"
+"$venv/bin/python" -c "import rclpy, torch, mediapipe" || { log "dependency install failed"; exit 1; }
 
 # The wheels' exported CMake files name the wheel build machine's Python and numpy headers; point them here.
 py_inc="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"

@@ -42,8 +42,9 @@ def test_egox_launch_starts_the_node_with_remappings_and_namespace(peer, tmp_pat
         names = wait_until(lambda: [n for n in peer.node.get_node_names_and_namespaces() if n[0] == NODES[0].name], 10,
                            "the launched node in the graph")
         assert ("egox", "/robot1") in names
-        topics = dict(peer.node.get_topic_names_and_types())
-        assert "/robot1/ego/image_raw" in topics
+        # The node creates its publishers after its subscriptions: wait for discovery to report them.
+        wait_until(lambda: "/robot1/ego/image_raw" in dict(peer.node.get_topic_names_and_types()), 30,
+                   "the launched node's ego/image_raw publisher under the namespace")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=15)

@@ -77,6 +77,13 @@ class WindowConfig:
 class PriorConfig:
     """Ego prior rendering: the fused window cloud (see FusionConfig) splatted into the ego camera."""
     point_radius_px: int = param(1, "splat radius of each point in the ego image [px] (0 = one pixel)", (0, 16))
+    min_distance_m: float = param(0.35, "points closer than this to the ego camera centre are never drawn: the "
+                                        "demonstrator's own head and shoulders, which would smear across the "
+                                        "prior [m]", (0.0, 10.0))
+    person_points: str = param("none", "the demonstrator's points (person masks, section person): 'none' (left "
+                                       "out, as in the priors the released EgoX weights were trained on) or "
+                                       "'per_frame' (each frame's own, never fused into the background)",
+                               choices=("none", "per_frame"))
 
     def __post_init__(self) -> None:
         validate(self)

@@ -17,6 +17,7 @@ class ExoFrame:
 
     rgb: (H, W, 3) uint8. depth_m: (H, W) float32 metres, NaN = no reading, or None without a depth source.
     world_T_exo / world_T_ego: (4, 4) float64 poses of the exo and ego optical frames (OpenCV axes) in the world frame.
+    person_mask: (H, W) bool, True on the demonstrator (kept out of the background cloud), or None without masks.
     """
     stamp_ns: int
     rgb: np.ndarray
@@ -25,6 +26,7 @@ class ExoFrame:
     world_T_exo: np.ndarray
     world_T_ego: np.ndarray
     exo_frame_id: str
+    person_mask: np.ndarray | None = None
     cache: dict = field(default_factory=dict, repr=False)  # derived data (e.g. the lifted point cloud)
 
 

@@ -99,6 +99,9 @@ class CloudFusion(Protocol):
     def frame_cloud(self, key: int) -> PointCloud:
         """``cloud()`` plus the dynamic points of frame ``key`` (just ``cloud()`` if it has none)."""
 
+    def dynamic_points(self, key: int) -> int:
+        """How many dynamic points frame ``key`` has: the first ones of ``frame_cloud(key)``."""
+
     def reset(self) -> None:
         """Forget everything."""
 
@@ -212,6 +215,11 @@ class _FusionBase:
 
     def frame_cloud(self, key: int) -> PointCloud:
         return self._dynamic.with_background(self.cloud(), int(key))
+
+    def dynamic_points(self, key: int) -> int:
+        """How many dynamic points frame ``key`` has: the first ones of ``frame_cloud(key)``."""
+        cloud = self._dynamic.clouds.get(int(key))
+        return 0 if cloud is None else len(cloud)
 
 
 class _PerFrameFusion(_FusionBase):

@@ -29,6 +29,9 @@ class PriorRenderer:
     Stateful and fed in stamp order (the node's worker renders clips oldest first): each render adds the context
     frames the fusion has not seen, drops those that left the window, and splats the fused cloud plus the frame's
     own dynamic points. A context older than what the fusion holds (a time jump back) restarts the fusion.
+    Person masks keep the demonstrator out of the background: their pixels are not lifted (prior.person_points
+    'none') or become the frame's dynamic points ('per_frame'); nothing within prior.min_distance_m of the ego
+    camera is drawn.
     """
 
     def __init__(self, config: PriorConfig, fusion_config: FusionConfig, ego_camera: CameraModel,
@@ -47,7 +50,13 @@ class PriorRenderer:
         for f in context:
             if f.depth_m is None or (self._newest_ns is not None and f.stamp_ns <= self._newest_ns):
                 continue
-            self.fusion.add(f.stamp_ns, f.rgb, f.depth_m, f.camera, f.world_T_exo)
+            depth_m, dynamic_mask = f.depth_m, None
+            if f.person_mask is not None and f.person_mask.any():
+                if self.config.person_points == "per_frame":
+                    dynamic_mask = f.person_mask
+                else:                       # 'none': the person is not lifted at all
+                    depth_m = np.where(f.person_mask, np.float32(np.nan), depth_m)
+            self.fusion.add(f.stamp_ns, f.rgb, depth_m, f.camera, f.world_T_exo, dynamic_mask=dynamic_mask)
             self._newest_ns = f.stamp_ns
         if context:
             self.fusion.remove_older_than(context[0].stamp_ns)
@@ -61,8 +70,11 @@ class PriorRenderer:
             return Prior(rgb=np.zeros((h, w, 3), np.uint8), mask=np.zeros((h, w), bool),
                          depth_m=np.zeros((h, w), np.float32))
         view = render_points(cloud, self.ego_camera, torch.from_numpy(frame.world_T_ego),
-                             point_radius_px=self.config.point_radius_px)
-        return Prior(rgb=view.rgb.cpu().numpy(), mask=view.mask.cpu().numpy(), depth_m=view.depth_m.cpu().numpy())
+                             point_radius_px=self.config.point_radius_px, min_distance_m=self.config.min_distance_m)
+        covered = int(view.mask.sum())
+        person = int((view.point_index < self.fusion.dynamic_points(frame.stamp_ns)).sum()) if covered else 0
+        return Prior(rgb=view.rgb.cpu().numpy(), mask=view.mask.cpu().numpy(), depth_m=view.depth_m.cpu().numpy(),
+                     person_fraction=person / covered if covered else 0.0)
 
 
 @dataclass

@@ -96,11 +96,13 @@ class PointCloud:
 @dataclass
 class RenderedView:
     """A rendered image: ``rgb`` (H, W, 3) uint8 black where empty, ``mask`` (H, W) bool,
-    ``depth_m`` (H, W) float32 camera z, 0 where empty."""
+    ``depth_m`` (H, W) float32 camera z, 0 where empty, ``point_index`` (H, W) int32: the cloud index of the point
+    each pixel shows, the cloud's length where empty."""
 
     rgb: torch.Tensor
     mask: torch.Tensor
     depth_m: torch.Tensor
+    point_index: torch.Tensor
 
     @property
     def coverage(self) -> float:
@@ -173,13 +175,16 @@ def render_points(
     camera: CameraModel,
     world_T_camera: torch.Tensor,
     point_radius_px: int = 1,
+    min_distance_m: float = 0.0,
 ) -> RenderedView:
     """Z-buffered splat of ``cloud`` into ``camera`` placed at ``world_T_camera``.
 
     Each point in front of the camera covers the ``(2r+1)^2`` pixel square
     around the pixel containing its projection (``r = point_radius_px``; 0 is a
     single pixel), clipped to the image.  Per pixel the smallest camera z wins;
-    equal depths go to the lowest point index.  Output on the cloud's device.
+    equal depths go to the lowest point index.  Points closer than
+    ``min_distance_m`` to the camera centre are not drawn.  Output on the
+    cloud's device.
     """
     if isinstance(point_radius_px, bool) or int(point_radius_px) != point_radius_px or point_radius_px < 0:
         raise ValueError(f"point_radius_px must be a non-negative integer, got {point_radius_px!r}")
@@ -210,6 +215,8 @@ def render_points(
         uf = torch.floor(uv[:, 0] + 0.5)
         vf = torch.floor(uv[:, 1] + 0.5)
         valid &= torch.isfinite(z)
+        if min_distance_m > 0.0:
+            valid &= points_cam.square().sum(dim=-1) >= min_distance_m * min_distance_m
         valid &= (uf >= -radius) & (uf <= w - 1 + radius) & (vf >= -radius) & (vf <= h - 1 + radius)
         # Invalid points get a harmless in-range position and the "empty" key, so amin ignores them.
         ui = torch.where(valid, uf, 0.0).to(torch.int64)
@@ -235,4 +242,4 @@ def render_points(
     palette[:n, :3] = cloud.colors
     rgb = torch.index_select(palette.view(torch.int32).view(-1), 0, index.view(-1))
     rgb = rgb.view(torch.uint8).view(h, w, 4)[..., :3]
-    return RenderedView(rgb=rgb.contiguous(), mask=mask, depth_m=depth)
+    return RenderedView(rgb=rgb.contiguous(), mask=mask, depth_m=depth, point_index=index)

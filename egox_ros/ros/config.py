@@ -10,9 +10,11 @@ from egox_ros.core.config import param, validate
 class InputsConfig:
     """Where the exo frames and the head pose come from."""
     use_depth: bool = param(True, "subscribe to exo/depth/image_raw (16UC1 mm or 32FC1 m, registered to the exo image)")
-    head_source: str = param("tf", "head pose from 'tf' (head_frame in the TF tree) or 'pose_topic' (head/pose, "
-                                   "geometry_msgs/PoseStamped)", choices=("tf", "pose_topic"))
-    head_frame: str = param("head", "frame of the demonstrator's head (TF child frame, or the frame the pose topic sets)")
+    head_source: str = param("tf", "head pose from 'tf' (head_frame in the TF tree), 'pose_topic' (head/pose, "
+                                   "geometry_msgs/PoseStamped) or 'exo' (estimated from the exo image: needs "
+                                   "person.source 'mediapipe'; section head)", choices=("tf", "pose_topic", "exo"))
+    head_frame: str = param("head", "frame of the demonstrator's head (TF child frame, or the frame the pose topic "
+                                    "sets; with 'exo' the node publishes it: OpenCV axes at the eyes, z forward)")
     world_frame: str = param("world", "fixed frame: point clouds are fused and the ego frame published in it")
     exo_frame: str = param("", "exo optical frame; empty = the exo image's header.frame_id")
 
@@ -84,10 +86,13 @@ def parameter_sections() -> dict[str, type]:
     """Every parameter section of the node, in declaration order: `<section>.<field>` is a parameter."""
     from egox_ros.core.config import (DepthConfig, EgoCameraConfig, EgoxConfig, GeneratorConfig, PriorConfig,
                                       WindowConfig)
+    from egox_ros.core.demonstrator.detector import PersonConfig
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
     from egox_ros.core.depth_alignment import DepthAlignmentConfig
     from egox_ros.core.fusion import FusionConfig
     return {"inputs": InputsConfig, "outputs": OutputsConfig, "qos": QosConfig, "sync": SyncConfig,
             "diagnostics": DiagnosticsConfig, "depth": DepthConfig, "depth_alignment": DepthAlignmentConfig,
+            "person": PersonConfig, "head": HeadPoseConfig,
             "ego_camera": EgoCameraConfig, "window": WindowConfig,
             "fusion": FusionConfig, "prior": PriorConfig, "generator": GeneratorConfig,
             "egox": EgoxConfig}

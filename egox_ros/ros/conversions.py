@@ -7,7 +7,7 @@ from geometry_msgs.msg import Pose, Transform, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image
 
 from egox_ros.core.camera import CameraModel, camera_from_camera_info
-from egox_ros.core.image_codec import decode_depth_m, decode_rgb, encode_image
+from egox_ros.core.image_codec import ImageDecodeError, decode_depth_m, decode_image, decode_rgb, encode_image
 from egox_ros.core.transforms import RigidTransform
 
 
@@ -27,6 +27,13 @@ def image_to_rgb(msg: Image) -> np.ndarray:
 def image_to_depth_m(msg: Image) -> np.ndarray:
     """(H, W) float32 metres (NaN = no reading) from 16UC1 mm or 32FC1 m; raises ImageDecodeError."""
     return decode_depth_m(msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
+
+
+def image_to_mask(msg: Image) -> np.ndarray:
+    """(H, W) bool, True where a mono8 / 8UC1 mask is nonzero; raises ImageDecodeError for other encodings."""
+    if msg.encoding not in ("mono8", "8UC1"):
+        raise ImageDecodeError(f"a mask must be mono8 or 8UC1, got {msg.encoding!r}")
+    return decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian)) > 0
 
 
 def array_to_image(array: np.ndarray, encoding: str, stamp: Time, frame_id: str) -> Image:
@@ -66,6 +73,14 @@ def transform_msg_to_rigid(msg: Transform) -> RigidTransform:
 def pose_msg_to_rigid(msg: Pose) -> RigidTransform:
     p, q = msg.position, msg.orientation
     return RigidTransform(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+
+
+def rigid_to_pose(transform: RigidTransform) -> Pose:
+    msg = Pose()
+    t, q = transform.translation_m, transform.rotation_xyzw
+    msg.position.x, msg.position.y, msg.position.z = map(float, t)
+    msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w = map(float, q)
+    return msg
 
 
 def rigid_to_transform_stamped(transform: RigidTransform, parent: str, child: str, stamp: Time) -> TransformStamped:

@@ -18,7 +18,7 @@ import rclpy
 import transforms3d
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from egox_msgs.msg import ClipMetadata, NodeProgress
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -28,6 +28,10 @@ from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.demonstrator.detector import AsyncPersonDetector, make_person_detector
+from egox_ros.core.demonstrator.head_geometry import measure_head
+from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
+from egox_ros.core.demonstrator.landmarks import PersonObservation
 from egox_ros.core.depth.estimator import make_depth_estimator
 from egox_ros.core.frames import ExoFrame, FrameWindow
 from egox_ros.core.egox.weights import WeightsError
@@ -149,7 +153,21 @@ class EgoxNode(Node):
         self._first_image_s: float | None = None
         self._last_image_s: float | None = None
         self._depth_lag_ms: list[float] = []            # lags of model depth used since the last diagnostics
-        self._flush_after_depth = False
+        self._flush_after_workers = False
+
+        # The demonstrator: person masks (a detector on its own worker, or a mask topic) and, with head_source
+        # 'exo', the head pose estimated from the detector's head keypoints.
+        self.person_config, self.head_config = configs["person"], configs["head"]
+        if self.inputs.head_source == "exo" and self.person_config.source != "mediapipe":
+            raise ValueError(f"inputs.head_source 'exo' needs person.source 'mediapipe' (the head keypoints come "
+                             f"from it); person.source is {self.person_config.source!r}")
+        detector = make_person_detector(self.person_config)
+        self.person_detector = None if detector is None else AsyncPersonDetector(
+            detector, capacity=self.sync.max_waiting, on_result=self._on_person)
+        self.head_tracker = HeadTracker(self.head_config) if self.inputs.head_source == "exo" else None
+        self._person_masks: dict[int, np.ndarray] = {}   # stamp_ns -> mask from exo/person_mask
+        self._last_head: HeadEstimate | None = None
+        self._head_counts: Counter = Counter()            # measured / held / not visible
         self.ego_camera: PinholeCamera = ego_camera_from_config(ego_config)
         self.generator_problem = ""       # why the configured generator is not in use (diagnostics)
         try:
@@ -194,6 +212,8 @@ class EgoxNode(Node):
             self.create_subscription(Image, "exo/depth/image_raw", self._on_depth, in_qos)
         if self.inputs.head_source == "pose_topic":
             self.create_subscription(PoseStamped, "head/pose", self._on_head_pose, in_qos)
+        if self.person_config.source == "topic":
+            self.create_subscription(Image, "exo/person_mask", self._on_person_mask, in_qos)
         tf_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
         tf_static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -210,6 +230,10 @@ class EgoxNode(Node):
         self.pub_meta = self.create_publisher(ClipMetadata, "ego/clip_metadata",
                                               _qos("reliable", max(100, self.qos.output_depth)))
         self.pub_progress = self.create_publisher(NodeProgress, "~/progress", PROGRESS_QOS)
+        self.pub_person_mask = self.create_publisher(Image, "~/person_mask", out_qos) \
+            if self.person_detector is not None else None
+        self.pub_head_pose = self.create_publisher(PoseWithCovarianceStamped, "~/head_pose", out_qos) \
+            if self.head_tracker is not None else None
         self.pub_tf = self.create_publisher(TFMessage, "/tf", tf_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
@@ -221,7 +245,8 @@ class EgoxNode(Node):
         self.get_logger().info(
             f"egox ready: generator '{self.generator.name}' ({self.generator.clip_frames} frame(s) per clip), "
             f"ego {self.ego_camera.width}x{self.ego_camera.height}, head from {self.inputs.head_source} "
-            f"'{self.inputs.head_frame}', depth {self._depth_description()}")
+            f"'{self.inputs.head_frame}', depth {self._depth_description()}, person masks "
+            f"{self.person_config.source}")
         self._publish_progress()
 
     # ------------------------------------------------------------------ inputs
@@ -264,16 +289,50 @@ class EgoxNode(Node):
         if error is not None:
             self._note("depth_model_failed", f"depth model failed: {error}")
         self._resolve_pending()
-        self._flush_if_depth_idle()
+        self._flush_if_workers_idle()
 
-    def _flush_if_depth_idle(self) -> None:
-        """Carry out a flush that waited for the depth models, once they are idle."""
+    def _workers_busy(self) -> bool:
+        """Whether the depth models or the person detector still work on (or have queued) an image."""
+        return any(w is not None and w.busy_or_pending() for w in (self.depth_estimator, self.person_detector))
+
+    def _flush_if_workers_idle(self) -> None:
+        """Carry out a flush that waited for the depth models and the person detector, once they are idle."""
         with self._lock:
-            flush = self._flush_after_depth and not self.depth_estimator.busy_or_pending()
+            flush = self._flush_after_workers and not self._workers_busy()
             if flush:
-                self._flush_after_depth = False
+                self._flush_after_workers = False
         if flush:
             self._on_flush(None)
+
+    def _on_person(self, stamp_ns: int, observation: PersonObservation, error: str | None) -> None:
+        """The person detector finished an image (its thread): publish the mask, hand the image to the depth
+        models with the person left out of their alignment fit, and let frames waiting for it complete."""
+        if error is not None:
+            self._note("person_detector_failed", f"person detector failed at {stamp_ns * 1e-9:.3f} s: {error}")
+        with self._lock:
+            pending = self._pending.get(stamp_ns)
+        if pending is not None and self._depth_from_model():
+            static = None if observation.mask is None else ~observation.mask
+            self.depth_estimator.submit(stamp_ns, pending.rgb, static_mask=static)
+        if self.pub_person_mask is not None and observation.mask is not None and pending is not None:
+            self.pub_person_mask.publish(conv.array_to_image(observation.mask.astype(np.uint8) * 255, "mono8",
+                                                             conv.ns_to_stamp(stamp_ns), pending.frame_id))
+        self._resolve_pending()
+        self._flush_if_workers_idle()
+
+    def _on_person_mask(self, msg: Image) -> None:
+        """A person mask from another segmenter (person.source 'topic'): mono8/8UC1, nonzero = person."""
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        try:
+            mask = conv.image_to_mask(msg)
+        except ImageDecodeError as e:
+            self._note("bad_person_mask", f"person mask at {stamp_ns * 1e-9:.3f} s rejected: {e}")
+            return
+        with self._lock:
+            self._person_masks[stamp_ns] = mask
+            while len(self._person_masks) > 2 * self.sync.max_waiting + 8:
+                del self._person_masks[min(self._person_masks)]
+        self._resolve_pending()
 
     def _on_depth(self, msg: Image, info) -> None:
         self._delays.observe("depth", info)
@@ -367,7 +426,9 @@ class EgoxNode(Node):
         if reason:
             self._drop([stamp_ns], *reason)
             return
-        if self._depth_from_model():     # accepted frames only, in stamp order
+        if self.person_detector is not None:   # accepted frames only, in stamp order; depth follows its result
+            self.person_detector.submit(stamp_ns, rgb)
+        elif self._depth_from_model():
             self.depth_estimator.submit(stamp_ns, rgb)
         if overflow:
             self._drop(overflow, "too_many_waiting", f"more than sync.max_waiting={self.sync.max_waiting} frames "
@@ -376,10 +437,10 @@ class EgoxNode(Node):
 
     def _on_flush(self, _msg: Empty) -> None:
         """End of stream: drop frames still waiting for inputs and let the worker finish partial clips. Waits for
-        the depth models first, so frames waiting for a depth estimate that is being computed still get it."""
+        the depth models and the person detector first, so frames waiting for their results still get them."""
         with self._lock:
-            if self.depth_estimator is not None and self.depth_estimator.busy_or_pending():
-                self._flush_after_depth = True
+            if self._workers_busy():
+                self._flush_after_workers = True
                 return
             waiting = sorted(self._pending.values(), key=lambda p: p.stamp_ns)
             self._pending.clear()
@@ -394,11 +455,13 @@ class EgoxNode(Node):
         """A stamp far behind the newest seen (a looping bag) resets TF, window and sync state."""
         if not self.tf.observe_clock(stamp_ns, int(self.sync.time_jump_back_s * 1e9)):
             return
-        if self.depth_estimator is not None:
-            self.depth_estimator.reset()
+        for worker in (self.depth_estimator, self.person_detector, self.head_tracker):
+            if worker is not None:
+                worker.reset()
         with self._lock:  # keep what already belongs to the new timeline (callbacks of other topics came first)
             self.window.clear()    # under the lock: the depth worker may complete frames meanwhile
             self._depth = {s: d for s, d in self._depth.items() if s <= stamp_ns}
+            self._person_masks = {s: m for s, m in self._person_masks.items() if s <= stamp_ns}
             self._last_accepted_ns = -1
             stale = [s for s in self._pending if s > stamp_ns]
             for s in stale:
@@ -463,9 +526,25 @@ class EgoxNode(Node):
             depth_m = self._depth[min(near, key=lambda s: abs(s - p.stamp_ns))]
             if depth_m.shape != (h, w):
                 return ("depth_mismatch", f"depth is {depth_m.shape[1]}x{depth_m.shape[0]}, image is {w}x{h}")
+        observation, person_mask = None, None
+        if self.person_detector is not None:
+            observation = self.person_detector.result_for(p.stamp_ns)
+            if observation is None:
+                p.waiting_for = ("person_missing", "the person detector's result")
+                return None
+            person_mask = observation.mask
+        elif self.person_config.source == "topic":
+            person_mask = self._person_masks.get(p.stamp_ns)
+            if person_mask is None:
+                p.waiting_for = ("person_mask_missing", "a mask with the image's stamp on exo/person_mask")
+                return None
+        if person_mask is not None and person_mask.shape != (h, w):
+            return ("person_mask_mismatch", f"person mask is {person_mask.shape[1]}x{person_mask.shape[0]}, "
+                                            f"image is {w}x{h}")
         try:
             world_T_exo = self.tf.lookup_transform(self.inputs.world_frame, p.frame_id, p.stamp_ns)
-            world_T_head = self.tf.lookup_transform(self.inputs.world_frame, self.inputs.head_frame, p.stamp_ns)
+            if self.head_tracker is None:
+                world_T_head = self.tf.lookup_transform(self.inputs.world_frame, self.inputs.head_frame, p.stamp_ns)
         except ExtrapolationError as e:
             if e.direction == "past":
                 return ("tf_extrapolation_past", str(e))
@@ -474,14 +553,45 @@ class EgoxNode(Node):
         except TfError as e:
             p.waiting_for = ("tf_unavailable", f"TF: {e}")
             return None
+        if self.head_tracker is not None:
+            head = self._estimate_head(p.stamp_ns, observation, depth_m, world_T_exo.as_matrix())
+            if head is None:
+                return ("head_not_visible", f"no head pose from the exo image at or within head.hold_s = "
+                                            f"{self.head_config.hold_s} s before this frame")
+            world_T_head = RigidTransform.from_matrix(head.world_T_head)
         return ExoFrame(stamp_ns=p.stamp_ns, rgb=p.rgb, depth_m=depth_m, camera=self._camera,
                         world_T_exo=world_T_exo.as_matrix(),
-                        world_T_ego=(world_T_head @ self.head_T_ego).as_matrix(), exo_frame_id=p.frame_id)
+                        world_T_ego=(world_T_head @ self.head_T_ego).as_matrix(), exo_frame_id=p.frame_id,
+                        person_mask=person_mask)
+
+    def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
+                       world_T_exo: np.ndarray) -> HeadEstimate | None:
+        """The head pose of a frame whose other inputs are complete (stamp order; lock held): measured from the
+        head keypoints, filtered, held for head.hold_s when the head is not seen; published on /tf (head_frame)
+        and ~/head_pose. None: no head for longer than head.hold_s."""
+        measurement = None
+        if observation.head is not None:
+            measurement = measure_head(observation.head, self._camera, depth_m, self.head_config, observation.mask)
+        estimate = self.head_tracker.update(stamp_ns, measurement, world_T_exo)
+        self._head_counts[estimate.state if estimate is not None else "not_visible"] += 1
+        self._last_head = estimate
+        if estimate is None:
+            return None
+        stamp = conv.ns_to_stamp(stamp_ns)
+        world_T_head = RigidTransform.from_matrix(estimate.world_T_head)
+        self.pub_tf.publish(TFMessage(transforms=[conv.rigid_to_transform_stamped(
+            world_T_head, self.inputs.world_frame, self.inputs.head_frame, stamp)]))
+        pose = PoseWithCovarianceStamped()
+        pose.header.stamp, pose.header.frame_id = stamp, self.inputs.world_frame
+        pose.pose.pose = conv.rigid_to_pose(world_T_head)
+        pose.pose.covariance = [float(v) for v in np.asarray(estimate.covariance, np.float64).ravel()]
+        self.pub_head_pose.publish(pose)
+        return estimate
 
     def _expire_pending(self) -> None:
         """Drop frames that waited longer than sync.timeout_s, each with what it still lacks (and carry out a
         flush that waited for depth models which have gone idle without a result, e.g. after a reset)."""
-        self._flush_if_depth_idle()
+        self._flush_if_workers_idle()
         now = time.monotonic()
         with self._lock:
             expired = sorted((p for p in self._pending.values() if now - p.arrived_s > self.sync.timeout_s),
@@ -576,6 +686,7 @@ class EgoxNode(Node):
         meta = self._metadata([f.stamp_ns for f in frames], ClipMetadata.STATUS_OK, "")
         meta.exo_frame_id = frames[0].exo_frame_id
         meta.prior_coverage = [p.coverage for p in output.request.priors]
+        meta.prior_person_fraction = [p.person_fraction for p in output.request.priors]
         meta.prior_time_s = output.prior_time_s
         meta.generation_time_s = output.generation_time_s
         meta.latency_s = latency_s
@@ -654,6 +765,18 @@ class EgoxNode(Node):
             if lags:   # positive: the frame is newer than the depth it used
                 values["depth.lag_ms_max"] = f"{max(lags, key=abs):.1f}"
             values.update({f"depth.{k}": v for k, v in self.depth_estimator.stats().items()})
+        if self.person_detector is not None:
+            values.update({f"person.{k}": v for k, v in self.person_detector.stats().items()})
+        if self.head_tracker is not None:
+            with self._lock:
+                head, counts = self._last_head, dict(self._head_counts)
+            values.update({f"head.{k}": str(v) for k, v in sorted(counts.items())})
+            if head is not None:
+                values["head.confidence"] = f"{head.confidence:.2f}"
+                values["head.state"] = head.state
+                if head.measurement is not None:
+                    values["head.source"] = (f"position {head.measurement.position_source}, orientation "
+                                             f"{head.measurement.orientation_source}")
         level = DiagnosticStatus.OK
         message = "ok"
         if dropped or notes or progress.frames_lost:
@@ -682,8 +805,9 @@ class EgoxNode(Node):
         if left:
             self.get_logger().warning(f"shutting down with {left} frame(s) not yet published (waiting or queued)")
         self._worker.join(timeout=5.0)
-        if self.depth_estimator is not None:
-            self.depth_estimator.close()
+        for worker in (self.depth_estimator, self.person_detector):
+            if worker is not None:
+                worker.close()
         super().destroy_node()
 
 

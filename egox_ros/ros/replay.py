@@ -34,6 +34,8 @@ OUTPUT_TOPICS = {  # topic -> type; all relative to the node's namespace (root b
     "/ego/clip_metadata": "egox_msgs/msg/ClipMetadata",
     "/tf": "tf2_msgs/msg/TFMessage",          # only the node's world -> ego frame transforms are recorded
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
+    "/egox/person_mask": "sensor_msgs/msg/Image",              # with person.source 'mediapipe'
+    "/egox/head_pose": "geometry_msgs/msg/PoseWithCovarianceStamped",   # with inputs.head_source 'exo'
 }
 
 
@@ -295,7 +297,8 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         player = _Player(node, reader, exo_topic)
-        recorder = _Recorder(node, out_bag, typestore, ego_frame=_ego_frame(params_file, overrides or []))
+        recorder = _Recorder(node, out_bag, typestore, ego_frame=_node_parameter(
+            params_file, overrides or [], "outputs", "ego_frame", "ego_camera_optical"))
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
         started = time.monotonic()
@@ -371,8 +374,10 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     wall_s = time.monotonic() - started
 
     from egox_ros.ros.replay_report import write_report
+    frames = {k: _node_parameter(params_file, overrides or [], "inputs", k, d)
+              for k, d in (("world_frame", "world"), ("head_frame", "head"))}
     metrics = write_report(in_bag, out_bag, out_dir, exo_topic=exo_topic, gt_topic=gt_topic,
-                           typestore=typestore, sheet_frames=sheet_frames)
+                           typestore=typestore, sheet_frames=sheet_frames, **frames)
     metrics["run"] = {"input_bag": str(in_bag), "images_sent": images_sent, "wall_time_s": round(wall_s, 3),
                       "frames_per_second": round(images_sent / wall_s, 3) if wall_s > 0 else None,
                       "frames_received_by_node": int(progress.frames_received),
@@ -396,19 +401,19 @@ def _empty():
     return Empty()
 
 
-def _ego_frame(params_file: str | None, overrides: list[str]) -> str:
-    """The node's outputs.ego_frame from -p overrides or the parameter file (default ego_camera_optical)."""
+def _node_parameter(params_file: str | None, overrides: list[str], section: str, name: str, default: str) -> str:
+    """A string parameter `section.name` of the node from -p overrides or the parameter file, else `default`."""
     for o in overrides:
-        if o.startswith("outputs.ego_frame:="):
+        if o.startswith(f"{section}.{name}:="):
             return o.split(":=", 1)[1]
     from egox_ros.ros.launch_spec import default_params_file
     import yaml
     doc = yaml.safe_load(Path(params_file or default_params_file()).read_text()) or {}
-    for section in doc.values():
-        frame = ((section or {}).get("ros__parameters", {}).get("outputs", {}) or {}).get("ego_frame")
-        if frame:
-            return frame
-    return "ego_camera_optical"
+    for node_section in doc.values():
+        value = ((node_section or {}).get("ros__parameters", {}).get(section, {}) or {}).get(name)
+        if value:
+            return value
+    return default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -442,6 +447,11 @@ def run(args: argparse.Namespace) -> int:
           f"{run_info['frames_dropped']} dropped"
           + (f", {run_info['frames_lost_before_node']} lost before the node" if run_info["frames_lost_before_node"]
              else ""))
+    if summary.get("head_position_error_m_median") is not None:
+        print(f"estimated head vs the bag's head TF: position error median "
+              f"{summary['head_position_error_m_median']:.3f} m (90th percentile "
+              f"{summary['head_position_error_m_p90']:.3f} m), forward direction error median "
+              f"{summary['head_forward_error_deg_median']:.1f} deg over {summary['head_frames_evaluated']} frames")
     if summary.get("mean_masked_psnr_db") is not None:
         print(f"ego vs ground truth: mean coverage {summary['mean_coverage']:.3f}, "
               f"mean masked PSNR {summary['mean_masked_psnr_db']:.2f} dB")

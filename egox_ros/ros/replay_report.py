@@ -14,15 +14,21 @@ from egox_ros.ros.conversions import transform_msg_to_rigid as _rigid
 from egox_ros.core.contact_sheet import contact_sheet
 from egox_ros.core.evaluation import masked_psnr, resample_into_camera
 from egox_ros.core.image_codec import decode_image
+from egox_ros.core.demonstrator.head_geometry import forward_angle_deg, position_error_m
 from egox_ros.core.tf_buffer import TfBufferCore, TfError
+from egox_ros.core.transforms import RigidTransform
 
 STATUS_NAMES = {0: "ok", 1: "failed", 2: "dropped"}
+HEAD_POSE_TOPIC = "/egox/head_pose"
+PERSON_MASK_TOPIC = "/egox/person_mask"
 
 
 def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_topic: str, typestore,
-                 sheet_frames: int = 6) -> dict:
+                 sheet_frames: int = 6, world_frame: str = "world", head_frame: str = "head") -> dict:
     """Per-frame status, prior coverage and (with a ground-truth topic) masked PSNR of the ego output against the
-    ground truth resampled into the ego camera; writes out_dir/contact_sheet.png; returns the metrics dict."""
+    ground truth resampled into the ego camera; with head poses estimated by the node (/egox/head_pose) and a
+    reference head TF (world_frame -> head_frame) in the input bag, the head position and forward-direction
+    errors; writes out_dir/contact_sheet.png (person masks tinted on the exo column); returns the metrics dict."""
     from rosbags.highlevel import AnyReader
 
     gt_info_topic = gt_topic.rsplit("/", 1)[0] + "/camera_info"
@@ -31,9 +37,12 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
     exo_stamps: list[int] = []
     gt_camera: PinholeCamera | None = None
     ego_camera: PinholeCamera | None = None
+    head_estimates: dict[int, np.ndarray] = {}      # stamp -> world_T_head (4, 4) estimated by the node
+    person_masks: dict[int, np.ndarray] = {}
     with AnyReader([in_bag, out_bag], default_typestore=typestore) as reader:
         small = [c for c in reader.connections
-                 if c.topic in ("/tf", "/tf_static", "/ego/clip_metadata", gt_info_topic, "/ego/camera_info")]
+                 if c.topic in ("/tf", "/tf_static", "/ego/clip_metadata", gt_info_topic, "/ego/camera_info",
+                                HEAD_POSE_TOPIC)]
         for conn, _, raw in reader.messages(connections=small):
             msg = reader.deserialize(raw, conn.msgtype)
             if conn.topic in ("/tf", "/tf_static"):
@@ -50,6 +59,10 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
                 gt_camera = _camera(msg)
             elif conn.topic == "/ego/camera_info" and ego_camera is None:
                 ego_camera = _camera(msg)
+            elif conn.topic == HEAD_POSE_TOPIC:
+                p, q = msg.pose.pose.position, msg.pose.pose.orientation
+                head_estimates[_ns(msg.header.stamp)] = RigidTransform(
+                    np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])).as_matrix()
         exo_conns = [c for c in reader.connections if c.topic == exo_topic]
         for _, log_ns, _ in reader.messages(connections=exo_conns):
             exo_stamps.append(log_ns)
@@ -60,7 +73,7 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
 
         # One pass over the images of both bags (time order); a stamp is evaluated once its pieces are in.
         topics = {exo_topic: "exo", gt_topic: "gt", "/ego/image_raw": "ego", "/ego/prior/image_raw": "prior",
-                  "/ego/prior/mask": "mask"}
+                  "/ego/prior/mask": "mask", PERSON_MASK_TOPIC: "person"}
         image_conns = [c for c in reader.connections if c.topic in topics]
         has_gt = any(c.topic == gt_topic for c in image_conns) and gt_camera is not None
         needed = {"ego", "mask"} | ({"gt"} if has_gt else set())
@@ -69,10 +82,14 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
         sheet_rows: dict[int, list] = {}
         for conn, log_ns, raw in reader.messages(connections=image_conns):
             kind = topics[conn.topic]
-            if kind in ("exo", "prior") and log_ns not in sheet_stamps:
+            if kind in ("exo", "prior", "person") and log_ns not in sheet_stamps:
                 continue  # only needed for the contact sheet
             msg = reader.deserialize(raw, conn.msgtype)
             stamp = _ns(msg.header.stamp)
+            if kind == "person":
+                person_masks[stamp] = decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step,
+                                                   bool(msg.is_bigendian)) > 0
+                continue
             if kind == "mask":
                 image = decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step,
                                      bool(msg.is_bigendian)) > 0
@@ -94,6 +111,10 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
         entry = {"stamp_ns": stamp, "status": STATUS_NAMES.get(meta.status, "?") if meta else "missing",
                  "reason": meta.reason if meta else "no clip metadata recorded for this frame"}
         entry.update(frames.get(stamp, {}))
+        if meta is not None and meta.status == 0 and len(meta.prior_person_fraction):
+            entry["prior_person_fraction"] = round(float(meta.prior_person_fraction[
+                [_ns(s) for s in meta.source_stamps].index(stamp)]), 5)
+        entry.update(_head_errors(head_estimates.get(stamp), tf, world_frame, head_frame, stamp))
         per_frame.append(entry)
     psnrs = [f["masked_psnr_db"] for f in per_frame if f.get("masked_psnr_db") is not None]
     coverages = [f["coverage"] for f in per_frame if "coverage" in f]
@@ -110,14 +131,47 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
         "mean_generation_time_ms": float(np.mean([m.generation_time_s for m in ok_meta]) * 1e3) if ok_meta else None,
         "generator": ok_meta[0].generator if ok_meta else None,
     }
+    person = [f["prior_person_fraction"] for f in per_frame if "prior_person_fraction" in f]
+    summary["mean_prior_person_fraction"] = float(np.mean(person)) if person else None
+    summary["head_frames_estimated"] = sum(1 for s in exo_stamps if s in head_estimates)
+    position = [f["head_position_error_m"] for f in per_frame if "head_position_error_m" in f]
+    forward = [f["head_forward_error_deg"] for f in per_frame if "head_forward_error_deg" in f]
+    summary["head_frames_evaluated"] = len(position)
+    summary["head_position_error_m_median"] = float(np.median(position)) if position else None
+    summary["head_position_error_m_p90"] = float(np.percentile(position, 90)) if position else None
+    summary["head_forward_error_deg_median"] = float(np.median(forward)) if forward else None
     if sheet_rows:
         ordered = sorted(sheet_rows)
+        for s in ordered:
+            exo, mask = sheet_rows[s][0], person_masks.get(s)
+            if exo is not None and mask is not None and mask.shape == exo.shape[:2]:
+                sheet_rows[s][0] = tint(exo, mask)
         titles = [f"t={(s - exo_stamps[0]) * 1e-9:.2f}s" + (f"  {frames[s]['masked_psnr_db']:.1f}dB"
                                                              if frames[s].get("masked_psnr_db") else "")
                   for s in ordered]
         contact_sheet([sheet_rows[s] for s in ordered], ["exo", "prior", "ego (output)", "ground truth"],
                       titles).save(out_dir / "contact_sheet.png")
     return {"summary": summary, "frames": per_frame}
+
+
+def tint(rgb: np.ndarray, mask: np.ndarray, color=(0, 200, 80), alpha: float = 0.45) -> np.ndarray:
+    """(H, W, 3) uint8 with the mask's pixels blended towards `color`."""
+    out = rgb.copy()
+    out[mask] = (out[mask] * (1 - alpha) + np.asarray(color) * alpha).astype(np.uint8)
+    return out
+
+
+def _head_errors(estimate: np.ndarray | None, tf: TfBufferCore, world_frame: str, head_frame: str,
+                 stamp: int) -> dict:
+    """Position [m] and forward-direction [deg] error of the node's head estimate against the bag's head TF."""
+    if estimate is None:
+        return {}
+    try:
+        reference = tf.lookup_transform(world_frame, head_frame, stamp).as_matrix()
+    except TfError:
+        return {}
+    return {"head_position_error_m": round(position_error_m(estimate, reference), 4),
+            "head_forward_error_deg": round(forward_angle_deg(estimate, reference), 2)}
 
 
 def _evaluate(p: dict, stamp: int, ego_camera, gt_camera, tf: TfBufferCore, meta_by_stamp: dict) -> dict:

@@ -86,13 +86,14 @@ class AsyncDepthEstimator:
         self._worker = threading.Thread(target=self._work, name="egox-depth", daemon=True)
         self._worker.start()
 
-    def submit(self, stamp_ns: int, rgb: np.ndarray) -> None:
+    def submit(self, stamp_ns: int, rgb: np.ndarray, static_mask: np.ndarray | None = None) -> None:
         """Queue an exo image (H, W, 3) uint8 (stamps increasing; call reset() on a jump back). An older image not
-        yet started is replaced (counted as skipped)."""
+        yet started is replaced (counted as skipped). static_mask: optional (H, W) bool, False on people and other
+        moving things, which the relative-to-metric alignment fit then leaves out."""
         with self._cond:
             if self._pending is not None:
                 self.skipped += 1
-            self._pending = (stamp_ns, rgb)
+            self._pending = (stamp_ns, rgb, static_mask)
             self._cond.notify_all()
 
     def estimate_for(self, stamp_ns: int, max_lag_s: float) -> DepthEstimate | None:
@@ -134,13 +135,16 @@ class AsyncDepthEstimator:
             self._cond.notify_all()
         self._worker.join(timeout=10.0)
 
-    def estimate_now(self, rgb: np.ndarray) -> tuple[np.ndarray, AlignedDepth | None]:
-        """Depth (H, W) float32 metres of one image on the calling thread (what the worker runs per frame)."""
+    def estimate_now(self, rgb: np.ndarray, static_mask: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, AlignedDepth | None]:
+        """Depth (H, W) float32 metres of one image on the calling thread (what the worker runs per frame);
+        static_mask as in submit()."""
         metric = self.metric.estimate([rgb])[0].values
         if self.relative is None:
             return metric.astype(np.float32, copy=False), None
         relative = self.relative.estimate([rgb])[0].values
-        aligned = align_or_pass_through(self.aligner, torch.from_numpy(relative), torch.from_numpy(metric))
+        mask = None if static_mask is None else torch.from_numpy(np.asarray(static_mask, bool))
+        aligned = align_or_pass_through(self.aligner, torch.from_numpy(relative), torch.from_numpy(metric), mask)
         return aligned.depth_m.cpu().numpy(), aligned
 
     def _reset_sources(self) -> None:
@@ -157,7 +161,7 @@ class AsyncDepthEstimator:
                 self._cond.wait_for(lambda: not self._running or self._pending is not None)
                 if not self._running:
                     return
-                stamp_ns, rgb = self._pending
+                stamp_ns, rgb, static_mask = self._pending
                 self._pending = None
                 generation = self._generation
                 stale = stamp_ns <= self._newest_done_ns      # out of order without a reset: not estimated
@@ -171,7 +175,7 @@ class AsyncDepthEstimator:
                     self._reset_sources()
                     seen_generation = generation
                 if not stale:
-                    depth_m, aligned = self.estimate_now(rgb)
+                    depth_m, aligned = self.estimate_now(rgb, static_mask)
             except Exception as e:  # noqa: BLE001 - a failing model must not stop the stream; reported
                 error = f"{type(e).__name__}: {e}"
             elapsed = time.perf_counter() - started

@@ -12,10 +12,12 @@ from egox_ros.core.frames import ExoFrame
 
 @dataclass
 class Prior:
-    """The ego prior of one frame. rgb (H, W, 3) uint8, black where uncovered; mask (H, W) bool; depth_m (H, W) float32, 0 where uncovered."""
+    """The ego prior of one frame. rgb (H, W, 3) uint8, black where uncovered; mask (H, W) bool; depth_m (H, W) float32, 0 where uncovered.
+    person_fraction: fraction of the covered pixels drawn from the demonstrator's own points (person masks)."""
     rgb: np.ndarray
     mask: np.ndarray
     depth_m: np.ndarray
+    person_fraction: float = 0.0
 
     @property
     def coverage(self) -> float:

@@ -1,0 +1,197 @@
+"""Person detectors: the interface, their config, and a worker thread that runs one beside the camera stream.
+
+A detector turns one exo image into a :class:`PersonObservation` (person mask and head keypoints). Built in:
+``mediapipe`` (MediaPipe's pose and face-mesh models, bundled in the ``mediapipe==0.10.21`` wheel; see
+mediapipe_detector.py). The node can instead take masks from a topic (``person.source: topic``), which gives masks
+but no head keypoints.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from egox_ros.core.config import param, validate
+from egox_ros.core.demonstrator.landmarks import PersonObservation
+
+PERSON_SOURCES = ("off", "mediapipe", "topic")
+
+
+@dataclass
+class PersonConfig:
+    """The demonstrator's mask in the exo image, and what the prior does with it."""
+    source: str = param("mediapipe", "person masks and head keypoints: 'mediapipe' (built-in models, on the exo "
+                                     "image), 'topic' (masks on exo/person_mask, mono8, same stamp and size as the "
+                                     "image; no head keypoints) or 'off'", choices=PERSON_SOURCES)
+    mask_threshold: float = param(0.5, "a pixel is the person where the segmentation score exceeds this", (0.0, 1.0))
+    dilate_px: int = param(4, "grow the mask by this many pixels (segmentation edges are soft; depth edges "
+                              "around a person smear) [px]", (0, 64))
+    min_detection_confidence: float = param(0.5, "MediaPipe person / face detection threshold", (0.0, 1.0))
+    face_mesh: bool = param(True, "refine the head keypoints with MediaPipe's face mesh when the face is visible "
+                                  "(better orientation; about 5 ms per frame)")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+class PersonDetector(Protocol):
+    """One exo image in, the demonstrator out. Detectors may track between calls; reset() forgets that."""
+    name: str
+
+    def detect(self, rgb: np.ndarray) -> PersonObservation:
+        """rgb: (H, W, 3) uint8 exo image. Returns masks of shape (H, W) bool and keypoints in its pixels."""
+        ...
+
+    def reset(self) -> None:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def make_person_detector(config: PersonConfig) -> PersonDetector | None:
+    """The detector for config.source ('mediapipe'), or None ('off', 'topic': nothing to run)."""
+    if config.source != "mediapipe":
+        return None
+    from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
+    return MediapipePersonDetector(config)
+
+
+def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """(H, W) bool grown by a square of radius_px; the work covers only the mask's bounding box."""
+    if radius_px <= 0 or not mask.any():
+        return mask
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    y0, y1 = rows[0], rows[-1] + 1
+    x0, x1 = cols[0], cols[-1] + 1
+    r, k = radius_px, 2 * radius_px + 1
+    padded = np.zeros((y1 - y0 + 4 * r, x1 - x0 + 4 * r), bool)
+    padded[2 * r:-2 * r, 2 * r:-2 * r] = mask[y0:y1, x0:x1]
+    grown = sliding_window_view(padded, k, axis=1).any(axis=-1)        # (h + 4r, w + 2r)
+    grown = sliding_window_view(grown, k, axis=0).any(axis=-1)         # (h + 2r, w + 2r)
+    out = mask.copy()
+    gy0, gx0 = y0 - r, x0 - r                                          # image position of grown[0, 0]
+    sy0, sx0 = max(0, -gy0), max(0, -gx0)
+    ey, ex = min(grown.shape[0], mask.shape[0] - gy0), min(grown.shape[1], mask.shape[1] - gx0)
+    out[gy0 + sy0:gy0 + ey, gx0 + sx0:gx0 + ex] |= grown[sy0:ey, sx0:ex]
+    return out
+
+
+class AsyncPersonDetector:
+    """Runs a detector on a worker thread over every submitted image, in stamp order.
+
+    Unlike depth (where an older estimate will do), a mask and a head pose belong to exactly one image, so every
+    image is detected; at most `capacity` images wait (the oldest is skipped beyond, and its result is an empty
+    observation with ``skipped`` counted). Results are kept for the newest `keep` stamps. Thread-safe.
+    on_result(stamp_ns, observation, error) runs on the worker thread after each image; it must not block long.
+    """
+
+    def __init__(self, detector: PersonDetector, capacity: int = 64, keep: int = 128,
+                 on_result: Callable[[int, PersonObservation, str | None], None] | None = None):
+        self.detector = detector
+        self.capacity, self.keep = capacity, keep
+        self.on_result = on_result
+        self._queue: deque[tuple[int, np.ndarray]] = deque()
+        self._results: OrderedDict[int, PersonObservation] = OrderedDict()
+        self._generation = 0
+        self._busy = False
+        self._running = True
+        self._cond = threading.Condition()
+        self.detected = self.found = self.skipped = self.failed = 0
+        self.last_error = ""
+        self.last_ms = 0.0
+        self._worker = threading.Thread(target=self._work, name="egox-person", daemon=True)
+        self._worker.start()
+
+    def submit(self, stamp_ns: int, rgb: np.ndarray) -> None:
+        """Queue an exo image (H, W, 3) uint8; stamps increase between resets."""
+        skipped = None
+        with self._cond:
+            self._queue.append((stamp_ns, rgb))
+            if len(self._queue) > self.capacity:
+                skipped = self._queue.popleft()[0]
+                self.skipped += 1
+                self._store(skipped, PersonObservation(mask=None, head=None))
+            self._cond.notify_all()
+        if skipped is not None and self.on_result is not None:
+            self.on_result(skipped, PersonObservation(mask=None, head=None), "skipped: the detector fell behind")
+
+    def result_for(self, stamp_ns: int) -> PersonObservation | None:
+        """The observation of the image with this stamp, or None while it is not done."""
+        with self._cond:
+            return self._results.get(stamp_ns)
+
+    def busy_or_pending(self) -> bool:
+        with self._cond:
+            return self._busy or bool(self._queue)
+
+    def reset(self) -> None:
+        """Forget queued images, results and the detector's tracking (the stream jumped back in time)."""
+        with self._cond:
+            self._queue.clear()
+            self._results.clear()
+            self._generation += 1
+
+    def stats(self) -> dict[str, str]:
+        with self._cond:
+            values = {"detected": str(self.detected), "with_person": str(self.found), "skipped": str(self.skipped),
+                      "failed": str(self.failed), "detector_ms": f"{self.last_ms:.1f}"}
+            if self.last_error:
+                values["last_error"] = self.last_error
+        return values
+
+    def close(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        self._worker.join(timeout=10.0)
+        self.detector.close()
+
+    def _store(self, stamp_ns: int, observation: PersonObservation) -> None:
+        self._results[stamp_ns] = observation
+        while len(self._results) > self.keep:
+            self._results.popitem(last=False)
+
+    def _work(self) -> None:
+        seen_generation = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._running or bool(self._queue))
+                if not self._running:
+                    return
+                stamp_ns, rgb = self._queue.popleft()
+                generation = self._generation
+                self._busy = True
+            error = None
+            started = time.perf_counter()
+            try:
+                if generation != seen_generation:
+                    self.detector.reset()
+                    seen_generation = generation
+                observation = self.detector.detect(rgb)
+            except Exception as e:  # noqa: BLE001 - a failing detector must not stop the stream; reported
+                error = f"{type(e).__name__}: {e}"
+                observation = PersonObservation(mask=None, head=None)
+            elapsed_ms = (time.perf_counter() - started) * 1e3
+            with self._cond:
+                self._busy = False
+                if generation == self._generation:      # else reset meanwhile: discard
+                    self._store(stamp_ns, observation)
+                    self.detected += 1
+                    self.found += int(observation.found)
+                    self.last_ms = elapsed_ms
+                    if error is not None:
+                        self.failed += 1
+                        self.last_error = error
+                self._cond.notify_all()
+            if self.on_result is not None and generation == self._generation:
+                try:
+                    self.on_result(stamp_ns, observation, error)
+                except Exception as e:  # noqa: BLE001 - the caller's problem must not kill the thread
+                    with self._cond:
+                        self.last_error = f"on_result: {type(e).__name__}: {e}"

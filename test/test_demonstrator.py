@@ -1,0 +1,184 @@
+"""The demonstrator on real images: person masks and head keypoints from the bundled MediaPipe models on the TUM
+fr1_rpy frames that show a seated person (frames 48-59, about 2 m away behind a monitor), the head lifted with the
+real depth and placed in the world with the real camera poses, and the prior kept free of the person."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from egox_ros.core.config import PriorConfig
+from egox_ros.core.demonstrator.detector import AsyncPersonDetector, PersonConfig, dilate_mask
+from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
+from egox_ros.core.demonstrator.head_tracker import HeadTracker
+from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
+from egox_ros.core.frames import ExoFrame
+from egox_ros.core.fusion import FusionConfig
+from egox_ros.core.pipeline import PriorRenderer
+from egox_ros.core.render import PointCloud, render_points
+from egox_ros.core.camera import PinholeCamera
+
+tum = pytest.importorskip("egox_ros.tools.tum")
+try:
+    tum.tum_root()
+except Exception:  # noqa: BLE001 - the data lives in ../shared beside the repo
+    pytest.skip("TUM data not present", allow_module_level=True)
+
+PERSON_FRAMES = range(48, 60)
+EMPTY_FRAMES = range(9, 40)   # frames 0-8 show part of another person at the top edge
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return tum.TumSequence("fr1_rpy_60")
+
+
+@pytest.fixture(scope="module")
+def observations(seq):
+    """Detector output for frames 40..59, run as a stream (the detector tracks between images)."""
+    detector = MediapipePersonDetector(PersonConfig())
+    try:
+        return {k: detector.detect(seq[k].rgb) for k in range(40, 60)}
+    finally:
+        detector.close()
+
+
+def test_dilate_mask_equals_max_pooling():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        h, w = rng.integers(3, 40, 2)
+        mask = rng.random((h, w)) < 0.05
+        r = int(rng.integers(1, 6))
+        pooled = torch.nn.functional.max_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], 2 * r + 1,
+                                                stride=1, padding=r)[0, 0].numpy() > 0.5
+        np.testing.assert_array_equal(dilate_mask(mask, r), pooled)
+
+
+def test_detector_finds_the_seated_person_and_no_one_in_empty_frames(seq, observations):
+    found = [k for k in PERSON_FRAMES if observations[k].head is not None]
+    assert len(found) >= 10, f"head found in frames {found} of {list(PERSON_FRAMES)}"
+    for k in found:
+        obs = observations[k]
+        assert obs.mask.shape == (480, 640)
+        assert 0.01 < obs.mask.mean() < 0.25, (k, obs.mask.mean())
+        # The eyes and the nose lie on the person mask.
+        for name in ("nose", "left_eye", "right_eye"):
+            (u, v), _ = obs.head.get(name)
+            assert obs.mask[int(round(v)), int(round(u))], (k, name)
+        # Left and right are the person's own: facing the camera, their left eye is on the image's right.
+        assert obs.head.get("left_eye")[0][0] > obs.head.get("right_eye")[0][0]
+    detector = MediapipePersonDetector(PersonConfig())
+    try:
+        empty = [k for k in EMPTY_FRAMES[::3] if detector.detect(seq[k].rgb).head is not None]
+    finally:
+        detector.close()
+    assert not empty, f"a person reported in frames {empty} (none there)"
+
+
+def test_head_lifted_with_real_depth_stays_put_in_the_world(seq, observations):
+    """The person sits still while the camera turns by about 30 degrees: his head must stay put in the world."""
+    config = HeadPoseConfig()
+    world, distances, pnp_distances, facing = [], [], [], []
+    for k in PERSON_FRAMES:
+        obs, frame = observations[k], seq[k]
+        if obs.head is None:
+            continue
+        m = measure_head(obs.head, seq.camera, frame.depth_m, config, obs.mask)
+        assert m is not None and m.position_source == "depth", k
+        world_T_head = frame.world_T_camera @ m.exo_T_head
+        world.append(world_T_head[:3, 3])
+        distances.append(m.exo_T_head[2, 3])
+        # He looks roughly towards the camera (at his monitor, which faces it).
+        to_camera = frame.world_T_camera[:3, 3] - world_T_head[:3, 3]
+        facing.append(np.degrees(np.arccos(world_T_head[:3, 2] @ to_camera / np.linalg.norm(to_camera))))
+        pnp_only = measure_head(obs.head, seq.camera, None, config, obs.mask)
+        assert pnp_only is not None and pnp_only.position_source == "pnp"
+        pnp_distances.append(pnp_only.exo_T_head[2, 3])
+    world = np.array(world)
+    print(f"head in the world: mean {world.mean(0).round(3)}, std {world.std(0).round(4)} m; distance "
+          f"{np.min(distances):.2f}-{np.max(distances):.2f} m; PnP-only {np.min(pnp_distances):.2f}-"
+          f"{np.max(pnp_distances):.2f} m; facing the camera within {np.max(facing):.0f} deg")
+    assert 1.5 < np.min(distances) and np.max(distances) < 3.0
+    assert np.all(world.std(axis=0) < 0.03), world.std(axis=0)      # measured 6-17 mm
+    # Without depth the metric head model gives the distance to within 40 % on a face 15 px wide (measured 5-30 %).
+    assert np.all(np.abs(np.array(pnp_distances) / np.array(distances) - 1) < 0.4)
+    assert np.max(facing) < 60, facing
+
+
+def test_tracker_on_real_measurements_holds_then_gives_up(seq, observations):
+    tracker = HeadTracker(HeadPoseConfig(hold_s=0.2))
+    states = {}
+    for k in list(PERSON_FRAMES) + [45]:             # ... then a frame without the person, 0.3 s later
+        frame = seq[k] if k != 45 else seq[59]
+        stamp_ns = int(round(seq[k].stamp_s * 1e9)) if k != 45 else int(round((seq[59].stamp_s + 0.3) * 1e9))
+        obs = observations[k]
+        m = measure_head(obs.head, seq.camera, frame.depth_m, HeadPoseConfig(), obs.mask) if obs.head else None
+        est = tracker.update(stamp_ns, m, frame.world_T_camera)
+        states[k] = None if est is None else est.state
+    assert sum(s == "measured" for s in states.values()) >= 8, states
+    assert states[45] is None
+
+
+def test_person_points_never_reach_the_prior_seen_from_the_demonstrators_eyes(seq, observations):
+    """Rendered from the estimated head itself, an unmasked cloud puts the demonstrator's own face and shoulders
+    in front of the ego camera; person masks plus the near limit keep them out."""
+    k = 55
+    obs, frame = observations[k], seq[k]
+    m = measure_head(obs.head, seq.camera, frame.depth_m, HeadPoseConfig(), obs.mask)
+    # Looking down at the desk in front of him (45 degrees), as a demonstrator looks at their hands.
+    c, s = np.cos(np.radians(-45)), np.sin(np.radians(-45))
+    pitch_down = np.array([[1, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0], [0, 0, 0, 1.0]])
+    world_T_head = frame.world_T_camera @ m.exo_T_head @ pitch_down
+    ego = PinholeCamera(width=448, height=448, fx=224.0, fy=224.0, cx=223.5, cy=223.5)
+
+    def prior(config: PriorConfig, mask):
+        exo = ExoFrame(stamp_ns=1, rgb=frame.rgb, depth_m=frame.depth_m, camera=seq.camera,
+                       world_T_exo=frame.world_T_camera, world_T_ego=world_T_head, exo_frame_id="exo",
+                       person_mask=mask)
+        return PriorRenderer(config, FusionConfig(), ego).render(exo, [exo])
+
+    def near_fraction(p, limit_m=0.35):   # the issue's measure: covered pixels closer than 0.35 m to the camera
+        return float((p.mask & (p.depth_m < limit_m)).sum() / max(p.mask.sum(), 1))
+    unmasked = prior(PriorConfig(min_distance_m=0.0), None)
+    masked = prior(PriorConfig(), obs.mask)
+    per_frame = prior(PriorConfig(person_points="per_frame", min_distance_m=0.0), obs.mask)
+    print(f"near fraction: no masks {near_fraction(unmasked):.3f}, defaults {near_fraction(masked):.3f}; person "
+          f"fraction per_frame {per_frame.person_fraction:.3f}")
+    assert near_fraction(unmasked) > 0.01           # measured 3 % here (11-19 % on real kitchen clips)
+    assert near_fraction(masked) == 0.0 and masked.person_fraction == 0.0
+    assert per_frame.person_fraction > 0.03         # kept as the frame's own points, and counted (13 %)
+    assert masked.coverage > 0.1                     # the desk is still there (18 %)
+
+
+def test_render_leaves_out_points_near_the_camera():
+    cloud = PointCloud(torch.tensor([[0.0, 0.0, 0.2], [0.1, 0.0, 0.5]]), torch.tensor([[255, 0, 0], [0, 255, 0]],
+                                                                                      dtype=torch.uint8))
+    camera = PinholeCamera(width=64, height=64, fx=32.0, fy=32.0, cx=31.5, cy=31.5)
+    near = render_points(cloud, camera, torch.eye(4, dtype=torch.float64), point_radius_px=0, min_distance_m=0.0)
+    clipped = render_points(cloud, camera, torch.eye(4, dtype=torch.float64), point_radius_px=0,
+                            min_distance_m=0.35)
+    assert int(near.mask.sum()) == 2 and int(clipped.mask.sum()) == 1
+    assert clipped.rgb[clipped.mask].tolist() == [[0, 255, 0]]
+    assert sorted(near.point_index[near.mask].tolist()) == [0, 1]
+
+
+def test_async_detector_answers_every_frame_in_order_and_resets(seq):
+    done = []
+    worker = AsyncPersonDetector(MediapipePersonDetector(PersonConfig()), capacity=8,
+                                 on_result=lambda s, o, e: done.append((s, o.head is not None, e)))
+    try:
+        stamps = [int(seq[k].stamp_s * 1e9) for k in range(52, 58)]
+        for k, s in zip(range(52, 58), stamps):
+            worker.submit(s, seq[k].rgb)
+        deadline = 60
+        import time
+        start = time.monotonic()
+        while len(done) < len(stamps) and time.monotonic() - start < deadline:
+            time.sleep(0.01)
+        assert [d[0] for d in done] == stamps and all(d[2] is None for d in done)
+        assert sum(d[1] for d in done) >= 4
+        assert all(worker.result_for(s) is not None for s in stamps)
+        worker.reset()
+        assert worker.result_for(stamps[0]) is None
+    finally:
+        worker.close()

@@ -20,6 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from egox_msgs.msg import ClipMetadata, NodeProgress
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -133,6 +134,10 @@ class EgoxNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("egox", **kwargs)
+        # What destroy_node() releases exists from here on: a constructor that fails below (bad parameters, missing
+        # models) leaves a node that rclpy's shutdown still destroys.
+        self._worker: threading.Thread | None = None
+        self.depth_estimator = self.person_detector = None
         configs = {name: declare_config(self, name, cls) for name, cls in parameter_sections().items()}
         self.inputs: InputsConfig = configs["inputs"]
         self.outputs: OutputsConfig = configs["outputs"]
@@ -145,7 +150,10 @@ class EgoxNode(Node):
         self.depth_config = configs["depth"]
         # Depth models load here (a missing or incompatible folder stops the node with a message saying why). A
         # 'topic' source without the topic (inputs.use_depth false) has no depth and no fallback.
-        self.depth_estimator = None
+        self.person_config, self.head_config = configs["person"], configs["head"]
+        if self.inputs.head_source == "exo" and self.person_config.source != "mediapipe":
+            raise ValueError(f"inputs.head_source 'exo' needs person.source 'mediapipe' (the head keypoints come "
+                             f"from it); person.source is {self.person_config.source!r}")
         if self.depth_config.source != "topic" or self.inputs.use_depth:
             self.depth_estimator = make_depth_estimator(self.depth_config, configs["depth_alignment"],
                                                         on_result=self._on_depth_estimate)
@@ -157,10 +165,6 @@ class EgoxNode(Node):
 
         # The demonstrator: person masks (a detector on its own worker, or a mask topic) and, with head_source
         # 'exo', the head pose estimated from the detector's head keypoints.
-        self.person_config, self.head_config = configs["person"], configs["head"]
-        if self.inputs.head_source == "exo" and self.person_config.source != "mediapipe":
-            raise ValueError(f"inputs.head_source 'exo' needs person.source 'mediapipe' (the head keypoints come "
-                             f"from it); person.source is {self.person_config.source!r}")
         detector = make_person_detector(self.person_config)
         self.person_detector = None if detector is None else AsyncPersonDetector(
             detector, capacity=self.sync.max_waiting, on_result=self._on_person)
@@ -798,13 +802,15 @@ class EgoxNode(Node):
         self.pub_diag.publish(array)
 
     def destroy_node(self) -> None:
-        with self._lock:
-            self._running = False
-            self._lock.notify_all()
-            left = len(self._pending) + len(self._queue)
-        if left:
-            self.get_logger().warning(f"shutting down with {left} frame(s) not yet published (waiting or queued)")
-        self._worker.join(timeout=5.0)
+        if self._worker is not None:      # else the constructor failed before the node ran
+            with self._lock:
+                self._running = False
+                self._lock.notify_all()
+                left = len(self._pending) + len(self._queue)
+            if left:
+                self.get_logger().warning(f"shutting down with {left} frame(s) not yet published (waiting or "
+                                          "queued)")
+            self._worker.join(timeout=5.0)
         for worker in (self.depth_estimator, self.person_detector):
             if worker is not None:
                 worker.close()
@@ -817,7 +823,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         try:
             node = EgoxNode()
-        except (ValueError, RuntimeError) as e:   # bad parameters, missing or incompatible depth models
+        except (ValueError, RuntimeError, ParameterException) as e:  # bad parameters, missing or broken models
             rclpy.logging.get_logger("egox").fatal(f"cannot start: {type(e).__name__}: {e}")
             raise SystemExit(2) from e
         # One thread for every callback: they are short (decode, buffer, publish), generation runs on the node's

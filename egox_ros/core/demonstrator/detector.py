@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from egox_ros.core.config import param, validate
 from egox_ros.core.demonstrator.landmarks import PersonObservation
 
-PERSON_SOURCES = ("off", "mediapipe", "topic")
+PERSON_SOURCES = ("none", "mediapipe", "topic")   # not "off": YAML reads that as false
 
 
 @dataclass
@@ -27,7 +27,7 @@ class PersonConfig:
     """The demonstrator's mask in the exo image, and what the prior does with it."""
     source: str = param("mediapipe", "person masks and head keypoints: 'mediapipe' (built-in models, on the exo "
                                      "image), 'topic' (masks on exo/person_mask, mono8, same stamp and size as the "
-                                     "image; no head keypoints) or 'off'", choices=PERSON_SOURCES)
+                                     "image; no head keypoints) or 'none'", choices=PERSON_SOURCES)
     mask_threshold: float = param(0.5, "a pixel is the person where the segmentation score exceeds this", (0.0, 1.0))
     dilate_px: int = param(4, "grow the mask by this many pixels (segmentation edges are soft; depth edges "
                               "around a person smear) [px]", (0, 64))
@@ -55,7 +55,7 @@ class PersonDetector(Protocol):
 
 
 def make_person_detector(config: PersonConfig) -> PersonDetector | None:
-    """The detector for config.source ('mediapipe'), or None ('off', 'topic': nothing to run)."""
+    """The detector for config.source ('mediapipe'), or None ('none', 'topic': nothing to run)."""
     if config.source != "mediapipe":
         return None
     from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector

@@ -42,7 +42,7 @@ def _import_mediapipe():
     except ImportError as e:
         raise RuntimeError("person.source 'mediapipe' needs the mediapipe package: pip install --no-deps "
                            "mediapipe==0.10.21 (see requirements-no-deps.txt; later releases do not bundle their "
-                           f"models); or set person.source to 'topic' or 'off' ({e})") from e
+                           f"models); or set person.source to 'topic' or 'none' ({e})") from e
     return mp
 
 

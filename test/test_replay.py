@@ -12,6 +12,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from conftest import SAMPLE_BAG
 from egox_ros.ros.replay import ReplayError, replay, typestore_with_egox_msgs
+from egox_ros.tools import make_sample_bag as msb
 
 FRAMES = 50  # exo frames in the sample bag
 
@@ -140,3 +141,36 @@ def test_replay_with_depth_from_the_image_alone(tmp_path):
     run = result.metrics["run"]
     assert (run["frames_published"], run["frames_dropped"]) == (FRAMES, 0)
     assert result.metrics["summary"]["mean_coverage"] > 0.1
+
+
+@pytest.mark.skipif(not (msb.DEFAULT_SOURCE / "associations.txt").is_file(), reason="TUM source data not present")
+def test_replay_estimates_the_head_on_a_bag_without_head_tf(tmp_path):
+    # A bag like a real demonstration recording: exo camera, depth and the exo camera's pose, no head tracker.
+    # Frames 40-58 at full resolution; the seated person appears from frame 48 on.
+    bag = tmp_path / "demonstrator"
+    assert msb.main(["-o", str(bag), "--first-frame", "40", "--head-offset", "1", "--scale", "1", "--no-head-tf",
+                     "--max-size-mb", "200"]) == 0
+    result = replay(bag, tmp_path / "out", overrides=["inputs.head_source:=exo"], progress_bar=False)
+    run, summary = result.metrics["run"], result.metrics["summary"]
+    assert run["frames_published"] + run["frames_dropped"] == 19
+    assert set(summary["frames_dropped_by_reason"]) <= {"head_not_visible"}, summary["frames_dropped_by_reason"]
+    assert run["frames_published"] >= 9 and summary["head_frames_estimated"] == run["frames_published"]
+    assert summary["head_frames_evaluated"] == 0         # no reference head TF in this bag
+    assert summary["mean_prior_person_fraction"] == 0.0   # the person is left out of the prior
+    assert run["recorded_messages"]["/egox/person_mask"] >= run["frames_published"]
+    assert result.contact_sheet_path.is_file()
+
+
+def test_report_head_errors_against_a_reference_tf():
+    import numpy as np
+    from egox_ros.core.tf_buffer import TfBufferCore
+    from egox_ros.core.transforms import RigidTransform
+    from egox_ros.ros.replay_report import _head_errors
+    tf = TfBufferCore(cache_time_s=100.0)
+    tf.set_transform("world", "head", 10, RigidTransform(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 0.0, 1.0])))
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    estimate = np.array([[c, 0, s, 1.1], [0, 1, 0, 2.0], [-s, 0, c, 3.0], [0, 0, 0, 1]])   # 10 cm off, 30 deg yaw
+    errors = _head_errors(estimate, tf, "world", "head", 10)
+    assert errors["head_position_error_m"] == pytest.approx(0.1, abs=1e-4)
+    assert errors["head_forward_error_deg"] == pytest.approx(30.0, abs=0.01)
+    assert _head_errors(estimate, tf, "world", "elsewhere", 10) == {}

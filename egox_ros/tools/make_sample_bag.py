@@ -297,15 +297,18 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def build_bag(source: Path, output: Path, head_offset: int = 10, scale: float = 0.5) -> dict:
-    """Write the bag; returns a small summary dict (frames, size_bytes, topics)."""
+def build_bag(source: Path, output: Path, head_offset: int = 10, scale: float = 0.5, first_frame: int = 0,
+              head_tf: bool = True) -> dict:
+    """Write the bag; returns a small summary dict (frames, size_bytes, topics). Exo frames start at first_frame;
+    head_tf False leaves the head out of /tf (a recording without a head tracker: inputs.head_source 'exo')."""
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin
     from rosbags.typesys import Stores, get_typestore
 
     factor = _scale_factor(scale)
     frames = read_associations(source)
-    if not 1 <= head_offset < len(frames):
-        raise ValueError(f"--head-offset must be in 1..{len(frames) - 1}, got {head_offset}")
+    if not 1 <= head_offset < len(frames) - first_frame or first_frame < 0:
+        raise ValueError(f"need 0 <= --first-frame and 1 <= --head-offset < {len(frames)} - --first-frame; got "
+                         f"{first_frame} and {head_offset}")
     gt = read_groundtruth(source)
     poses = [interpolate_pose(f.stamp_ns, gt) for f in frames]
 
@@ -321,7 +324,7 @@ def build_bag(source: Path, output: Path, head_offset: int = 10, scale: float = 
             raise ValueError(f"{frames[j].rgb_path}: size {rgb.shape[1]}x{rgb.shape[0]} != {full_w}x{full_h}")
         return downscale_rgb(rgb, factor)
 
-    rgb_small = [small_rgb(j) for j in range(len(frames))]  # about 14 MB at 320x240
+    rgb_small = {j: small_rgb(j) for j in range(first_frame, len(frames))}  # about 14 MB at 320x240
 
     typestore = get_typestore(Stores.ROS2_KILTED)
     mk = _MessageFactory(typestore)
@@ -335,7 +338,7 @@ def build_bag(source: Path, output: Path, head_offset: int = 10, scale: float = 
     writer.set_custom_data("egox.scale", repr(1.0 / factor))
     with writer:
         conns = {topic: writer.add_connection(topic, msgtype, typestore=typestore) for topic, msgtype in TOPICS}
-        for i in range(n_exo):
+        for i in range(first_frame, n_exo):
             j = i + head_offset
             stamp = frames[i].stamp_ns
             exo_t, exo_q = poses[i]
@@ -345,10 +348,8 @@ def build_bag(source: Path, output: Path, head_offset: int = 10, scale: float = 
                 raise ValueError(f"{frames[i].depth_path}: depth size does not match the colour image")
             msgs = {
                 TOPIC_TF: mk.tf(
-                    [
-                        mk.transform(stamp, WORLD_FRAME, EXO_FRAME, exo_t, exo_q),
-                        mk.transform(stamp, WORLD_FRAME, HEAD_FRAME, head_t, head_q),
-                    ]
+                    [mk.transform(stamp, WORLD_FRAME, EXO_FRAME, exo_t, exo_q)]
+                    + ([mk.transform(stamp, WORLD_FRAME, HEAD_FRAME, head_t, head_q)] if head_tf else [])
                 ),
                 TOPIC_EXO_INFO: mk.camera_info(stamp, EXO_FRAME, intr),
                 TOPIC_EXO_DEPTH: mk.image(stamp, EXO_FRAME, depth_mm, "16UC1"),
@@ -358,7 +359,7 @@ def build_bag(source: Path, output: Path, head_offset: int = 10, scale: float = 
             }
             for topic, _ in TOPICS:
                 writer.write(conns[topic], stamp, mk.serialize(msgs[topic]))
-    return {"frames": n_exo, "size_bytes": dir_size(output), "topics": [t for t, _ in TOPICS]}
+    return {"frames": n_exo - first_frame, "size_bytes": dir_size(output), "topics": [t for t, _ in TOPICS]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -370,6 +371,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="bag directory to write (default: %(default)s)")
     p.add_argument("--head-offset", type=int, default=10, help="head pose = camera pose this many frames later (default: 10)")
     p.add_argument("--scale", type=float, default=0.5, help="image scale, 1/n for integer n (default: 0.5)")
+    p.add_argument("--first-frame", type=int, default=0, help="first exo frame (default: 0; the seated person is "
+                                                              "in frames 48-59)")
+    p.add_argument("--no-head-tf", action="store_true", help="leave the head out of /tf (for inputs.head_source "
+                                                             "'exo')")
     p.add_argument("--force", action="store_true", help="overwrite an existing output bag")
     p.add_argument("--max-size-mb", type=float, default=20.0, help="fail if the bag is larger (default: 20)")
     return p.parse_args(argv)
@@ -388,7 +393,8 @@ def main(argv=None) -> int:
                 return 1
             _remove_existing_bag(output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        summary = build_bag(source, output, head_offset=args.head_offset, scale=args.scale)
+        summary = build_bag(source, output, head_offset=args.head_offset, scale=args.scale,
+                            first_frame=args.first_frame, head_tf=not args.no_head_tf)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,46 +25,63 @@ PARAMS = {"inputs.head_source": "exo", "person.source": "mediapipe", "sync.timeo
           "head.hold_s": 0.2, "fusion.window_frames": 2}
 
 
-def test_node_estimates_the_head_from_the_exo_camera_alone(peer, tmp_path):
-    seq = tum.TumSequence("fr1_rpy_60")
-    node = NodeProcess(tmp_path, params=PARAMS)
-    try:
-        pub_image, pub_info = peer.publisher(Image, "/exo/image_raw"), peer.publisher(CameraInfo, "/exo/camera_info")
-        pub_depth, pub_tf = peer.publisher(Image, "/exo/depth/image_raw"), peer.publisher(TFMessage, "/tf")
-        subs = [peer.collect(ClipMetadata, "/ego/clip_metadata"), peer.collect(Image, "/egox/person_mask"),
-                peer.collect(PoseWithCovarianceStamped, "/egox/head_pose"), peer.collect(Image, "/ego/image_raw")]
+class TumRig:
+    """Publishes real TUM fr1_rpy frames (image, camera info, 16UC1 depth, exo TF; never a head TF) to a running
+    node and reads each frame's outcome from its clip metadata."""
+
+    def __init__(self, peer, node: NodeProcess, mask=False):
+        self.peer, self.node, self.seq = peer, node, tum.TumSequence("fr1_rpy_60")
+        self.pub_image = peer.publisher(Image, "/exo/image_raw")
+        self.pub_info = peer.publisher(CameraInfo, "/exo/camera_info")
+        self.pub_depth, self.pub_tf = peer.publisher(Image, "/exo/depth/image_raw"), peer.publisher(TFMessage, "/tf")
+        self.pub_mask = peer.publisher(Image, "/exo/person_mask") if mask else None
+        subs = [peer.collect(ClipMetadata, "/ego/clip_metadata"), peer.collect(Image, "/ego/image_raw")]
+        if not mask:
+            subs += [peer.collect(Image, "/egox/person_mask"), peer.collect(PoseWithCovarianceStamped,
+                                                                               "/egox/head_pose")]
         peer.collect(TFMessage, "/tf")
-        pubs = [pub_image, pub_info, pub_depth, pub_tf]
-        wait_until(lambda: node.proc.poll() is not None or (all(p.get_subscription_count() for p in pubs)
+        self.pubs = [p for p in (self.pub_image, self.pub_info, self.pub_depth, self.pub_tf, self.pub_mask) if p]
+        wait_until(lambda: node.proc.poll() is not None or (all(p.get_subscription_count() for p in self.pubs)
                                                             and all(s.get_publisher_count() for s in subs)),
                    60, "the node to match every input and output")
         assert node.proc.poll() is None, node.log()
 
-        def send(k: int) -> int:
-            frame = seq[k]
-            ns = int(round(frame.stamp_s * 1e9))
-            stamp = conv.ns_to_stamp(ns)
-            pub_info.publish(conv.camera_to_camera_info(seq.camera, stamp, "exo_optical"))
-            pub_tf.publish(TFMessage(transforms=[conv.rigid_to_transform_stamped(
-                RigidTransform.from_matrix(frame.world_T_camera), "world", "exo_optical", stamp)]))
-            depth_mm = np.nan_to_num(frame.depth_m * 1000.0, nan=0.0).round().astype(np.uint16)
-            pub_depth.publish(conv.array_to_image(depth_mm, "16UC1", stamp, "exo_optical"))
-            pub_image.publish(conv.array_to_image(frame.rgb, "rgb8", stamp, "exo_optical"))
-            return ns
+    def send(self, k: int, mask: np.ndarray | None = None) -> int:
+        frame = self.seq[k]
+        ns = int(round(frame.stamp_s * 1e9))
+        stamp = conv.ns_to_stamp(ns)
+        self.pub_info.publish(conv.camera_to_camera_info(self.seq.camera, stamp, "exo_optical"))
+        self.pub_tf.publish(TFMessage(transforms=[conv.rigid_to_transform_stamped(
+            RigidTransform.from_matrix(frame.world_T_camera), "world", "exo_optical", stamp)]))
+        depth_mm = np.nan_to_num(frame.depth_m * 1000.0, nan=0.0).round().astype(np.uint16)
+        self.pub_depth.publish(conv.array_to_image(depth_mm, "16UC1", stamp, "exo_optical"))
+        if mask is not None:
+            self.pub_mask.publish(conv.array_to_image(mask.astype(np.uint8) * 255, "mono8", stamp, "exo_optical"))
+        self.pub_image.publish(conv.array_to_image(frame.rgb, "rgb8", stamp, "exo_optical"))
+        return ns
 
-        def outcome(ns):
-            return next((m for m in peer.messages("/ego/clip_metadata")
-                         if any(conv.stamp_to_ns(s) == ns for s in m.source_stamps)), None)
-        # Warm-up with frames nobody is in (30, 31, ...) until one's outcome comes back: both directions matched.
+    def outcome(self, ns: int):
+        return next((m for m in self.peer.messages("/ego/clip_metadata")
+                     if any(conv.stamp_to_ns(s) == ns for s in m.source_stamps)), None)
+
+    def warm_up(self, mask: np.ndarray | None = None):
+        """Frames 30, 31, ... until one's outcome comes back: both directions have matched; returns it."""
         for k in range(30, 44):
-            warm = send(k)
-            if wait_until(lambda: outcome(warm), 5, "", raise_on_timeout=False):
+            ns = self.send(k, mask)
+            if wait_until(lambda: self.outcome(ns), 5, "", raise_on_timeout=False):
                 break
-        assert outcome(warm) is not None, node.log()
-        for pub in pubs:
+        assert self.outcome(ns) is not None, self.node.log()
+        for pub in self.pubs:
             assert pub.wait_for_all_acked(Duration(seconds=10))
-        assert "head_not_visible" in outcome(warm).reason
+        return self.outcome(ns)
 
+
+def test_node_estimates_the_head_from_the_exo_camera_alone(peer, tmp_path):
+    node = NodeProcess(tmp_path, params=PARAMS)
+    try:
+        rig = TumRig(peer, node)
+        send, outcome = rig.send, rig.outcome
+        assert "head_not_visible" in rig.warm_up().reason     # nobody in frames 30-43
         stamps = {}
         for k in range(44, 60):
             stamps[k] = send(k)
@@ -102,6 +119,31 @@ def test_node_estimates_the_head_from_the_exo_camera_alone(peer, tmp_path):
         mask = np.frombuffer(bytes(masks[stamps[ok[-1]]].data), np.uint8).reshape(480, 640)
         assert 0.01 < (mask > 0).mean() < 0.25
         assert all(list(results[k].prior_person_fraction) == [0.0] for k in ok)
+    finally:
+        node.stop()
+
+
+def test_person_masks_from_a_topic_keep_their_pixels_out_of_the_prior(peer, tmp_path):
+    # The head is the exo camera itself (inputs.head_frame), so the prior is the exo view re-rendered.
+    node = NodeProcess(tmp_path, params={"person.source": "topic", "sync.timeout_s": 2.0,
+                                         "inputs.head_frame": "exo_optical", "qos.input_reliability": "reliable",
+                                         "qos.input_depth": 100, "fusion.window_frames": 1})
+    try:
+        rig = TumRig(peer, node, mask=True)
+        none = np.zeros((480, 640), bool)
+        assert rig.warm_up(none).status == ClipMetadata.STATUS_OK
+        clear = rig.send(44, none)
+        left_half = none.copy()
+        left_half[:, :320] = True
+        half = rig.send(45, left_half)
+        everything = rig.send(46, ~none)
+        missing = rig.send(47)                                 # no mask: waits sync.timeout_s, then dropped
+        for ns in (clear, half, everything, missing):
+            wait_until(lambda: rig.outcome(ns), 30, "the frame's outcome")
+        coverage = {ns: rig.outcome(ns).prior_coverage[0] for ns in (clear, half, everything)}
+        assert coverage[clear] > 0.15 and coverage[everything] == 0.0   # the exo view fills 22 % of the wider ego view
+        assert 0.1 * coverage[clear] < coverage[half] < 0.8 * coverage[clear]   # measured about half
+        assert "person_mask_missing" in rig.outcome(missing).reason
     finally:
         node.stop()
 

@@ -21,6 +21,9 @@ BENCHMARKS = {
              "video + alignment) at 640x480 on real TUM frames; real checkpoints from EGOX_BENCH_DEPTH_MODELS",
     "generator": "the whole EgoX sampling loop: tiny checkpoint on CPU; with --device cuda a full-size random "
                  "transformer at the released canvas, seconds per step and peak GPU memory per offload mode",
+    "demonstrator": "person detector and head pose on real TUM frames (640x480): time per frame, detection rate, "
+                    "head jitter in the world, frames/s of the whole prior path (sequential, pipelined, with a "
+                    "competing process); --write-docs also draws docs/demonstrator.png",
 }
 
 
@@ -32,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--quick", action="store_true", help="fewer cases and repeats: a smoke run")
         p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
         p.add_argument("--write-docs", action="store_true", help=f"replace this benchmark's section of {DOCS}")
+        if name == "demonstrator":
+            p.add_argument("--frames", type=int, default=None,
+                           help="frames of each prior-path run (frames 48-59 repeated; default 48, --quick 12)")
 
 
 def update_docs_section(name: str, body: str, path: Path = DOCS) -> None:
@@ -52,11 +58,14 @@ def run(args: argparse.Namespace) -> int:
     bench = importlib.import_module(f"egox_ros.bench.{args.bench}")
     bar = None if args.json else tqdm(desc=f"bench {args.bench}", unit="case", file=sys.stderr)
     progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
-    result = bench.run_all(quick=args.quick, device=args.device, progress=progress)
+    extra = {"frames": args.frames} if getattr(args, "frames", None) else {}
+    result = bench.run_all(quick=args.quick, device=args.device, progress=progress, **extra)
     if bar is not None:
         bar.close()
     print(json.dumps(result, indent=None if args.json else 1))
     if args.write_docs:
         update_docs_section(args.bench, bench.markdown(result))
+        if hasattr(bench, "write_figure"):
+            print(f"wrote {bench.write_figure()}", file=sys.stderr)
         print(f"updated {DOCS}", file=sys.stderr)
     return 0

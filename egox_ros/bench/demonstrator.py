@@ -1,0 +1,441 @@
+"""`egox bench demonstrator`: the demonstrator's cost and steadiness on real TUM RGB-D frames (fr1_rpy, 640x480).
+
+Frames 48-59 show a seated person about 2 m away (he sits still while the camera rotates by about 30 degrees);
+frames 9-47 show no one (0-8 show part of another person at the top edge). Measured on this machine:
+
+1. the MediaPipe detector's time per frame, on person frames (streamed in order, so it tracks) and empty ones;
+2. the head pose's time per frame: ``measure_head`` with and without depth, ``HeadTracker.update``;
+3. detection rate on the person frames and false positives on the empty ones;
+4. how still the head stays in the world (std per axis of the world positions, raw and filtered; with depth and
+   PnP-only): the person does not move, so this is the jitter;
+5. frames/s of the whole prior path (detect, head pose, tracker, prior of a 4-frame window rendered from the
+   estimated head at 448x448), sequential and pipelined (detector on a worker thread as the node runs it), also
+   with one competing busy process on the machine.
+
+With --write-docs also docs/demonstrator.png: masks, keypoints and head directions on person frames, and the
+prior seen from the demonstrator's own (pitched-down) head without and with the person masks.
+"""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from egox_ros.bench.common import machine_info
+
+SECTION = "demonstrator"
+PERSON_FRAMES = tuple(range(48, 60))
+EMPTY_FRAMES = tuple(range(9, 48))       # frames 0-8 show part of another person at the top edge
+EMPTY_TIMED_FROM = 20                    # detector times of empty frames: 20-47
+TARGET_FPS = 15.0
+BUSY_LIMIT_S = 300                       # the competing process ends itself after this, whatever happens
+FIGURE = Path(__file__).resolve().parents[2] / "docs" / "demonstrator.png"
+FIGURE_FRAMES = (48, 53, 58)
+PRIOR_FRAME = 55
+
+
+def _stats(values_ms: list[float]) -> dict:
+    v = np.asarray(values_ms, np.float64)
+    if v.size == 0:
+        return {"n": 0, "median_ms": None, "p90_ms": None}
+    return {"n": int(v.size), "median_ms": round(float(np.median(v)), 3),
+            "p90_ms": round(float(np.percentile(v, 90)), 3)}
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def _detector():
+    from egox_ros.core.demonstrator.detector import PersonConfig
+    from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
+    return MediapipePersonDetector(PersonConfig())
+
+
+def _warm(detector, rgb: np.ndarray) -> None:
+    """First calls build MediaPipe's graphs; done before timing, then tracking is forgotten."""
+    detector.detect(rgb)
+    detector.reset()
+
+
+def _std(points: list[np.ndarray]) -> list[float] | None:
+    return [round(float(s), 4) for s in np.std(np.asarray(points), axis=0)] if len(points) >= 2 else None
+
+
+def _detect_and_head(seq, empty_frames: tuple[int, ...], repeats: int) -> tuple[dict, dict]:
+    """Sections 1-4. Returns (result, person observations by frame)."""
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
+    from egox_ros.core.demonstrator.head_tracker import HeadTracker
+    config = HeadPoseConfig()
+    detector = _detector()
+    try:
+        _warm(detector, seq[PERSON_FRAMES[0]].rgb)
+        person_ms, observations = [], {}
+        for k in PERSON_FRAMES:
+            observations[k], ms = _timed(detector.detect, seq[k].rgb)
+            person_ms.append(ms)
+        detector.reset()
+        empty_ms, false_positives = [], []
+        for k in empty_frames:
+            obs, ms = _timed(detector.detect, seq[k].rgb)
+            if k >= EMPTY_TIMED_FROM:
+                empty_ms.append(ms)
+            if obs.found:
+                false_positives.append(k)
+    finally:
+        detector.close()
+    found = [k for k in PERSON_FRAMES if observations[k].head is not None]
+
+    depth_ms, pnp_ms, tracker_ms = [], [], []
+    raw = {"depth": [], "pnp": []}
+    filtered = {"depth": [], "pnp": []}
+    trackers = {"depth": HeadTracker(config), "pnp": HeadTracker(config)}
+    sources = {"depth": [], "pnp": []}
+    for k in PERSON_FRAMES:
+        obs, frame = observations[k], seq[k]
+        stamp_ns = int(round(frame.stamp_s * 1e9))
+        measured = {"depth": None, "pnp": None}
+        if obs.head is not None:
+            for _ in range(repeats):
+                measured["depth"], ms = _timed(measure_head, obs.head, seq.camera, frame.depth_m, config, obs.mask)
+                depth_ms.append(ms)
+                measured["pnp"], ms = _timed(measure_head, obs.head, seq.camera, None, config, obs.mask)
+                pnp_ms.append(ms)
+        for kind in ("depth", "pnp"):
+            m = measured[kind]
+            if m is not None:
+                raw[kind].append((frame.world_T_camera @ m.exo_T_head)[:3, 3])
+                sources[kind].append(m.position_source)
+            est, ms = _timed(trackers[kind].update, stamp_ns, m, frame.world_T_camera)
+            if kind == "depth":
+                tracker_ms.append(ms)
+            if est is not None and est.state == "measured":
+                filtered[kind].append(est.world_T_head[:3, 3])
+    result = {
+        "detector": {"person_frames": _stats(person_ms), "empty_frames": _stats(empty_ms),
+                     "person_frame_range": [PERSON_FRAMES[0], PERSON_FRAMES[-1]],
+                     "empty_timed_frames": [EMPTY_TIMED_FROM, empty_frames[-1]]},
+        "head_pose_ms": {"measure_head_depth": _stats(depth_ms)["median_ms"],
+                         "measure_head_pnp": _stats(pnp_ms)["median_ms"],
+                         "tracker_update": _stats(tracker_ms)["median_ms"]},
+        "detection": {"person_frames": len(PERSON_FRAMES), "head_found": len(found),
+                      "rate": round(len(found) / len(PERSON_FRAMES), 3),
+                      "face_mesh_frames": sum(observations[k].head.source == "face_mesh" for k in found),
+                      "empty_frames_checked": len(empty_frames), "false_positive_frames": false_positives},
+        "stability": {
+            "note": "std per axis (world x, y, z) [m] of the head position over the person frames; he sits still "
+                    "while the camera rotates, so this is jitter",
+            "depth_raw_std_m": _std(raw["depth"]), "depth_filtered_std_m": _std(filtered["depth"]),
+            "pnp_raw_std_m": _std(raw["pnp"]), "pnp_filtered_std_m": _std(filtered["pnp"]),
+            "depth_position_source": sorted(set(sources["depth"])), "measurements": len(raw["depth"]),
+            "mean_world_position_m": [round(float(v), 3) for v in np.mean(raw["depth"], axis=0)]
+            if raw["depth"] else None},
+    }
+    return result, observations
+
+
+class _Stream:
+    """Frames 48-59 repeated to `count`, with increasing stamps at the sequence's frame rate."""
+
+    def __init__(self, seq, count: int):
+        frames = [seq[k] for k in PERSON_FRAMES]
+        dt_s = (frames[-1].stamp_s - frames[0].stamp_s) / (len(frames) - 1)
+        self.items = [(int(round((frames[0].stamp_s + i * dt_s) * 1e9)), frames[i % len(frames)])
+                      for i in range(count)]
+
+
+def _prior_path(seq, stream: _Stream, pipelined: bool) -> dict:
+    """Frames/s of detect + measure_head + tracker + PriorRenderer.render (4-frame window, 448x448 ego)."""
+    from egox_ros.core.config import EgoCameraConfig, PriorConfig
+    from egox_ros.core.demonstrator.detector import AsyncPersonDetector
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
+    from egox_ros.core.demonstrator.head_tracker import HeadTracker
+    from egox_ros.core.frames import ExoFrame
+    from egox_ros.core.fusion import FusionConfig
+    from egox_ros.core.pipeline import PriorRenderer, ego_camera_from_config
+    fusion_config, head_config = FusionConfig(), HeadPoseConfig()
+    ego = ego_camera_from_config(EgoCameraConfig())
+
+    def fresh():
+        return (PriorRenderer(PriorConfig(), fusion_config, ego), HeadTracker(head_config),
+                deque(maxlen=fusion_config.window_frames))
+
+    def after_detect(stamp_ns, frame, obs, tracker, window, renderer, times):
+        t0 = time.perf_counter()
+        m = measure_head(obs.head, seq.camera, frame.depth_m, head_config, obs.mask) if obs.head else None
+        est = tracker.update(stamp_ns, m, frame.world_T_camera)
+        t1 = time.perf_counter()
+        exo = ExoFrame(stamp_ns=stamp_ns, rgb=frame.rgb, depth_m=frame.depth_m, camera=seq.camera,
+                       world_T_exo=frame.world_T_camera,
+                       world_T_ego=est.world_T_head if est is not None else frame.world_T_camera,
+                       exo_frame_id="exo", person_mask=obs.mask)
+        window.append(exo)
+        prior = renderer.render(exo, list(window))
+        t2 = time.perf_counter()
+        times["head"].append((t1 - t0) * 1e3)
+        times["render"].append((t2 - t1) * 1e3)
+        return est is not None and prior.coverage > 0
+
+    detector = _detector()
+    warm_frame = stream.items[0][1]
+    _warm(detector, warm_frame.rgb)
+    renderer, tracker, window = fresh()                  # warm the renderer too, then start over
+    after_detect(1, warm_frame, detector.detect(warm_frame.rgb), tracker, window, renderer,
+                 {"head": [], "render": []})
+    detector.reset()
+    renderer, tracker, window = fresh()
+    times = {"detect": [], "head": [], "render": []}
+    rendered = 0
+    if not pipelined:
+        try:
+            t_start = time.perf_counter()
+            for stamp_ns, frame in stream.items:
+                obs, ms = _timed(detector.detect, frame.rgb)
+                times["detect"].append(ms)
+                rendered += after_detect(stamp_ns, frame, obs, tracker, window, renderer, times)
+            wall_s = time.perf_counter() - t_start
+        finally:
+            detector.close()
+    else:
+        done = threading.Condition()
+        results: dict[int, object] = {}
+
+        def on_result(stamp_ns, obs, error):
+            with done:
+                results[stamp_ns] = obs
+                done.notify_all()
+        worker = AsyncPersonDetector(detector, capacity=len(stream.items) + 1, on_result=on_result)
+        try:
+            t_start = time.perf_counter()
+            worker.submit(*_submission(stream.items[0]))
+            for i, (stamp_ns, frame) in enumerate(stream.items):
+                with done:
+                    if not done.wait_for(lambda: stamp_ns in results, timeout=60.0):
+                        raise RuntimeError("the person detector did not answer within 60 s")
+                    obs = results.pop(stamp_ns)
+                if i + 1 < len(stream.items):     # the worker detects the next frame while this one renders
+                    worker.submit(*_submission(stream.items[i + 1]))
+                rendered += after_detect(stamp_ns, frame, obs, tracker, window, renderer, times)
+            wall_s = time.perf_counter() - t_start
+            times["detect"].append(float(worker.stats()["detector_ms"]))
+        finally:
+            worker.close()
+    n = len(stream.items)
+    return {"mode": "pipelined" if pipelined else "sequential", "frames": n, "rendered_with_head": rendered,
+            "fps": round(n / wall_s, 2), "ms_per_frame": round(wall_s / n * 1e3, 2),
+            "detect_median_ms": round(statistics.median(times["detect"]), 2),
+            "head_median_ms": round(statistics.median(times["head"]), 2),
+            "render_median_ms": round(statistics.median(times["render"]), 2),
+            "meets_target": n / wall_s >= TARGET_FPS}
+
+
+def _submission(item):
+    stamp_ns, frame = item
+    return stamp_ns, frame.rgb
+
+
+def _busy_process() -> subprocess.Popen:
+    """One competing process: a pure-Python loop on one core, ending itself after BUSY_LIMIT_S."""
+    code = f"import time\nend = time.monotonic() + {BUSY_LIMIT_S}\nx = 0\nwhile time.monotonic() < end:\n    x += 1\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def run_all(quick: bool = False, device: str = "cpu", progress=None, frames: int | None = None) -> dict:
+    """frames: frames of the prior-path runs (default 48; quick 12). device is ignored: MediaPipe runs on CPU."""
+    from egox_ros.tools.tum import TumSequence
+    seq = TumSequence("fr1_rpy_60")
+    count = frames or (12 if quick else 48)
+    empty = EMPTY_FRAMES[::3] if quick else EMPTY_FRAMES
+    machine = machine_info()
+    import mediapipe
+    machine["versions"]["mediapipe"] = mediapipe.__version__
+    result = {"benchmark": SECTION, "quick": quick, "machine": machine, "device": "cpu",
+              "frames": "TUM RGB-D fr1_rpy (640x480); person: frames 48-59; empty: frames 9-47",
+              "target_fps": TARGET_FPS}
+    measured, _ = _detect_and_head(seq, empty, repeats=2 if quick else 5)
+    result.update(measured)
+    if progress:
+        progress("detector and head pose")
+    stream = _Stream(seq, count)
+    rows = []
+    for busy in (False, True):
+        proc = _busy_process() if busy else None
+        try:
+            if proc is not None:
+                time.sleep(0.2)
+            for pipelined in (False, True):
+                row = _prior_path(seq, stream, pipelined)
+                row["competing_busy_process"] = busy
+                rows.append(row)
+                if progress:
+                    progress(f"{row['mode']}{' + busy' if busy else ''}")
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=10)
+    result["prior_path"] = {"ego": "448x448 pinhole (EgoCameraConfig defaults)", "window_frames": 4,
+                            "frames_streamed": f"48-59 repeated to {count}", "rows": rows}
+    return result
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
+def _mm(std_m) -> str:
+    return "-" if std_m is None else " / ".join(f"{1e3 * s:.1f}" for s in std_m)
+
+
+def markdown(result: dict) -> str:
+    m, d, h = result["machine"], result["detector"], result["head_pose_ms"]
+    det, st, rows = result["detection"], result["stability"], result["prior_path"]["rows"]
+    row = {(r["mode"], r["competing_busy_process"]): r for r in rows}
+    lines = [f"Run {m['date']} on {m['cpu']} ({m['cpu_cores']} cores), GPU: {m['gpu'] or 'none'}; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k in
+                         ("python", "mediapipe", "torch", "numpy", "open3d"))
+             + (" (quick run)" if result["quick"] else ""), "", f"Frames: {result['frames']}.", "",
+             "| detector (MediapipePersonDetector.detect) | frames | median ms | p90 ms |", "|---|---|---|---|",
+             f"| with a person (48-59, streamed: tracked) | {d['person_frames']['n']} | "
+             f"{_fmt(d['person_frames']['median_ms'])} | {_fmt(d['person_frames']['p90_ms'])} |",
+             f"| without a person ({'-'.join(map(str, d['empty_timed_frames']))}) | {d['empty_frames']['n']} | "
+             f"{_fmt(d['empty_frames']['median_ms'])} | {_fmt(d['empty_frames']['p90_ms'])} |", "",
+             "| head pose step | median ms |", "|---|---|",
+             f"| measure_head with depth | {_fmt(h['measure_head_depth'])} |",
+             f"| measure_head without depth (PnP) | {_fmt(h['measure_head_pnp'])} |",
+             f"| HeadTracker.update | {_fmt(h['tracker_update'])} |", "",
+             f"Detection: head found in {det['head_found']} of {det['person_frames']} person frames "
+             f"({det['face_mesh_frames']} with the face mesh); false positives in "
+             f"{len(det['false_positive_frames'])} of {det['empty_frames_checked']} empty frames"
+             + (f" (frames {det['false_positive_frames']})" if det["false_positive_frames"] else "") + ".", "",
+             "| head position in the world, std x / y / z [mm] | raw measurements | tracker output |",
+             "|---|---|---|",
+             f"| with depth | {_mm(st['depth_raw_std_m'])} | {_mm(st['depth_filtered_std_m'])} |",
+             f"| PnP only (no depth) | {_mm(st['pnp_raw_std_m'])} | {_mm(st['pnp_filtered_std_m'])} |", "",
+             f"Prior path per frame (detect + measure_head + tracker + render of a {result['prior_path']['window_frames']}"
+             f"-frame window at {result['prior_path']['ego']}), frames {result['prior_path']['frames_streamed']}; "
+             f"target {result['target_fps']:g} frames/s:", "",
+             "| mode | competing busy process | frames/s | ms per frame | detect ms | head ms | render ms | "
+             "meets target |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {'yes' if r['competing_busy_process'] else 'no'} | {r['fps']} | "
+                     f"{r['ms_per_frame']} | {r['detect_median_ms']} | {r['head_median_ms']} | "
+                     f"{r['render_median_ms']} | {'yes' if r['meets_target'] else 'no'} |")
+    seq_r, pipe_r = row[("sequential", False)], row[("pipelined", False)]
+    busy_r = row[("pipelined", True)]
+    lines += ["", f"Reading it: the detector dominates ({_fmt(d['person_frames']['median_ms'])} ms median with a "
+                  f"person, {_fmt(d['empty_frames']['median_ms'])} ms without); the head pose costs "
+                  f"{_fmt(h['measure_head_depth'])} ms and the tracker {_fmt(h['tracker_update'])} ms. Sequentially "
+                  f"the path runs at {seq_r['fps']} frames/s; with the detector on its worker thread (as the node "
+                  f"runs it) at {pipe_r['fps']} frames/s, and at {busy_r['fps']} frames/s with one busy process "
+                  f"competing for the {m['cpu_cores']} cores. The target of {result['target_fps']:g} frames/s is "
+                  + ("met" if pipe_r["meets_target"] else "not met") + " pipelined on an idle machine"
+                  + (" and " + ("met" if busy_r["meets_target"] else "not met") + " with the competing process.")
+                  + f" The person's head stays within {_mm(st['depth_raw_std_m'])} mm (std) in the world with "
+                  f"depth, {_mm(st['pnp_raw_std_m'])} mm from PnP alone, while the camera turns.",
+              "", "![masks, head keypoints and directions; the prior from the demonstrator's head](demonstrator.png)"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- figure
+
+def _label(image, text: str):
+    from PIL import ImageDraw
+    draw = ImageDraw.Draw(image)
+    w = int(draw.textlength(text)) + 10
+    draw.rectangle((0, 0, w, 18), fill=(0, 0, 0))
+    draw.text((5, 3), text, fill=(255, 255, 255))
+    return image
+
+
+def _exo_panel(seq, k: int, obs, measurement):
+    import torch
+    from PIL import Image, ImageDraw
+    rgb = seq[k].rgb.astype(np.float32)
+    if obs.mask is not None:
+        green = np.array([40, 220, 60], np.float32)
+        rgb[obs.mask] = 0.55 * rgb[obs.mask] + 0.45 * green
+    image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    if obs.head is not None:
+        for name, colour in (("left_eye", (255, 60, 60)), ("right_eye", (60, 140, 255)), ("nose", (255, 220, 0))):
+            (u, v), _ = obs.head.get(name)
+            draw.ellipse((u - 3, v - 3, u + 3, v + 3), fill=colour, outline=(0, 0, 0))
+    if measurement is not None:
+        t = measurement.exo_T_head
+        points = torch.from_numpy(np.stack([t[:3, 3], t[:3, 3] + 0.3 * t[:3, 2]]))
+        uv, valid = seq.camera.project(points)
+        if bool(valid.all()):
+            (u0, v0), (u1, v1) = uv.tolist()
+            draw.line((u0, v0, u1, v1), fill=(255, 0, 255), width=3)
+            a = np.arctan2(v1 - v0, u1 - u0)
+            for da in (2.6, -2.6):
+                draw.line((u1, v1, u1 + 10 * np.cos(a + da), v1 + 10 * np.sin(a + da)), fill=(255, 0, 255), width=3)
+    return image
+
+
+def write_figure(path: Path = FIGURE) -> Path:
+    """docs/demonstrator.png: exo frames with mask, keypoints and head direction; the prior from the head."""
+    from PIL import Image
+
+    from egox_ros.core.config import EgoCameraConfig, PriorConfig
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
+    from egox_ros.core.frames import ExoFrame
+    from egox_ros.core.fusion import FusionConfig
+    from egox_ros.core.pipeline import PriorRenderer, ego_camera_from_config
+    from egox_ros.tools.tum import TumSequence
+    seq = TumSequence("fr1_rpy_60")
+    detector = _detector()
+    try:
+        observations = {k: detector.detect(seq[k].rgb) for k in PERSON_FRAMES}
+    finally:
+        detector.close()
+    config = HeadPoseConfig()
+    measured = {k: measure_head(o.head, seq.camera, seq[k].depth_m, config, o.mask) if o.head else None
+                for k, o in observations.items()}
+    panels = [_exo_panel(seq, k, observations[k], measured[k]) for k in FIGURE_FRAMES]
+
+    k = PRIOR_FRAME if measured[PRIOR_FRAME] is not None else next(j for j in PERSON_FRAMES if measured[j])
+    frame, obs = seq[k], observations[k]
+    c, s = np.cos(np.radians(-45)), np.sin(np.radians(-45))
+    pitch_down = np.array([[1, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0], [0, 0, 0, 1.0]])
+    world_T_head = frame.world_T_camera @ measured[k].exo_T_head @ pitch_down
+    ego = ego_camera_from_config(EgoCameraConfig())
+
+    def prior(prior_config, mask):
+        exo = ExoFrame(stamp_ns=1, rgb=frame.rgb, depth_m=frame.depth_m, camera=seq.camera,
+                       world_T_exo=frame.world_T_camera, world_T_ego=world_T_head, exo_frame_id="exo",
+                       person_mask=mask)
+        p = PriorRenderer(prior_config, FusionConfig(), ego).render(exo, [exo])
+        return np.where(p.mask[..., None], p.rgb, np.uint8(40))
+    priors = [Image.fromarray(prior(PriorConfig(min_distance_m=0.0), None)),
+              Image.fromarray(prior(PriorConfig(), obs.mask))]
+    prior_labels = [f"prior from his own head (frame {k}, 45 deg down): no masks, min_distance 0",
+                    "same view, defaults: person masked, min_distance 0.35 m"]
+
+    scale, pad = 0.6, 6
+    tiles = [_label(p.resize((int(p.width * scale), int(p.height * scale)), Image.BILINEAR),
+                    f"frame {k}: mask, eyes, nose, head forward 0.3 m") for p, k in zip(panels, FIGURE_FRAMES)]
+    ptiles = [_label(p.resize((int(p.width * 0.75), int(p.height * 0.75)), Image.BILINEAR), text)
+              for p, text in zip(priors, prior_labels)]
+    width = max(sum(t.width for t in tiles), sum(t.width for t in ptiles)) + pad * 4
+    height = tiles[0].height + ptiles[0].height + pad * 3
+    sheet = Image.new("RGB", (width, height), (32, 32, 32))
+    x = pad
+    for t in tiles:
+        sheet.paste(t, (x, pad))
+        x += t.width + pad
+    x = pad
+    for t in ptiles:
+        sheet.paste(t, (x, tiles[0].height + 2 * pad))
+        x += t.width + pad
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+    return path

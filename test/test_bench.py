@@ -112,3 +112,23 @@ def test_depth_bench_times_every_source_at_640x480():
     assert kinds["tiny depth_anything_metric"] == "metric" and kinds["tiny depth_anything_relative"] == \
         "relative_inverse"
     assert depth.REAL_MODELS_ENV in depth.markdown(result)
+
+
+def test_demonstrator_bench_times_detector_head_pose_and_prior_path_on_real_frames():
+    try:
+        tum.tum_root()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    pytest.importorskip("mediapipe")
+    from egox_ros.bench import demonstrator
+    result = demonstrator.run_all(quick=True, frames=4)
+    assert result["machine"]["versions"]["mediapipe"] and result["machine"]["cpu_cores"] >= 1
+    assert result["detector"]["person_frames"]["n"] == 12 and result["detector"]["person_frames"]["median_ms"] > 0
+    assert result["detector"]["empty_frames"]["p90_ms"] > 0
+    assert all(v > 0 for v in result["head_pose_ms"].values())
+    assert result["detection"]["head_found"] >= 10 and not result["detection"]["false_positive_frames"]
+    assert all(0 < s < 0.05 for s in result["stability"]["depth_raw_std_m"])   # he sits still; depth pins him
+    rows = {(r["mode"], r["competing_busy_process"]): r for r in result["prior_path"]["rows"]}
+    assert set(rows) == {(m, b) for m in ("sequential", "pipelined") for b in (False, True)}
+    assert all(r["frames"] == 4 and r["fps"] > 0 and r["rendered_with_head"] == 4 for r in rows.values())
+    assert "| pipelined | yes |" in demonstrator.markdown(result)

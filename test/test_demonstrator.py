@@ -182,3 +182,22 @@ def test_async_detector_answers_every_frame_in_order_and_resets(seq):
         assert worker.result_for(stamps[0]) is None
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize("mode", ["moving", "static", "concat"])
+def test_every_fusion_leaves_the_person_out_of_the_background(seq, observations, mode):
+    """A static exo camera (frame 55 three times) seen again from itself: the fused window has nothing where the
+    person was (the wall behind him was never seen), whichever fusion is used; with 'per_frame' his points come
+    back, for his own frame."""
+    f, mask = seq[55], observations[55].mask
+    frames = [ExoFrame(stamp_ns=k, rgb=f.rgb, depth_m=f.depth_m, camera=seq.camera, world_T_exo=f.world_T_camera,
+                       world_T_ego=f.world_T_camera, exo_frame_id="exo", person_mask=mask) for k in (1, 2, 3)]
+    inside = ~dilate_mask(~mask, 4)        # the mask shrunk by 4 px: clear of splat bleeding
+    assert inside.sum() > 2000
+    fusion = FusionConfig(mode=mode, window_frames=3)
+    prior = PriorRenderer(PriorConfig(min_distance_m=0.0), fusion, seq.camera).render(frames[-1], frames)
+    assert prior.mask[inside].mean() < 0.02, prior.mask[inside].mean()
+    assert prior.mask[~mask].mean() > 0.5
+    kept = PriorRenderer(PriorConfig(min_distance_m=0.0, person_points="per_frame"), fusion,
+                         seq.camera).render(frames[-1], frames)
+    assert kept.mask[inside].mean() > 0.9 and kept.person_fraction > 0.02

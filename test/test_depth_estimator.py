@@ -160,3 +160,25 @@ def test_kinds_are_checked():
         AsyncDepthEstimator(SceneSource("relative_inverse", flicker=lambda c: (1.0, 0.0)))
     with pytest.raises(ValueError, match="not relative inverse depth"):
         AsyncDepthEstimator(SceneSource(), SceneSource())
+
+
+def test_a_person_mask_keeps_the_person_out_of_the_alignment_fit(make):
+    # The metric model puts a "person" (the left quarter) at a depth the relative model does not share. Left in,
+    # those pixels pull the fit; masked out (static_mask False on the person), the scene is recovered exactly.
+    class PersonInMetric(SceneSource):
+        def estimate(self, images):
+            out = super().estimate(images)
+            for d in out:
+                d.values[:, : W // 4] *= 0.3
+            return out
+    person = np.zeros((H, W), bool)
+    person[:, : W // 4] = True
+    config = DepthAlignmentConfig(min_pixels=50, momentum=0.0)
+    errors = {}
+    for name, static_mask in (("masked", ~person), ("unmasked", None)):
+        relative = SceneSource("relative_inverse", flicker=lambda call: (1.5, 0.1))
+        est = make(PersonInMetric(), relative, config)
+        depth_m, aligned = est.estimate_now(image(), static_mask)
+        errors[name] = float(np.nanmax(np.abs(depth_m - DEPTH_M)[~person] / DEPTH_M[~person]))
+    assert errors["masked"] < 1e-3, errors
+    assert errors["unmasked"] > 0.05, errors

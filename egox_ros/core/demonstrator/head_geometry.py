@@ -149,12 +149,6 @@ def _pose(r: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------- PnP
 
-def _project(camera: CameraModel, points_cam_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(..., 3) float64 camera-frame points [m] -> (..., 2) float64 pixels and (...,) bool validity."""
-    uv, valid = camera.project(torch.from_numpy(np.ascontiguousarray(points_cam_m, np.float64)))
-    return uv.double().numpy(), valid.numpy()
-
-
 def _unproject_rays(camera: CameraModel, uv_px: np.ndarray) -> np.ndarray:
     """(N, 2) pixels -> (N, 3) float64 unit-z rays (NaN where undefined)."""
     return camera.unproject_rays(torch.from_numpy(np.ascontiguousarray(uv_px, np.float64))).double().numpy()
@@ -190,57 +184,58 @@ def _initial_poses(model: np.ndarray, rays: np.ndarray, fixed_position_m: np.nda
     return poses
 
 
-def _refine(model: np.ndarray, uv_px: np.ndarray, sqrt_w: np.ndarray, camera: CameraModel, pose: np.ndarray,
+def _refine(model: np.ndarray, xy_obs: np.ndarray, scale_px: np.ndarray, sqrt_w: np.ndarray, pose: np.ndarray,
             rotation_only: bool, max_iterations: int = 50) -> tuple[np.ndarray, float]:
-    """Levenberg-Marquardt on the weighted reprojection error; returns (exo_T_head, cost = sum w |e|^2 [px^2])."""
-    n_par = 3 if rotation_only else 6
-    eps = np.array([1e-4] * 3 + [1e-4] * 3)[:n_par]             # rad / m (central differences, float32 pixels)
+    """Levenberg-Marquardt on the weighted reprojection error in undistorted normalised coordinates (xy_obs: (N, 2)
+    x/z, y/z of the keypoints' rays), scaled to pixels by the focal lengths (scale_px (2,)); analytic Jacobian.
+    Returns (exo_T_head, cost = sum w |e|^2 [px^2]); cost inf when a point is not in front of the camera."""
 
-    def perturbed(r, t, delta):
-        r2 = rotvec_to_matrix(delta[:3]) @ r
-        t2 = t if rotation_only else t + delta[3:6]
-        return r2, t2
+    def residual(r, t):
+        p = model @ r.T + t
+        if not (p[:, 2] > 1e-6).all():
+            return np.inf, None, None
+        xy = p[:, :2] / p[:, 2:3]
+        e = (xy - xy_obs) * scale_px * sqrt_w[:, None]
+        return float((e * e).sum()), e.reshape(-1), p
 
-    def cost_of(r, t):
-        uv, valid = _project(camera, model @ r.T + t)
-        if not valid.all():
-            return np.inf, None
-        e = (uv - uv_px) * sqrt_w[:, None]
-        return float((e * e).sum()), e.reshape(-1)
+    def jacobian(p, t):
+        """d e / d (rotation vector applied on the left [, translation]): (2N, 3 or 6)."""
+        x, y, z = p[:, 0], p[:, 1], p[:, 2]
+        d_xy_d_p = np.zeros((len(p), 2, 3))
+        d_xy_d_p[:, 0, 0] = d_xy_d_p[:, 1, 1] = 1.0 / z
+        d_xy_d_p[:, 0, 2], d_xy_d_p[:, 1, 2] = -x / z**2, -y / z**2
+        d_xy_d_p *= (scale_px[None, :, None] * sqrt_w[:, None, None])
+        q = p - t                                                   # R X: d p / d theta = -[R X]x
+        d_p_d_theta = np.zeros((len(p), 3, 3))
+        d_p_d_theta[:, 0, 1], d_p_d_theta[:, 0, 2] = q[:, 2], -q[:, 1]
+        d_p_d_theta[:, 1, 0], d_p_d_theta[:, 1, 2] = -q[:, 2], q[:, 0]
+        d_p_d_theta[:, 2, 0], d_p_d_theta[:, 2, 1] = q[:, 1], -q[:, 0]
+        jac = d_xy_d_p @ d_p_d_theta
+        if not rotation_only:
+            jac = np.concatenate([jac, d_xy_d_p], axis=2)           # d p / d t = I
+        return jac.reshape(2 * len(p), -1)
 
     r, t = pose[:3, :3].copy(), pose[:3, 3].copy()
-    cost, e = cost_of(r, t)
+    cost, e, p = residual(r, t)
     if not np.isfinite(cost):
         return pose, np.inf
     lam = 1e-3
     for _ in range(max_iterations):
-        # Numeric Jacobian by central differences: all 2 * n_par perturbed poses in one projection call.
-        pts = []
-        for j in range(n_par):
-            for sign in (1.0, -1.0):
-                d = np.zeros(n_par)
-                d[j] = sign * eps[j]
-                r2, t2 = perturbed(r, t, d)
-                pts.append(model @ r2.T + t2)
-        uv, _ = _project(camera, np.concatenate(pts))
-        uv = uv.reshape(n_par, 2, len(model), 2)
-        jac = ((uv[:, 0] - uv[:, 1]) * sqrt_w[None, :, None]).reshape(n_par, -1).T / (2.0 * eps)  # (2N, n_par)
-        jtj = jac.T @ jac
-        jte = jac.T @ e
-        improved = False
+        jac = jacobian(p, t)
+        jtj, jte = jac.T @ jac, jac.T @ e
+        improved = converged = False
         for _ in range(10):
-            a = jtj + lam * np.diag(np.diag(jtj) + 1e-9)
             try:
-                delta = -np.linalg.solve(a, jte)
+                delta = -np.linalg.solve(jtj + lam * np.diag(np.diag(jtj) + 1e-9), jte)
             except np.linalg.LinAlgError:
                 lam *= 10.0
                 continue
-            r2, t2 = perturbed(r, t, delta)
-            cost2, e2 = cost_of(r2, t2)
+            r2 = _orthonormalise(rotvec_to_matrix(delta[:3]) @ r)
+            t2 = t if rotation_only else t + delta[3:]
+            cost2, e2, p2 = residual(r2, t2)
             if cost2 < cost:
-                r, t, e = _orthonormalise(r2), t2, e2
                 converged = cost - cost2 < 1e-12 * max(cost, 1e-30) or np.abs(delta).max() < 1e-10
-                cost = cost2
+                r, t, e, p, cost = r2, t2, e2, p2, cost2
                 lam = max(lam * 0.3, 1e-9)
                 improved = True
                 break
@@ -255,10 +250,14 @@ def solve_pnp(model_points_m: np.ndarray, uv_px: np.ndarray, weights: np.ndarray
               fixed_position_m: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Pose of a rigid point model from its pixels: weighted Levenberg-Marquardt on the reprojection error.
 
+    The keypoints are undistorted once through the camera model (its rays), and the error is measured between
+    normalised coordinates scaled by the focal lengths: pixels of the undistorted image (the same as the image's
+    own pixels up to the local scale of the lens distortion), with an analytic Jacobian; 1-2 ms per solve.
+
     model_points_m: (N, 3) float64 model points in the head frame [m].
     uv_px: (N, 2) float64 observed pixels in the exo image (distorted, as the camera sees them).
     weights: (N,) float64 >= 0; points with weight 0 are ignored.
-    camera: the exo camera model; projections go through ``camera.project`` so distortion counts.
+    camera: the exo camera model; its rays undistort the keypoints, so distortion counts.
     initial_exo_T_head: (4, 4) optional starting pose; without it the face is assumed to look at the camera at the
         distance its apparent size implies, and yaws of 0 and +-60 degrees are tried (face PnP with few points has
         local minima); the lowest-cost result wins. A given initial pose is tried as well as these.
@@ -291,9 +290,10 @@ def solve_pnp(model_points_m: np.ndarray, uv_px: np.ndarray, weights: np.ndarray
         if fixed is not None:
             init[:3, 3] = fixed
         starts.insert(0, init)
+    scale_px = np.array([camera.fx, camera.fy], np.float64)
     best, best_cost = None, np.inf
     for start in starts:
-        pose, cost = _refine(model, uv, sqrt_w, camera, start, rotation_only=fixed is not None)
+        pose, cost = _refine(model, rays[:, :2], scale_px, sqrt_w, start, rotation_only=fixed is not None)
         if cost < best_cost:
             best, best_cost = pose, cost
     if best is None:

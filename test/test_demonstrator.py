@@ -201,3 +201,34 @@ def test_every_fusion_leaves_the_person_out_of_the_background(seq, observations,
     kept = PriorRenderer(PriorConfig(min_distance_m=0.0, person_points="per_frame"), fusion,
                          seq.camera).render(frames[-1], frames)
     assert kept.mask[inside].mean() > 0.9 and kept.person_fraction > 0.02
+
+
+def test_face_mesh_keypoints_agree_with_the_pose_model_on_a_portrait():
+    """A real portrait with a large visible face (matplotlib's sample photo of Grace Hopper, public domain; the TUM
+    face is too small and half hidden for the face mesh): the face mesh takes over the eyes, nose and mouth, and
+    its keypoints are the same points as the pose model's (same sides, a fraction of the eye distance apart)."""
+    import matplotlib.cbook
+    from PIL import Image as PILImage
+    photo = np.asarray(PILImage.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+                       .convert("RGB"))
+    with_mesh, pose_only = (MediapipePersonDetector(PersonConfig(face_mesh=m)) for m in (True, False))
+    try:
+        a, b = with_mesh.detect(photo).head, pose_only.detect(photo).head
+    finally:
+        with_mesh.close()
+        pose_only.close()
+    assert a is not None and b is not None
+    assert a.source == "face_mesh" and b.source == "pose"
+    eye_px = np.linalg.norm(a.get("left_eye")[0] - a.get("right_eye")[0])
+    assert eye_px > 40
+    for name in ("nose", "left_eye", "right_eye", "mouth_left", "mouth_right"):
+        gap = np.linalg.norm(a.get(name)[0] - b.get(name)[0])
+        assert gap < 0.3 * eye_px, (name, gap, eye_px)     # measured at most 0.16
+    assert a.get("left_eye")[0][0] > a.get("right_eye")[0][0]
+    assert a.get("mouth_left")[0][0] > a.get("mouth_right")[0][0]
+    # She looks into the camera: the head's forward axis points back at it (any plausible focal length).
+    camera = PinholeCamera(width=512, height=600, fx=600.0, fy=600.0, cx=255.5, cy=299.5)
+    m = measure_head(a, camera)
+    to_camera = -m.exo_T_head[:3, 3] / np.linalg.norm(m.exo_T_head[:3, 3])
+    assert np.degrees(np.arccos(m.exo_T_head[:3, 2] @ to_camera)) < 30
+    assert m.orientation_source == "face" and m.confidence > 0.5

@@ -33,6 +33,8 @@ _POSE_INDEX = {"nose": 0, "left_eye_inner": 1, "left_eye": 2, "left_eye_outer": 
 _FACE_MESH_INDEX = {"nose": 1, "left_eye": 473, "right_eye": 468, "left_eye_inner": 362, "left_eye_outer": 263,
                     "right_eye_inner": 133, "right_eye_outer": 33, "mouth_left": 291, "mouth_right": 61}
 _FACE_MESH_WEIGHT = 0.95       # face mesh landmarks carry no visibility; it only answers for a visible face
+_FACE_MESH_MIN_PX = 40.0       # smaller heads (ear to ear) skip the face mesh: it rarely finds them (1 of 12 TUM
+                               # frames at 25 px) and then disagrees with the pose model by half the face
 _TRACK_PX = 256                # tracked regions go in at this size (the tracker needs one size; the model's own)
 
 
@@ -145,6 +147,8 @@ class MediapipePersonDetector:
         if len(seen) < 3:
             return None
         spread = float(np.max(np.ptp(seen[:, :2], axis=0)))
+        if spread < _FACE_MESH_MIN_PX:
+            return None
         box = _square(float(np.mean(seen[:, 0])), float(np.mean(seen[:, 1])), max(3.0 * spread, 48.0))
         x0, y0, side = box
         result = self._mesh.process(_crop(rgb, box, None))

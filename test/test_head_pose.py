@@ -226,9 +226,10 @@ def test_measure_head_depth_with_person_mask_and_outliers():
     masked = measure_head(lm, CAM, depth_m=depth, config=cfg, person_mask=mask)
     assert masked.position_source == "depth"
     assert position_error_m(masked.exo_T_head, truth) < 1e-3
-    # Without the outlier gate, the background would have moved the head: check the gate is what saved it.
+    # Without the outlier gate, the background moves the lifted head away from what its size says: the second
+    # line of defence (depth against the head model) rejects that depth and keeps the PnP position.
     loose = measure_head(lm, CAM, depth_m=depth, config=HeadPoseConfig(depth_patch_px=1, max_depth_jump_m=5.0))
-    assert position_error_m(loose.exo_T_head, truth) > 0.1
+    assert loose.depth_rejected and loose.position_source == "pnp"
     # ... and the mask alone saves it too (the gate off): the left eye then reads only its own pixels.
     masked_loose = measure_head(lm, CAM, depth_m=depth, config=HeadPoseConfig(depth_patch_px=1, max_depth_jump_m=5.0),
                                 person_mask=mask)
@@ -423,3 +424,17 @@ def test_constant_velocity_filter_direct():
     f.reset()
     assert not f.initialised
     np.testing.assert_array_equal(f.update(5, [1.0, 2.0, 3.0], 0.01), [1.0, 2.0, 3.0])
+
+
+def test_depth_that_disagrees_with_the_head_size_falls_back_to_pnp():
+    """Garbage depth at the face (a bad depth model, a depth edge behind the head) must not move the head: the
+    measurement keeps the PnP position and says the depth was rejected."""
+    truth = _face_pose([0.1, -0.05, 1.8], yaw_deg=20.0, pitch_deg=-10.0)
+    lm = _landmarks(CAM, truth)
+    wrong = np.full((CAM.height, CAM.width), 5.0, np.float32)       # 5 m where the face is at 1.8 m
+    m = measure_head(lm, CAM, wrong)
+    assert m.position_source == "pnp" and m.depth_rejected
+    assert position_error_m(m.exo_T_head, truth) < 1e-3
+    right = np.full((CAM.height, CAM.width), float(truth[2, 3]), np.float32)
+    m = measure_head(lm, CAM, right)
+    assert m.position_source == "depth" and not m.depth_rejected

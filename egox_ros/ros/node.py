@@ -578,6 +578,8 @@ class EgoxNode(Node):
             measurement = measure_head(observation.head, self._camera, depth_m, self.head_config, observation.mask)
         estimate = self.head_tracker.update(stamp_ns, measurement, world_T_exo)
         self._head_counts[estimate.state if estimate is not None else "not_visible"] += 1
+        if measurement is not None and measurement.depth_rejected:
+            self._head_counts["depth_rejected"] += 1
         self._last_head = estimate
         if estimate is None:
             return None

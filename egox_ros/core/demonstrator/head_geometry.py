@@ -82,6 +82,7 @@ _INITIAL_YAWS_RAD = (0.0, np.deg2rad(60.0), -np.deg2rad(60.0))
 
 
 LANDMARK_NOISE_PX = 3.0   # residual a good fit of a small face leaves (landmark noise + model mismatch) [px]
+DEPTH_VS_MODEL_RATIO = 1.6   # depth at the face is used when within this factor of the head model's distance
 
 
 def head_model_m(head_scale: float = 1.0) -> np.ndarray:
@@ -100,6 +101,8 @@ class HeadMeasurement:
     confidence: in [0, 1], from the key keypoints' weights and the residual relative to the face size.
     position_sigma_m / rotation_sigma_rad: NOMINAL 1-sigma errors (a model of typical errors, not an estimate from
         this image): they grow with distance and are larger for 'pnp' positions and 'pose' orientations.
+    depth_rejected: the depth at the face disagreed with the head's apparent size (see measure_head); the position
+        is then the PnP one.
     """
     exo_T_head: np.ndarray
     position_source: str
@@ -108,6 +111,7 @@ class HeadMeasurement:
     confidence: float
     position_sigma_m: float
     rotation_sigma_rad: float
+    depth_rejected: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------- rotations
@@ -391,16 +395,25 @@ def measure_head(landmarks: HeadLandmarks, camera: CameraModel, depth_m: np.ndar
         exo_T_head, rms_px = solve_pnp(model, landmarks.uv_px, w, camera)
     except ValueError:
         return None
-    position_source = "pnp"
+    position_source, depth_rejected = "pnp", False
     if depth_m is not None:
         origin = _depth_origin_m(landmarks, camera, depth_m, config, person_mask, model, exo_T_head[:3, :3])
         if origin is not None and origin[2] > 0:
+            # Depth at the face is believed only where it agrees with the head's apparent size: a distance within
+            # DEPTH_VS_MODEL_RATIO of the PnP one (people's heads differ by ~10 %, landmark noise on small faces
+            # adds 20-30 %: on the TUM frames the two were 1.1-1.3 apart) and a fit not much worse than the free
+            # one. A wrong or garbage depth (a bad model, a depth edge behind the face) falls back to PnP.
+            ratio = origin[2] / exo_T_head[2, 3]
             try:
-                exo_T_head, rms_px = solve_pnp(model, landmarks.uv_px, w, camera, initial_exo_T_head=exo_T_head,
-                                               fixed_position_m=origin)
-                position_source = "depth"
+                fixed_T_head, fixed_rms_px = solve_pnp(model, landmarks.uv_px, w, camera,
+                                                       initial_exo_T_head=exo_T_head, fixed_position_m=origin)
             except ValueError:
-                pass
+                fixed_T_head = None
+            if fixed_T_head is not None and 1 / DEPTH_VS_MODEL_RATIO <= ratio <= DEPTH_VS_MODEL_RATIO \
+                    and fixed_rms_px <= rms_px + 2 * LANDMARK_NOISE_PX:
+                exo_T_head, rms_px, position_source = fixed_T_head, fixed_rms_px, "depth"
+            else:
+                depth_rejected = True
     distance_m = float(exo_T_head[2, 3])
     if not np.all(np.isfinite(exo_T_head)) or distance_m <= 0:
         return None
@@ -422,7 +435,8 @@ def measure_head(landmarks: HeadLandmarks, camera: CameraModel, depth_m: np.ndar
     rotation_sigma_rad *= 1.0 + fit_error
     return HeadMeasurement(exo_T_head=exo_T_head, position_source=position_source,
                            orientation_source=orientation_source, rms_px=rms_px, confidence=confidence,
-                           position_sigma_m=float(position_sigma_m), rotation_sigma_rad=float(rotation_sigma_rad))
+                           position_sigma_m=float(position_sigma_m), rotation_sigma_rad=float(rotation_sigma_rad),
+                           depth_rejected=depth_rejected)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

@@ -10,7 +10,7 @@ import torch
 
 from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.fusion import (CameraMovedError, CloudFusion, ConcatFusion, FusionConfig, StaticCameraFusion,
-                                  VoxelFusion, make_fusion)
+                                  VoxelFusion, make_fusion, reliable_depth)
 from egox_ros.core.render import render_points
 
 # ----------------------------------------------------------------------------- helpers
@@ -20,8 +20,9 @@ SMALL = PinholeCamera(64, 48, 60.0, 60.0, 31.5, 23.5)
 
 def _config(**overrides) -> FusionConfig:
     """The settings these tests were written for (full-resolution lifting, a 16-frame window, static mode raising on
-    motion), whatever the node's defaults are."""
-    return FusionConfig(**{"stride": 1, "window_frames": 16, "static_on_move": "raise", **overrides})
+    motion, no depth-edge filter: its own tests are below), whatever the node's defaults are."""
+    return FusionConfig(**{"stride": 1, "window_frames": 16, "static_on_move": "raise", "edge_window_px": 0,
+                           **overrides})
 
 
 def _pose(t=(0.0, 0.0, 0.0), yaw_deg: float = 0.0) -> np.ndarray:
@@ -302,3 +303,52 @@ def test_concat_fusion_is_bounded():
     for k in range(10):
         fusion.add(k, *_flat(2.0), SMALL, _pose())
     assert len(fusion) == 3 and len(fusion.cloud()) == SMALL.width * SMALL.height * 3
+
+
+# ----------------------------------------------------------------------------- depth-edge filter, point budget
+
+def test_reliable_depth_drops_pixels_at_depth_edges_and_next_to_holes():
+    depth = torch.full((20, 30), 2.0)
+    depth[:, 15:] = 3.0                       # a step from 2 m to 3 m between columns 14 and 15
+    depth[5, 5] = float("nan")                # a hole
+    keep = reliable_depth(depth, 5, 0.1)
+    # (3 - 2) / mean >= 0.1 within 2 px of the step; away from it, flat: kept.
+    assert not keep[:, 13:17].any() and keep[10, :13].all() and keep[10, 17:].all()
+    assert not keep[3:8, 3:8].any()           # the hole and its 5x5 neighbourhood (min is 0 there)
+    assert keep[10, 10] and keep[0, 0]        # image corners of a flat area stay (max - min = 0)
+    # A gentle slope passes: 1 % change over the window.
+    slope = torch.linspace(2.0, 2.2, 30).repeat(20, 1)
+    assert reliable_depth(slope, 5, 0.1).all()
+    # The strided mask is the full mask subsampled; window 0 / 1 only drops missing readings.
+    np.testing.assert_array_equal(reliable_depth(depth, 5, 0.1, stride=2).numpy(), keep[::2, ::2].numpy())
+    assert int((~reliable_depth(depth, 0, 0.1)).sum()) == 1
+    with pytest.raises(ValueError, match="odd"):
+        FusionConfig(edge_window_px=4)
+
+
+def test_the_edge_filter_removes_the_curtain_of_stray_points_along_an_outline():
+    # A box 1 m in front of a wall 3 m away. Depth sensors (and depth models) blur the outline: a few pixels
+    # read in between. Lifted, they hang in the air between box and wall; the filter removes them.
+    depth = np.full((48, 64), 3.0, np.float32)
+    depth[14:34, 20:44] = 2.0
+    depth[14:34, 19] = depth[14:34, 44] = 2.5       # mixed pixels on the outline
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    for window, expect_stray in ((0, True), (5, False)):
+        fusion = make_fusion(_config(mode="concat", edge_window_px=window))
+        fusion.add(1, rgb, depth, SMALL, _pose())
+        z = fusion.cloud().points_world[:, 2]
+        stray = bool(((z > 2.2) & (z < 2.8)).any())
+        assert stray == expect_stray, window
+
+
+@pytest.mark.parametrize("mode", ["moving", "concat"])
+def test_frames_evicted_by_the_point_budget_are_counted_and_max_points_0_follows_the_window(mode):
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    depth = np.full((48, 64), 2.0, np.float32)
+    tight = make_fusion(_config(mode=mode, window_frames=8, max_points=3 * 48 * 64))
+    follows = make_fusion(_config(mode=mode, window_frames=8, max_points=0))
+    for k in range(10):
+        for fusion in (tight, follows):
+            fusion.add(k, rgb, depth, SMALL, _pose(t=(0.01 * k, 0.0, 0.0)))
+    assert len(tight) < 8 and tight.evicted_by_budget > 0
+    assert len(follows) == 8 and follows.evicted_by_budget == 0

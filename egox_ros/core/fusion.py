@@ -46,7 +46,9 @@ class FusionConfig:
                                (1, 100000))
     voxel_size_m: float = param(0.005, "voxel edge of the 'moving' fusion [m]", (1e-4, 10.0))
     max_points: int = param(2_000_000, "memory bound: points (static, concat) or per-frame voxel records "
-                            "(moving) kept for the window", (1, 1_000_000_000))
+                            "(moving) kept for the window; 0 = follow the window: window_frames times the most "
+                            "one frame can give (exo pixels / stride^2), so no frame leaves early (about 36 bytes "
+                            "per record: 49 frames of 640x480 at stride 2 take 135 MB)", (0, 1_000_000_000))
     stride: int = param(2, "use every n-th exo pixel in both directions (2: as the method's tools, 4x faster)",
                         (1, 16))
     min_depth_m: float = param(0.1, "depth below this is ignored [m]", (0.0, 1000.0))
@@ -60,9 +62,15 @@ class FusionConfig:
                                 choices=("raise", "reset"))
     static_min_observations: int = param(1, "static: a pixel enters the cloud once it had this many valid "
                                          "readings", (1, 100000))
+    edge_window_px: int = param(5, "depth-edge filter before lifting: a pixel is kept when (max - min) / mean of "
+                                   "the depth in this window around it is below edge_ratio (the released EgoX "
+                                   "tools' 'reliable depth': 5 px, 0.1); 0 or 1 = off; odd", (0, 31))
+    edge_ratio: float = param(0.1, "depth-edge filter threshold (see edge_window_px)", (0.0, 100.0))
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.edge_window_px > 1 and self.edge_window_px % 2 == 0:
+            raise ValueError(f"FusionConfig.edge_window_px = {self.edge_window_px} must be odd (or 0 / 1: off)")
         if self.min_depth_m >= self.max_depth_m:
             raise ValueError(f"FusionConfig.min_depth_m ({self.min_depth_m}) must be below "
                              f"max_depth_m ({self.max_depth_m})")
@@ -85,6 +93,7 @@ class CameraMovedError(RuntimeError):
 @runtime_checkable
 class CloudFusion(Protocol):
     """What the prior renderer needs from a fusion strategy."""
+    evicted_by_budget: int   # frames that left the window early to stay within the point budget (max_points)
 
     def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera,
             dynamic_mask=None) -> None:
@@ -119,11 +128,34 @@ def _pose_change(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return translation, math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
+def reliable_depth(depth_m: torch.Tensor, window_px: int, ratio: float, stride: int = 1) -> torch.Tensor:
+    """Pixels away from depth discontinuities: (max - min) / mean of the depth in a window_px x window_px window
+    below ``ratio``, and a valid reading (finite, > 0). The released EgoX tools keep only such pixels when they
+    lift depth (window 5, ratio 0.1); like them, missing readings count as 0 m (so pixels next to a hole go too)
+    and the window is clipped at the image border for max / min while the mean counts the outside as 0.
+
+    depth_m: (H, W) float [m], NaN or <= 0 = no reading. Returns (ceil(H / stride), ceil(W / stride)) bool: the
+    mask at every stride-th pixel, computed from the full-resolution depth.
+    """
+    d = torch.nan_to_num(depth_m.to(torch.float32), nan=0.0).clamp_(min=0.0)
+    if window_px <= 1:
+        return (d > 0)[::stride, ::stride]
+    # Pooling with the stride evaluates the windows of the stride pixels only (max_pool2d pads with -inf, so the
+    # border is clipped; avg_pool2d counts the padding as 0).
+    x, r = d[None, None], window_px // 2
+    local_max = torch.nn.functional.max_pool2d(x, window_px, stride=stride, padding=r)[0, 0]
+    local_min = -torch.nn.functional.max_pool2d(-x, window_px, stride=stride, padding=r)[0, 0]
+    local_mean = torch.nn.functional.avg_pool2d(x, window_px, stride=stride, padding=r)[0, 0]
+    centre = d[::stride, ::stride]
+    return ((local_max - local_min) / (local_mean + 1e-6) < ratio) & (centre > 0)
+
+
 class _FrameInput:
     """One frame's inputs validated, on the fusion's device, subsampled by ``stride``.
 
     depth (h', w') float32 with invalid readings set to NaN; rgb (h', w', 3) uint8; dynamic (h', w') bool;
-    ``static_valid`` / ``dynamic_valid`` (h', w') bool; rays (h', w', 3) float32 unit-z camera rays.
+    ``static_valid`` / ``dynamic_valid`` (h', w') bool; rays (h', w', 3) float32 unit-z camera rays. Pixels at
+    depth discontinuities (see :func:`reliable_depth`) count as invalid.
     """
 
     def __init__(self, config: FusionConfig, device, rgb, depth_m, camera: CameraModel, world_T_camera,
@@ -140,9 +172,11 @@ class _FrameInput:
         self.camera = camera
         self.pose = pose_float64(world_T_camera)
         self.device = dev
-        depth = depth[::s, ::s].to(device=dev, dtype=torch.float32)
+        depth = depth.to(device=dev, dtype=torch.float32)
+        reliable = reliable_depth(depth, config.edge_window_px, config.edge_ratio, s)
+        depth = depth[::s, ::s]
         self.rays = camera.ray_grid(s, device=dev)
-        valid = torch.isfinite(depth) & (depth >= config.min_depth_m) & (depth <= config.max_depth_m) & (depth > 0)
+        valid = torch.isfinite(depth) & (depth >= config.min_depth_m) & (depth <= config.max_depth_m) & reliable
         valid &= torch.isfinite(self.rays).all(-1)  # a fisheye has no ray outside its image circle
         if dynamic_mask is not None:
             mask = torch.as_tensor(dynamic_mask)
@@ -155,6 +189,7 @@ class _FrameInput:
         self.rgb = rgb[::s, ::s].to(dev)
         self.static_valid = valid & ~dynamic
         self.dynamic_valid = valid & dynamic
+        self.pixels = int(valid.numel())      # stride pixels: the most points this frame can give
 
     def lift(self, select: torch.Tensor) -> PointCloud:
         """World points of the pixels where ``select`` (h', w') bool is True (they must have valid depth)."""
@@ -178,17 +213,16 @@ def _thin(cloud: PointCloud, limit: int) -> PointCloud:
 
 
 class _DynamicStore:
-    """Per-frame dynamic point clouds of the frames in the window, bounded in total by ``max_points``."""
+    """Per-frame dynamic point clouds of the frames in the window, bounded in total by a point budget."""
 
-    def __init__(self, max_points: int):
-        self.max_points = max_points
+    def __init__(self):
         self.clouds: OrderedDict[int, PointCloud] = OrderedDict()
 
-    def put(self, key: int, cloud: PointCloud) -> None:
-        cloud = _thin(cloud, self.max_points)
+    def put(self, key: int, cloud: PointCloud, max_points: int) -> None:
+        cloud = _thin(cloud, max_points)
         if len(cloud):
             self.clouds[key] = cloud
-        while sum(len(c) for c in self.clouds.values()) > self.max_points:
+        while sum(len(c) for c in self.clouds.values()) > max_points:
             self.clouds.popitem(last=False)
 
     def drop_older_than(self, key: int) -> None:
@@ -207,8 +241,15 @@ class _DynamicStore:
 
 
 class _FusionBase:
-    """What every fusion shares: per-frame dynamic points added to the fused background cloud."""
+    """What every fusion shares: per-frame dynamic points added to the fused background cloud, the point budget,
+    and the count of frames that left the window early because of it."""
     _dynamic: _DynamicStore
+    config: FusionConfig
+    evicted_by_budget: int = 0     # frames dropped before their time to stay within the budget (since creation)
+
+    def point_budget(self, frame: "_FrameInput") -> int:
+        """config.max_points, or with 0 the window's worth of full frames (nothing leaves early)."""
+        return self.config.max_points or self.config.window_frames * frame.pixels
 
     def cloud(self) -> PointCloud:
         raise NotImplementedError
@@ -282,7 +323,7 @@ class StaticCameraFusion(_FusionBase):
         self._weight: torch.Tensor | None = None
         self._frames = 0
         self._newest: int | None = None
-        self._dynamic = _DynamicStore(self.config.max_points)
+        self._dynamic = _DynamicStore()
         self._cache: PointCloud | None = None
 
     def __len__(self) -> int:
@@ -318,7 +359,7 @@ class StaticCameraFusion(_FusionBase):
         self._weight = weight
         self._frames += 1
         self._newest = key
-        self._dynamic.put(key, frame.lift(frame.dynamic_valid))
+        self._dynamic.put(key, frame.lift(frame.dynamic_valid), self.point_budget(frame))
         while len(self._dynamic.clouds) > self.config.window_frames:
             self._dynamic.clouds.popitem(last=False)
         self._cache = None
@@ -495,7 +536,7 @@ class VoxelFusion(_PerFrameFusion):
         self._records: OrderedDict[int, _Voxels] = OrderedDict()
         self._grid: _Voxels | None = None
         self._newest: int | None = None
-        self._dynamic = _DynamicStore(self.config.max_points)
+        self._dynamic = _DynamicStore()
         self._cache: PointCloud | None = None
 
     def __len__(self) -> int:
@@ -510,16 +551,18 @@ class VoxelFusion(_PerFrameFusion):
         key = _check_key(key, self._newest)
         frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
         record = _voxelize(frame.lift(frame.static_valid), self.config.voxel_size_m)
-        if len(record) > self.config.max_points:
-            record = record.select(_even_subset(len(record), self.config.max_points, record.keys.device))
-        budget = self.config.max_points - len(record)
+        limit = self.point_budget(frame)
+        if len(record) > limit:
+            record = record.select(_even_subset(len(record), limit, record.keys.device))
+        budget = limit - len(record)
         while self._records and (len(self._records) >= self.config.window_frames or self.num_records > budget):
+            self.evicted_by_budget += len(self._records) < self.config.window_frames
             self._remove_frame(next(iter(self._records)))
         self._records[key] = record
         self._newest = key
         if self.incremental:
             self._grid = _merge(self._grid, record)
-        self._dynamic.put(key, frame.lift(frame.dynamic_valid))
+        self._dynamic.put(key, frame.lift(frame.dynamic_valid), limit)
         while len(self._dynamic.clouds) > self.config.window_frames:
             self._dynamic.clouds.popitem(last=False)
         self._cache = None
@@ -586,7 +629,7 @@ class ConcatFusion(_PerFrameFusion):
     def reset(self) -> None:
         self._clouds: OrderedDict[int, PointCloud] = OrderedDict()
         self._newest: int | None = None
-        self._dynamic = _DynamicStore(self.config.max_points)
+        self._dynamic = _DynamicStore()
         self._cache: PointCloud | None = None
 
     def __len__(self) -> int:
@@ -595,14 +638,16 @@ class ConcatFusion(_PerFrameFusion):
     def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
         key = _check_key(key, self._newest)
         frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
-        cloud = _thin(frame.lift(frame.static_valid), self.config.max_points)
-        budget = self.config.max_points - len(cloud)
+        limit = self.point_budget(frame)
+        cloud = _thin(frame.lift(frame.static_valid), limit)
+        budget = limit - len(cloud)
         while self._clouds and (len(self._clouds) >= self.config.window_frames
                                 or sum(len(c) for c in self._clouds.values()) > budget):
+            self.evicted_by_budget += len(self._clouds) < self.config.window_frames
             self._remove_frame(next(iter(self._clouds)))
         self._clouds[key] = cloud
         self._newest = key
-        self._dynamic.put(key, frame.lift(frame.dynamic_valid))
+        self._dynamic.put(key, frame.lift(frame.dynamic_valid), limit)
         self._cache = None
 
     def _frame_keys(self) -> list[int]:

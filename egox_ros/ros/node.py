@@ -755,7 +755,10 @@ class EgoxNode(Node):
         values = {
             "generator": self.generator.name, "generator_state": self.generator_state,
             "input_rate_hz": f"{rate_in:.2f}", "output_rate_hz": f"{rate_out:.2f}",
-            "window_frames": str(len(self.window)), "frames_received": str(progress.frames_received),
+            "window_frames": str(len(self.window)),
+            "fusion.frames": str(len(self.pipeline.renderer.fusion)),
+            "fusion.evicted_by_budget": str(self.pipeline.renderer.fusion.evicted_by_budget),
+            "frames_received": str(progress.frames_received),
             "frames_published": str(progress.frames_published), "frames_dropped": str(progress.frames_dropped),
             "frames_lost": str(progress.frames_lost),
             "frames_waiting": str(progress.frames_waiting), "frames_queued": str(progress.frames_queued),

@@ -80,3 +80,21 @@ def test_bad_geometry_raises_clear_errors():
         gga_tables_from_geometry(cam, poses[:4], cam, poses, torch.ones(5, 32, 32))
     with pytest.raises(ValueError, match="exo depth"):
         gga_tables_from_geometry(cam, poses, cam, poses, torch.ones(5, 16, 32))
+
+
+def test_ego_rays_outside_a_fisheye_image_circle_contribute_nothing():
+    # An Aria ego camera whose image corners lie outside its image circle: the tables build, finite, and the corner
+    # cells' query directions are shorter than unit (part of their pixels have no ray).
+    from egox_ros.core.camera import AriaFisheyeCamera
+    ego = AriaFisheyeCamera(width=64, height=64, fx=14.0, fy=14.0, cx=31.5, cy=31.5)
+    exo = PinholeCamera(width=96, height=64, fx=80.0, fy=80.0, cx=47.5, cy=31.5)
+    rays = ego.ray_grid()
+    assert torch.isnan(rays).any()                      # the corners are beyond 90 degrees
+    n = 5
+    poses = torch.eye(4, dtype=torch.float64).expand(n, 4, 4)
+    depth = torch.full((n, 64, 96), 2.0)
+    tables, layout = gga_tables_from_geometry(ego, poses, exo, poses, depth)
+    q = tables.query_dir.reshape(layout.frames, layout.rows, layout.exo_cols + layout.ego_cols, 3)[..., layout.exo_cols:, :]
+    assert torch.isfinite(q).all()
+    norms = q.norm(dim=-1)
+    assert norms[0, 0, 0] < 0.99 and norms[0, 2, 2] > 0.9

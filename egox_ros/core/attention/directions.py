@@ -6,8 +6,9 @@ covers a 16x16-pixel cell. Tokens are ordered frame, row, column, and each canva
 then the ego cells.
 
 Per latent frame f (video frame 4f):
-- query direction of an ego token: the world-space viewing ray of its pixels (ego intrinsics and the frame's
-  rotation), averaged over the cell, not renormalised;
+- query direction of an ego token: the world-space viewing ray of its pixels (through the ego camera model, its
+  lens distortion included, and the frame's rotation), averaged over the cell, not renormalised; pixels outside a
+  fisheye's image circle contribute 0;
 - key direction of an exo token of frame f, for a query of frame i: normalise(X - C_i), X the 3D points of its
   pixels (exo depth, intrinsics and pose of frame 4f), C_i the ego camera centre of frame 4i, averaged over the cell
   and not renormalised; pixels without a valid depth contribute 0. Ego tokens get key direction 0.
@@ -100,8 +101,9 @@ def gga_tables_from_geometry(ego_camera: CameraModel, world_T_ego: torch.Tensor,
     ego_T = world_T_ego[keep].to(device=device, dtype=torch.float32)
     exo_T = world_T_exo[keep].to(device=device, dtype=torch.float32)
 
-    # Ego query rays: unit camera rays rotated into the world, pooled per cell.
-    ego_rays = F.normalize(ego_camera.ray_grid(device=device), dim=-1)                  # (He, We, 3)
+    # Ego query rays: unit camera rays through the ego lens model rotated into the world, pooled per cell. Pixels
+    # without a ray (outside a fisheye's image circle) contribute 0, like exo pixels without depth.
+    ego_rays = torch.nan_to_num(F.normalize(ego_camera.ray_grid(device=device), dim=-1), nan=0.0)   # (He, We, 3)
     query = _pool(torch.einsum("fij,hwj->fhwi", ego_T[:, :3, :3], ego_rays))           # (F, r, ego_cols, 3)
 
     # Exo points per kept frame, in the world.

@@ -11,7 +11,7 @@ from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model
 from test_node import RIG_PARAMS, SEC, T0, Rig, ego_rgb, ns_of
 
 CLIP = 5
-# A 2:1 canvas half for the 160x120 exo images (centre-cropped to 160x80, resized to 64x32), a 32x32 ego view.
+# A 2:1 canvas half for the 160x120 exo images (resized to 64x32 without cropping, as released), a 32x32 ego view.
 TINY = {"generator.name": "egox", "egox.clip_frames": CLIP, "egox.exo_width": 64, "egox.exo_height": 32,
         "egox.steps": 2, "ego_camera.width": 32, "ego_camera.height": 32, "ego_camera.fx": 16.0,
         "ego_camera.fy": 16.0, "ego_camera.cx": 15.5, "ego_camera.cy": 15.5}
@@ -46,6 +46,9 @@ def test_the_egox_generator_publishes_clips_with_their_source_stamps(peer, tmp_p
         settings = {kv.key: kv.value for kv in meta.generator_settings}
         assert "rank 256" in settings["lora"] and settings["gga"].startswith("released, strength 3.0")
         assert settings["steps"] == "2" and settings["canvas"] == "64+32x32"
+        # The released inference's sampler by default (docs/egox-fidelity.md).
+        assert (settings["clip_image"], settings["exo_latent"], settings["prior_latent"], settings["exo_fit"],
+                settings["negative_prompt"]) == ("released", "sample", "sample", "resize", "")
         for ns in stamps:                                    # every frame out, stamped with its source stamp
             ego = rig.output("/ego/image_raw", ns)
             assert (ego.width, ego.height, ego.header.frame_id) == (32, 32, "ego_camera_optical")

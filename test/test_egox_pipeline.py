@@ -62,6 +62,16 @@ def geometry_tables(strength_scene: float = 2.0) -> GgaTables:
     return tables
 
 
+def seeded_latents(pipe, exo, prior, seed):
+    """What the pipeline draws from its generator, in its order: z_T (ego half), then the exo and the prior latent
+    as VAE posterior samples (the released default)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, 16, 2, H // 8, W_EGO // 8, generator=g)
+    x0 = pipe.encode_video(_video_tensor(exo, "exo"), "sample", g)
+    p0 = pipe.encode_video(_video_tensor(prior, "prior"), "sample", g)
+    return noise, x0, p0
+
+
 def run(pipe, seed=0, **kwargs):
     exo, prior = kwargs.pop("videos", videos())
     kwargs.setdefault("num_inference_steps", 3)
@@ -89,8 +99,8 @@ def test_canvas_channels_and_mask_layout(pipe):
     finally:
         hook.remove()
     assert len(inputs) == 2 * 2                                  # two passes per step (classifier-free guidance)
-    x0 = out.exo_latent
-    p0 = pipe.encode_video(_video_tensor(prior, "prior"))
+    x0, p0 = seeded_latents(pipe, exo, prior, seed=0)[1:]        # posterior samples, drawn after z_T
+    assert torch.equal(out.exo_latent, x0)
     we = x0.shape[-1]
     for x in inputs:
         assert x.shape == (1, 36, 2, H // 8, (W_EXO + W_EGO) // 8)
@@ -164,6 +174,71 @@ def test_gga_biases_ego_query_rows_only():
     assert torch.allclose(unset, plain, atol=1e-6)                       # no tables: plain attention
     with pytest.raises(ValueError, match="self-attention"):
         GgaAttnProcessor(GgaState())(attn, x, x, None, rope)
+
+
+def image_embeds_seen(pipe, **kwargs):
+    """The CLIP embeddings the transformer gets in a one-step run."""
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kw: seen.append(kw["encoder_hidden_states_image"].clone()), with_kwargs=True)
+    try:
+        run(pipe, num_inference_steps=1, output_type="latent", **kwargs)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def test_the_released_clip_image_is_frame_0_of_the_decoded_exo_and_noise_canvas(pipe):
+    exo, prior = videos()
+    noise, x0, _ = seeded_latents(pipe, exo, prior, seed=5)
+    # Independently, as the released code: un-normalise [x_0 | z_T], decode the whole canvas video, keep frame 0.
+    cfg = pipe.vae.config
+    mean, std = (torch.tensor(v).view(1, 16, 1, 1, 1) for v in (cfg.latents_mean, cfg.latents_std))
+    with torch.no_grad():
+        video = pipe.vae.decode(torch.cat([x0, noise], dim=-1) * std + mean, return_dict=False)[0]
+        assert video.shape == (1, 3, FRAMES, H, W_EXO + W_EGO)
+        image = ((video[:, :, 0] + 1.0) / 2.0).clamp(0.0, 1.0)
+        pixels = pipe.image_processor(images=image, return_tensors="pt", do_rescale=False)
+        expected = pipe.image_encoder(**pixels, output_hidden_states=True).hidden_states[-2]
+        # Decoding the first latent frame only gives the same image (the VAE is causal in time).
+        assert torch.allclose(pipe.released_clip_image(torch.cat([x0, noise], dim=-1)), image, atol=1e-5)
+    released = image_embeds_seen(pipe, seed=5)                  # the default
+    assert torch.allclose(released, expected, atol=1e-5)
+    assert torch.equal(image_embeds_seen(pipe, seed=5), released)                  # deterministic given the seed
+    assert (image_embeds_seen(pipe, seed=6) - released).abs().max() > 1e-4        # the noise half is in the image
+    canvas, exo_only = image_embeds_seen(pipe, seed=5, clip_image="canvas"), image_embeds_seen(pipe, seed=5,
+                                                                                              clip_image="exo")
+    assert (canvas - released).abs().max() > 1e-4 and (exo_only - canvas).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="clip_image must be one of"):
+        run(pipe, clip_image="prior")
+
+
+def test_the_exo_latent_is_a_seeded_posterior_sample_or_the_mean(pipe):
+    exo, _ = videos()
+    steps = dict(num_inference_steps=1, output_type="latent")
+    a, b, c = run(pipe, seed=3, **steps), run(pipe, seed=3, **steps), run(pipe, seed=4, **steps)
+    mean = run(pipe, seed=3, exo_latent="mean", **steps)
+    assert torch.equal(a.exo_latent, b.exo_latent) and torch.equal(a.ego, b.ego)     # reproducible
+    assert not torch.equal(a.exo_latent, c.exo_latent)                                 # another seed, another draw
+    assert torch.equal(mean.exo_latent, pipe.encode_video(_video_tensor(exo, "exo")))  # 'mean': the posterior mean
+    assert (a.exo_latent - mean.exo_latent).abs().max() > 1e-3
+    assert not torch.equal(a.ego, mean.ego)
+    # The ego prior latent likewise.
+    prior_mean = run(pipe, seed=3, prior_latent="mean", **steps)
+    assert torch.equal(prior_mean.exo_latent, a.exo_latent) and not torch.equal(prior_mean.ego, a.ego)
+    with pytest.raises(ValueError, match="exo_latent must be one of"):
+        run(pipe, exo_latent="mode")
+
+
+def test_the_negative_prompt_defaults_to_the_empty_prompt(pipe):
+    from egox_ros.core.config import DEFAULT_NEGATIVE_PROMPT, EgoxConfig
+    assert DEFAULT_NEGATIVE_PROMPT == "" and EgoxConfig().negative_prompt == ""
+    exo, prior = videos()
+    kwargs = dict(num_inference_steps=2, output_type="latent")
+    none = pipe(exo, prior, PROMPT, generator=torch.Generator().manual_seed(0), **kwargs).ego
+    empty = pipe(exo, prior, PROMPT, "", generator=torch.Generator().manual_seed(0), **kwargs).ego
+    assert torch.equal(none, empty)                                # None (the released call) is the empty prompt
+    assert not torch.equal(run(pipe, **kwargs).ego, empty)         # run() passes "blurry": it still counts
 
 
 def test_prompt_embeddings_give_the_same_clip_as_the_prompt(pipe):
@@ -266,15 +341,17 @@ def test_missing_or_mismatched_weight_files_name_what_is_wrong(weights, tmp_path
 @pytest.mark.skipif(not flex_attention_available(), reason="FlexAttention not available in this torch")
 def test_the_flex_backend_gives_the_chunked_result_inside_the_model(pipe):
     # The compiled kernel computes the bias inside the attention (no L x L tensor); same clip as the exact chunks.
+    # Also at a strength below 1, where the released rule scales every cosine.
     tables = geometry_tables()
-    pipe.enable_gga(backend="chunked")
-    chunked = run(pipe, output_type="latent", gga_tables=tables).ego
-    pipe.enable_gga(backend="flex")
     try:
-        flex = run(pipe, output_type="latent", gga_tables=tables).ego
+        for strength in (3.0, 0.5):
+            pipe.enable_gga(strength=strength, backend="chunked")
+            chunked = run(pipe, output_type="latent", gga_tables=tables).ego
+            pipe.enable_gga(strength=strength, backend="flex")
+            flex = run(pipe, output_type="latent", gga_tables=tables).ego
+            assert (flex - chunked).abs().max() <= 1e-4
     finally:
-        pipe.enable_gga(backend="auto")
-    assert (flex - chunked).abs().max() <= 1e-4
+        pipe.enable_gga(strength=3.0, backend="auto")
 
 
 def exo_frames(depth=True):
@@ -292,12 +369,30 @@ def exo_frames(depth=True):
     return frames
 
 
+def test_exo_frames_are_resized_without_cropping_by_default_as_released():
+    from egox_ros.core.generators.egox import fit_exo_frame
+    frame = exo_frames()[0]
+    rgb, depth, cam = fit_exo_frame(frame.rgb, frame.depth_m, frame.camera, W_EXO, H)
+    assert rgb.shape == (H, W_EXO, 3) and depth.shape == (H, W_EXO)
+    # The whole 160x120 frame, stretched to 64x32 (x by 0.4, y by 4/15): PIL-like bicubic, antialiased.
+    ref = torch.nn.functional.interpolate(torch.from_numpy(frame.rgb).permute(2, 0, 1)[None].float(), size=(H, W_EXO),
+                                          mode="bicubic", antialias=True, align_corners=False)
+    assert torch.equal(rgb, ref[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8))
+    # Intrinsics scaled per axis, then the principal point forced to the centre with the focal lengths scaled
+    # alike (the released infer.py): (79.5 + 0.5) * 0.4 - 0.5 = 31.5 -> 32, (59.5 + 0.5) * 4/15 - 0.5 = 15.5 -> 16.
+    sx, sy = W_EXO / 160, H / 120
+    assert (cam.width, cam.height, cam.cx, cam.cy) == (W_EXO, H, W_EXO / 2, H / 2)
+    assert cam.fx == pytest.approx(100.0 * sx * 32 / 31.5) and cam.fy == pytest.approx(100.0 * sy * 16 / 15.5)
+    with pytest.raises(ValueError, match="exo fit must be one of"):
+        fit_exo_frame(frame.rgb, frame.depth_m, frame.camera, W_EXO, H, fit="pad")
+
+
 def test_exo_frames_are_centre_cropped_to_the_canvas_with_their_camera():
     from egox_ros.core.generators.egox import fit_exo_frame
     frame = exo_frames()[0]
     depth = frame.depth_m.copy()
     depth[:, 80:] = 3.0
-    rgb, fitted_depth, cam = fit_exo_frame(frame.rgb, depth, frame.camera, W_EXO, H)
+    rgb, fitted_depth, cam = fit_exo_frame(frame.rgb, depth, frame.camera, W_EXO, H, fit="crop")
     assert rgb.shape == (H, W_EXO, 3) and rgb.dtype == torch.uint8 and fitted_depth.shape == (H, W_EXO)
     assert set(fitted_depth.unique().tolist()) == {2.0, 3.0}            # nearest: no invented depths
     # 160x120 -> centre crop 160x80 (rows 20..99) -> 64x32: a 3D point lands where its crop pixel went.
@@ -324,7 +419,10 @@ def test_the_egox_generator_makes_a_clip_from_frames_and_priors(weights):
     with_depth = generator.generate(ClipRequest(exo_frames(), priors, ego_cam))
     assert len(with_depth.rgb) == FRAMES and with_depth.rgb[0].shape == (H, W_EGO, 3)
     assert all(v.all() for v in with_depth.valid)
-    assert generator.settings()["gga"] == "released, strength 3.0, auto"
+    settings = generator.settings()
+    assert settings["gga"] == "released, strength 3.0, auto"
+    assert (settings["clip_image"], settings["exo_latent"], settings["prior_latent"], settings["exo_fit"],
+            settings["negative_prompt"]) == ("released", "sample", "sample", "resize", "")
     assert "(rank 256, scale 1.0)" in generator.settings()["lora"]
     # Without exo depth there is no geometry for GGA: the clip is made without it (and says so), and differs.
     without_depth = generator.generate(ClipRequest(exo_frames(depth=False), priors, ego_cam))

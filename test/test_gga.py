@@ -62,6 +62,61 @@ def test_flex_attention_matches_the_dense_fp64_reference():
     assert (out.double() - gga_attention_reference(q, k, v, other, 3.0, "released")).abs().max() <= 1e-5
 
 
+def test_released_strength_up_to_1_scales_every_cosine_by_hand():
+    # One ego query against exo keys at cosines 0.5, -0.5, 1, -1 and one ego key (direction 0).
+    qd = torch.tensor([[1.0, 0.0, 0.0]] * 5)
+    kd = torch.tensor([[[0.5, math.sqrt(0.75), 0.0], [-0.5, math.sqrt(0.75), 0.0], [1.0, 0.0, 0.0], [-1.0, 0.0, 0.0],
+                        [0, 0, 0]]])
+    t = GgaTables(qd, torch.zeros(5, dtype=torch.int64), torch.tensor([True, False, False, False, True]), kd)
+    # s <= 1: c' = s * c for every c, negative ones too (the released rule).
+    half = gga_bias_dense(t, strength=0.5)[0]
+    expected = [math.log(1 + 0.25 + EPS), math.log(1 - 0.25 + EPS), math.log(1.5 + EPS), math.log(0.5 + EPS),
+                math.log(1 + EPS)]
+    assert torch.allclose(half, torch.tensor(expected), atol=1e-6)
+    # s = 0: every bias log(1 + eps), i.e. no guidance at all; s = 1: the cosine itself (both rules agree).
+    assert torch.allclose(gga_bias_dense(t, strength=0.0)[0], torch.full((5,), math.log(1 + EPS)), atol=1e-7)
+    one = [math.log(1.5 + EPS), math.log(0.5 + EPS), math.log(2 + EPS), math.log(EPS), math.log(1 + EPS)]
+    assert torch.allclose(gga_bias_dense(t, strength=1.0)[0], torch.tensor(one), atol=1e-5)
+    # s > 1: only positive cosines are scaled (-1 stays -1: log(eps)).
+    three = [math.log(2.5 + EPS), math.log(0.5 + EPS), math.log(4 + EPS), math.log(EPS), math.log(1 + EPS)]
+    assert torch.allclose(gga_bias_dense(t, strength=3.0)[0], torch.tensor(three), atol=1e-5)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 1.0, 1.5])
+def test_every_backend_gives_the_same_numbers_at_low_strength(strength):
+    t = make_tables(frames=2, exo_per_frame=40, ego_per_frame=24)  # 128 tokens
+    q, k, v = qkv(t.length, heads=2, dim=16)
+    ref = gga_attention_reference(q, k, v, t, strength, "released")
+    chunked = gga_attention_chunked(q, k, v, t, strength, "released", chunk_rows=11)
+    assert (chunked.double() - ref).abs().max() <= 1e-5
+    if flex_attention_available():
+        flex = gga_attention_flex(q, k, v, t, strength, "released")
+        assert (flex.double() - ref).abs().max() <= 1e-5
+    if strength < 1.0:   # the old rule (negative cosines never scaled) is another bias
+        c = torch.einsum("lc,lmc->lm", t.query_dir.double(), t.key_dir.double()[t.query_frame]).clamp(-1, 1)
+        old = torch.log(1 + torch.where(c > 0, c * strength, c) + EPS)
+        new = gga_bias_dense(t.to(dtype=torch.float64), strength)
+        assert (old - new)[t.query_is_ego].abs().max() > 0.1
+
+
+def test_released_mode_rounds_the_directions_to_the_attention_dtype():
+    from egox_ros.core.attention.processor import GgaState
+    t = make_tables(frames=2, exo_per_frame=40, ego_per_frame=24)
+    assert t.rounded_through(torch.float32) is t and t.rounded_through(torch.float64) is t
+    r = t.rounded_through(torch.bfloat16)
+    assert r.query_dir.dtype == torch.float32 and torch.equal(r.query_dir, t.query_dir.bfloat16().float())
+    assert torch.equal(r.key_dir, t.key_dir.bfloat16().float()) and not torch.equal(r.key_dir, t.key_dir)
+    q, k, v = (x.bfloat16() for x in qkv(t.length))
+    state = GgaState(tables=t, strength=3.0, backend="chunked")
+    assert torch.equal(state.attention(q, k, v), gga_attention_chunked(q, k, v, r, 3.0, "released"))
+    state.mode = "paper"                                           # ours: the tables as they are
+    assert torch.equal(state.attention(q, k, v), gga_attention_chunked(q, k, v, t, 3.0, "paper"))
+    # float32 attention: nothing to round, the same numbers as before.
+    q, k, v = qkv(t.length)
+    state.mode = "released"
+    assert torch.equal(state.attention(q, k, v), gga_attention_chunked(q, k, v, t, 3.0, "released"))
+
+
 def test_bad_inputs_raise_clear_errors():
     t = make_tables(frames=3, exo_per_frame=24, ego_per_frame=16)
     with pytest.raises(ValueError, match="tokens but the GGA tables"):

@@ -34,7 +34,7 @@ def validate(config: Any) -> None:
             raise ValueError(f"{type(config).__name__}.{f.name} = {value!r}; expected one of {list(choices)}")
 
 
-EGO_CAMERA_MODELS = ("pinhole", "equidistant")
+EGO_CAMERA_MODELS = ("pinhole", "equidistant", "aria")
 
 
 @dataclass
@@ -46,18 +46,23 @@ class EgoCameraConfig:
     fy: float = param(224.0, "ego focal length y [px]", (1.0, 1e5))
     cx: float = param(223.5, "ego principal point x [px]", (-1e4, 1e4))
     cy: float = param(223.5, "ego principal point y [px]", (-1e4, 1e4))
-    model: str = param("pinhole", "ego camera model: 'pinhole' (OpenCV plumb_bob / rational_polynomial distortion) "
-                       "or 'equidistant' (Kannala-Brandt fisheye, as OpenCV fisheye)",
+    model: str = param("pinhole", "ego camera model: 'pinhole' (OpenCV plumb_bob / rational_polynomial distortion), "
+                       "'equidistant' (Kannala-Brandt fisheye, as OpenCV fisheye) or 'aria' (Project Aria "
+                       "FisheyeRadTanThinPrism, the Ego-Exo4D head camera the released EgoX priors were rendered "
+                       "with; fx = fy = Aria's f)",
                        choices=EGO_CAMERA_MODELS)
     distortion: list = param([0.0, 0.0, 0.0, 0.0], "distortion coefficients, all zeros = none; pinhole: 4 or 5 "
                              "(k1 k2 p1 p2 [k3], plumb_bob) or 8 (k1 k2 p1 p2 k3 k4 k5 k6, rational_polynomial); "
-                             "equidistant: 4 (k1 k2 k3 k4)", (-1e3, 1e3))
+                             "equidistant: 4 (k1 k2 k3 k4); aria: 12 (k0 k1 k2 k3 k4 k5 p0 p1 s0 s1 s2 s3, Aria's "
+                             "order), where all zeros (of any count, e.g. this default) is the pure equidistant "
+                             "fisheye r = f theta", (-1e3, 1e3))
 
     def __post_init__(self) -> None:
         self.distortion = [float(c) for c in self.distortion]
         validate(self)
-        counts = {"pinhole": (0, 4, 5, 8), "equidistant": (0, 4)}[self.model]
-        if len(self.distortion) not in counts:
+        counts = {"pinhole": (0, 4, 5, 8), "equidistant": (0, 4), "aria": (0, 12)}[self.model]
+        aria_none = self.model == "aria" and not any(self.distortion)   # any all-zero list: no coefficients
+        if len(self.distortion) not in counts and not aria_none:
             raise ValueError(f"EgoCameraConfig.distortion has {len(self.distortion)} coefficients; the "
                              f"{self.model!r} model takes {', '.join(map(str, counts))}")
 
@@ -138,7 +143,7 @@ class DepthConfig:
 DEFAULT_PROMPT = ("[Exo view] A person works with their hands at a table, seen from a camera across the room. "
                   "[Ego view] The same scene from the person's own eyes: their hands and the objects they handle, "
                   "close up.")
-DEFAULT_NEGATIVE_PROMPT = "blurry, low quality, distorted hands, static frames, watermark, text"
+DEFAULT_NEGATIVE_PROMPT = ""   # the released inference passes none (the empty prompt)
 
 
 @dataclass
@@ -149,7 +154,7 @@ class EgoxConfig:
                                "folder; empty = base model only")
     lora_scale: float = param(1.0, "strength of the fused LoRA", (0.0, 4.0))
     clip_frames: int = param(49, "frames per generated clip, 4k + 1 (the released weights: 49)", (1, 1001))
-    exo_width: int = param(784, "exo half of the canvas [px]; frames are centre-cropped to its aspect and resized "
+    exo_width: int = param(784, "exo half of the canvas [px]; frames are fitted to it as exo_fit says "
                                 "(released: 784)", (16, 4096))
     exo_height: int = param(448, "canvas height [px], shared by the exo and ego halves; must equal "
                                  "ego_camera.height (released: 448)", (16, 4096))
@@ -157,7 +162,21 @@ class EgoxConfig:
     guidance_scale: float = param(5.0, "classifier-free guidance (<= 1: one transformer pass per step)", (0.0, 50.0))
     seed: int = param(0, "noise seed of every clip (same inputs and seed, same clip)", (0, 2**31 - 1))
     prompt: str = param(DEFAULT_PROMPT, "two-part caption: '[Exo view] ... [Ego view] ...'")
-    negative_prompt: str = param(DEFAULT_NEGATIVE_PROMPT, "negative prompt for classifier-free guidance")
+    negative_prompt: str = param(DEFAULT_NEGATIVE_PROMPT, "negative prompt for classifier-free guidance (released "
+                                                          "inference: none, the empty string)")
+    clip_image: str = param("released", "what the CLIP image encoder sees: 'released' (frame 0 of the VAE decode of "
+                                        "[clean exo latent | the clip's initial noise], as the released inference; "
+                                        "one extra VAE decode of a latent frame), 'canvas' (frame 0 of [exo | "
+                                        "prior]) or 'exo' (the exo frame, as plain Wan I2V)",
+                            choices=("released", "canvas", "exo"))
+    exo_latent: str = param("sample", "exo latent: 'sample' (a draw from the VAE posterior, seeded by seed, as the "
+                                      "released code) or 'mean' (the posterior mean)", choices=("sample", "mean"))
+    prior_latent: str = param("sample", "ego prior latent: 'sample' (a draw from the VAE posterior, seeded by seed, "
+                                        "as the released code) or 'mean'", choices=("sample", "mean"))
+    exo_fit: str = param("resize", "exo frames to the exo_width x exo_height canvas half: 'resize' (stretched without "
+                                   "cropping, bicubic, the exo camera's principal point moved to the image centre, "
+                                   "as the released inference) or 'crop' (centre-cropped to the canvas aspect, then "
+                                   "resized; the camera follows exactly)", choices=("resize", "crop"))
     gga: str = param("released", "geometry-guided attention: 'released' (the released weights' semantics), "
                                  "'paper' (the paper's formula) or 'off'", choices=("released", "paper", "off"))
     gga_strength: float = param(3.0, "GGA strength s (released inference: 3.0)", (0.0, 100.0))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from egox_ros.core.camera import CameraModel, FisheyeCamera, PinholeCamera
+from egox_ros.core.camera import AriaFisheyeCamera, CameraModel, FisheyeCamera, PinholeCamera
 from egox_ros.core.config import EgoCameraConfig, PriorConfig
 from egox_ros.core.frames import ExoFrame
 from egox_ros.core.generators import ClipRequest, ClipResult, EgoGenerator, Prior
@@ -16,8 +16,11 @@ from egox_ros.core.render import render_points
 
 
 def ego_camera_from_config(config: EgoCameraConfig) -> CameraModel:
-    """PinholeCamera (model 'pinhole') or FisheyeCamera (model 'equidistant'); all-zero distortion means none."""
-    cls = FisheyeCamera if config.model == "equidistant" else PinholeCamera
+    """PinholeCamera (model 'pinhole'), FisheyeCamera ('equidistant') or AriaFisheyeCamera ('aria').
+
+    All-zero distortion means none: for the fisheye models that is the pure equidistant projection r = f theta.
+    """
+    cls = {"equidistant": FisheyeCamera, "aria": AriaFisheyeCamera}.get(config.model, PinholeCamera)
     distortion = tuple(config.distortion) if any(c != 0.0 for c in config.distortion) else ()
     return cls(width=config.width, height=config.height, fx=config.fx, fy=config.fy,
                cx=config.cx, cy=config.cy, distortion=distortion)

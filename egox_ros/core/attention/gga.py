@@ -4,8 +4,14 @@ The logit of query token m and key token n gets a bias from two unit-ish directi
 query's frame (../shared/docs/egox-method.md, section 4):
 
     c = clamp(dot(q_m, k_{f(m), n}), -1, 1)
-    released (default):  c' = strength * c where c > 0, else c;   bias = log(1 + c' + eps)
-    paper:                                                         bias = strength * log(1 + c + eps)
+    released (default):  strength > 1:  c' = strength * c where c > 0, else c
+                         strength <= 1: c' = strength * c for every c      bias = log(1 + c' + eps)
+    paper:                                                                 bias = strength * log(1 + c + eps)
+
+The released rule is that of the released inference (custom_transformer.py of DAVIAN-Robotics/EgoX): both branches
+agree at strength 1 and scale only positive cosines at the released inference strength 3. The released code also
+casts the direction vectors to the model dtype before the dot product; `GgaTables.rounded_through(dtype)` does the
+same to the tables (the processor applies it in 'released' mode), see docs/egox-fidelity.md.
 
 Only ego query rows are biased (exo rows get 0). q_m is the world-space viewing ray of ego token m; k_{f,n} is the
 direction from the ego camera centre of frame f to the 3D point of exo token n (zero for ego tokens, so their bias is
@@ -64,6 +70,16 @@ class GgaTables:
     def length(self) -> int:
         return int(self.query_dir.shape[0])
 
+    def rounded_through(self, dtype: torch.dtype) -> "GgaTables":
+        """The tables with their directions rounded to `dtype` and back to their own dtype: the released code casts
+        the direction vectors to the model dtype (bfloat16) before the dot product. self when nothing changes."""
+        if dtype == self.query_dir.dtype or not dtype.is_floating_point or \
+                torch.finfo(dtype).bits >= torch.finfo(self.query_dir.dtype).bits:
+            return self
+        own = self.query_dir.dtype
+        return GgaTables(self.query_dir.to(dtype).to(own), self.query_frame, self.query_is_ego,
+                         self.key_dir.to(dtype).to(own))
+
     def to(self, device=None, dtype=None) -> "GgaTables":
         """The tables on `device` (directions in `dtype`); self when they are there already (no copy, no checks)."""
         if (device is None or self.query_dir.device == torch.device(device)) and \
@@ -73,10 +89,17 @@ class GgaTables:
                          self.query_is_ego.to(device), self.key_dir.to(device=device, dtype=dtype))
 
 
+def _scaled_cos(c: torch.Tensor, strength: float) -> torch.Tensor:
+    """The released scaling of a clamped cosine: positive cosines only when strength > 1, every cosine otherwise."""
+    if strength > 1.0:
+        return torch.where(c > 0, c * strength, c)
+    return c * strength
+
+
 def _bias_from_cos(c: torch.Tensor, strength: float, mode: GgaMode) -> torch.Tensor:
     c = c.clamp(-1.0, 1.0)
     if mode == "released":
-        return torch.log(1.0 + torch.where(c > 0, c * strength, c) + EPS)
+        return torch.log(1.0 + _scaled_cos(c, float(strength)) + EPS)
     if mode == "paper":
         return strength * torch.log(1.0 + c + EPS)
     raise ValueError(f"unknown GGA mode {mode!r}; use 'released' or 'paper'")

@@ -12,7 +12,7 @@ which never allocates an L x L tensor.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -31,21 +31,33 @@ class GgaState:
     tables: the clip's direction tables (None: plain attention, as without GGA). strength: s of the method doc.
     mode: 'released' (the released weights' semantics) or 'paper'. backend: 'flex' (FlexAttention, bias computed in
     the kernel, compiled once per shape), 'chunked' (exact, chunks of ego query rows) or 'auto' (flex on CUDA,
-    chunked elsewhere). chunk_rows: rows per chunk of the chunked backend.
+    chunked elsewhere). chunk_rows: rows per chunk of the chunked backend. In 'released' mode the direction tables
+    are first rounded to the attention dtype (bfloat16 on CUDA), as the released code casts them to the model dtype
+    before the dot product; a no-op in float32. Every backend gets the same rounded tables.
     """
     tables: GgaTables | None = None
     strength: float = 3.0
     mode: GgaMode = "released"
     backend: GgaBackend = "auto"
     chunk_rows: int = 1024
+    _rounded: tuple | None = field(default=None, repr=False, compare=False)   # (source tables, dtype, rounded)
+
+    def _tables_for(self, q: torch.Tensor) -> GgaTables:
+        tables = self.tables
+        if tables.query_dir.device != q.device:   # once per clip: keep the moved tables for the other blocks
+            tables = self.tables = tables.to(q.device)
+        if self.mode != "released":
+            return tables
+        cached = self._rounded
+        if cached is None or cached[0] is not tables or cached[1] != q.dtype:
+            cached = self._rounded = (tables, q.dtype, tables.rounded_through(q.dtype))
+        return cached[2]
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(B, H, L, D) -> (B, H, L, D); plain SDPA when no tables are set."""
         if self.tables is None:
             return F.scaled_dot_product_attention(q, k, v)
-        tables = self.tables
-        if tables.query_dir.device != q.device:   # once per clip: keep the moved tables for the other blocks
-            tables = self.tables = tables.to(q.device)
+        tables = self._tables_for(q)
         backend = self.backend
         if backend == "auto":
             backend = "flex" if q.is_cuda else "chunked"

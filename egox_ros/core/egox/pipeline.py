@@ -3,11 +3,17 @@
 A `WanImageToVideoPipeline` (so diffusers' loading, LoRA loader, prompt and image encoders, offloading and
 progress bar apply unchanged) whose `__call__` runs EgoX sampling (../shared/docs/egox-method.md, sections 3-4):
 
-1. encode the exo video (F, 448, 784) and the ego prior video (F, 448, 448) with the VAE: x_0 and p_0;
-2. canvas [x_0 | z_T], z_T Gaussian noise on the ego half only; condition channels mask + [x_0 | p_0];
+1. encode the exo video (F, 448, 784) and the ego prior video (F, 448, 448) with the VAE: x_0 and p_0 (draws from
+   the VAE posterior by default, as the released code does; or its mean);
+2. canvas [x_0 | z_T], z_T Gaussian noise on the ego half only; condition channels mask + [x_0 | p_0]; the CLIP image
+   encoder sees frame 0 of the VAE decode of [x_0 | z_T] (released), of the [exo | prior] canvas, or of the exo video;
 3. every step: the transformer (twice with classifier-free guidance) with GGA on its self-attention, the exo half
    of the velocity zeroed, a scheduler step, x_0 written back into the exo half;
 4. decode the ego half only.
+
+Every random draw comes from the caller's generator, in a fixed order (z_T, then the exo posterior sample, then the
+prior's), so a seed gives one clip and z_T does not depend on the latent options. docs/egox-fidelity.md compares
+each step with the released inference code.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import numpy as np
 import torch
 from diffusers import WanImageToVideoPipeline
 from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
 
 from egox_ros.core.attention.directions import CELL_PX, latent_frame_indices
 from egox_ros.core.attention.gga import GgaTables
@@ -28,6 +34,8 @@ from egox_ros.core.egox.canvas import LatentCanvas
 from egox_ros.core.egox.weights import LoraSummary, WeightsError, check_lora_file, check_model_folder, lora_file
 
 TEXT_TOKENS = 512   # UMT5 context length the Wan transformer's cross-attention assumes
+CLIP_IMAGES = ("released", "canvas", "exo")   # what the CLIP image encoder sees (see EgoxPipeline.__call__)
+LATENT_MODES = ("sample", "mean")              # VAE posterior sample (released) or mean
 
 
 @dataclass
@@ -127,17 +135,43 @@ class EgoxPipeline(WanImageToVideoPipeline):
         std = torch.tensor(self.vae.config.latents_std).view(1, z, 1, 1, 1).to(latents)
         return latents * std + mean if inverse else (latents - mean) / std
 
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+    def encode_video(self, video: torch.Tensor, mode: str = "mean",
+                     generator: torch.Generator | None = None) -> torch.Tensor:
         """(1, 3, F, H, W) in [-1, 1] -> normalised latent (1, 16, F_latent, H/8, W/8) float32 on the execution
-        device (the VAE mean, no sampling). Inputs go to the execution device, where offload hooks run the VAE."""
+        device. mode 'mean': the VAE posterior mean; 'sample': mean + std * noise drawn from `generator` (what the
+        released code encodes with, there unseeded). Inputs go to the execution device, where offload hooks run
+        the VAE."""
+        if mode not in LATENT_MODES:
+            raise ValueError(f"latent mode must be one of {list(LATENT_MODES)}, got {mode!r}")
         device = self._execution_device
-        latents = retrieve_latents(self.vae.encode(video.to(device, self.vae.dtype)), sample_mode="argmax")
+        latents = retrieve_latents(self.vae.encode(video.to(device, self.vae.dtype)), generator=generator,
+                                   sample_mode="sample" if mode == "sample" else "argmax")
         return self._normalise(latents.to(device, torch.float32))
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latent -> (1, 3, F, H, W) in [-1, 1]."""
         latents = self._normalise(latents.to(self._execution_device, torch.float32), inverse=True)
         return self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+
+    def released_clip_image(self, canvas_latents: torch.Tensor) -> torch.Tensor:
+        """The released inference's CLIP image: frame 0 of the VAE decode of the canvas latent [x_0 | z_T]
+        (normalised, (1, 16, F_latent, h, w)), as (1, 3, H, W) float32 in [0, 1].
+
+        The released code decodes the whole canvas video and keeps frame 0. Wan's VAE is causal in time (frame 0
+        depends on latent frame 0 only), so decoding the first latent frame gives the same image: the cost is one
+        VAE decode of one latent frame of the canvas (448 x 1232), not of the clip. Values are clamped to [0, 1];
+        the released code passes them unclamped, which the CLIP image processor only accepts inside [0, 1], so the
+        clamp changes nothing wherever the released code runs."""
+        first = self.decode_latents(canvas_latents[:, :, :1])[:, :, 0].float()
+        return ((first + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def encode_float_image(self, image: torch.Tensor, device=None) -> torch.Tensor:
+        """CLIP penultimate hidden states of a (1, 3, H, W) float image in [0, 1] (as the released code passes it:
+        no uint8 rounding, the processor told not to rescale)."""
+        pixels = self.image_processor(images=image.float().cpu(), return_tensors="pt", do_rescale=False).to(
+            get_module_execution_device(self.image_encoder))
+        hidden = self.image_encoder(**pixels, output_hidden_states=True).hidden_states[-2]
+        return hidden.to(device or self._execution_device)
 
     def _check_videos(self, exo: torch.Tensor, prior: torch.Tensor, gga_tables: GgaTables | None) -> None:
         frames = exo.shape[2]
@@ -177,7 +211,8 @@ class EgoxPipeline(WanImageToVideoPipeline):
     @torch.no_grad()
     def __call__(self, exo_video, prior_video, prompt: str | None = None, negative_prompt: str | None = None, *,
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
-                 image_embeds: torch.Tensor | None = None, clip_image: str = "canvas", num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                 image_embeds: torch.Tensor | None = None, clip_image: str = "released", exo_latent: str = "sample",
+                 prior_latent: str = "sample", num_inference_steps: int = 50, guidance_scale: float = 5.0,
                  generator: torch.Generator | None = None, gga_tables: GgaTables | None = None,
                  output_type: str = "np",
                  step_callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> EgoxOutput:
@@ -187,14 +222,24 @@ class EgoxPipeline(WanImageToVideoPipeline):
         448 x 784); prior_video: (F, He, Wg, 3) likewise (448 x 448), black where the prior has holes. gga_tables:
         direction tables of this canvas (egox_ros.core.attention.directions); None runs without GGA.
         prompt_embeds / negative_prompt_embeds (1, 512, text_dim) and image_embeds (1, tokens, image_dim) replace
-        the text and CLIP encoders. clip_image: what the CLIP encoder sees, 'canvas' (frame 0 of [exo | prior], as the
-        canvas the model was fine-tuned on) or 'exo' (frame 0 of the exo video, as plain Wan I2V).
+        the text and CLIP encoders. negative_prompt None or "" is the empty prompt (the released inference's).
+        clip_image: what the CLIP encoder sees: 'released' (default; the released inference: frame 0 of the VAE
+        decode of [x_0 | z_T], the clean exo latent beside this clip's initial noise, so deterministic given the
+        generator; costs one VAE decode of the first latent frame of the canvas, see released_clip_image), 'canvas'
+        (frame 0 of [exo | prior]; training used frame 0 of [exo | real ego]) or 'exo' (frame 0 of the exo video, as
+        plain Wan I2V). exo_latent / prior_latent: 'sample' (default; a draw from the VAE posterior, as the released
+        code encodes both videos, here from `generator`) or 'mean' (the posterior mean).
         step_callback(i, t, canvas_latents) is called after every step with the (1, 16, F_latent, h, w) canvas.
         Returns EgoxOutput with the (F, He, Wg, 3) uint8 ego frames."""
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
         if output_type not in ("np", "latent"):
             raise ValueError(f"output_type must be 'np' (uint8 frames) or 'latent', got {output_type!r}")
+        if clip_image not in CLIP_IMAGES:
+            raise ValueError(f"clip_image must be one of {list(CLIP_IMAGES)}, got {clip_image!r}")
+        for name, mode in (("exo_latent", exo_latent), ("prior_latent", prior_latent)):
+            if mode not in LATENT_MODES:
+                raise ValueError(f"{name} must be one of {list(LATENT_MODES)}, got {mode!r}")
         exo, prior = _video_tensor(exo_video, "exo_video"), _video_tensor(prior_video, "prior_video")
         self._check_videos(exo, prior, gga_tables)
         device = self._execution_device
@@ -204,24 +249,32 @@ class EgoxPipeline(WanImageToVideoPipeline):
 
         text, negative_text = self._text_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                                     guided, device, dtype)
+        if image_embeds is None and self.transformer.config.image_dim is not None and self.image_encoder is None:
+            raise ValueError("the transformer expects CLIP image embeddings: the pipeline needs an image encoder, "
+                             "or pass image_embeds")
+
+        # Random draws, always in this order: z_T, the exo posterior sample, the prior's.
+        noise_shape = (1, self.vae.config.z_dim, (exo.shape[2] - 1) // self.vae_scale_factor_temporal + 1,
+                       prior.shape[3] // self.vae_scale_factor_spatial, prior.shape[4] // self.vae_scale_factor_spatial)
+        noise = randn_tensor(noise_shape, generator=generator, device=device, dtype=torch.float32)
+        exo_mode, prior_mode = exo_latent, prior_latent      # the names hold the latents from here on
+        exo_latent = self.encode_video(exo, exo_mode, generator)
+        prior_latent = self.encode_video(prior, prior_mode, generator)
+        if prior_latent.shape != noise.shape:
+            raise ValueError(f"the VAE gave a {tuple(prior_latent.shape)} prior latent; expected {noise_shape}")
+        canvas = LatentCanvas(exo_width=exo_latent.shape[-1], ego_width=prior_latent.shape[-1])
+        condition = canvas.condition(exo_latent, prior_latent)
+        latents = canvas.join(exo_latent, noise)
+
         if image_embeds is not None:
             image_embeds = image_embeds.to(device, dtype)
         elif self.transformer.config.image_dim is not None:
-            if self.image_encoder is None:
-                raise ValueError("the transformer expects CLIP image embeddings: the pipeline needs an image encoder, "
-                                 "or pass image_embeds")
-            if clip_image not in ("canvas", "exo"):
-                raise ValueError(f"clip_image must be 'canvas' or 'exo', got {clip_image!r}")
-            first = exo[0, :, 0] if clip_image == "exo" else torch.cat([exo[0, :, 0], prior[0, :, 0]], dim=-1)
-            first = ((first.permute(1, 2, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()
-            image_embeds = self.encode_image(first, device).to(dtype)
-
-        exo_latent = self.encode_video(exo)
-        prior_latent = self.encode_video(prior)
-        canvas = LatentCanvas(exo_width=exo_latent.shape[-1], ego_width=prior_latent.shape[-1])
-        condition = canvas.condition(exo_latent, prior_latent)
-        noise = randn_tensor(tuple(prior_latent.shape), generator=generator, device=device, dtype=torch.float32)
-        latents = canvas.join(exo_latent, noise)
+            if clip_image == "released":
+                image_embeds = self.encode_float_image(self.released_clip_image(latents), device).to(dtype)
+            else:
+                first = exo[0, :, 0] if clip_image == "exo" else torch.cat([exo[0, :, 0], prior[0, :, 0]], dim=-1)
+                first = ((first.permute(1, 2, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+                image_embeds = self.encode_image(first, device).to(dtype)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if gga_tables is not None:

@@ -2,11 +2,13 @@
 
 Construction only checks that the weight files are there (fast; WeightsError otherwise); `prepare()` loads the model
 (minutes for the 14B checkpoint) and is called by the node's worker thread, so the node keeps receiving meanwhile.
-Per clip: the exo frames are centre-cropped to the canvas aspect and resized (the exo camera and depth follow),
-the priors form the ego half, and the GGA direction tables come from the exo depth and both cameras' poses.
+Per clip: the exo frames are fitted to the canvas (`exo_fit`: resized without cropping, as the released inference,
+or centre-cropped to the canvas aspect; the exo camera and depth follow), the priors form the ego half, and the GGA
+direction tables come from the exo depth and both cameras' poses.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -20,20 +22,45 @@ from egox_ros.core.generators.base import ClipRequest, ClipResult, EgoGenerator
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def fit_exo_frame(rgb: np.ndarray, depth_m: np.ndarray | None, camera: CameraModel, width: int, height: int
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, CameraModel]:
-    """Centre-crop an exo frame to width:height and resize it to width x height.
+EXO_FITS = ("resize", "crop")
 
-    rgb (H, W, 3) uint8 -> (height, width, 3) uint8 tensor (bilinear, antialiased); depth_m (H, W) float32 metres ->
-    (height, width) (nearest, so no depth is invented across edges) or None; the camera cropped and scaled alike."""
+
+def centred_principal_point(camera: CameraModel) -> CameraModel:
+    """The released inference's exo intrinsics (infer.py of DAVIAN-Robotics/EgoX): principal point forced to
+    (W/2, H/2) and each focal length scaled by the same factor as its principal point coordinate,
+    f' = f * (W/2) / c. Only the GGA geometry uses it; the image itself is not moved."""
+    cx, cy = camera.width / 2.0, camera.height / 2.0
+    fx = camera.fx * cx / camera.cx if camera.cx > 0 else camera.fx
+    fy = camera.fy * cy / camera.cy if camera.cy > 0 else camera.fy
+    return dataclasses.replace(camera, fx=fx, fy=fy, cx=cx, cy=cy)
+
+
+def fit_exo_frame(rgb: np.ndarray, depth_m: np.ndarray | None, camera: CameraModel, width: int, height: int,
+                  fit: str = "resize") -> tuple[torch.Tensor, torch.Tensor | None, CameraModel]:
+    """Fit an exo frame to the width x height exo half of the canvas.
+
+    fit 'resize' (the released inference): the whole frame resized to width x height, each axis by its own factor
+    (bicubic, antialiased, as PIL's default resize the released code uses), the camera scaled per axis and its
+    principal point then moved to the centre as the released code does (centred_principal_point). fit 'crop':
+    centre-cropped to width:height, then resized (bilinear, antialiased); the camera cropped and scaled exactly.
+    rgb (H, W, 3) uint8 -> (height, width, 3) uint8 tensor; depth_m (H, W) float32 metres -> (height, width)
+    (nearest, so no depth is invented across edges) or None."""
+    if fit not in EXO_FITS:
+        raise ValueError(f"exo fit must be one of {list(EXO_FITS)}, got {fit!r}")
     h, w = rgb.shape[:2]
     if (camera.width, camera.height) != (w, h):
         raise ValueError(f"exo image is {w}x{h} but its camera info says {camera.width}x{camera.height}")
-    crop_w, crop_h = (w, round(w * height / width)) if w * height <= h * width else (round(h * width / height), h)
+    if fit == "resize":
+        crop_w, crop_h = w, h
+    else:
+        crop_w, crop_h = (w, round(w * height / width)) if w * height <= h * width else (round(h * width / height), h)
     x0, y0 = (w - crop_w) // 2, (h - crop_h) // 2
     camera = camera.cropped(x0, y0, crop_w, crop_h).with_size(width, height)
+    if fit == "resize":
+        camera = centred_principal_point(camera)
     image = torch.from_numpy(np.ascontiguousarray(rgb[y0:y0 + crop_h, x0:x0 + crop_w])).permute(2, 0, 1)[None]
-    image = F.interpolate(image.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    image = F.interpolate(image.float(), size=(height, width), mode="bicubic" if fit == "resize" else "bilinear",
+                          antialias=True, align_corners=False)
     image = image[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
     depth = None
     if depth_m is not None:
@@ -84,7 +111,8 @@ class EgoxGenerator(EgoGenerator):
         return {"model_path": str(self.model_path), "lora": lora, "clip_frames": str(c.clip_frames),
                 "canvas": f"{c.exo_width}+{c.exo_height}x{c.exo_height}", "steps": str(c.steps),
                 "guidance_scale": str(c.guidance_scale), "seed": str(c.seed), "prompt": c.prompt,
-                "gga": self.last_gga,
+                "negative_prompt": c.negative_prompt, "clip_image": c.clip_image, "exo_latent": c.exo_latent,
+                "prior_latent": c.prior_latent, "exo_fit": c.exo_fit, "gga": self.last_gga,
                 "dtype": str(self.dtype).removeprefix("torch."), "offload": c.offload}
 
     def _gga_tables(self, request: ClipRequest, exo_depths: list, exo_cameras: list[CameraModel]):
@@ -119,12 +147,14 @@ class EgoxGenerator(EgoGenerator):
             raise ValueError(f"a clip needs {c.clip_frames} frames, got {len(request.frames)}")
         self.check_ego_camera(request.ego_camera)
         self.prepare()
-        fitted = [fit_exo_frame(f.rgb, f.depth_m, f.camera, c.exo_width, c.exo_height) for f in request.frames]
+        fitted = [fit_exo_frame(f.rgb, f.depth_m, f.camera, c.exo_width, c.exo_height, c.exo_fit)
+                  for f in request.frames]
         exo_video = torch.stack([rgb for rgb, _, _ in fitted])
         tables = self._gga_tables(request, [d for _, d, _ in fitted], [cam for _, _, cam in fitted])
         prior_video = np.stack([p.rgb for p in request.priors])
         with self._lock:
             out = self.pipe(exo_video, prior_video, c.prompt, c.negative_prompt, num_inference_steps=c.steps,
-                            guidance_scale=c.guidance_scale, gga_tables=tables,
+                            guidance_scale=c.guidance_scale, gga_tables=tables, clip_image=c.clip_image,
+                            exo_latent=c.exo_latent, prior_latent=c.prior_latent,
                             generator=torch.Generator(device="cpu").manual_seed(c.seed))
         return ClipResult(rgb=list(out.ego), valid=[np.ones(out.ego.shape[1:3], bool)] * len(out.ego))

@@ -21,6 +21,8 @@ BENCHMARKS = {
              "video + alignment) at 640x480 on real TUM frames; real checkpoints from EGOX_BENCH_DEPTH_MODELS",
     "generator": "the whole EgoX sampling loop: tiny checkpoint on CPU; with --device cuda a full-size random "
                  "transformer at the released canvas, seconds per step and peak GPU memory per offload mode",
+    "prior": "soft-disc prior renderer (the released EgoX one) against the hard z-buffer squares on real TUM "
+             "frames: holes, PSNR against the real frame, an independent per-pixel reference, speed",
     "demonstrator": "person detector and head pose on real TUM frames (640x480): time per frame, detection rate, "
                     "head jitter in the world, frames/s of the whole prior path (sequential, pipelined, with a "
                     "competing process); --write-docs also draws docs/demonstrator.png",

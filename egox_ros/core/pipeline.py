@@ -12,7 +12,7 @@ from egox_ros.core.config import EgoCameraConfig, PriorConfig
 from egox_ros.core.frames import ExoFrame
 from egox_ros.core.generators import ClipRequest, ClipResult, EgoGenerator, Prior
 from egox_ros.core.fusion import CloudFusion, FusionConfig, make_fusion
-from egox_ros.core.render import render_points
+from egox_ros.core.render import render_points, render_points_soft
 
 
 def ego_camera_from_config(config: EgoCameraConfig) -> CameraModel:
@@ -34,12 +34,13 @@ class PriorRenderer:
     own dynamic points. A context older than what the fusion holds (a time jump back) restarts the fusion.
     Person masks keep the demonstrator out of the background: their pixels are not lifted (prior.person_points
     'none') or become the frame's dynamic points ('per_frame'); nothing within prior.min_distance_m of the ego
-    camera is drawn.
+    camera is drawn. ``generator`` (its name) decides prior.splat 'auto': soft discs for 'egox', hard squares else.
     """
 
     def __init__(self, config: PriorConfig, fusion_config: FusionConfig, ego_camera: CameraModel,
-                 device: str = "cpu"):
+                 device: str = "cpu", generator: str = "prior"):
         self.config = config
+        self.splat = config.splat if config.splat != "auto" else ("soft" if generator == "egox" else "hard")
         self.fusion_config = fusion_config
         self.ego_camera = ego_camera
         self.device = torch.device(device)
@@ -72,8 +73,14 @@ class PriorRenderer:
         if cloud is None or len(cloud) == 0:
             return Prior(rgb=np.zeros((h, w, 3), np.uint8), mask=np.zeros((h, w), bool),
                          depth_m=np.zeros((h, w), np.float32))
-        view = render_points(cloud, self.ego_camera, torch.from_numpy(frame.world_T_ego),
-                             point_radius_px=self.config.point_radius_px, min_distance_m=self.config.min_distance_m)
+        pose = torch.from_numpy(frame.world_T_ego)
+        if self.splat == "soft":
+            view = render_points_soft(cloud, self.ego_camera, pose, radius_px=self.config.splat_radius_px,
+                                      points_per_pixel=self.config.points_per_pixel,
+                                      min_distance_m=self.config.min_distance_m)
+        else:
+            view = render_points(cloud, self.ego_camera, pose, point_radius_px=self.config.point_radius_px,
+                                 min_distance_m=self.config.min_distance_m)
         covered = int(view.mask.sum())
         person = int((view.point_index < self.fusion.dynamic_points(frame.stamp_ns)).sum()) if covered else 0
         return Prior(rgb=view.rgb.cpu().numpy(), mask=view.mask.cpu().numpy(), depth_m=view.depth_m.cpu().numpy(),

@@ -181,7 +181,8 @@ class EgoxNode(Node):
         except (WeightsError, ValueError) as e:
             self.generator = self._fall_back(generator_config.name, e)
         self.pipeline = EgoPipeline(PriorRenderer(prior_config, fusion_config, self.ego_camera,
-                                                  generator_config.device), self.generator)
+                                                  generator_config.device, generator=self.generator.name),
+                                    self.generator)
         self.fusion_frames = min(fusion_config.window_frames, window_config.max_frames)
         self.window = FrameWindow(window_config)
         self.tf = TfBufferCore(cache_time_s=self.sync.tf_cache_s)

@@ -29,7 +29,7 @@ from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.demonstrator.detector import AsyncPersonDetector, make_person_detector
+from egox_ros.core.demonstrator.detector import AsyncPersonDetector, make_person_detector, resolve_person_source
 from egox_ros.core.demonstrator.head_geometry import measure_head
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
 from egox_ros.core.demonstrator.landmarks import PersonObservation
@@ -151,6 +151,8 @@ class EgoxNode(Node):
         # Depth models load here (a missing or incompatible folder stops the node with a message saying why). A
         # 'topic' source without the topic (inputs.use_depth false) has no depth and no fallback.
         self.person_config, self.head_config = configs["person"], configs["head"]
+        self.person_config.source = resolve_person_source(self.person_config, self.inputs.head_source,
+                                                          generator_config.name)
         if self.inputs.head_source == "exo" and self.person_config.source != "mediapipe":
             raise ValueError(f"inputs.head_source 'exo' needs person.source 'mediapipe' (the head keypoints come "
                              f"from it); person.source is {self.person_config.source!r}")

@@ -19,15 +19,17 @@ from numpy.lib.stride_tricks import sliding_window_view
 from egox_ros.core.config import param, validate
 from egox_ros.core.demonstrator.landmarks import PersonObservation
 
-PERSON_SOURCES = ("none", "mediapipe", "topic")   # not "off": YAML reads that as false
+PERSON_SOURCES = ("auto", "none", "mediapipe", "topic")   # not "off": YAML reads that as false
 
 
 @dataclass
 class PersonConfig:
     """The demonstrator's mask in the exo image, and what the prior does with it."""
-    source: str = param("mediapipe", "person masks and head keypoints: 'mediapipe' (built-in models, on the exo "
-                                     "image), 'topic' (masks on exo/person_mask, mono8, same stamp and size as the "
-                                     "image; no head keypoints) or 'none'", choices=PERSON_SOURCES)
+    source: str = param("auto", "person masks and head keypoints: 'mediapipe' (built-in models, on the exo "
+                                "image), 'topic' (masks on exo/person_mask, mono8, same stamp and size as the "
+                                "image; no head keypoints), 'none', or 'auto': mediapipe with inputs.head_source "
+                                "'exo' or the egox generator (whose weights saw priors without people), none "
+                                "otherwise", choices=PERSON_SOURCES)
     mask_threshold: float = param(0.5, "a pixel is the person where the segmentation score exceeds this", (0.0, 1.0))
     dilate_px: int = param(4, "grow the mask by this many pixels (segmentation edges are soft; depth edges "
                               "around a person smear) [px]", (0, 64))
@@ -54,8 +56,17 @@ class PersonDetector(Protocol):
         ...
 
 
+def resolve_person_source(config: PersonConfig, head_source: str, generator: str) -> str:
+    """config.source with 'auto' decided: 'mediapipe' when the head comes from the exo image or the egox generator
+    runs, else 'none'."""
+    if config.source != "auto":
+        return config.source
+    return "mediapipe" if head_source == "exo" or generator == "egox" else "none"
+
+
 def make_person_detector(config: PersonConfig) -> PersonDetector | None:
-    """The detector for config.source ('mediapipe'), or None ('none', 'topic': nothing to run)."""
+    """The detector for config.source ('mediapipe'), or None ('none', 'topic': nothing to run; resolve 'auto'
+    first with resolve_person_source)."""
     if config.source != "mediapipe":
         return None
     from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector

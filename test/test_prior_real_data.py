@@ -69,3 +69,30 @@ def test_streaming_renderer_matches_a_fresh_one_and_restarts_after_a_jump_back()
         assert got.mask.any()
         np.testing.assert_array_equal(got.mask, fresh.mask)
         np.testing.assert_array_equal(got.rgb, fresh.rgb)
+
+
+def test_a_static_camera_clip_shares_one_mean_background_and_a_moving_one_falls_back():
+    # A static exo camera (frame 20's image and pose, five times): the first frame misses a block of depth that the
+    # later ones have. Rendered as a clip (the egox generator's path), even the first prior shows the block, and
+    # every frame's prior is the same; causally (frame by frame) the first one has a hole there.
+    seq = tum.TumSequence("fr1_rpy_60")
+    f, ego = seq[20], seq[25]
+    frames = []
+    for k in range(5):
+        depth = f.depth_m.copy()
+        if k == 0:
+            depth[100:300, 200:400] = np.nan
+        frames.append(ExoFrame(stamp_ns=k + 1, rgb=f.rgb, depth_m=depth, camera=seq.camera,
+                               world_T_exo=f.world_T_camera, world_T_ego=ego.world_T_camera, exo_frame_id="exo"))
+    fusion = FusionConfig(mode="static", window_frames=4)
+    clip = PriorRenderer(PriorConfig(), fusion, seq.camera).render_clip(frames)
+    causal = PriorRenderer(PriorConfig(), fusion, seq.camera).render(frames[0], frames[:1])
+    assert clip is not None and len(clip) == 5
+    assert clip[0].coverage > causal.coverage + 0.05, (clip[0].coverage, causal.coverage)
+    assert all(np.array_equal(p.rgb, clip[0].rgb) for p in clip[1:])
+    # Switched off, or a camera that moves within the clip (the real poses): no clip background.
+    off = FusionConfig(mode="static", window_frames=4, clip_background=False)
+    assert PriorRenderer(PriorConfig(), off, seq.camera).render_clip(frames) is None
+    moving = [exo_frame(seq, k, k + 5) for k in range(20, 25)]
+    assert PriorRenderer(PriorConfig(), fusion, seq.camera).render_clip(moving) is None
+    assert PriorRenderer(PriorConfig(), FusionConfig(), seq.camera).render_clip(frames) is None   # 'moving' mode

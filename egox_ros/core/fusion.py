@@ -62,6 +62,11 @@ class FusionConfig:
                                 choices=("raise", "reset"))
     static_min_observations: int = param(1, "static: a pixel enters the cloud once it had this many valid "
                                          "readings", (1, 100000))
+    clip_background: bool = param(True, "static: with a clip generator (egox), every frame of a clip sees one "
+                                        "background, the per-pixel mean over the whole clip of its static pixels, as "
+                                        "the released tools made the priors the weights saw; false: causal (each "
+                                        "frame sees the frames up to it); a camera that moves within the clip falls "
+                                        "back to causal")
     edge_window_px: int = param(5, "depth-edge filter before lifting: a pixel is kept when (max - min) / mean of "
                                    "the depth in this window around it is below edge_ratio (the released EgoX "
                                    "tools' 'reliable depth': 5 px, 0.1); 0 or 1 = off; odd", (0, 31))

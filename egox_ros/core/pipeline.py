@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from egox_ros.core.camera import AriaFisheyeCamera, CameraModel, FisheyeCamera, 
 from egox_ros.core.config import EgoCameraConfig, PriorConfig
 from egox_ros.core.frames import ExoFrame
 from egox_ros.core.generators import ClipRequest, ClipResult, EgoGenerator, Prior
-from egox_ros.core.fusion import CloudFusion, FusionConfig, make_fusion
+from egox_ros.core.fusion import CameraMovedError, CloudFusion, FusionConfig, make_fusion
 from egox_ros.core.render import render_points, render_points_soft
 
 
@@ -54,21 +54,47 @@ class PriorRenderer:
         for f in context:
             if f.depth_m is None or (self._newest_ns is not None and f.stamp_ns <= self._newest_ns):
                 continue
-            depth_m, dynamic_mask = f.depth_m, None
-            if f.person_mask is not None and f.person_mask.any():
-                if self.config.person_points == "per_frame":
-                    dynamic_mask = f.person_mask
-                else:                       # 'none': the person is not lifted at all
-                    depth_m = np.where(f.person_mask, np.float32(np.nan), depth_m)
-            self.fusion.add(f.stamp_ns, f.rgb, depth_m, f.camera, f.world_T_exo, dynamic_mask=dynamic_mask)
+            self._add(self.fusion, f)
             self._newest_ns = f.stamp_ns
         if context:
             self.fusion.remove_older_than(context[0].stamp_ns)
 
+    def _add(self, fusion: CloudFusion, f: ExoFrame) -> None:
+        """Fuse one frame, its person pixels left out ('none') or kept as its dynamic points ('per_frame')."""
+        depth_m, dynamic_mask = f.depth_m, None
+        if f.person_mask is not None and f.person_mask.any():
+            if self.config.person_points == "per_frame":
+                dynamic_mask = f.person_mask
+            else:                       # 'none': the person is not lifted at all
+                depth_m = np.where(f.person_mask, np.float32(np.nan), depth_m)
+        fusion.add(f.stamp_ns, f.rgb, depth_m, f.camera, f.world_T_exo, dynamic_mask=dynamic_mask)
+
     def render(self, frame: ExoFrame, context: list[ExoFrame]) -> Prior:
         """Prior of `frame` in its ego pose; `context`: its window frames, oldest first, ending with `frame`."""
         self._update_fusion(context)
-        cloud = self.fusion.frame_cloud(frame.stamp_ns) if len(self.fusion) else None
+        return self._splat(self.fusion, frame)
+
+    def render_clip(self, frames: list[ExoFrame]) -> list[Prior] | None:
+        """Priors of a whole clip over one background, as the released tools make them for a static exo camera:
+        the per-pixel mean over all the clip's frames of their static pixels (a StaticCameraFusion as long as the
+        clip), plus each frame's own dynamic points. None when it does not apply (fusion.mode not 'static',
+        fusion.clip_background off, fewer than 2 frames, a frame without depth) or the camera moved within the
+        clip (the caller then renders causally)."""
+        if self.fusion_config.mode != "static" or not self.fusion_config.clip_background or len(frames) < 2 \
+                or any(f.depth_m is None for f in frames):
+            return None
+        config = replace(self.fusion_config, window_frames=len(frames), static_on_move="raise")
+        fusion = make_fusion(config, self.device)
+        try:
+            for f in frames:
+                self._add(fusion, f)
+        except CameraMovedError:
+            return None
+        return [self._splat(fusion, f) for f in frames]
+
+    def _splat(self, fusion: CloudFusion, frame: ExoFrame) -> Prior:
+        """The fusion's cloud plus the frame's dynamic points, drawn into the ego camera at the frame's ego pose."""
+        cloud = fusion.frame_cloud(frame.stamp_ns) if len(fusion) else None
         h, w = self.ego_camera.height, self.ego_camera.width
         if cloud is None or len(cloud) == 0:
             return Prior(rgb=np.zeros((h, w, 3), np.uint8), mask=np.zeros((h, w), bool),
@@ -82,7 +108,7 @@ class PriorRenderer:
             view = render_points(cloud, self.ego_camera, pose, point_radius_px=self.config.point_radius_px,
                                  min_distance_m=self.config.min_distance_m)
         covered = int(view.mask.sum())
-        person = int((view.point_index < self.fusion.dynamic_points(frame.stamp_ns)).sum()) if covered else 0
+        person = int((view.point_index < fusion.dynamic_points(frame.stamp_ns)).sum()) if covered else 0
         return Prior(rgb=view.rgb.cpu().numpy(), mask=view.mask.cpu().numpy(), depth_m=view.depth_m.cpu().numpy(),
                      person_fraction=person / covered if covered else 0.0)
 
@@ -108,7 +134,7 @@ class EgoPipeline:
         if len(frames) != len(contexts) or not frames:
             raise ValueError(f"need one context per frame, got {len(frames)} frames and {len(contexts)} contexts")
         t0 = time.perf_counter()
-        priors = [self.renderer.render(f, c) for f, c in zip(frames, contexts)]
+        priors = self.renderer.render_clip(frames) or [self.renderer.render(f, c) for f, c in zip(frames, contexts)]
         t1 = time.perf_counter()
         request = ClipRequest(frames=frames, priors=priors, ego_camera=self.renderer.ego_camera)
         result = self.generator.generate(request)

@@ -369,11 +369,9 @@ def _label(image, text: str):
 def _exo_panel(seq, k: int, obs, measurement):
     import torch
     from PIL import Image, ImageDraw
-    rgb = seq[k].rgb.astype(np.float32)
-    if obs.mask is not None:
-        green = np.array([40, 220, 60], np.float32)
-        rgb[obs.mask] = 0.55 * rgb[obs.mask] + 0.45 * green
-    image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+    from egox_ros.core.contact_sheet import tint
+    rgb = seq[k].rgb if obs.mask is None else tint(seq[k].rgb, obs.mask)
+    image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
     if obs.head is not None:
         for name, colour in (("left_eye", (255, 60, 60)), ("right_eye", (60, 140, 255)), ("nose", (255, 220, 0))):

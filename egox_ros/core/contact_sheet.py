@@ -5,6 +5,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
+PERSON_TINT = (40, 220, 60)
+
+
+def tint(rgb: np.ndarray, mask: np.ndarray, color=PERSON_TINT, alpha: float = 0.45) -> np.ndarray:
+    """(H, W, 3) uint8 copy of rgb with the (H, W) bool mask's pixels blended towards `color` by `alpha`."""
+    out = rgb.copy()
+    out[mask] = (out[mask] * (1 - alpha) + np.asarray(color) * alpha).astype(np.uint8)
+    return out
+
+
 def contact_sheet(rows: list[list[np.ndarray | None]], column_titles: list[str], row_titles: list[str],
                   tile_height: int = 200) -> Image.Image:
     """Grid of (H, W, 3) uint8 or (H, W) images, each scaled to tile_height; None leaves a grey tile."""

@@ -11,7 +11,7 @@ from egox_ros.ros.conversions import camera_info_to_camera as _camera
 from egox_ros.ros.conversions import image_to_rgb as _rgb
 from egox_ros.ros.conversions import stamp_to_ns as _ns
 from egox_ros.ros.conversions import transform_msg_to_rigid as _rigid
-from egox_ros.core.contact_sheet import contact_sheet
+from egox_ros.core.contact_sheet import contact_sheet, tint
 from egox_ros.core.evaluation import masked_psnr, resample_into_camera
 from egox_ros.core.image_codec import decode_image
 from egox_ros.core.demonstrator.head_geometry import forward_angle_deg, position_error_m
@@ -152,13 +152,6 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
         contact_sheet([sheet_rows[s] for s in ordered], ["exo", "prior", "ego (output)", "ground truth"],
                       titles).save(out_dir / "contact_sheet.png")
     return {"summary": summary, "frames": per_frame}
-
-
-def tint(rgb: np.ndarray, mask: np.ndarray, color=(0, 200, 80), alpha: float = 0.45) -> np.ndarray:
-    """(H, W, 3) uint8 with the mask's pixels blended towards `color`."""
-    out = rgb.copy()
-    out[mask] = (out[mask] * (1 - alpha) + np.asarray(color) * alpha).astype(np.uint8)
-    return out
 
 
 def _head_errors(estimate: np.ndarray | None, tf: TfBufferCore, world_frame: str, head_frame: str,

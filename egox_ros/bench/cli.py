@@ -26,7 +26,12 @@ BENCHMARKS = {
     "demonstrator": "person detector and head pose on real TUM frames (640x480): time per frame, detection rate, "
                     "head jitter in the world, frames/s of the whole prior path (sequential, pipelined, with a "
                     "competing process); --write-docs also draws docs/demonstrator.png",
+    "soak": "the egox node as a subprocess fed live at camera rate (real sample frames, 640x480) for minutes, "
+            "optionally with competing busy processes: frame accounting, output rate, latency percentiles, node RSS "
+            "slope; --write-docs keeps one table row per case",
 }
+# Benchmarks with their own options: egox_ros.bench.<name> also has add_arguments(parser) and run_cli(args).
+OWN_CLI = {"soak"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "demonstrator":
             p.add_argument("--frames", type=int, default=None,
                            help="frames of each prior-path run (frames 48-59 repeated; default 48, --quick 12)")
+        if name in OWN_CLI:
+            importlib.import_module(f"egox_ros.bench.{name}").add_arguments(p)
 
 
 def update_docs_section(name: str, body: str, path: Path = DOCS) -> None:
@@ -58,6 +65,8 @@ def update_docs_section(name: str, body: str, path: Path = DOCS) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     bench = importlib.import_module(f"egox_ros.bench.{args.bench}")
+    if args.bench in OWN_CLI:
+        return bench.run_cli(args)
     bar = None if args.json else tqdm(desc=f"bench {args.bench}", unit="case", file=sys.stderr)
     progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
     extra = {"frames": args.frames} if getattr(args, "frames", None) else {}

@@ -1,7 +1,9 @@
 """`egox replay` end to end: the real sample bag through a real node process, in lockstep, into a real MCAP bag."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,8 +12,10 @@ import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from pathlib import Path
+
 from conftest import SAMPLE_BAG
-from egox_ros.ros.replay import ReplayError, replay, typestore_with_egox_msgs
+from egox_ros.ros.replay import ReplayError, ReplayInputError, replay, typestore_with_egox_msgs
 from egox_ros.tools import make_sample_bag as msb
 
 FRAMES = 50  # exo frames in the sample bag
@@ -174,3 +178,88 @@ def test_report_head_errors_against_a_reference_tf():
     assert errors["head_position_error_m"] == pytest.approx(0.1, abs=1e-4)
     assert errors["head_forward_error_deg"] == pytest.approx(30.0, abs=0.01)
     assert _head_errors(estimate, tf, "world", "elsewhere", 10) == {}
+
+
+# --------------------------------------------------------------------------- the input is never deleted or overwritten
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "egox_ros.cli", "replay", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _tree(path):
+    """Every file under path with its content hash: equal trees mean nothing was deleted or changed."""
+    path = Path(path)
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("egox replay: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _refused(in_bag, out, *needles, overwrite=False):
+    with pytest.raises(ReplayInputError) as e:
+        replay(in_bag, out, overwrite=overwrite, progress_bar=False)
+    assert "\n" not in str(e.value) and all(n in str(e.value) for n in needles), str(e.value)
+
+
+def test_replay_refuses_outputs_that_would_touch_its_input(tmp_path):
+    # The earlier failure: `egox replay X/bag -o X` deleted X/bag (the input) before reading it.
+    out = tmp_path / "X"
+    shutil.copytree(SAMPLE_BAG, out / "bag")
+    before = _tree(tmp_path)
+    _one_error_line(_cli(out / "bag", "-o", out, "--overwrite"), "is (inside)", "bag")
+    _refused(out / "bag", out, "is (inside)")
+    mcap = next((out / "bag").glob("*.mcap"))
+    _refused(mcap, out, "is (inside)", overwrite=True)                     # a file of the bag as the input
+    _refused(out / "bag", out / "bag", "is the input bag", overwrite=True)
+    _refused(out / "bag", out / "bag" / "sub", "inside it", overwrite=True)
+    (tmp_path / "link").symlink_to(out / "bag")                           # the input through a link
+    _refused(tmp_path / "link", out / "bag" / "x", "inside it", overwrite=True)
+    link_out = tmp_path / "L"                                             # OUT/bag a link to the input
+    link_out.mkdir()
+    (link_out / "bag").symlink_to(out / "bag")
+    _refused(out / "bag", link_out, "is (inside)", overwrite=True)
+    assert _tree(tmp_path) == before
+    assert (out / "bag" / "metadata.yaml").is_file()
+
+
+def test_replay_refuses_a_non_empty_output_and_unwritable_paths(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (tmp_path / "a_file").write_text("x")
+    before = _tree(tmp_path)
+    _one_error_line(_cli(SAMPLE_BAG, "-o", out), "not empty", "notes.txt", "--overwrite")
+    _refused(SAMPLE_BAG, tmp_path / "a_file", "not a directory", overwrite=True)
+    _refused(SAMPLE_BAG, tmp_path / "a_file" / "out", "cannot create output directory")
+    _one_error_line(_cli(SAMPLE_BAG, "-o", "/proc/egox_replay_test/out"), "/proc/egox_replay_test")
+    _one_error_line(_cli(tmp_path / "missing", "-o", tmp_path / "new"), "does not exist")
+    assert _tree(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def test_overwrite_replaces_only_the_replays_own_files(tmp_path):
+    # The input bag and a user's file live in the output directory: --overwrite replaces bag/, metrics.json, ...
+    # and leaves both alone, run after run.
+    out = tmp_path / "out"
+    bag = out / "input_bag"
+    out.mkdir()
+    _copy_bag(SAMPLE_BAG, bag, StoragePlugin.SQLITE3, keep_frames=3)
+    (out / "notes.txt").write_text("mine")
+    mine = {k: v for k, v in _tree(out).items() if not k.startswith(("bag/", "metrics", "contact", "node.log"))}
+    _one_error_line(_cli(bag, "-o", out), "not empty")
+    for run in range(2):
+        result = _cli(bag, "-o", out, "--overwrite")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "3 published, 0 dropped" in result.stdout
+        after = _tree(out)
+        assert {k: v for k, v in after.items() if k in mine} == mine
+        assert json.loads((out / "metrics.json").read_text())["summary"]["frames_published"] == 3
+        assert _output_counts(out / "bag")[0]["/ego/image_raw"] == 3
+    assert set(p.name for p in out.iterdir()) == {"input_bag", "notes.txt", "bag", "metrics.json",
+                                                  "contact_sheet.png", "node.log"}

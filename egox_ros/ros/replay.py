@@ -43,6 +43,74 @@ class ReplayError(RuntimeError):
     """The replay could not finish; the message says why and what to check."""
 
 
+class ReplayInputError(ReplayError):
+    """Bad input (arguments, input bag, output path): nothing was started; `egox replay` exits with code 2."""
+
+
+# What the replay writes into its output directory; with --overwrite exactly these are replaced, nothing else.
+REPLAY_OUTPUTS = ("bag", "contact_sheet.png", "metrics.json", "node.log")
+
+
+def _input_root(in_bag: Path) -> Path:
+    """The input as a whole: the bag directory (also when a file inside a bag directory is given)."""
+    path = in_bag.resolve()
+    if path.is_file() and (path.parent / "metadata.yaml").is_file():
+        return path.parent
+    return path
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_output(in_bag: Path, out_dir: Path, overwrite: bool) -> list[Path]:
+    """Refuse an output that would delete, overwrite or mix with the input or a user's files; returns the earlier
+    replay outputs in out_dir that --overwrite replaces. Raises ReplayInputError (one line) and changes nothing."""
+    protected = _input_root(Path(in_bag))
+    out = Path(out_dir)
+    resolved = out.resolve()
+    if _within(resolved, protected):
+        raise ReplayInputError(f"output directory {out} is the input bag {in_bag} or inside it; choose an -o "
+                               "outside the input")
+    for name in REPLAY_OUTPUTS:
+        if _within(protected, (out / name).resolve()):
+            raise ReplayInputError(f"the input bag {in_bag} is (inside) {out / name}, which the replay writes; "
+                                   "choose another -o")
+    if out.exists() and not out.is_dir():
+        raise ReplayInputError(f"output path {out} exists and is not a directory")
+    if out.is_dir():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not overwrite:
+            raise ReplayInputError(
+                f"output directory {out} is not empty ({', '.join(entries[:4])}{', ...' if len(entries) > 4 else ''})"
+                f"; pass --overwrite to replace what a replay writes there ({', '.join(REPLAY_OUTPUTS)}; nothing "
+                "else is touched), or choose another -o")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ReplayInputError(f"output directory {out} is not writable")
+        return [out / name for name in REPLAY_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    parent = resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ReplayInputError(f"cannot create output directory {out}: {parent} is not a writable directory")
+    return []
+
+
+def prepare_output(out_dir: Path, replaced: list[Path]) -> None:
+    """Create out_dir and remove the earlier replay outputs check_output() listed (never anything else)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for path in replaced:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    except OSError as e:
+        raise ReplayInputError(f"cannot prepare output directory {out}: {e.strerror or e} "
+                               f"({e.filename or out})") from e
+
+
 def typestore_with_egox_msgs():
     """rosbags typestore for ROS 2 Kilted plus egox_msgs (from its installed or source .msg files)."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -248,8 +316,8 @@ def _start_node(params_file: str | None, overrides: list[str], log_path: Path) -
 
 def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
            exo_topic: str = "/exo/image_raw", gt_topic: str = "/ego/ground_truth/image_raw",
-           attach: bool = False, stall_timeout_s: float = 300.0, sheet_frames: int = 6, progress_bar: bool = True,
-           domain_id: int | None = None) -> ReplayResult:
+           overwrite: bool = False, attach: bool = False, stall_timeout_s: float = 300.0, sheet_frames: int = 6,
+           progress_bar: bool = True, domain_id: int | None = None) -> ReplayResult:
     """Run the whole replay; see the module docstring. Raises ReplayError with a clear message on failure."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -258,24 +326,30 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
 
     in_bag = Path(in_bag)
     if not in_bag.exists():
-        raise ReplayError(f"input bag {in_bag} does not exist")
+        raise ReplayInputError(f"input bag {in_bag} does not exist")
     out_dir = Path(out_dir)
     out_bag = out_dir / "bag"
-    if out_bag.exists():
-        shutil.rmtree(out_bag)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not attach:
-        apply_isolated_env(domain_id)
+    replaced = check_output(in_bag, out_dir, overwrite)
     typestore = typestore_with_egox_msgs()
 
     try:
         reader = AnyReader([in_bag])
         reader.open()
     except Exception as e:  # noqa: BLE001 - rosbags raises several types for broken bags
-        raise ReplayError(f"cannot open {in_bag} as a rosbag2 bag (sqlite3 or MCAP): {type(e).__name__}: {e}") from e
+        raise ReplayInputError(f"cannot open {in_bag} as a rosbag2 bag (sqlite3 or MCAP): "
+                               f"{type(e).__name__}: {e}".replace("\n", " ")) from e
     image_conns = [c for c in reader.connections if c.topic == exo_topic]
     if not image_conns:
-        raise ReplayError(f"{in_bag} has no {exo_topic} topic; topics: {sorted({c.topic for c in reader.connections})}")
+        reader.close()
+        raise ReplayInputError(f"{in_bag} has no {exo_topic} topic; topics: "
+                               f"{sorted({c.topic for c in reader.connections})}")
+    try:
+        prepare_output(out_dir, replaced)
+    except ReplayInputError:
+        reader.close()
+        raise
+    if not attach:
+        apply_isolated_env(domain_id)
     total_images = sum(c.msgcount for c in image_conns)
 
     node_proc = None
@@ -418,7 +492,12 @@ def _node_parameter(params_file: str | None, overrides: list[str], section: str,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("in_bag", type=Path, help="rosbag2 bag (directory or .mcap/.db3 file)")
-    parser.add_argument("-o", "--out", type=Path, required=True, help="output directory (bag/, PNG, JSON)")
+    parser.add_argument("-o", "--out", type=Path, required=True,
+                        help="output directory: bag/, contact_sheet.png, metrics.json, node.log; it must be new or "
+                             "empty unless --overwrite, and outside the input bag")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier replay's files in a non-empty output directory (only bag/, "
+                             "contact_sheet.png, metrics.json, node.log; nothing else, never the input)")
     parser.add_argument("--params-file", help="node parameter YAML (default: the package's config/egox.yaml)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="override a node parameter, e.g. -p prior.point_radius_px:=2")
@@ -435,8 +514,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         result = replay(args.in_bag, args.out, params_file=args.params_file, overrides=args.param,
-                        exo_topic=args.exo_topic, gt_topic=args.gt_topic, attach=args.attach,
+                        exo_topic=args.exo_topic, gt_topic=args.gt_topic, overwrite=args.overwrite, attach=args.attach,
                         stall_timeout_s=args.stall_timeout, domain_id=args.domain_id)
+    except ReplayInputError as e:   # bad input: nothing was started, one line per problem
+        for line in str(e).splitlines():
+            print(f"egox replay: error: {line}", file=sys.stderr)
+        return 2
     except ReplayError as e:
         print(f"egox replay: error: {e}", file=sys.stderr)
         return 1

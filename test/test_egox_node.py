@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from egox_msgs.msg import ClipMetadata
+from std_msgs.msg import Empty
 
 from conftest import NodeProcess, wait_until
 from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model
@@ -34,13 +35,20 @@ def test_the_egox_generator_publishes_clips_with_their_source_stamps(peer, tmp_p
     node = NodeProcess(tmp_path, params={**RIG, **TINY, "egox.model_path": str(model), "egox.lora_path": str(lora)})
     try:
         rig = Rig(peer, node, clip_frames=CLIP)
-        stamps = [T0 + i * SEC // 30 for i in range(2 * CLIP)]
+        stamps = [T0 + i * SEC // 30 for i in range(2 * CLIP + 2)]
         for ns in stamps:
             rig.send_frame(ns)
+        # The stream ends two frames into a third clip: once they are queued, end it; the last clip is padded with
+        # its last frame, and only its two real frames come out.
+        b = rig.baseline
+        wait_until(lambda: (p := rig.progress()).frames_received - b.frames_received == len(stamps)
+                   and p.frames_waiting == 0, 60, f"the node to queue every frame\n{rig.state()}")
+        rig.pub_flush.publish(Empty())
         metas = [rig.ok(ns) for ns in stamps]
-        for clip in (stamps[:CLIP], stamps[CLIP:]):          # two clips of five consecutive frames
+        for clip in (stamps[:CLIP], stamps[CLIP:2 * CLIP], stamps[2 * CLIP:]):   # clips of 5, 5 and 2 frames
             meta = rig.meta_for(clip[0])
             assert [ns_of(s) for s in meta.source_stamps] == clip and ns_of(meta.header.stamp) == clip[0]
+            assert len(meta.prior_coverage) == len(clip)
         meta = metas[0]
         assert meta.generator == "egox" and meta.generation_time_s > 0 and len(meta.prior_coverage) == CLIP
         settings = {kv.key: kv.value for kv in meta.generator_settings}
@@ -59,7 +67,7 @@ def test_the_egox_generator_publishes_clips_with_their_source_stamps(peer, tmp_p
                             "diagnostics saying the generator is ready")
         assert values["generator"] == "egox" and "generator_problem" not in values
         p = rig.progress()
-        assert p.frames_published - rig.baseline.frames_published == 2 * CLIP
+        assert p.frames_published - rig.baseline.frames_published == len(stamps)
         assert p.frames_dropped == rig.baseline.frames_dropped
     finally:
         node.stop()

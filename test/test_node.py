@@ -140,7 +140,7 @@ class Rig:
                 return None
             if 0 < p.frames_queued < self.clip_frames and not flushed:
                 # A partial clip (a warm-up frame lost before the node matched us) would wait for good, and nothing
-                # else is on its way: end the stream, which drops it as end_of_stream.
+                # else is on its way: end the stream, which generates it (padded to a whole clip).
                 flushed.append(self.pub_flush.publish(Empty()))
             return p if p.frames_queued == 0 else None
         self.baseline = wait_until(settled, 30, raise_on_timeout=False)
@@ -385,10 +385,17 @@ def test_tf_interpolation_between_samples_and_a_time_jump_back(rig):
     rig.pub_image.publish(image_msg(past))
     ok = rig.meta_for(past)  # interpolated between T0+50 and T0+51.5: fine
     assert ok.status == ClipMetadata.STATUS_OK
-    # A bag that loops: stamps jump back by far more than sync.time_jump_back_s; TF and the window reset.
-    looped = T0
-    rig.send_frame(looped)
-    rig.ok(looped)
+    # A bag that loops: stamps jump back by far more than sync.time_jump_back_s. One image stamped 0 is a stray
+    # (dropped, nothing reset); three images in a row on the new timeline confirm the jump: TF and the window reset.
+    rig.send_frame(0)
+    after = past + SEC // 30
+    rig.send_frame(after)
+    assert rig.meta_for(0).reason.startswith("out_of_order_stamp:") and rig.ok(after)
+    looped = [T0 + i * SEC // 30 for i in range(3)]
+    for ns in looped:
+        rig.send_frame(ns)
+    for ns in looped:
+        rig.ok(ns)
     assert "time jumped back" in wait_until(lambda: "time jumped back" in rig.node.log() and rig.node.log(), 10,
                                             "the time-jump warning in the log")
 

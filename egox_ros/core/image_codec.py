@@ -253,3 +253,34 @@ def encode_image(array: np.ndarray, encoding: str) -> tuple[bytes, int]:
     little = arr.astype(dtype.newbyteorder("<"), copy=False)
     step = arr.shape[1] * (3 if ndim == 3 else 1) * dtype.itemsize
     return little.tobytes(), step
+
+
+DEPTH_PLAUSIBLE_MEDIAN_M = (0.02, 100.0)   # no depth camera or model reports a scene's median outside this
+DEPTH_MAX_ROUGHNESS = 0.25                 # median |neighbour difference| / median depth; real depth: about 0.01
+
+
+def depth_implausible(depth_m: np.ndarray, encoding: str, min_valid: int = 256) -> str | None:
+    """Why a decoded depth image (H, W) float32 [m] cannot be what its ``encoding`` label says, or None.
+
+    Two checks on the valid (finite, > 0) pixels, when there are at least ``min_valid``: the median depth lies in
+    DEPTH_PLAUSIBLE_MEDIAN_M (catches millimetres labelled 32FC1 metres, and metres labelled 16UC1 millimetres),
+    and horizontally adjacent pixels differ by a median of at most DEPTH_MAX_ROUGHNESS of the median depth
+    (catches bytes of another type, e.g. 32FC1 floats labelled 16UC1, which read as noise). Every 4th row is used.
+    """
+    rows = depth_m[::4]
+    valid = np.isfinite(rows) & (rows > 0)
+    values = rows[valid]
+    if values.size < min_valid:
+        return None
+    median = float(np.median(values))
+    lo, hi = DEPTH_PLAUSIBLE_MEDIAN_M
+    if not lo <= median <= hi:
+        hint = "millimetres labelled as metres?" if median > hi else "metres labelled as millimetres?"
+        return f"median depth {median:.4g} m is implausible for {encoding} ({hint})"
+    pairs = valid[:, 1:] & valid[:, :-1]
+    if pairs.sum() >= min_valid:
+        roughness = float(np.median(np.abs(np.diff(rows, axis=1))[pairs])) / median
+        if roughness > DEPTH_MAX_ROUGHNESS:
+            return (f"adjacent pixels differ by a median of {100 * roughness:.0f} % of the depth: the data do not "
+                    f"read as {encoding} (bytes of another type?)")
+    return None

@@ -120,6 +120,7 @@ class ClipOutput:
     result: ClipResult
     prior_time_s: float
     generation_time_s: float
+    padded_frames: int = 0      # copies of the last frame added to fill the generator's clip, then discarded
 
 
 class EgoPipeline:
@@ -130,16 +131,27 @@ class EgoPipeline:
         self.generator = generator
 
     def run(self, frames: list[ExoFrame], contexts: list[list[ExoFrame]]) -> ClipOutput:
-        """frames: the clip, oldest first; contexts[i]: window frames fused for frames[i]. Raises on generator failure."""
+        """frames: the clip, oldest first; contexts[i]: window frames fused for frames[i]. Raises on generator failure.
+
+        A clip shorter than the generator's clip_frames (the end of a stream) is padded with its last frame and
+        prior, as many times as needed; the output holds the real frames only (``padded_frames`` says how many were
+        added and discarded)."""
         if len(frames) != len(contexts) or not frames:
             raise ValueError(f"need one context per frame, got {len(frames)} frames and {len(contexts)} contexts")
         t0 = time.perf_counter()
         priors = self.renderer.render_clip(frames) or [self.renderer.render(f, c) for f, c in zip(frames, contexts)]
         t1 = time.perf_counter()
         request = ClipRequest(frames=frames, priors=priors, ego_camera=self.renderer.ego_camera)
-        result = self.generator.generate(request)
+        pad = max(0, self.generator.clip_frames - len(frames))
+        padded = request if not pad else ClipRequest(frames=frames + [frames[-1]] * pad,
+                                                     priors=priors + [priors[-1]] * pad,
+                                                     ego_camera=request.ego_camera)
+        result = self.generator.generate(padded)
         t2 = time.perf_counter()
-        if len(result.rgb) != len(frames) or len(result.valid) != len(frames):
+        if len(result.rgb) != len(padded.frames) or len(result.valid) != len(padded.frames):
             raise RuntimeError(f"generator {self.generator.name!r} returned {len(result.rgb)} images "
-                               f"for a clip of {len(frames)} frames")
-        return ClipOutput(request=request, result=result, prior_time_s=t1 - t0, generation_time_s=t2 - t1)
+                               f"for a clip of {len(padded.frames)} frames")
+        if pad:
+            result = ClipResult(rgb=result.rgb[:len(frames)], valid=result.valid[:len(frames)])
+        return ClipOutput(request=request, result=result, prior_time_s=t1 - t0, generation_time_s=t2 - t1,
+                          padded_frames=pad)

@@ -117,7 +117,6 @@ class TfBufferCore:
         self._cache_ns = int(round(cache_time_s * _NS_PER_S))
         self._lock = threading.Lock()
         self._edges: dict[str, _Edge] = {}  # keyed by child frame
-        self._max_seen_ns: int | None = None
 
     # ------------------------------------------------------------------ input
     def set_transform(
@@ -172,20 +171,6 @@ class TfBufferCore:
 
     def _clear_locked(self) -> None:
         self._edges = {c: e for c, e in self._edges.items() if e.static}
-
-    def observe_clock(self, now_ns: int, jump_back_threshold_ns: int = 0) -> bool:
-        """Report the current time (ns).  If it went back by more than
-        ``jump_back_threshold_ns`` from the largest time seen, ``clear()`` and
-        return True (the largest-seen time restarts at ``now_ns``)."""
-        now = int(now_ns)
-        with self._lock:
-            if self._max_seen_ns is not None and self._max_seen_ns - now > jump_back_threshold_ns:
-                self._clear_locked()
-                self._max_seen_ns = now
-                return True
-            if self._max_seen_ns is None or now > self._max_seen_ns:
-                self._max_seen_ns = now
-            return False
 
     # ---------------------------------------------------------------- queries
     def lookup_transform(self, target_frame: str, source_frame: str, stamp_ns: int) -> RigidTransform:

@@ -29,6 +29,20 @@ def _as_quat(q) -> np.ndarray:
     return q / n
 
 
+QUATERNION_UNIT_TOLERANCE = 1e-2   # | |q|^2 - 1 | above this is rejected, as tf2's BufferCore does
+
+
+def check_unit_quaternion(q_xyzw) -> None:
+    """Raise ValueError unless q (x, y, z, w) is finite and of unit length within QUATERNION_UNIT_TOLERANCE (on the
+    squared norm, tf2's rule): a message's quaternion is used as sent or rejected, never silently normalised."""
+    q = np.asarray(q_xyzw, dtype=np.float64)
+    if q.shape != (4,) or not np.all(np.isfinite(q)):
+        raise ValueError(f"quaternion must be 4 finite numbers, got {q.tolist()}")
+    norm2 = float(q @ q)
+    if abs(norm2 - 1.0) > QUATERNION_UNIT_TOLERANCE:
+        raise ValueError(f"quaternion {q.round(6).tolist()} is not normalised (|q| = {norm2 ** 0.5:.6g})")
+
+
 def quat_to_matrix(q_xyzw) -> np.ndarray:
     """Unit quaternion ``(x, y, z, w)`` -> (3, 3) rotation matrix (normalises input)."""
     x, y, z, w = _as_quat(q_xyzw)

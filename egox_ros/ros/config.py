@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from egox_ros.core.config import param, validate
+from egox_ros.core.synchroniser import SyncConfig  # noqa: F401 - a node section, defined with its component
 
 
 @dataclass
@@ -57,18 +58,11 @@ class QosConfig:
 
 
 @dataclass
-class SyncConfig:
-    """Synchronisation of image, camera info, depth and TF, and the generator queue."""
-    timeout_s: float = param(1.0, "wall time a frame may wait for its camera info, depth and TF before it is dropped [s]",
-                             (0.01, 3600.0))
-    depth_tolerance_s: float = param(0.005, "largest stamp difference between an exo image and its depth image [s]",
-                                     (0.0, 1.0))
-    max_waiting: int = param(64, "frames that may wait for inputs at once; the oldest is dropped beyond", (1, 10000))
-    queue_capacity: int = param(4, "synchronised frames queued for the generator (at least one clip) before new "
-                                   "frames are dropped as generator_busy", (1, 10000))
-    tf_cache_s: float = param(30.0, "TF history kept per edge [s]", (0.1, 3600.0))
-    time_jump_back_s: float = param(1.0, "a stamp this much older than the newest seen resets TF and the window "
-                                         "(a bag that loops) [s]", (0.0, 3600.0))
+class RuntimeConfig:
+    """How the node uses the machine."""
+    torch_threads: int = param(1, "CPU threads for torch (fusion, rendering, depth and person models, the generator "
+                                  "on CPU); 0 = torch's default (all cores). 1 keeps 30 Hz on a busy 2-core machine "
+                                  "(docs/benchmarks.md, soak)", (0, 1024))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -91,7 +85,7 @@ def parameter_sections() -> dict[str, type]:
     from egox_ros.core.depth_alignment import DepthAlignmentConfig
     from egox_ros.core.fusion import FusionConfig
     return {"inputs": InputsConfig, "outputs": OutputsConfig, "qos": QosConfig, "sync": SyncConfig,
-            "diagnostics": DiagnosticsConfig, "depth": DepthConfig, "depth_alignment": DepthAlignmentConfig,
+            "runtime": RuntimeConfig, "diagnostics": DiagnosticsConfig, "depth": DepthConfig, "depth_alignment": DepthAlignmentConfig,
             "person": PersonConfig, "head": HeadPoseConfig,
             "ego_camera": EgoCameraConfig, "window": WindowConfig,
             "fusion": FusionConfig, "prior": PriorConfig, "generator": GeneratorConfig,

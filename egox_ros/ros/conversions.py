@@ -8,7 +8,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from egox_ros.core.camera import CameraModel, camera_from_camera_info
 from egox_ros.core.image_codec import ImageDecodeError, decode_depth_m, decode_image, decode_rgb, encode_image
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.core.transforms import RigidTransform, check_unit_quaternion
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -66,12 +66,16 @@ def camera_to_camera_info(camera: CameraModel, stamp: Time, frame_id: str) -> Ca
 
 
 def transform_msg_to_rigid(msg: Transform) -> RigidTransform:
+    """Raises ValueError for a quaternion that is not of unit length (tf2 rejects those too)."""
     t, q = msg.translation, msg.rotation
+    check_unit_quaternion([q.x, q.y, q.z, q.w])
     return RigidTransform(np.array([t.x, t.y, t.z]), np.array([q.x, q.y, q.z, q.w]))
 
 
 def pose_msg_to_rigid(msg: Pose) -> RigidTransform:
+    """Raises ValueError for a quaternion that is not of unit length."""
     p, q = msg.position, msg.orientation
+    check_unit_quaternion([q.x, q.y, q.z, q.w])
     return RigidTransform(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
+import torch
 import transforms3d
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from egox_msgs.msg import ClipMetadata, NodeProgress
@@ -35,27 +36,19 @@ from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
 from egox_ros.core.demonstrator.landmarks import PersonObservation
 from egox_ros.core.depth.estimator import make_depth_estimator
 from egox_ros.core.frames import ExoFrame, FrameWindow
+from egox_ros.core.image_codec import depth_implausible
 from egox_ros.core.egox.weights import WeightsError
 from egox_ros.core.generators import EgoGenerator, PriorGenerator, make_generator
 from egox_ros.core.image_codec import ImageDecodeError
 from egox_ros.core.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_camera_from_config
-from egox_ros.core.tf_buffer import ExtrapolationError, TfBufferCore, TfError
+from egox_ros.core.synchroniser import Drop, FrameSynchroniser, SyncSources
+from egox_ros.core.tf_buffer import TfError
 from egox_ros.core.transforms import RigidTransform
 from egox_ros.ros import conversions as conv
 from egox_ros.ros.config import (DiagnosticsConfig, InputsConfig, OutputsConfig, QosConfig, SyncConfig,
                                  parameter_sections)
 from egox_ros.ros.params import declare_config
 from egox_ros.ros.pointcloud2 import cloud_to_pointcloud2
-
-
-@dataclass
-class PendingFrame:
-    """An exo image waiting for its camera info, depth and TF."""
-    stamp_ns: int
-    rgb: np.ndarray
-    frame_id: str
-    arrived_s: float                  # monotonic
-    waiting_for: tuple[str, str] = ("inputs_missing", "its inputs")  # (drop code, what) if it times out
 
 
 class SequenceGaps:
@@ -144,6 +137,9 @@ class EgoxNode(Node):
         self.qos: QosConfig = configs["qos"]
         self.sync: SyncConfig = configs["sync"]
         self.diag_config: DiagnosticsConfig = configs["diagnostics"]
+        threads = configs["runtime"].torch_threads
+        if threads:   # before any model loads; torch's default (every core) starves the callbacks on a busy machine
+            torch.set_num_threads(threads)
         ego_config, window_config = configs["ego_camera"], configs["window"]
         prior_config, fusion_config, generator_config = configs["prior"], configs["fusion"], configs["generator"]
 
@@ -162,7 +158,6 @@ class EgoxNode(Node):
         self._last_depth_msg_s: float | None = None     # the depth topic's silence: images arriving without depth
         self._first_image_s: float | None = None
         self._last_image_s: float | None = None
-        self._depth_lag_ms: list[float] = []            # lags of model depth used since the last diagnostics
         self._flush_after_workers = False
 
         # The demonstrator: person masks (a detector on its own worker, or a mask topic) and, with head_source
@@ -171,7 +166,6 @@ class EgoxNode(Node):
         self.person_detector = None if detector is None else AsyncPersonDetector(
             detector, capacity=self.sync.max_waiting, on_result=self._on_person)
         self.head_tracker = HeadTracker(self.head_config) if self.inputs.head_source == "exo" else None
-        self._person_masks: dict[int, np.ndarray] = {}   # stamp_ns -> mask from exo/person_mask
         self._last_head: HeadEstimate | None = None
         self._head_counts: Counter = Counter()            # measured / held / not visible
         self.ego_camera: PinholeCamera = ego_camera_from_config(ego_config)
@@ -187,23 +181,28 @@ class EgoxNode(Node):
                                     self.generator)
         self.fusion_frames = min(fusion_config.window_frames, window_config.max_frames)
         self.window = FrameWindow(window_config)
-        self.tf = TfBufferCore(cache_time_s=self.sync.tf_cache_s)
         rpy = self.outputs.head_to_ego_rpy_rad
-        self.head_T_ego = RigidTransform(
-            np.array(self.outputs.head_to_ego_xyz_m, float),
-            np.roll(transforms3d.euler.euler2quat(*rpy, axes="sxyz"), -1))  # wxyz -> xyzw
+        head_T_ego = RigidTransform(np.array(self.outputs.head_to_ego_xyz_m, float),
+                                    np.roll(transforms3d.euler.euler2quat(*rpy, axes="sxyz"), -1))  # wxyz -> xyzw
         self.queue_capacity = max(self.sync.queue_capacity, self.generator.clip_frames)
 
-        # State shared by the callbacks (one executor thread) and the generator worker thread.
+        # State shared by the callbacks (one executor thread), the depth / person workers' result callbacks and the
+        # generator worker thread; the synchroniser shares the lock, so its admit() call runs under it.
         self._lock = threading.Condition()
-        self._camera_info: CameraInfo | None = None
-        self._camera: PinholeCamera | None = None
-        self._depth: dict[int, np.ndarray] = {}          # stamp_ns -> depth_m
-        self._pending: dict[int, PendingFrame] = {}       # stamp_ns -> frame waiting for inputs
+        estimator = self.depth_estimator
+        self.frames = FrameSynchroniser(
+            self.sync, self.inputs.world_frame, self.inputs.head_frame, self.inputs.exo_frame, head_T_ego,
+            depth_topic=self._depth_topic, person_masks=self.person_config.source == "topic",
+            sources=SyncSources(
+                model_depth=None if estimator is None else self._model_depth,
+                model_depth_active=self._depth_from_model,
+                person=None if self.person_detector is None else self.person_detector.result_for,
+                head=None if self.head_tracker is None else self._estimate_head,
+                on_reset=lambda stamp_ns: self.window.clear()),
+            lock=self._lock)
         self._queue: deque[tuple[ExoFrame, list[ExoFrame]]] = deque()   # frame, its fusion context
         self._in_generator = 0
         self._flush_requested = False
-        self._last_accepted_ns = -1
         self._stats = FrameAccounting()
         self._notes: Counter = Counter()                  # non-frame events for diagnostics (bad depth, ...)
         self._image_gaps, self._depth_gaps, self._tf_gaps = SequenceGaps(), SequenceGaps(), SequenceGaps()
@@ -245,7 +244,7 @@ class EgoxNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)  # timeouts run in wall time, also under use_sim_time
-        self.create_timer(min(0.1, self.sync.timeout_s / 2), self._expire_pending, clock=steady)
+        self.create_timer(min(0.1, self.sync.timeout_s / 2), self._on_timer, clock=steady)
         self.create_timer(self.diag_config.period_s, self._publish_diagnostics, clock=steady)
         self._worker = threading.Thread(target=self._work, name="egox-generator", daemon=True)
         self._worker.start()
@@ -262,9 +261,9 @@ class EgoxNode(Node):
             camera = conv.camera_info_to_camera(msg)
         except ValueError as e:
             self._note("bad_camera_info", f"camera info rejected: {e}")
+            self.frames.set_camera_info(None, rejected=str(e))
             return
-        with self._lock:
-            self._camera_info, self._camera = msg, camera
+        self.frames.set_camera_info(camera, msg.height, msg.width)
         self._resolve_pending()
 
     @property
@@ -282,6 +281,10 @@ class EgoxNode(Node):
             return False
         since = self._last_depth_msg_s if self._last_depth_msg_s is not None else self._first_image_s
         return self._last_image_s - since > self.depth_config.topic_timeout_s
+
+    def _model_depth(self, stamp_ns: int) -> tuple[np.ndarray, int] | None:
+        estimate = self.depth_estimator.estimate_for(stamp_ns, self.depth_config.max_lag_s)
+        return None if estimate is None else (estimate.depth_m, estimate.stamp_ns)
 
     def _depth_description(self) -> str:
         c = self.depth_config
@@ -316,8 +319,7 @@ class EgoxNode(Node):
         models with the person left out of their alignment fit, and let frames waiting for it complete."""
         if error is not None:
             self._note("person_detector_failed", f"person detector failed at {stamp_ns * 1e-9:.3f} s: {error}")
-        with self._lock:
-            pending = self._pending.get(stamp_ns)
+        pending = self.frames.pending(stamp_ns)
         if pending is not None and self._depth_from_model():
             static = None if observation.mask is None else ~observation.mask
             self.depth_estimator.submit(stamp_ns, pending.rgb, static_mask=static)
@@ -335,10 +337,7 @@ class EgoxNode(Node):
         except ImageDecodeError as e:
             self._note("bad_person_mask", f"person mask at {stamp_ns * 1e-9:.3f} s rejected: {e}")
             return
-        with self._lock:
-            self._person_masks[stamp_ns] = mask
-            while len(self._person_masks) > 2 * self.sync.max_waiting + 8:
-                del self._person_masks[min(self._person_masks)]
+        self.frames.add_person_mask(stamp_ns, mask)
         self._resolve_pending()
 
     def _on_depth(self, msg: Image, info) -> None:
@@ -350,19 +349,19 @@ class EgoxNode(Node):
             self._note("depth_lost", f"{lost} depth image(s) lost before the node took them (the input queue "
                                      "overflowed or the transport lost them); consider raising qos.input_depth",
                        count=lost)
-        self._observe_time(stamp_ns)
         try:
             depth_m = conv.image_to_depth_m(msg)
+            problem = depth_implausible(depth_m, msg.encoding)
         except ImageDecodeError as e:
-            self._note("bad_depth", f"depth image at {stamp_ns * 1e-9:.3f} s rejected: {e}")
-            return
-        if not np.isfinite(depth_m).any():
-            self._note("depth_without_valid_pixels", f"depth image at {stamp_ns * 1e-9:.3f} s has no valid pixel "
-                                                     "(all zero / NaN): its frame gets an empty prior")
-        with self._lock:
-            self._depth[stamp_ns] = depth_m
-            while len(self._depth) > 2 * self.sync.max_waiting + 8:
-                del self._depth[min(self._depth)]
+            depth_m, problem = None, str(e)
+        if problem is not None:
+            self._note("bad_depth", f"depth image at {stamp_ns * 1e-9:.3f} s rejected: {problem}")
+            self.frames.add_depth(stamp_ns, None, rejected=f"depth image rejected: {problem}")
+        else:
+            if not np.isfinite(depth_m).any():
+                self._note("depth_without_valid_pixels", f"depth image at {stamp_ns * 1e-9:.3f} s has no valid "
+                                                         "pixel (all zero / NaN): its frame gets an empty prior")
+            self.frames.add_depth(stamp_ns, depth_m)
         self._resolve_pending()
 
     def _on_tf(self, msg: TFMessage, info, static: bool) -> None:
@@ -371,24 +370,26 @@ class EgoxNode(Node):
         if lost:
             self._note("tf_lost", f"{lost} TF message(s) lost before the node took them", count=lost)
         for t in msg.transforms:
-            stamp_ns = conv.stamp_to_ns(t.header.stamp)
-            if not static:
-                self._observe_time(stamp_ns)
             try:
-                self.tf.set_transform(t.header.frame_id, t.child_frame_id, stamp_ns,
-                                      conv.transform_msg_to_rigid(t.transform), static=static)
-            except (TfError, ValueError) as e:
-                self._note("bad_tf", f"transform {t.header.frame_id} -> {t.child_frame_id} rejected: {e}")
+                transform, problem = conv.transform_msg_to_rigid(t.transform), None
+            except ValueError as e:
+                transform, problem = None, str(e)
+            problem = self.frames.add_transform(t.header.frame_id, t.child_frame_id, conv.stamp_to_ns(t.header.stamp),
+                                                transform, static=static, rejected=problem)
+            if problem is not None:
+                self._note("bad_tf", f"transform {t.header.frame_id} -> {t.child_frame_id} rejected: {problem}")
         self._resolve_pending()
 
     def _on_head_pose(self, msg: PoseStamped) -> None:
-        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
-        self._observe_time(stamp_ns)
         parent = msg.header.frame_id or self.inputs.world_frame
         try:
-            self.tf.set_transform(parent, self.inputs.head_frame, stamp_ns, conv.pose_msg_to_rigid(msg.pose))
-        except (TfError, ValueError) as e:
-            self._note("bad_head_pose", f"head pose rejected: {e}")
+            transform, problem = conv.pose_msg_to_rigid(msg.pose), None
+        except ValueError as e:
+            transform, problem = None, str(e)
+        problem = self.frames.add_transform(parent, self.inputs.head_frame, conv.stamp_to_ns(msg.header.stamp),
+                                            transform, rejected=problem)
+        if problem is not None:
+            self._note("bad_head_pose", f"head pose rejected: {problem}")
         self._resolve_pending()
 
     def _on_image(self, msg: Image, info) -> None:
@@ -406,40 +407,29 @@ class EgoxNode(Node):
             self._stats.received += 1
             self._stats.received_times.append(now)
             self._stats.last_received_ns = max(self._stats.last_received_ns, stamp_ns)
-        self._observe_time(stamp_ns)
         self._last_image_s = now
         if self._first_image_s is None:
             self._first_image_s = now
         try:
             rgb = conv.image_to_rgb(msg)
         except ImageDecodeError as e:
-            self._drop([stamp_ns], "bad_image", str(e))
+            self._publish_drops([Drop([stamp_ns], "bad_image", str(e))])
             return
-        frame_id = self.inputs.exo_frame or msg.header.frame_id
-        with self._lock:
-            if not frame_id:
-                reason = ("bad_image", "exo image has an empty header.frame_id and inputs.exo_frame is not set")
-            elif stamp_ns in self._pending:
-                reason = ("duplicate_stamp", f"another image with stamp {stamp_ns * 1e-9:.6f} s is already waiting")
-            elif stamp_ns <= self._last_accepted_ns:
-                reason = ("out_of_order_stamp", f"stamp {stamp_ns * 1e-9:.6f} s is not after the last accepted "
-                                                f"frame {self._last_accepted_ns * 1e-9:.6f} s")
-            else:
-                reason = None
-                self._pending[stamp_ns] = PendingFrame(stamp_ns, rgb, frame_id, now)
-                overflow = sorted(self._pending)[:-self.sync.max_waiting] if len(self._pending) > self.sync.max_waiting else []
-                for s in overflow:
-                    del self._pending[s]
-        if reason:
-            self._drop([stamp_ns], *reason)
-            return
-        if self.person_detector is not None:   # accepted frames only, in stamp order; depth follows its result
-            self.person_detector.submit(stamp_ns, rgb)
-        elif self._depth_from_model():
-            self.depth_estimator.submit(stamp_ns, rgb)
-        if overflow:
-            self._drop(overflow, "too_many_waiting", f"more than sync.max_waiting={self.sync.max_waiting} frames "
-                                                     "waited for their inputs")
+        result = self.frames.add_image(stamp_ns, rgb, msg.header.frame_id)
+        if result.time_jump:
+            for worker in (self.depth_estimator, self.person_detector, self.head_tracker):
+                if worker is not None:
+                    worker.reset()
+            self.get_logger().warning(f"time jumped back to {result.accepted[0].stamp_ns * 1e-9:.3f} s (confirmed "
+                                      f"by {self.sync.time_jump_confirm_frames} exo images): TF, window and sync "
+                                      "reset")
+            self._note("time_jump_back", "time jump back", count=1)
+        for frame in result.accepted:   # accepted frames only, in stamp order; depth follows the person result
+            if self.person_detector is not None:
+                self.person_detector.submit(frame.stamp_ns, frame.rgb)
+            elif self._depth_from_model():
+                self.depth_estimator.submit(frame.stamp_ns, frame.rgb)
+        self._publish_drops(result.drops)
         self._resolve_pending()
 
     def _on_flush(self, _msg: Empty) -> None:
@@ -449,136 +439,46 @@ class EgoxNode(Node):
             if self._workers_busy():
                 self._flush_after_workers = True
                 return
-            waiting = sorted(self._pending.values(), key=lambda p: p.stamp_ns)
-            self._pending.clear()
+            drops = self.frames.flush()
             self._flush_requested = True
             self._lock.notify_all()
-        for p in waiting:
-            self._drop([p.stamp_ns], "end_of_stream", f"stream ended while the frame waited for {p.waiting_for[1]}")
+        self._publish_drops(drops)
         self._publish_progress()
 
     # ------------------------------------------------------------- synchronisation
-    def _observe_time(self, stamp_ns: int) -> None:
-        """A stamp far behind the newest seen (a looping bag) resets TF, window and sync state."""
-        if not self.tf.observe_clock(stamp_ns, int(self.sync.time_jump_back_s * 1e9)):
-            return
-        for worker in (self.depth_estimator, self.person_detector, self.head_tracker):
-            if worker is not None:
-                worker.reset()
-        with self._lock:  # keep what already belongs to the new timeline (callbacks of other topics came first)
-            self.window.clear()    # under the lock: the depth worker may complete frames meanwhile
-            self._depth = {s: d for s, d in self._depth.items() if s <= stamp_ns}
-            self._person_masks = {s: m for s, m in self._person_masks.items() if s <= stamp_ns}
-            self._last_accepted_ns = -1
-            stale = [s for s in self._pending if s > stamp_ns]
-            for s in stale:
-                del self._pending[s]
-        self.get_logger().warning(f"time jumped back to {stamp_ns * 1e-9:.3f} s: TF buffer, window and sync reset")
-        self._notes["time_jump_back"] += 1
-        if stale:
-            self._drop(stale, "time_jump_back", "time jumped back while the frame waited for inputs")
-
     def _resolve_pending(self) -> None:
-        """Move pending frames whose inputs are all there into the window and the generator queue, oldest first."""
-        while True:
-            with self._lock:
-                if not self._pending:
-                    break
-                pending = self._pending[min(self._pending)]
-                outcome = self._try_complete(pending)
-                if outcome is None:        # still waiting: later frames wait behind it to keep stamps in order
-                    break
-                del self._pending[pending.stamp_ns]
-                if isinstance(outcome, ExoFrame):
-                    if len(self._queue) >= self.queue_capacity:
-                        outcome = ("generator_busy", f"generator queue full ({self.queue_capacity} frames)")
-                    else:
-                        self._last_accepted_ns = pending.stamp_ns
-                        self.window.append(outcome)
-                        context = self.window.newest(self.fusion_frames, up_to_ns=pending.stamp_ns)
-                        self._queue.append((outcome, context))
-                        self._lock.notify_all()
-            if isinstance(outcome, tuple):
-                self._drop([pending.stamp_ns], *outcome)
-            else:
-                self._publish_progress()
+        """Hand complete frames to the window and the generator queue, oldest first; publish the drops."""
+        with self._lock:
+            queued = len(self._queue)
+            drops = self.frames.resolve(self._admit)
+            admitted = len(self._queue) != queued
+        self._publish_drops(drops)
+        if admitted and not drops:
+            self._publish_progress()
 
-    def _try_complete(self, p: PendingFrame) -> ExoFrame | tuple[str, str] | None:
-        """The complete frame, a (reason, detail) drop, or None to keep waiting. Called with the lock held."""
-        if self._camera_info is None:
-            p.waiting_for = ("camera_info_missing", "camera info on exo/camera_info")
-            return None
-        h, w = p.rgb.shape[:2]
-        if (self._camera_info.height, self._camera_info.width) != (h, w):
-            return ("camera_info_mismatch", f"image is {w}x{h} but camera info says "
-                                            f"{self._camera_info.width}x{self._camera_info.height}")
-        depth_m = None
-        if self._depth_from_model():
-            estimate = self.depth_estimator.estimate_for(p.stamp_ns, self.depth_config.max_lag_s)
-            if estimate is None:
-                p.waiting_for = ("depth_missing", f"a depth estimate within depth.max_lag_s = "
-                                                  f"{self.depth_config.max_lag_s} s from the depth model")
-                return None
-            depth_m = estimate.depth_m
-            if depth_m.shape != (h, w):
-                return ("depth_mismatch", f"model depth is {depth_m.shape[1]}x{depth_m.shape[0]}, image is {w}x{h}")
-            self._depth_lag_ms.append((p.stamp_ns - estimate.stamp_ns) * 1e-6)
-        elif self._depth_topic:
-            tol = int(self.sync.depth_tolerance_s * 1e9)
-            near = [s for s in self._depth if abs(s - p.stamp_ns) <= tol]
-            if not near:
-                p.waiting_for = ("depth_missing",
-                                 f"a depth image within {self.sync.depth_tolerance_s} s on exo/depth/image_raw")
-                return None
-            depth_m = self._depth[min(near, key=lambda s: abs(s - p.stamp_ns))]
-            if depth_m.shape != (h, w):
-                return ("depth_mismatch", f"depth is {depth_m.shape[1]}x{depth_m.shape[0]}, image is {w}x{h}")
-        observation, person_mask = None, None
-        if self.person_detector is not None:
-            observation = self.person_detector.result_for(p.stamp_ns)
-            if observation is None:
-                p.waiting_for = ("person_missing", "the person detector's result")
-                return None
-            person_mask = observation.mask
-        elif self.person_config.source == "topic":
-            person_mask = self._person_masks.get(p.stamp_ns)
-            if person_mask is None:
-                p.waiting_for = ("person_mask_missing", "a mask with the image's stamp on exo/person_mask")
-                return None
-        if person_mask is not None and person_mask.shape != (h, w):
-            return ("person_mask_mismatch", f"person mask is {person_mask.shape[1]}x{person_mask.shape[0]}, "
-                                            f"image is {w}x{h}")
-        try:
-            world_T_exo = self.tf.lookup_transform(self.inputs.world_frame, p.frame_id, p.stamp_ns)
-            if self.head_tracker is None:
-                world_T_head = self.tf.lookup_transform(self.inputs.world_frame, self.inputs.head_frame, p.stamp_ns)
-        except ExtrapolationError as e:
-            if e.direction == "past":
-                return ("tf_extrapolation_past", str(e))
-            p.waiting_for = ("tf_unavailable", f"TF: {e}")
-            return None
-        except TfError as e:
-            p.waiting_for = ("tf_unavailable", f"TF: {e}")
-            return None
-        if self.head_tracker is not None:
-            head = self._estimate_head(p.stamp_ns, observation, depth_m, world_T_exo.as_matrix())
-            if head is None:
-                return ("head_not_visible", f"no head pose from the exo image at or within head.hold_s = "
-                                            f"{self.head_config.hold_s} s before this frame")
-            world_T_head = RigidTransform.from_matrix(head.world_T_head)
-        return ExoFrame(stamp_ns=p.stamp_ns, rgb=p.rgb, depth_m=depth_m, camera=self._camera,
-                        world_T_exo=world_T_exo.as_matrix(),
-                        world_T_ego=(world_T_head @ self.head_T_ego).as_matrix(), exo_frame_id=p.frame_id,
-                        person_mask=person_mask)
+    def _admit(self, frame: ExoFrame) -> bool:
+        """A complete frame into the window and the generator queue; False when the queue is full (the frame waits
+        up to sync.timeout_s). Runs under the lock (the synchroniser's)."""
+        if len(self._queue) >= self.queue_capacity:
+            return False
+        self.window.append(frame)
+        self._queue.append((frame, self.window.newest(self.fusion_frames, up_to_ns=frame.stamp_ns)))
+        self._lock.notify_all()
+        return True
+
+    def _on_timer(self) -> None:
+        """Timeouts of waiting frames, and a flush that waited for depth models which went idle without a result."""
+        self._flush_if_workers_idle()
+        self._resolve_pending()
 
     def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
-                       world_T_exo: np.ndarray) -> HeadEstimate | None:
-        """The head pose of a frame whose other inputs are complete (stamp order; lock held): measured from the
-        head keypoints, filtered, held for head.hold_s when the head is not seen; published on /tf (head_frame)
-        and ~/head_pose. None: no head for longer than head.hold_s."""
+                       camera: PinholeCamera, world_T_exo: np.ndarray) -> np.ndarray | None:
+        """world_T_head (4, 4) of a frame whose other inputs are complete (stamp order, once per frame; lock held):
+        measured from the head keypoints, filtered, held for head.hold_s when the head is not seen; published on
+        /tf (head_frame) and ~/head_pose. None: no head for longer than head.hold_s."""
         measurement = None
         if observation.head is not None:
-            measurement = measure_head(observation.head, self._camera, depth_m, self.head_config, observation.mask)
+            measurement = measure_head(observation.head, camera, depth_m, self.head_config, observation.mask)
         estimate = self.head_tracker.update(stamp_ns, measurement, world_T_exo)
         self._head_counts[estimate.state if estimate is not None else "not_visible"] += 1
         if measurement is not None and measurement.depth_rejected:
@@ -595,26 +495,7 @@ class EgoxNode(Node):
         pose.pose.pose = conv.rigid_to_pose(world_T_head)
         pose.pose.covariance = [float(v) for v in np.asarray(estimate.covariance, np.float64).ravel()]
         self.pub_head_pose.publish(pose)
-        return estimate
-
-    def _expire_pending(self) -> None:
-        """Drop frames that waited longer than sync.timeout_s, each with what it still lacks (and carry out a
-        flush that waited for depth models which have gone idle without a result, e.g. after a reset)."""
-        self._flush_if_workers_idle()
-        now = time.monotonic()
-        with self._lock:
-            expired = sorted((p for p in self._pending.values() if now - p.arrived_s > self.sync.timeout_s),
-                             key=lambda p: p.stamp_ns)
-            for p in expired:
-                del self._pending[p.stamp_ns]
-                if self._try_complete(p) is None:  # frames behind an older one were never checked: check now
-                    continue
-                p.waiting_for = ("inputs_missing", "the older frames before it")  # complete, but too late
-        for p in expired:
-            code, what = p.waiting_for
-            self._drop([p.stamp_ns], code, f"waited {self.sync.timeout_s} s for {what}")
-        if expired:
-            self._resolve_pending()
+        return estimate.world_T_head
 
     # ------------------------------------------------------------------ generation
     def _fall_back(self, name: str, error: Exception) -> EgoGenerator:
@@ -648,17 +529,10 @@ class EgoxNode(Node):
                                     or (self._flush_requested and self._queue) or self._flush_requested)
                 if not self._running:
                     return
-                if len(self._queue) < clip_frames:
-                    partial = [self._queue.popleft() for _ in range(len(self._queue))]
+                if len(self._queue) < clip_frames:     # end of stream: the last, partial clip (padded)
                     self._flush_requested = False
-                    clip = []
-                else:
-                    partial = []
-                    clip = [self._queue.popleft() for _ in range(clip_frames)]
-                    self._in_generator = len(clip)
-            if partial:
-                self._drop([f.stamp_ns for f, _ in partial], "end_of_stream",
-                           f"incomplete clip at the end of the stream ({len(partial)} of {clip_frames} frames)")
+                clip = [self._queue.popleft() for _ in range(min(clip_frames, len(self._queue)))]
+                self._in_generator = len(clip)
             if clip:
                 self._generate(clip)
 
@@ -718,6 +592,10 @@ class EgoxNode(Node):
         meta.generator_settings = [KeyValue(key=k, value=v) for k, v in self.generator.settings().items()]
         return meta
 
+    def _publish_drops(self, drops: list[Drop]) -> None:
+        for d in drops:
+            self._drop(d.stamps_ns, d.code, d.detail)
+
     def _drop(self, stamps_ns: list[int], code: str, detail: str, status: int = ClipMetadata.STATUS_DROPPED) -> None:
         """Count frames as dropped, log it (throttled) and publish one ClipMetadata per frame saying why."""
         with self._lock:
@@ -738,7 +616,7 @@ class EgoxNode(Node):
             s = self._stats
             return NodeProgress(last_received_stamp=conv.ns_to_stamp(s.last_received_ns),
                                 frames_received=s.received, frames_published=s.published, frames_lost=s.lost,
-                                frames_dropped=sum(s.dropped.values()), frames_waiting=len(self._pending),
+                                frames_dropped=sum(s.dropped.values()), frames_waiting=self.frames.waiting(),
                                 frames_queued=len(self._queue) + self._in_generator,
                                 queue_capacity=self.queue_capacity)
 
@@ -772,7 +650,7 @@ class EgoxNode(Node):
         values["depth.source"] = self._depth_description()
         if self.depth_estimator is not None:
             with self._lock:
-                lags, self._depth_lag_ms = self._depth_lag_ms, []
+                lags = self.frames.drain_depth_lags_ms()
             values["depth.active"] = "model" if self._depth_from_model() else "topic"
             if lags:   # positive: the frame is newer than the depth it used
                 values["depth.lag_ms_max"] = f"{max(lags, key=abs):.1f}"
@@ -793,7 +671,7 @@ class EgoxNode(Node):
         message = "ok"
         if dropped or notes or progress.frames_lost:
             level, message = DiagnosticStatus.WARN, "frames dropped or lost, or inputs rejected; see values"
-        if self._camera_info is None and progress.frames_received:
+        if self.frames.camera is None and progress.frames_received:
             level, message = DiagnosticStatus.WARN, "no camera info received on exo/camera_info"
         if self.depth_estimator is not None and self.depth_config.source == "topic" and self._depth_from_model() \
                 and self.inputs.use_depth:
@@ -814,7 +692,7 @@ class EgoxNode(Node):
             with self._lock:
                 self._running = False
                 self._lock.notify_all()
-                left = len(self._pending) + len(self._queue)
+                left = self.frames.waiting() + len(self._queue)
             if left:
                 self.get_logger().warning(f"shutting down with {left} frame(s) not yet published (waiting or "
                                           "queued)")

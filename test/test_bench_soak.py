@@ -43,7 +43,7 @@ def test_soak_result_has_every_field(soak_result):
     assert r["benchmark"] == "soak" and r["label"] == "test" and r["interrupted"] is False
     m = r["machine"]
     assert m["cpu"] and m["cpu_cores"] >= 1 and m["versions"]["torch"] and m["versions"]["rclpy"]
-    assert len(r["load_average_before"]) == 3
+    assert len(r["load_average_before"]) == 3 and r["code"]["commit"]
     c = r["config"]
     assert (c["duration_s"], c["rate_hz"], c["warmup_s"], c["busy_processes"]) == (3.0, 10.0, 1.0, 0)
     assert c["image_size"] == [640, 480] and c["params_file"] == "sample/egox_sample.yaml"

@@ -197,6 +197,12 @@ def busy_process(limit_s: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
 def _end_process(proc: subprocess.Popen, group: bool, grace_s: float = 10.0) -> int | None:
     """SIGINT, then SIGTERM, then SIGKILL (to its process group when it has its own); returns its exit code."""
     if proc.poll() is not None:
@@ -398,9 +404,11 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
     busy_procs: list[subprocess.Popen] = []
     node_proc = peer = sampler = None
     context = rclpy.Context()
-    old_term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-    if old_term is not None:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM end the stream early (KeyboardInterrupt), even where SIGINT was ignored (a background job).
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_interrupt)):
+            old_handlers[sig] = signal.signal(sig, handler)
     interrupted = False
     failed = True
     try:
@@ -467,32 +475,35 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
             warm_snapshot = dict(peer.snapshot(), sent=sent, t=t_stop)
         end_snapshot = dict(peer.snapshot(), sent=sent, t=t_stop)
         for proc in busy_procs:
-            _end_process(proc, group=False, grace_s=1.0)
+            _kill(proc)
 
         # Drain: the node takes (or knows it lost) every image and finishes every frame it holds.
         drain_deadline = time.monotonic() + (2.0 if interrupted else drain_timeout_s)
-        while time.monotonic() < drain_deadline and node_proc.poll() is None:
-            s = peer.snapshot()
-            if (s["received"] + s["lost"] >= sent and s["waiting"] + s["queued"] == 0
-                    and s["ego_received"] >= s["published"]
-                    and s["meta_published"] + sum(s["meta_dropped"].values()) >= s["published"] + s["dropped"]):
-                break
-            time.sleep(0.05)
+        try:
+            while time.monotonic() < drain_deadline and node_proc.poll() is None:
+                s = peer.snapshot()
+                if (s["received"] + s["lost"] >= sent and s["waiting"] + s["queued"] == 0
+                        and s["ego_received"] >= s["published"]
+                        and s["meta_published"] + sum(s["meta_dropped"].values()) >= s["published"] + s["dropped"]):
+                    break
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            interrupted = True
         drain_s = time.monotonic() - t_stop
         final = peer.snapshot()
         sampler.stop()
         failed = False
-    finally:
+    finally:   # every step on its own: one failing must not leave the node or a busy process behind
         for proc in busy_procs:
-            _end_process(proc, group=False, grace_s=1.0)
+            _quietly(_kill, proc)
+        node_code = _quietly(_end_process, node_proc, group=True) if node_proc is not None else None
         if sampler is not None:
-            sampler.stop()
+            _quietly(sampler.stop)
         if peer is not None:
-            peer.close()
-        rclpy.try_shutdown(context=context)
-        node_code = _end_process(node_proc, group=True) if node_proc is not None else None
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+            _quietly(peer.close)
+        _quietly(rclpy.try_shutdown, context=context)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if failed and node_proc is not None:
             print(f"egox bench soak: node log kept at {log_path}", file=sys.stderr)
         elif not keep_log:
@@ -520,7 +531,7 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
                             f"pixel-doubled x{upscale} to {stream.width}x{stream.height} rgb8 + 16UC1 depth + "
                             "camera info + /tf world->exo, world->head; wall-clock stamps",
                    "image_size": [stream.width, stream.height], "drain_timeout_s": drain_timeout_s},
-        "node": {"match_s": round(match_s, 2), "exit_code": node_code},
+        "node": {"match_s": round(match_s, 2), "exit_code": node_code}, "code": _code_version(),
         "frames": {"sent": sent, "received_by_node": final["received"], "published": final["published"],
                    "dropped": final["dropped"], "dropped_by_reason": dropped_by_reason, "lost": final["lost"],
                    "still_in_node": holding, "waiting": final["waiting"], "queued": final["queued"],
@@ -549,6 +560,16 @@ def _raise_interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
 
+def _quietly(fn, *args, **kwargs):
+    """fn(...) during cleanup: an error is reported, not raised (the other cleanup steps still run)."""
+    try:
+        return fn(*args, **kwargs)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - a second Ctrl-C must not skip the rest
+        print(f"egox bench soak: cleanup step {getattr(fn, '__name__', fn)} failed: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return None
+
+
 def _report(log, elapsed: float, sent: int, s: dict, rss: float | None, sent_times: dict, peer: _Peer) -> None:
     with peer.lock:
         recent = [t - sent_times[st] for st, t in list(peer.ego_received.items())[-300:] if st in sent_times]
@@ -571,6 +592,18 @@ def _rel(path: str | None) -> str | None:
         return str(Path(path).resolve().relative_to(REPO))
     except ValueError:
         return str(path)
+
+
+def _code_version() -> dict:
+    """The checkout's commit and whether egox_ros/ had uncommitted changes (what the node ran)."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD")
+    return {"commit": commit or None, "egox_ros_modified": bool(git("status", "--porcelain", "--", "egox_ros"))
+            if commit else None}
 
 
 def _dist_version(name: str) -> str | None:
@@ -614,6 +647,12 @@ def merge_cases(existing: list[dict], result: dict) -> list[dict]:
     return out
 
 
+def _code_text(code: dict | None) -> str:
+    if not code or not code.get("commit"):
+        return ""
+    return f", {code['commit']}" + (" + local changes" if code.get("egox_ros_modified") else "")
+
+
 def _fmt(v, nd: int = 1) -> str:
     if v is None:
         return "-"
@@ -634,7 +673,7 @@ def markdown(cases: list[dict] | dict) -> str:
              "+ sent but neither received nor seen lost. RSS slope: least squares over the node's VmRSS, sampled "
              "every second after the warm-up. Busy: pure-Python loops, one core each, from the end of the warm-up. "
              "Load: 1-minute load average before the case.", "",
-             "| case | run (UTC) | load | duration @ rate | busy | node params / env | sent | published | dropped "
+             "| case | run (UTC), commit | load | duration @ rate | busy | node params / env | sent | published | dropped "
              "(reasons) | lost | left | output Hz | latency p50 / p90 / p99 / max ms | node RSS MB (start -> end), "
              "slope MB/min | node CPU % |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -644,7 +683,8 @@ def markdown(cases: list[dict] | dict) -> str:
                              [f"`{k}={val}`" for k, val in cfg["node_env"].items()]) or "-"
         reasons = ", ".join(f"{k} {n}" for k, n in f["dropped_by_reason"].items())
         lines.append(
-            f"| {c['label']}{' (interrupted)' if c.get('interrupted') else ''} | {c['machine']['date']} | "
+            f"| {c['label']}{' (interrupted)' if c.get('interrupted') else ''} | {c['machine']['date']}"
+            f"{_code_text(c.get('code'))} | "
             f"{c['load_average_before'][0]} | {cfg['duration_s']:g} s @ {cfg['rate_hz']:g} Hz "
             f"(+{cfg['warmup_s']:g} s warm-up) | {cfg['busy_processes']} | {settings} | {f['sent']} | "
             f"{f['published']} | {f['dropped']}{f' ({reasons})' if reasons else ''} | {f['lost']} | "

@@ -262,6 +262,9 @@ def test_bad_input_is_dropped_with_a_reason_and_the_node_keeps_running(rig):
     ns = next(t); rig.send_frame(ns, image=image_msg(ns, width=80, height=60), depth=depth_msg(ns, width=80, height=60))
     cases[ns] = "camera_info_mismatch"
     ns = next(t); rig.send_frame(ns, depth=False); cases[ns] = "depth_missing"
+    # 32FC1 bytes labelled 16UC1 (each float reads as two millimetre values): implausible, not a silent empty prior.
+    ns = next(t); wrong = depth_msg(ns, 2.1234, "32FC1"); wrong.encoding = "16UC1"
+    rig.send_frame(ns, depth=wrong); cases[ns] = "bad_depth"
     # Last: any later head TF would let this frame interpolate, as tf2 would.
     ns = next(t); rig.send_frame(ns, head=False); cases[ns] = "tf_unavailable"
     for ns, code in cases.items():
@@ -291,10 +294,10 @@ def test_bad_input_is_dropped_with_a_reason_and_the_node_keeps_running(rig):
     rig.ok(ns)
     assert tuple(ego_rgb(rig.output("/ego/image_raw", ns))[224, 224]) == COLOR
     b = rig.baseline
-    p = wait_until(lambda: (q := rig.progress()).frames_received == b.frames_received + 12 and q.frames_waiting == 0
-                   and q, 10, "progress to count 12 more frames")
+    p = wait_until(lambda: (q := rig.progress()).frames_received == b.frames_received + 13 and q.frames_waiting == 0
+                   and q, 10, "progress to count 13 more frames")
     assert p.frames_published + p.frames_dropped == p.frames_received and p.frames_lost == 0
-    assert p.frames_dropped - b.frames_dropped == 7
+    assert p.frames_dropped - b.frames_dropped == 8
 
     def diag():
         for array in reversed(rig.peer.messages("/diagnostics")):
@@ -304,6 +307,7 @@ def test_bad_input_is_dropped_with_a_reason_and_the_node_keeps_running(rig):
     values = wait_until(diag, 10, "diagnostics counting 11 frames")
     assert values["dropped.bad_image"] == "3" and values["dropped.out_of_order_stamp"] == "1"
     assert values["dropped.tf_unavailable"] == "1" and values["dropped.depth_missing"] == "1"
+    assert values["dropped.bad_depth"] == "1" and values["input_problems.bad_depth"] == "1"
     assert int(values["input_problems.depth_without_valid_pixels"]) == 2
     assert "input_rate_hz" in values and "window_frames" in values
     transport_ms, callback_ms = (float(x) for x in values["input_delay_max_ms.image"].split(" / "))

@@ -265,9 +265,10 @@ def depth_implausible(depth_m: np.ndarray, encoding: str, min_valid: int = 256) 
     Two checks on the valid (finite, > 0) pixels, when there are at least ``min_valid``: the median depth lies in
     DEPTH_PLAUSIBLE_MEDIAN_M (catches millimetres labelled 32FC1 metres, and metres labelled 16UC1 millimetres),
     and horizontally adjacent pixels differ by a median of at most DEPTH_MAX_ROUGHNESS of the median depth
-    (catches bytes of another type, e.g. 32FC1 floats labelled 16UC1, which read as noise). Every 4th row is used.
+    (catches bytes of another type, e.g. 32FC1 floats labelled 16UC1, which read as noise). Every 8th row is used
+    (about 2 ms for 640x480 on this project's 2-core test machine).
     """
-    rows = depth_m[::4]
+    rows = depth_m[::8]
     valid = np.isfinite(rows) & (rows > 0)
     values = rows[valid]
     if values.size < min_valid:

@@ -10,7 +10,8 @@ import sys
 
 def _cmd_node(args: argparse.Namespace) -> int:
     from egox_ros.ros.node import main
-    main(["egox_node", *args.ros_args])
+    ros_args = args.ros_args[1:] if args.ros_args[:1] == ["--"] else args.ros_args
+    main(["egox_node", *ros_args])
     return 0
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="egox", description="EgoX for ROS 2: third-person camera to first-person "
                                                               "video. See README.md.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("node", help="run the egox node (arguments after -- go to ROS: --ros-args -p name:=value ...)")
+    p = sub.add_parser("node", help="run the egox node (every argument goes to ROS: --ros-args -p name:=value ...)")
     p.add_argument("ros_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_node)
     p = sub.add_parser("launch", help="start the node(s) of launch/egox.launch.py without ros2cli "
@@ -104,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tiny_model)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["node"] and argv[1:2] != ["-h"] and argv[1:2] != ["--help"]:
+        # Everything after `node` goes to ROS as it is (`egox node --ros-args -p a:=b`, with or without `--`):
+        # argparse would take a leading --ros-args for one of its own options.
+        return _cmd_node(argparse.Namespace(ros_args=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

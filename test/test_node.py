@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -451,11 +453,26 @@ def test_parameters_from_yaml_with_command_line_override(peer, tmp_path):
         node.stop()
 
 
-def test_invalid_parameter_stops_the_node_with_a_clear_message(tmp_path):
-    node = NodeProcess(tmp_path, params={"prior.point_radius_px": 99})
+@pytest.mark.parametrize("name,value", [("prior.point_radius_px", "99"),      # out of range
+                                        ("sync.timeout_s", "-1.0"),           # out of range
+                                        ("qos.input_depth", "5.0"),           # wrong type
+                                        ("inputs.head_source", "nose")])      # not a choice
+def test_invalid_parameter_stops_the_node_with_one_clear_line(tmp_path, name, value):
+    # `egox node` takes --ros-args directly (no `--` needed).
+    result = subprocess.run([sys.executable, "-m", "egox_ros.cli", "node", "--ros-args", "-p", f"{name}:={value}"],
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and name.split(".")[1] in output, output
+    assert len([line for line in output.splitlines() if "cannot start" in line]) == 1, output
+
+
+def test_a_misspelt_parameter_gets_a_warning_with_the_closest_name(tmp_path):
+    node = NodeProcess(tmp_path, params={"sync.timout_s": 5.0})
     try:
-        node.proc.wait(timeout=30)
+        wait_until(lambda: "egox ready" in node.log() or node.proc.poll() is not None, 60, "the node to start")
+        assert node.proc.poll() is None, node.log()
+        assert "unknown parameter 'sync.timout_s' is ignored; did you mean 'sync.timeout_s'?" in node.log()
+        assert "use_sim_time" not in node.log()
     finally:
         node.stop()
-    assert node.proc.returncode != 0
-    assert "point_radius_px" in node.log()

@@ -47,7 +47,7 @@ from egox_ros.core.transforms import RigidTransform
 from egox_ros.ros import conversions as conv
 from egox_ros.ros.config import (DiagnosticsConfig, InputsConfig, OutputsConfig, QosConfig, SyncConfig,
                                  parameter_sections)
-from egox_ros.ros.params import declare_config
+from egox_ros.ros.params import declare_config, unknown_parameter_warnings
 from egox_ros.ros.pointcloud2 import cloud_to_pointcloud2
 
 
@@ -132,6 +132,8 @@ class EgoxNode(Node):
         self._worker: threading.Thread | None = None
         self.depth_estimator = self.person_detector = None
         configs = {name: declare_config(self, name, cls) for name, cls in parameter_sections().items()}
+        for line in unknown_parameter_warnings(self):
+            self.get_logger().warning(line)
         self.inputs: InputsConfig = configs["inputs"]
         self.outputs: OutputsConfig = configs["outputs"]
         self.qos: QosConfig = configs["qos"]

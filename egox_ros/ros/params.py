@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import TypeVar
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -56,3 +57,20 @@ def declare_config(node: Node, section: str, cls: type[T]) -> T:
         return cls(**values)
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid parameters in section '{section}': {e}") from e
+
+
+ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service", "qos_overrides.")
+
+
+def unknown_parameter_warnings(node: Node) -> list[str]:
+    """One line per parameter set for this node (command line, params file) that it never declared: a typo would
+    otherwise be silently ignored. Names the closest declared parameter when there is one."""
+    declared = set(node._parameters)                      # rclpy keeps declared parameters here
+    lines = []
+    for name in sorted(node._parameter_overrides):       # ... and the overrides given to the node here
+        if name in declared or name.startswith(ROS_OWN_PARAMETERS):
+            continue
+        close = difflib.get_close_matches(name, sorted(declared), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else "; `egox config` lists every parameter"
+        lines.append(f"unknown parameter '{name}' is ignored{hint}")
+    return lines

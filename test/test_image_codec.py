@@ -206,3 +206,49 @@ def test_encode_is_little_endian_and_handles_views():
     rgb = SAMPLES["rgb8"][:, ::2]  # non-contiguous view
     data, step = encode_image(rgb, "rgb8")
     np.testing.assert_array_equal(decode_image(data, "rgb8", H, rgb.shape[1], step, False), rgb)
+
+
+# --------------------------------------------------------------- compressed (image_transport) payloads
+def _real_frame():
+    from egox_ros.tools import tum
+    try:
+        return tum.TumSequence("fr1_rpy_60")[0]      # TUM RGB-D, CC BY 4.0
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def test_compressed_colour_round_trip_on_a_real_image():
+    from egox_ros.core.compressed_image import decode_compressed_rgb, encode_compressed_rgb
+    rgb = _real_frame().rgb
+    data, fmt = encode_compressed_rgb(rgb, "png")
+    assert fmt == "rgb8; png compressed rgb8" and np.array_equal(decode_compressed_rgb(data, fmt), rgb)
+    data, fmt = encode_compressed_rgb(rgb, "jpeg", quality=90)
+    error = np.abs(decode_compressed_rgb(data, fmt).astype(int) - rgb).mean()
+    assert error < 4.0                       # JPEG at quality 90: a few grey levels on average (2.2 measured)
+    assert decode_compressed_rgb(data, "jpeg").shape == rgb.shape     # a bare container name is enough
+    with pytest.raises(ImageDecodeError, match="neither jpeg nor png"):
+        decode_compressed_rgb(data, "rgb8; tiff")
+    with pytest.raises(ImageDecodeError, match="cannot decode"):
+        decode_compressed_rgb(b"\x89PNG broken", "png")
+
+
+@pytest.mark.parametrize("encoding,tolerance_m", [("16UC1", 0.0005), ("32FC1", None)])
+def test_compressed_depth_round_trip_on_real_depth(encoding, tolerance_m):
+    from egox_ros.core.compressed_image import decode_compressed_depth_m, encode_compressed_depth
+    depth_m = _real_frame().depth_m
+    data, fmt = encode_compressed_depth(depth_m, encoding)
+    assert fmt == f"{encoding}; compressedDepth png"
+    out = decode_compressed_depth_m(data, fmt)
+    valid = np.isfinite(depth_m)
+    assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
+    error = np.abs(out[valid] - depth_m[valid])
+    if tolerance_m is None:   # inverse depth quantised at 100 / d: a step of about d^2 / 100 at depth d
+        assert (error <= depth_m[valid] ** 2 / 100.0 * 0.51 + 1e-4).all()
+    else:                     # whole millimetres
+        assert error.max() <= tolerance_m
+    with pytest.raises(ImageDecodeError, match="RVL"):
+        decode_compressed_depth_m(data, f"{encoding}; compressedDepth rvl")
+    with pytest.raises(ImageDecodeError, match="expected"):
+        decode_compressed_depth_m(data, "png")
+    with pytest.raises(ImageDecodeError, match="no image after its header"):
+        decode_compressed_depth_m(data[:12], fmt)

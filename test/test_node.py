@@ -16,11 +16,13 @@ from diagnostic_msgs.msg import DiagnosticArray
 from egox_msgs.msg import ClipMetadata, NodeProgress
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from rclpy.duration import Duration
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from conftest import NodeProcess, wait_until
+from egox_ros.core.compressed_image import encode_compressed_depth, encode_compressed_rgb
+from egox_ros.ros.conversions import image_to_depth_m, image_to_rgb
 from egox_ros.ros.node import PROGRESS_QOS
 
 W, H, F = 160, 120, 100.0  # 77 x 62 degrees; points land 2.2 ego pixels apart, closed by 3x3 splats
@@ -69,6 +71,24 @@ def depth_msg(ns, depth_m=2.0, encoding="16UC1", width=W, height=H):
     return msg
 
 
+def compressed(msg: Image, container: str = "png") -> CompressedImage:
+    """The same image as image_transport's `compressed` publisher sends it (PNG: lossless)."""
+    out = CompressedImage()
+    out.header = msg.header
+    data, out.format = encode_compressed_rgb(image_to_rgb(msg), container)
+    out.data = data
+    return out
+
+
+def compressed_depth(msg: Image) -> CompressedImage:
+    """The same depth image as image_transport's `compressedDepth` publisher sends it."""
+    out = CompressedImage()
+    out.header = msg.header
+    data, out.format = encode_compressed_depth(image_to_depth_m(msg), msg.encoding)
+    out.data = data
+    return out
+
+
 def info_msg(width=W, height=H):
     msg = CameraInfo(width=width, height=height, distortion_model="plumb_bob", d=[0.0] * 5)
     msg.header.frame_id = "exo_optical"
@@ -87,17 +107,24 @@ def tf_msg(ns, parent, child, xyz=(0.0, 0.0, 0.0)):
 class Rig:
     """Publishers and collectors around one running node."""
 
-    def __init__(self, peer, node: NodeProcess, depth=True, pose_topic=False, clip_frames=1):
-        self.peer, self.node, self.clip_frames = peer, node, clip_frames
-        self.pub_image = peer.publisher(Image, "/exo/image_raw")
+    def __init__(self, peer, node: NodeProcess, depth=True, pose_topic=False, clip_frames=1, compressed=False):
+        """compressed: send the exo image as CompressedImage (PNG) and depth as compressedDepth, on image_transport's
+        topics (the node needs inputs.exo_transport / inputs.depth_transport set to match)."""
+        self.peer, self.node, self.clip_frames, self.compressed = peer, node, clip_frames, compressed
+        if compressed:
+            self.pub_image = peer.publisher(CompressedImage, "/exo/image_raw/compressed")
+            self.pub_depth = peer.publisher(CompressedImage, "/exo/depth/image_raw/compressedDepth") if depth else None
+        else:
+            self.pub_image = peer.publisher(Image, "/exo/image_raw")
+            self.pub_depth = peer.publisher(Image, "/exo/depth/image_raw") if depth else None
         self.pub_info = peer.publisher(CameraInfo, "/exo/camera_info")
-        self.pub_depth = peer.publisher(Image, "/exo/depth/image_raw") if depth else None
         self.pub_tf = peer.publisher(TFMessage, "/tf")
         self.pub_pose = peer.publisher(PoseStamped, "/head/pose") if pose_topic else None
         self.pub_flush = peer.publisher(Empty, "/egox/flush")
         subs = [peer.collect(typ, topic) for topic, typ in [
             ("/ego/image_raw", Image), ("/ego/camera_info", CameraInfo), ("/ego/prior/image_raw", Image),
-            ("/ego/prior/mask", Image), ("/ego/clip_metadata", ClipMetadata), ("/diagnostics", DiagnosticArray)]]
+            ("/ego/prior/mask", Image), ("/ego/prior/camera_info", CameraInfo), ("/ego/clip_metadata", ClipMetadata),
+            ("/diagnostics", DiagnosticArray)]]
         peer.collect(TFMessage, "/tf")
         peer.collect(NodeProgress, "/egox/progress", PROGRESS_QOS)
         pubs = [self.pub_image, self.pub_info, self.pub_tf, self.pub_flush] + [p for p in (self.pub_depth,
@@ -157,8 +184,10 @@ class Rig:
         if head:
             self.pub_tf.publish(tf_msg(ns, "world", "head"))
         if depth and self.pub_depth:
-            self.pub_depth.publish(depth if isinstance(depth, Image) else depth_msg(ns))
-        self.pub_image.publish(image or image_msg(ns))
+            depth = depth if isinstance(depth, Image) else depth_msg(ns)
+            self.pub_depth.publish(compressed_depth(depth) if self.compressed else depth)
+        image = image or image_msg(ns)
+        self.pub_image.publish(compressed(image) if self.compressed and isinstance(image, Image) else image)
 
     def meta_for(self, ns, timeout_s=20.0) -> ClipMetadata:
         return wait_until(lambda: next((m for m in self.peer.messages("/ego/clip_metadata")
@@ -195,8 +224,9 @@ def ego_rgb(msg: Image) -> np.ndarray:
 @pytest.fixture
 def rig(peer, tmp_path, request):
     """A node with the test settings, plus any parameters a test passes with indirect parametrisation."""
-    node = NodeProcess(tmp_path, params={**RIG_PARAMS, **getattr(request, "param", {})})
-    yield Rig(peer, node)
+    params = {**RIG_PARAMS, **getattr(request, "param", {})}
+    node = NodeProcess(tmp_path, params=params)
+    yield Rig(peer, node, compressed=params.get("inputs.exo_transport") == "compressed")
     node.stop()
 
 
@@ -211,9 +241,11 @@ def test_every_output_carries_the_source_stamp_and_ego_frame(rig):
     prior = rig.output("/ego/prior/image_raw", ns)
     mask = rig.output("/ego/prior/mask", ns)
     info = rig.output("/ego/camera_info", ns)
-    for msg in (ego, prior, mask, info):
+    prior_info = rig.output("/ego/prior/camera_info", ns)      # the sibling image_transport and RViz look for
+    for msg in (ego, prior, mask, info, prior_info):
         assert msg.header.frame_id == "ego_camera_optical"
     assert (ego.width, ego.height, info.width, info.height) == (448, 448, 448, 448)
+    assert list(prior_info.k) == list(info.k) and (prior_info.width, prior_info.height) == (448, 448)
     assert list(info.k) == [224.0, 0.0, 223.5, 0.0, 224.0, 223.5, 0.0, 0.0, 1.0]
     rgb = ego_rgb(ego)
     mask_px = np.frombuffer(bytes(mask.data), np.uint8).reshape(448, 448)
@@ -250,6 +282,27 @@ def test_image_encodings_and_depth_units(rig, depth_encoding):
                                                        .reshape(H, W * 3), ((0, 0), (0, 8))).tobytes())
     rig.send_frame(ns, image=padded, depth=depth_msg(ns, 2.0, depth_encoding))
     assert tuple(ego_rgb(rig.output("/ego/image_raw", ns))[224, 224]) == COLOR
+
+
+@pytest.mark.parametrize("rig", [{"inputs.exo_transport": "compressed", "inputs.depth_transport": "compressedDepth",
+                                  "fusion.window_frames": 1}], indirect=True)
+@pytest.mark.parametrize("depth_encoding,container", [("16UC1", "png"), ("32FC1", "jpeg")])
+def test_compressed_image_and_compressed_depth_inputs(rig, depth_encoding, container):
+    # image_transport's compressed (JPEG / PNG) exo image and compressedDepth (PNG of mm, or of quantised inverse
+    # depth for 32FC1) on their topics: the same prior as from raw images, within JPEG's colour error.
+    ns = T0
+    rig.send_frame(ns, image=compressed(image_msg(ns), container), depth=depth_msg(ns, 2.0, depth_encoding))
+    meta = rig.ok(ns)
+    assert 0.3 < meta.prior_coverage[0] < 0.95
+    rgb = ego_rgb(rig.output("/ego/prior/image_raw", ns))
+    assert np.abs(rgb[224, 224].astype(int) - COLOR).max() <= (0 if container == "png" else 8)
+    # A payload that is not an image: one drop with the decoder's reason, and the node goes on.
+    bad = compressed(image_msg(ns + SEC))
+    bad.data = b"not a png"
+    rig.send_frame(ns + SEC, image=bad)
+    assert rig.meta_for(ns + SEC).reason.startswith("bad_image: compressed image")
+    rig.send_frame(ns + 2 * SEC)
+    rig.ok(ns + 2 * SEC)
 
 
 def test_bad_input_is_dropped_with_a_reason_and_the_node_keeps_running(rig):

@@ -18,6 +18,12 @@ class InputsConfig:
                                     "sets; with 'exo' the node publishes it: OpenCV axes at the eyes, z forward)")
     world_frame: str = param("world", "fixed frame: point clouds are fused and the ego frame published in it")
     exo_frame: str = param("", "exo optical frame; empty = the exo image's header.frame_id")
+    exo_transport: str = param("raw", "exo image transport: 'raw' (sensor_msgs/Image on exo/image_raw) or "
+                                      "'compressed' (CompressedImage, JPEG/PNG, on exo/image_raw/compressed)",
+                               choices=("raw", "compressed"))
+    depth_transport: str = param("raw", "depth transport: 'raw' (Image on exo/depth/image_raw) or 'compressedDepth' "
+                                        "(CompressedImage, PNG 16UC1/32FC1 as image_transport writes it, on "
+                                        "exo/depth/image_raw/compressedDepth)", choices=("raw", "compressedDepth"))
 
     def __post_init__(self) -> None:
         validate(self)

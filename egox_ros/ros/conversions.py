@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, Transform, TransformStamped
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from egox_ros.core.camera import CameraModel, camera_from_camera_info
+from egox_ros.core.compressed_image import decode_compressed_depth_m, decode_compressed_rgb
 from egox_ros.core.image_codec import ImageDecodeError, decode_depth_m, decode_image, decode_rgb, encode_image
 from egox_ros.core.transforms import RigidTransform, check_unit_quaternion
 
@@ -19,13 +20,24 @@ def ns_to_stamp(stamp_ns: int) -> Time:
     return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from any supported colour or mono encoding; raises ImageDecodeError."""
+def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any supported colour or mono encoding, or a JPEG / PNG CompressedImage; raises
+    ImageDecodeError."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed_rgb(msg.data, msg.format)
     return decode_rgb(msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
 
 
-def image_to_depth_m(msg: Image) -> np.ndarray:
-    """(H, W) float32 metres (NaN = no reading) from 16UC1 mm or 32FC1 m; raises ImageDecodeError."""
+def depth_encoding(msg: Image | CompressedImage) -> str:
+    """The depth encoding a message claims: Image.encoding, or the first field of a compressedDepth format."""
+    return msg.format.split(";")[0].strip() if isinstance(msg, CompressedImage) else msg.encoding
+
+
+def image_to_depth_m(msg: Image | CompressedImage) -> np.ndarray:
+    """(H, W) float32 metres (NaN = no reading) from 16UC1 mm or 32FC1 m, raw or compressedDepth; raises
+    ImageDecodeError."""
+    if isinstance(msg, CompressedImage):
+        return decode_compressed_depth_m(msg.data, msg.format)
     return decode_depth_m(msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
 
 

@@ -25,7 +25,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
@@ -214,9 +214,14 @@ class EgoxNode(Node):
 
         in_qos = _qos(self.qos.input_reliability, self.qos.input_depth)
         out_qos = _qos(self.qos.output_reliability, self.qos.output_depth)
-        self.create_subscription(Image, "exo/image_raw", self._on_image, in_qos)
+        if self.inputs.exo_transport == "compressed":
+            self.create_subscription(CompressedImage, "exo/image_raw/compressed", self._on_image, in_qos)
+        else:
+            self.create_subscription(Image, "exo/image_raw", self._on_image, in_qos)
         self.create_subscription(CameraInfo, "exo/camera_info", self._on_camera_info, in_qos)
-        if self._depth_topic:
+        if self._depth_topic and self.inputs.depth_transport == "compressedDepth":
+            self.create_subscription(CompressedImage, "exo/depth/image_raw/compressedDepth", self._on_depth, in_qos)
+        elif self._depth_topic:
             self.create_subscription(Image, "exo/depth/image_raw", self._on_depth, in_qos)
         if self.inputs.head_source == "pose_topic":
             self.create_subscription(PoseStamped, "head/pose", self._on_head_pose, in_qos)
@@ -233,6 +238,7 @@ class EgoxNode(Node):
         self.pub_ego_info = self.create_publisher(CameraInfo, "ego/camera_info", out_qos)
         self.pub_prior = self.create_publisher(Image, "ego/prior/image_raw", out_qos)
         self.pub_mask = self.create_publisher(Image, "ego/prior/mask", out_qos)
+        self.pub_prior_info = self.create_publisher(CameraInfo, "ego/prior/camera_info", out_qos)
         self.pub_cloud = self.create_publisher(PointCloud2, "ego/prior/cloud", out_qos) \
             if self.outputs.publish_cloud else None
         self.pub_meta = self.create_publisher(ClipMetadata, "ego/clip_metadata",
@@ -291,7 +297,8 @@ class EgoxNode(Node):
     def _depth_description(self) -> str:
         c = self.depth_config
         if c.source == "topic":
-            topic = "topic exo/depth/image_raw" if self.inputs.use_depth else "off"
+            suffix = "/compressedDepth" if self.inputs.depth_transport == "compressedDepth" else ""
+            topic = f"topic exo/depth/image_raw{suffix}" if self.inputs.use_depth else "off"
             return topic + (f" (falls back to the model {c.model_path})" if self.depth_estimator else "")
         return f"{c.source} ({c.model_path}{', ' + c.video_model_path if c.source == 'video' else ''})"
 
@@ -342,7 +349,7 @@ class EgoxNode(Node):
         self.frames.add_person_mask(stamp_ns, mask)
         self._resolve_pending()
 
-    def _on_depth(self, msg: Image, info) -> None:
+    def _on_depth(self, msg: Image | CompressedImage, info) -> None:
         self._delays.observe("depth", info)
         self._last_depth_msg_s = time.monotonic()
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
@@ -353,7 +360,7 @@ class EgoxNode(Node):
                        count=lost)
         try:
             depth_m = conv.image_to_depth_m(msg)
-            problem = depth_implausible(depth_m, msg.encoding)
+            problem = depth_implausible(depth_m, conv.depth_encoding(msg))
         except ImageDecodeError as e:
             depth_m, problem = None, str(e)
         if problem is not None:
@@ -394,7 +401,7 @@ class EgoxNode(Node):
             self._note("bad_head_pose", f"head pose rejected: {problem}")
         self._resolve_pending()
 
-    def _on_image(self, msg: Image, info) -> None:
+    def _on_image(self, msg: Image | CompressedImage, info) -> None:
         self._delays.observe("image", info)
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
         now = time.monotonic()
@@ -563,7 +570,9 @@ class EgoxNode(Node):
                     world_T_ego, self.inputs.world_frame, ego_frame, stamp)]))
             self.pub_prior.publish(conv.array_to_image(prior.rgb, "rgb8", stamp, ego_frame))
             self.pub_mask.publish(conv.array_to_image(valid.astype(np.uint8) * 255, "mono8", stamp, ego_frame))
-            self.pub_ego_info.publish(conv.camera_to_camera_info(self.ego_camera, stamp, ego_frame))
+            info = conv.camera_to_camera_info(self.ego_camera, stamp, ego_frame)
+            self.pub_prior_info.publish(info)     # image_transport / RViz: the prior's and the mask's sibling
+            self.pub_ego_info.publish(info)
             self.pub_ego.publish(conv.array_to_image(rgb, "rgb8", stamp, ego_frame))
         if self.pub_cloud is not None:  # the fusion as it was for the clip's newest frame
             self.pub_cloud.publish(cloud_to_pointcloud2(self.pipeline.renderer.fusion.cloud(), self.inputs.world_frame,

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from pathlib import Path
 
-from conftest import SAMPLE_BAG
+from conftest import SAMPLE_BAG, wait_until
 from egox_ros.ros.replay import ReplayError, ReplayInputError, replay, typestore_with_egox_msgs
 from egox_ros.tools import make_sample_bag as msb
 
@@ -263,3 +264,83 @@ def test_overwrite_replaces_only_the_replays_own_files(tmp_path):
         assert _output_counts(out / "bag")[0]["/ego/image_raw"] == 3
     assert set(p.name for p in out.iterdir()) == {"input_bag", "notes.txt", "bag", "metrics.json",
                                                   "contact_sheet.png", "node.log"}
+
+
+# --------------------------------------------------------------------------- the replay owns its node and its domain
+def _proc_state(pid):
+    """The state letter of a process ('R', 'S', 'Z', ...), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def _node_children(pid):
+    """Pids of the egox node processes whose parent is pid."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and b"egox_ros.ros.node" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL],
+                         ids=lambda s: signal.Signals(s).name)
+def test_stopping_the_replay_stops_its_node(tmp_path, signum):
+    out = tmp_path / "out"
+    log = open(tmp_path / "replay.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "egox_ros.cli", "replay", str(SAMPLE_BAG), "-o", str(out),
+                             "--params-file", str(SAMPLE_BAG.parent / "egox_sample.yaml"),
+                             "-p", "sync.queue_capacity:=1", "-p", "fusion.window_frames:=8"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # The node is up: it is the replay's child and has logged that it is ready.
+        node_pid = wait_until(lambda: _node_children(proc.pid), 60.0, "the replay's node process")[0]
+        wait_until(lambda: (out / "node.log").is_file() and "egox ready" in (out / "node.log").read_text(), 60.0,
+                   "the node to be ready")
+        assert proc.poll() is None, "the replay ended before it could be stopped"
+        os.kill(proc.pid, signum)
+        wait_until(lambda: _proc_state(node_pid) in (None, "Z"), 20.0, "the node to stop")
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    text = (tmp_path / "replay.log").read_text()
+    assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signum), (code, text[-2000:])
+    if signum != signal.SIGKILL:
+        assert f"stopped by {signal.Signals(signum).name}" in text and "Traceback" not in text, text[-2000:]
+
+
+def test_replay_refuses_a_domain_with_another_egox_node():
+    # The decision on what the replay's graph shows: one NodeProgress publisher per egox node. (Whether a node in the
+    # same domain is discovered at all is Fast DDS's part: see the report of issue 12 item 5.)
+    from types import SimpleNamespace
+    from egox_ros.ros.replay import _refuse_other_egox_nodes
+
+    class Graph:
+        def __init__(self, names):
+            self.names = names
+
+        def get_topic_names_and_types(self):
+            return [("/egox/progress", ["egox_msgs/msg/NodeProgress"]), ("/exo/image_raw", ["sensor_msgs/msg/Image"])]
+
+        def get_publishers_info_by_topic(self, topic):
+            return [SimpleNamespace(node_name=n, node_namespace="/") for n in self.names]
+
+    _refuse_other_egox_nodes(Graph([]), 0)
+    _refuse_other_egox_nodes(Graph(["egox"]), 1)
+    os.environ["ROS_DOMAIN_ID"], domain = "42", os.environ["ROS_DOMAIN_ID"]
+    try:
+        with pytest.raises(ReplayInputError, match=r"another egox node is already running in ROS_DOMAIN_ID 42 "
+                                                   r"\(/egox on /egox/progress\).*--domain-id"):
+            _refuse_other_egox_nodes(Graph(["egox"]), 0)
+        with pytest.raises(ReplayInputError, match=r"\(/egox on /egox/progress; /egox/progress\)"):
+            _refuse_other_egox_nodes(Graph(["egox", "_NODE_NAME_UNKNOWN_"]), 1)
+    finally:
+        os.environ["ROS_DOMAIN_ID"] = domain

@@ -9,6 +9,8 @@ machine (shared memory, localhost discovery, a private domain id).
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import importlib
 import json
 import os
@@ -25,6 +27,8 @@ import numpy as np
 
 from egox_ros.ros.conversions import stamp_to_ns
 from egox_ros.ros.dds import apply_isolated_env
+
+PROGRESS_TYPE = "egox_msgs/msg/NodeProgress"
 
 OUTPUT_TOPICS = {  # topic -> type; all relative to the node's namespace (root by default)
     "/ego/image_raw": "sensor_msgs/msg/Image",
@@ -298,8 +302,24 @@ def _user_sets(name: str, params_file: str | None, overrides: list[str]) -> bool
     return False
 
 
+# Runs first in the node's process, then becomes the node (exec, same pid): the kernel sends it SIGTERM when the
+# replay dies, even by SIGKILL (prctl PR_SET_PDEATHSIG, Linux). No preexec_fn: the replay has DDS threads by then.
+_EXEC_WITH_PARENT_DEATH_SIGNAL = """import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)   # the replay died before the line above
+os.execv(sys.executable, [sys.executable] + sys.argv[2:])
+"""
+
+
 def _start_node(params_file: str | None, overrides: list[str], log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "egox_ros.ros.node", "--ros-args", "-r", "__node:=egox"]
+    """The node in its own session (its own process group: a terminal's Ctrl-C reaches the replay, which stops it),
+    stopped by the kernel if the replay dies without stopping it."""
+    cmd = [sys.executable, "-c", _EXEC_WITH_PARENT_DEATH_SIGNAL, str(os.getpid()),
+           "-m", "egox_ros.ros.node", "--ros-args", "-r", "__node:=egox"]
     from egox_ros.ros.launch_spec import default_params_file
     cmd += ["--params-file", params_file or str(default_params_file())]
     # Lockstep needs lossless inputs (reliable, deep enough for the TF and depth between two images) and sim time.
@@ -310,8 +330,73 @@ def _start_node(params_file: str | None, overrides: list[str], log_path: Path) -
         cmd += ["-p", f"sync.timeout_s:={REPLAY_INPUT_TIMEOUT_S}"]
     for o in overrides:
         cmd += ["-p", o]
-    log = open(log_path, "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                                start_new_session=True)
+    return proc
+
+
+def _stop_node(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGINT to the node's process group, SIGKILL after grace_s; reaps it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+class ReplayInterrupted(BaseException):
+    """SIGTERM, SIGINT or SIGHUP reached the replay (raised from its signal handler, so every cleanup runs)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, _frame):
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # a second signal must not cut the cleanup short
+        signal.signal(s, signal.SIG_IGN)
+    raise ReplayInterrupted(signum)
+
+
+def _egox_publishers(node) -> list[str]:
+    """'node on topic' for every NodeProgress publisher (one per egox node) this node sees in its domain."""
+    found = []
+    for topic, types in node.get_topic_names_and_types():
+        if PROGRESS_TYPE in types:
+            for info in node.get_publishers_info_by_topic(topic):
+                known = "UNKNOWN" not in info.node_name   # the node's name may not be discovered yet
+                found.append(f"{info.node_namespace.rstrip('/')}/{info.node_name} on {topic}" if known else topic)
+    return sorted(found)
+
+
+def _other_egox_nodes(node, watch_s: float) -> list[str]:
+    """The egox nodes the fresh `node` sees within watch_s (returns as soon as one shows up)."""
+    deadline = time.monotonic() + watch_s
+    while True:
+        found = _egox_publishers(node)
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _refuse_other_egox_nodes(node, allowed: int) -> None:
+    """Raise ReplayInputError when the domain has more than `allowed` egox nodes (0 before the replay starts its
+    own, 1 once it has, or when it attaches to one)."""
+    found = _egox_publishers(node)
+    if len(found) > allowed:
+        raise ReplayInputError(f"another egox node is already running in ROS_DOMAIN_ID "
+                               f"{os.environ.get('ROS_DOMAIN_ID', '0')} ({'; '.join(found)}); stop it or choose "
+                               "another --domain-id")
+
+
+# How long a fresh replay watches its domain for another egox node before it starts its own (discovery on this
+# machine takes well under that; one that shows up later is still caught before the first frame is played).
+DOMAIN_CHECK_S = 1.0
 
 
 def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
@@ -321,6 +406,7 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     """Run the whole replay; see the module docstring. Raises ReplayError with a clear message on failure."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
     from rosbags.highlevel import AnyReader
     from tqdm import tqdm
 
@@ -348,26 +434,43 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     except ReplayInputError:
         reader.close()
         raise
-    if not attach:
-        apply_isolated_env(domain_id)
     total_images = sum(c.msgcount for c in image_conns)
 
-    node_proc = None
+    node_proc = stopper = context = node = executor = recorder = None
     node_log = out_dir / "node.log"
-    if not attach:
-        node_proc = _start_node(params_file, overrides or [], node_log)
+    playing = False
 
     def alive():
+        if not playing:   # until the first frame: the node we talk to must be the only egox node in the domain
+            _refuse_other_egox_nodes(node, 1)
         if node_proc is not None and node_proc.poll() is not None:
             tail = node_log.read_text()[-3000:] if node_log.exists() else ""
             return f"the egox node exited with code {node_proc.returncode}; its log ({node_log}):\n{tail}"
         return None
 
-    context = rclpy.Context()  # own context: callers (tests, tools) may already use the default one
-    rclpy.init(context=context)
-    node = executor = recorder = None
     try:
-        node = rclpy.create_node("egox_replay", context=context)
+        # A private domain (random unless --domain-id) that no other egox node uses: a random one that is taken is
+        # swapped for another, a given one is refused. --attach uses the environment's domain and its node.
+        for _ in range(1 if attach or domain_id is not None else 5):
+            if not attach:
+                apply_isolated_env(domain_id)
+            context = rclpy.Context()  # own context: callers (tests, tools) may already use the default one
+            rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+            node = rclpy.create_node("egox_replay", context=context)
+            if attach or not _other_egox_nodes(node, DOMAIN_CHECK_S):
+                break
+            if domain_id is not None:
+                _refuse_other_egox_nodes(node, 0)
+            node.destroy_node()
+            rclpy.try_shutdown(context=context)
+            node = None
+        if node is None:
+            raise ReplayInputError("every random ROS_DOMAIN_ID tried had an egox node running; pass --domain-id")
+        ros_domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
+        if not attach:
+            node_proc = _start_node(params_file, overrides or [], node_log)
+            stopper = functools.partial(_stop_node, node_proc, 3.0)
+            atexit.register(stopper)   # the replay ending any other way; the kernel's SIGTERM if it is killed
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         player = _Player(node, reader, exo_topic)
@@ -385,6 +488,8 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             player.progress_changed.wait_for(lambda: player.progress is not None, timeout=30.0)
         if player.progress is None:
             raise ReplayError("the node's /egox/progress never arrived; is the node an egox node?")
+        alive()
+        playing = True
         bar = tqdm(total=total_images, unit="frame", desc="replay", disable=not progress_bar)
         last_clock = -1
         try:
@@ -437,14 +542,12 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             executor.shutdown()
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        if context is not None:
+            rclpy.try_shutdown(context=context)
         reader.close()
-        if node_proc is not None and node_proc.poll() is None:
-            os.killpg(node_proc.pid, signal.SIGINT)
-            try:
-                node_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(node_proc.pid, signal.SIGKILL)
+        if node_proc is not None:
+            _stop_node(node_proc)
+            atexit.unregister(stopper)
     wall_s = time.monotonic() - started
 
     from egox_ros.ros.replay_report import write_report
@@ -452,7 +555,7 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
               for k, d in (("world_frame", "world"), ("head_frame", "head"))}
     metrics = write_report(in_bag, out_bag, out_dir, exo_topic=exo_topic, gt_topic=gt_topic,
                            typestore=typestore, sheet_frames=sheet_frames, **frames)
-    metrics["run"] = {"input_bag": str(in_bag), "images_sent": images_sent, "wall_time_s": round(wall_s, 3),
+    metrics["run"] = {"input_bag": str(in_bag), "ros_domain_id": ros_domain_id, "images_sent": images_sent, "wall_time_s": round(wall_s, 3),
                       "frames_per_second": round(images_sent / wall_s, 3) if wall_s > 0 else None,
                       "frames_received_by_node": int(progress.frames_received),
                       "frames_published": int(progress.frames_published),
@@ -512,6 +615,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`egox replay`: exit 0 done, 1 failed, 2 bad input, 128 + N stopped by signal N (the node stopped too)."""
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        return _run(args)
+    except ReplayInterrupted as e:
+        print(f"egox replay: stopped by {e}; the node it started is stopped too", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = replay(args.in_bag, args.out, params_file=args.params_file, overrides=args.param,
                         exo_topic=args.exo_topic, gt_topic=args.gt_topic, overwrite=args.overwrite, attach=args.attach,

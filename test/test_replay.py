@@ -344,3 +344,20 @@ def test_replay_refuses_a_domain_with_another_egox_node():
             _refuse_other_egox_nodes(Graph(["egox", "_NODE_NAME_UNKNOWN_"]), 1)
     finally:
         os.environ["ROS_DOMAIN_ID"] = domain
+
+
+def test_rewrite_bag_renames_shifts_and_drops_without_touching_its_input(tmp_path):
+    from egox_ros.tools.rewrite_bag import REALSENSE_RENAMES, main, rewrite_bag
+    before = _tree(SAMPLE_BAG)
+    counts = rewrite_bag(SAMPLE_BAG, tmp_path / "rs", rename=REALSENSE_RENAMES, drop_frames={"head"},
+                         log_offset_ns=40_000_000, max_frames=3)
+    assert counts["/camera/color/image_raw"] == 3 and "/exo/image_raw" not in counts
+    with AnyReader([tmp_path / "rs"], default_typestore=typestore_with_egox_msgs()) as reader:
+        for conn, log_ns, raw in reader.messages():
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.topic == "/tf":
+                assert [t.child_frame_id for t in msg.transforms] == ["exo_camera_optical"]
+            else:
+                assert log_ns - (msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec) == 40_000_000
+    assert main([str(SAMPLE_BAG), str(tmp_path / "rs")]) == 2          # an existing output is refused
+    assert _tree(SAMPLE_BAG) == before

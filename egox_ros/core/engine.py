@@ -1,0 +1,480 @@
+"""The egox engine: every component of the node wired together, without ROS (no rclpy).
+
+Inputs (decoded images, depth, camera, transforms, person masks) go in with their stamps; the engine synchronises
+them (core/synchroniser.py), runs the person detector and the depth models on their own workers, estimates the head
+from the exo image when asked to, keeps the rolling window, renders priors and runs the generator clip by clip, and
+reports everything through an ``EngineEvents`` object: clips, drops with their reason, person masks, head
+estimates, input problems. The ROS node (ros/node.py) is a thin shell over it that decodes messages and publishes
+events; ``egox process`` drives it from a bag without DDS.
+
+Two ways to run the generator: ``start()`` runs it on the engine's own worker thread (the live node), or the caller
+runs ``generate_ready()`` itself (offline, deterministic).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import transforms3d
+
+from egox_ros.core.camera import CameraModel, PinholeCamera
+from egox_ros.core.config import InputsConfig, OutputsConfig, RuntimeConfig
+from egox_ros.core.demonstrator.detector import AsyncPersonDetector, make_person_detector, resolve_person_source
+from egox_ros.core.demonstrator.head_geometry import measure_head
+from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
+from egox_ros.core.demonstrator.landmarks import PersonObservation
+from egox_ros.core.depth.estimator import make_depth_estimator
+from egox_ros.core.egox.weights import WeightsError
+from egox_ros.core.frames import ExoFrame, FrameWindow
+from egox_ros.core.generators import EgoGenerator, PriorGenerator, make_generator
+from egox_ros.core.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_camera_from_config
+from egox_ros.core.synchroniser import Drop, FrameSynchroniser, SyncSources
+from egox_ros.core.transforms import RigidTransform
+
+ENGINE_SECTIONS = ("inputs", "outputs", "sync", "runtime", "depth", "depth_alignment", "person", "head",
+                   "ego_camera", "window", "fusion", "prior", "generator", "egox")
+
+
+class EngineEvents:
+    """What the engine reports; override what you need (every method may be called from a worker thread)."""
+
+    def dropped(self, drop: Drop) -> None:
+        """Frames dropped for one reason (README's list)."""
+
+    def clip(self, output: ClipOutput, latency_s: float) -> None:
+        """A generated clip: output.request.frames / .priors and output.result.rgb / .valid, oldest first."""
+
+    def person_mask(self, stamp_ns: int, mask: np.ndarray, frame_id: str) -> None:
+        """The person detector's mask (H, W) bool of the exo image with this stamp."""
+
+    def head(self, stamp_ns: int, estimate: HeadEstimate) -> None:
+        """The head estimated from the exo image (inputs.head_source 'exo'), at a frame's stamp."""
+
+    def note(self, code: str, detail: str, count: int = 1) -> None:
+        """A problem with an input that is not a frame (a rejected transform, a failed depth model, ...)."""
+
+    def log(self, level: str, text: str) -> None:
+        """'info' / 'warning' / 'error' messages for the operator."""
+
+    def progress(self) -> None:
+        """The frame accounting changed (see EgoEngine.accounting)."""
+
+
+@dataclass
+class FrameAccounting:
+    """Counts of the frame life cycle; invariant: received == published + dropped + waiting + queued.
+    `lost` images never reached the engine (counted by the caller, e.g. from DDS sequence numbers)."""
+    received: int = 0
+    published: int = 0
+    lost: int = 0
+    dropped: Counter = field(default_factory=Counter)   # reason code -> frames
+    last_received_ns: int = 0
+    received_times: deque = field(default_factory=lambda: deque(maxlen=1000))    # engine-clock arrival times [s]
+    published_times: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+def head_to_ego(outputs: OutputsConfig) -> RigidTransform:
+    """The ego optical frame in the head frame, from outputs.head_to_ego_xyz_m / _rpy_rad."""
+    quat_wxyz = transforms3d.euler.euler2quat(*outputs.head_to_ego_rpy_rad, axes="sxyz")
+    return RigidTransform(np.array(outputs.head_to_ego_xyz_m, float), np.roll(quat_wxyz, -1))
+
+
+class EgoEngine:
+    """See the module docstring. ``configs``: section name -> config object, for every name in ENGINE_SECTIONS
+    (what ros/config.py's parameter_sections() builds from the node's parameters). ``clock``: seconds, monotonic;
+    timeouts and the depth topic's silence are measured on it (wall time live, message time offline).
+    Raises ValueError for inconsistent settings and when a depth or person model cannot load."""
+
+    def __init__(self, configs: dict[str, object], events: EngineEvents | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        try:
+            self._build(configs, events or EngineEvents(), clock)
+        except BaseException:
+            for worker in (getattr(self, "depth_estimator", None), getattr(self, "person_detector", None)):
+                if worker is not None:         # models that loaded before a later part failed
+                    worker.close()
+            raise
+
+    def _build(self, configs: dict[str, object], events: EngineEvents, clock: Callable[[], float]) -> None:
+        self.events = events
+        self.clock = clock
+        self.inputs: InputsConfig = configs["inputs"]
+        self.sync = configs["sync"]
+        self.depth_config, self.head_config = configs["depth"], configs["head"]
+        generator_config = configs["generator"]
+        runtime: RuntimeConfig = configs["runtime"]
+        if runtime.torch_threads:   # before any model loads; every core starves the callbacks on a busy machine
+            torch.set_num_threads(runtime.torch_threads)
+        self._worker: threading.Thread | None = None
+        self.depth_estimator = self.person_detector = None
+        self.person_config = configs["person"]
+        self.person_config.source = resolve_person_source(self.person_config, self.inputs.head_source,
+                                                          generator_config.name)
+        if self.inputs.head_source == "exo" and self.person_config.source != "mediapipe":
+            raise ValueError(f"inputs.head_source 'exo' needs person.source 'mediapipe' (the head keypoints come "
+                             f"from it); person.source is {self.person_config.source!r}")
+        # Depth models load here (a missing or incompatible folder raises, saying why). A 'topic' source without the
+        # topic (inputs.use_depth false) has no depth and no fallback.
+        if self.depth_config.source != "topic" or self.inputs.use_depth:
+            self.depth_estimator = make_depth_estimator(self.depth_config, configs["depth_alignment"],
+                                                        on_result=self._on_depth_estimate)
+        self._last_depth_s: float | None = None     # the depth topic's silence: images arriving without depth
+        self._first_image_s: float | None = None
+        self._last_image_s: float | None = None
+        self._flush_after_workers = False
+        # The demonstrator: person masks (a detector on its own worker, or a mask input) and, with head_source
+        # 'exo', the head pose estimated from the detector's head keypoints.
+        detector = make_person_detector(self.person_config)
+        self.person_detector = None if detector is None else AsyncPersonDetector(
+            detector, capacity=self.sync.max_waiting, on_result=self._on_person)
+        self.head_tracker = HeadTracker(self.head_config) if self.inputs.head_source == "exo" else None
+        self.last_head: HeadEstimate | None = None
+        self.head_counts: Counter = Counter()            # measured / held / not_visible / depth_rejected
+        self.ego_camera: PinholeCamera = ego_camera_from_config(configs["ego_camera"])
+        self.generator_problem = ""                      # why the configured generator is not in use
+        try:
+            self.generator: EgoGenerator = make_generator(generator_config, configs["egox"])
+            self.generator.check_ego_camera(self.ego_camera)
+            self.generator_state = "loading"
+        except (WeightsError, ValueError) as e:
+            self.generator = self._fall_back(generator_config.name, e)
+        fusion_config, window_config = configs["fusion"], configs["window"]
+        self.pipeline = EgoPipeline(PriorRenderer(configs["prior"], fusion_config, self.ego_camera,
+                                                  generator_config.device, generator=self.generator.name),
+                                    self.generator)
+        self.fusion_frames = min(fusion_config.window_frames, window_config.max_frames)
+        self.window = FrameWindow(window_config)
+        self.queue_capacity = max(self.sync.queue_capacity, self.generator.clip_frames)
+
+        # State shared by the input calls, the depth / person workers' result callbacks and the generator worker;
+        # the synchroniser shares the lock, so its admit() call runs under it.
+        self.lock = threading.Condition()
+        self.frames = FrameSynchroniser(
+            self.sync, self.inputs.world_frame, self.inputs.head_frame, self.inputs.exo_frame,
+            head_to_ego(configs["outputs"]), depth_topic=self.depth_topic,
+            person_masks=self.person_config.source == "topic",
+            sources=SyncSources(
+                model_depth=None if self.depth_estimator is None else self._model_depth,
+                model_depth_active=self.depth_from_model,
+                person=None if self.person_detector is None else self.person_detector.result_for,
+                head=None if self.head_tracker is None else self._estimate_head,
+                on_reset=lambda stamp_ns: self.window.clear()),
+            clock=clock, lock=self.lock)
+        self._queue: deque[tuple[ExoFrame, list[ExoFrame]]] = deque()   # frame, its fusion context
+        self._in_generator = 0
+        self._flush_requested = False
+        self._running = True
+        self.stats = FrameAccounting()
+        self.notes: Counter = Counter()                  # non-frame events (bad depth, ...) for diagnostics
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def depth_topic(self) -> bool:
+        """Whether depth images come in through add_depth (inputs.use_depth with depth.source 'topic')."""
+        return self.inputs.use_depth and self.depth_config.source == "topic"
+
+    def set_camera_info(self, camera: CameraModel | None, height: int = 0, width: int = 0,
+                        rejected: str | None = None) -> None:
+        """The exo camera and its info's size, or why the newest info was unusable."""
+        if rejected is not None:
+            self.note("bad_camera_info", f"camera info rejected: {rejected}")
+        self.frames.set_camera_info(camera, height, width, rejected)
+        self.resolve()
+
+    def add_depth(self, stamp_ns: int, depth_m: np.ndarray | None, rejected: str | None = None) -> None:
+        """A depth image (H, W) float32 m registered to the exo image, or why the one with this stamp is unusable."""
+        self._last_depth_s = self.clock()
+        if rejected is not None:
+            self.note("bad_depth", f"depth image at {stamp_ns * 1e-9:.3f} s rejected: {rejected}")
+            self.frames.add_depth(stamp_ns, None, rejected=f"depth image rejected: {rejected}")
+        else:
+            if not np.isfinite(depth_m).any():
+                self.note("depth_without_valid_pixels", f"depth image at {stamp_ns * 1e-9:.3f} s has no valid "
+                                                        "pixel (all zero / NaN): its frame gets an empty prior")
+            self.frames.add_depth(stamp_ns, depth_m)
+        self.resolve()
+
+    def add_person_mask(self, stamp_ns: int, mask: np.ndarray) -> None:
+        """A person mask (H, W) bool from another segmenter (person.source 'topic')."""
+        self.frames.add_person_mask(stamp_ns, mask)
+        self.resolve()
+
+    def add_transforms(self, transforms: list[tuple[str, str, int, RigidTransform | None, str | None]],
+                       static: bool = False, what: str = "bad_tf") -> None:
+        """(parent, child, stamp_ns, parent_T_child or None, why it could not be built or None) per transform."""
+        for parent, child, stamp_ns, transform, problem in transforms:
+            problem = self.frames.add_transform(parent, child, stamp_ns, transform, static=static, rejected=problem)
+            if problem is not None:
+                self.note(what, f"transform {parent} -> {child} rejected: {problem}")
+        self.resolve()
+
+    def add_image(self, stamp_ns: int, rgb: np.ndarray | None, frame_id: str, rejected: str | None = None) -> None:
+        """An exo image (H, W, 3) uint8 RGB, or why the one with this stamp could not be decoded (bad_image)."""
+        now = self.clock()
+        with self.lock:
+            self.stats.received += 1
+            self.stats.received_times.append(now)
+            self.stats.last_received_ns = max(self.stats.last_received_ns, stamp_ns)
+        self._last_image_s = now
+        if self._first_image_s is None:
+            self._first_image_s = now
+        if rejected is not None:
+            self._publish_drops([Drop([stamp_ns], "bad_image", rejected)])
+            return
+        result = self.frames.add_image(stamp_ns, rgb, frame_id)
+        if result.time_jump:
+            for worker in (self.depth_estimator, self.person_detector, self.head_tracker):
+                if worker is not None:
+                    worker.reset()
+            self.events.log("warning", f"time jumped back to {result.accepted[0].stamp_ns * 1e-9:.3f} s (confirmed "
+                                       f"by {self.sync.time_jump_confirm_frames} exo images): TF, window and sync "
+                                       "reset")
+            self.note("time_jump_back", "time jump back", log=False)
+        for frame in result.accepted:   # accepted frames only, in stamp order; depth follows the person result
+            if self.person_detector is not None:
+                self.person_detector.submit(frame.stamp_ns, frame.rgb)
+            elif self.depth_from_model():
+                self.depth_estimator.submit(frame.stamp_ns, frame.rgb)
+        self._publish_drops(result.drops)
+        self.resolve()
+
+    def count_lost(self, images: int) -> None:
+        """Exo images lost before they reached the engine (counted, never seen)."""
+        with self.lock:
+            self.stats.lost += images
+
+    def flush(self) -> None:
+        """End of stream: drop frames still waiting for inputs and let the generator finish the last, partial
+        clip (padded). Waits for the depth models and the person detector first, so frames waiting for their
+        results still get them."""
+        with self.lock:
+            if self.workers_busy():
+                self._flush_after_workers = True
+                return
+            drops = self.frames.flush()
+            self._flush_requested = True
+            self.lock.notify_all()
+        self._publish_drops(drops)
+        self.events.progress()
+
+    def tick(self) -> None:
+        """Call periodically (e.g. 10 Hz): timeouts of waiting frames, and a flush that waited for the workers."""
+        self._flush_if_workers_idle()
+        self.resolve()
+
+    # ---------------------------------------------------------------- depth and person workers
+    def depth_from_model(self) -> bool:
+        """Whether frames now take their depth from the model: source model/video, or a depth topic that has been
+        silent for depth.topic_timeout_s while images kept arriving."""
+        if self.depth_estimator is None:
+            return False
+        if self.depth_config.source != "topic":
+            return True
+        if self._last_image_s is None:
+            return False
+        since = self._last_depth_s if self._last_depth_s is not None else self._first_image_s
+        return self._last_image_s - since > self.depth_config.topic_timeout_s
+
+    def _model_depth(self, stamp_ns: int) -> tuple[np.ndarray, int] | None:
+        estimate = self.depth_estimator.estimate_for(stamp_ns, self.depth_config.max_lag_s)
+        return None if estimate is None else (estimate.depth_m, estimate.stamp_ns)
+
+    def _on_depth_estimate(self, error: str | None) -> None:
+        """The depth worker finished an image (its thread)."""
+        if error is not None:
+            self.note("depth_model_failed", f"depth model failed: {error}")
+        self.resolve()
+        self._flush_if_workers_idle()
+
+    def workers_busy(self) -> bool:
+        """Whether the depth models or the person detector still work on (or have queued) an image."""
+        return any(w is not None and w.busy_or_pending() for w in (self.depth_estimator, self.person_detector))
+
+    def _flush_if_workers_idle(self) -> None:
+        with self.lock:
+            flush = self._flush_after_workers and not self.workers_busy()
+            if flush:
+                self._flush_after_workers = False
+        if flush:
+            self.flush()
+
+    def _on_person(self, stamp_ns: int, observation: PersonObservation, error: str | None) -> None:
+        """The person detector finished an image (its thread): report the mask, hand the image to the depth
+        models with the person left out of their alignment fit, and let frames waiting for it complete."""
+        if error is not None:
+            self.note("person_detector_failed", f"person detector failed at {stamp_ns * 1e-9:.3f} s: {error}")
+        pending = self.frames.pending(stamp_ns)
+        if pending is not None and self.depth_from_model():
+            static = None if observation.mask is None else ~observation.mask
+            self.depth_estimator.submit(stamp_ns, pending.rgb, static_mask=static)
+        if observation.mask is not None and pending is not None:
+            self.events.person_mask(stamp_ns, observation.mask, pending.frame_id)
+        self.resolve()
+        self._flush_if_workers_idle()
+
+    def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
+                       camera: CameraModel, world_T_exo: np.ndarray) -> np.ndarray | None:
+        """world_T_head (4, 4) of a frame whose other inputs are complete (stamp order, once per frame; lock held):
+        measured from the head keypoints, filtered, held for head.hold_s when the head is not seen. None: no head
+        for longer than head.hold_s."""
+        measurement = None
+        if observation.head is not None:
+            measurement = measure_head(observation.head, camera, depth_m, self.head_config, observation.mask)
+        estimate = self.head_tracker.update(stamp_ns, measurement, world_T_exo)
+        self.head_counts[estimate.state if estimate is not None else "not_visible"] += 1
+        if measurement is not None and measurement.depth_rejected:
+            self.head_counts["depth_rejected"] += 1
+        self.last_head = estimate
+        if estimate is None:
+            return None
+        self.events.head(stamp_ns, estimate)
+        return estimate.world_T_head
+
+    # ------------------------------------------------------------- synchronisation
+    def resolve(self) -> None:
+        """Hand complete frames to the window and the generator queue, oldest first; report the drops."""
+        with self.lock:
+            queued = len(self._queue)
+            drops = self.frames.resolve(self._admit)
+            admitted = len(self._queue) != queued
+        self._publish_drops(drops)
+        if admitted and not drops:
+            self.events.progress()
+
+    def _admit(self, frame: ExoFrame) -> bool:
+        """A complete frame into the window and the generator queue; False when the queue is full (the frame waits
+        up to sync.timeout_s). Runs under the lock."""
+        if len(self._queue) >= self.queue_capacity:
+            return False
+        self.window.append(frame)
+        self._queue.append((frame, self.window.newest(self.fusion_frames, up_to_ns=frame.stamp_ns)))
+        self.lock.notify_all()
+        return True
+
+    # ------------------------------------------------------------------ generation
+    def _fall_back(self, name: str, error: Exception | str) -> EgoGenerator:
+        """The prior generator in place of `name`, which cannot run; the reason goes to the log and diagnostics."""
+        self.generator_problem = f"generator '{name}' unavailable, publishing priors instead: {error}"
+        self.generator_state = "fallback"
+        self.events.log("error", self.generator_problem)
+        return PriorGenerator()
+
+    def prepare_generator(self) -> None:
+        """Load the generator's models (on the calling thread); a failure falls back to the prior generator."""
+        if self.generator_state != "loading":
+            return
+        started = time.monotonic()
+        try:
+            self.generator.prepare()
+        except Exception as e:  # noqa: BLE001 - missing or broken weights must not take the node down
+            with self.lock:
+                self.generator = self.pipeline.generator = self._fall_back(self.generator.name,
+                                                                           f"{type(e).__name__}: {e}")
+            return
+        self.generator_state = "ready"
+        self.events.log("info", f"generator '{self.generator.name}' ready after {time.monotonic() - started:.1f} s")
+
+    def start(self) -> None:
+        """Run the generator on the engine's own worker thread (it loads the models first)."""
+        self._worker = threading.Thread(target=self._work, name="egox-generator", daemon=True)
+        self._worker.start()
+
+    def _take_clip(self) -> list[tuple[ExoFrame, list[ExoFrame]]]:
+        """The next whole clip, or after a flush the last partial one; [] if none is ready. Lock held."""
+        clip_frames = self.generator.clip_frames
+        if len(self._queue) < clip_frames and not self._flush_requested:
+            return []
+        if len(self._queue) < clip_frames:         # end of stream: the last, partial clip (padded)
+            self._flush_requested = False
+        clip = [self._queue.popleft() for _ in range(min(clip_frames, len(self._queue)))]
+        self._in_generator = len(clip)
+        return clip
+
+    def _work(self) -> None:
+        self.prepare_generator()
+        while True:
+            with self.lock:
+                self.lock.wait_for(lambda: not self._running or len(self._queue) >= self.generator.clip_frames
+                                   or self._flush_requested)
+                if not self._running:
+                    return
+                clip = self._take_clip()
+            if clip:
+                self.resolve()                     # complete frames that waited for room in the queue
+                self._generate(clip)
+
+    def generate_ready(self) -> int:
+        """Without start(): generate every clip that is ready now, on the calling thread; returns the clips."""
+        done = 0
+        while True:
+            with self.lock:
+                clip = self._take_clip()
+            if not clip:
+                return done
+            self.resolve()                         # complete frames that waited for room in the queue
+            self._generate(clip)
+            done += 1
+
+    def _generate(self, clip: list[tuple[ExoFrame, list[ExoFrame]]]) -> None:
+        frames = [f for f, _ in clip]
+        started = time.monotonic()
+        try:
+            output = self.pipeline.run(frames, [c for _, c in clip])
+        except Exception as e:  # noqa: BLE001 - a failing generator must not take the node down
+            self.events.log("error", f"generator '{self.generator.name}' failed: {type(e).__name__}: {e}")
+            with self.lock:
+                self._in_generator = 0
+            self._publish_drops([Drop([f.stamp_ns for f in frames], "generator_failed", f"{type(e).__name__}: {e}")])
+            return
+        now = self.clock()
+        try:
+            self.events.clip(output, latency_s=time.monotonic() - started)
+        except Exception as e:  # noqa: BLE001 - the worker must survive a failing consumer; the frames count as out
+            self.events.log("error", f"publishing a clip failed: {type(e).__name__}: {e}")
+        with self.lock:
+            self._in_generator = 0
+            self.stats.published += len(frames)
+            self.stats.published_times.extend([now] * len(frames))
+        self.events.progress()
+
+    # ---------------------------------------------------------------- accounting
+    def _publish_drops(self, drops: list[Drop]) -> None:
+        for d in drops:
+            with self.lock:
+                self.stats.dropped[d.code] += len(d.stamps_ns)
+            self.events.dropped(d)
+        if drops:
+            self.events.progress()
+
+    def note(self, code: str, detail: str, count: int = 1, log: bool = True) -> None:
+        """A problem with a non-frame input: counted (``notes``) and reported."""
+        with self.lock:
+            self.notes[code] += count
+        if log:
+            self.events.note(code, detail, count)
+
+    def waiting(self) -> int:
+        return self.frames.waiting()
+
+    def queued(self) -> int:
+        """Frames queued for the generator or in it now."""
+        with self.lock:
+            return len(self._queue) + self._in_generator
+
+    def close(self) -> int:
+        """Stop the generator worker and the depth / person workers; returns the frames left unpublished."""
+        with self.lock:
+            self._running = False
+            self.lock.notify_all()
+            left = self.frames.waiting() + len(self._queue)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+        for worker in (self.depth_estimator, self.person_detector):
+            if worker is not None:
+                worker.close()
+        return left

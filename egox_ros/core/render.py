@@ -60,20 +60,20 @@ truncated to uint8 as the released tool does (after adding 1e-3 so that an
 opaque point keeps its exact colour), with all-channels-below-2.55 pixels set
 to black, as there.
 
-Implementation: points are cut, in order of depth, into slabs of about 2000
-(a boundary never splits equal depths, so every point of a later slab is
-strictly farther than those of earlier ones); slabs are composited one after
-the other into per-pixel accumulators (colour, transmittance, count, nearest
-key).  Within a slab the (pixel, point) pairs inside the discs are sorted by
-pixel, then by the point's key ``depth_bits << 32 | index``; the place of a
-pair within its pixel (plus the pixel's count so far) gives the K limit, and
-an exclusive segmented cumulative sum of ``log(1 - alpha)`` (float64) the
-transmittance in front of it.  Pixels that hold K points, or whose
-transmittance fell to ``min_transmittance``, take no more pairs.  Memory: one
-slab's pairs plus O(H*W); no per-pixel list beyond the counts.  One sort over
-all pairs instead (~8 M for a 100 k point cloud at r = 5) took about a second
-on 2 CPU cores; repeated ``scatter_reduce(amin)`` passes were slower still,
-since points of one depth slab overlap on the image.
+Implementation: points are ranked once by their key (depth, ties to the lowest index) and cut, in that order, into
+slabs of ``_SOFT_SLAB_POINTS`` (1024); slabs are composited one after the other into per-pixel accumulators
+(colour, transmittance, count, nearest rank, and a "live" flag: fewer than K points and transmittance above
+``min_transmittance``) on a canvas padded by twice the radius.  Within a slab every point's (2 reach + 1)^2 square of
+candidate pixels is tested at once (inside the disc, and the pixel still live), the surviving (pixel, point) pairs
+are sorted by the int32 key ``pixel * slab + rank``; the place of a pair within its pixel (plus the pixel's count so
+far) gives the K limit, and an exclusive segmented cumulative sum of ``log(d^2 / r^2) = log(1 - alpha)`` (float64)
+the transmittance in front of it, so that the K limit and the transmittance cut-off act per point, exactly as a
+per-pixel front-to-back loop (the result does not depend on the slab size, up to float32 summation order).  Memory:
+one slab's pairs plus O(H*W).  Costs on 2 CPU cores (about 88 k points, 448x448, r = 5; see ``egox bench prior``):
+about 10 M candidate pairs must be tested whatever the order (each point's disc), of which about 0.85 M are
+composited; testing liveness per slab cuts the sorted pairs to about 1.9 M.  One sort over all 7 M in-disc pairs
+took about a second; repeated ``scatter_reduce(amin)`` passes were slower still; sorts below 32768 elements are
+padded to that size on the CPU, where torch switches to a radix sort.
 """
 
 from __future__ import annotations
@@ -304,8 +304,9 @@ def render_points(
     return RenderedView(rgb=rgb.contiguous(), mask=mask, depth_m=depth, point_index=index)
 
 
-_SOFT_FRAGMENTS_PER_SLAB = 1 << 18  # candidate pixel/point pairs per slab (2^18 / 121 ~ 2170 points at r = 5):
-                                   # 2-core EPYC, 89 k points, 448x448: 2000-point slabs 635 ms, 8000 870, 32000 1090
+_SOFT_SLAB_POINTS = 1024  # points per slab (tuning below)
+_RADIX_SORT_MIN = 1 << 15
+_PAD_KEY = (1 << 31) - 1
 
 
 def render_points_soft(
@@ -327,7 +328,7 @@ def render_points_soft(
     pixel the ``points_per_pixel`` nearest points (smallest z, ties to the lowest index) are blended front to back,
     colour = sum_k alpha_k prod_{j<k} (1 - alpha_j) c_k over black. ``mask``: at least one point within r;
     ``depth_m`` / ``point_index``: the nearest such point (0 / len(cloud) where empty). ``chunk_points``: points per
-    slab (None: about 2^18 candidate pixel/point pairs per slab); the result does not depend on it.
+    depth slab (None: ``_SOFT_SLAB_POINTS``); the result does not depend on it (up to float32 summation order).
     ``min_transmittance``: a pixel whose remaining transmittance is at or below it takes no further points (they
     could add at most 255 * min_transmittance, 0.06 units at the default, before truncation to uint8; 0 disables
     this and composites all K).
@@ -373,90 +374,93 @@ def render_points_soft(
         idx_all = torch.zeros(0, dtype=torch.int64, device=device)
         u_all = v_all = z_all = torch.zeros(0, dtype=torch.float32, device=device)
 
-    acc = torch.zeros((h * w, 3), dtype=torch.float32, device=device)     # composited colour, 0-255 units
-    trans = torch.ones(h * w, dtype=torch.float32, device=device)         # transmittance so far
-    count = torch.zeros(h * w, dtype=torch.int32, device=device)          # points composited so far
-    first_key = torch.full((h * w,), _EMPTY_KEY, dtype=torch.int64, device=device)  # the nearest point's key
-    colors = cloud.colors.to(torch.float32)
-
     m = int(idx_all.shape[0])
-    if m:
-        offsets = torch.arange(-reach, reach + 1, device=device, dtype=torch.float32)
-        n_off = offsets.numel()
-        off_i = offsets.to(torch.int64)
-        # Slabs in order of depth; a slab boundary never splits equal depths, so across slabs "nearer" is strict.
-        z_sorted, order = torch.sort(z_all)
-        slab = int(chunk_points) if chunk_points is not None else max(256, _SOFT_FRAGMENTS_PER_SLAB // (n_off * n_off))
-        cuts = [0]
-        if m > slab:
-            marks = z_sorted[slab::slab].contiguous()
-            cuts += sorted(set(torch.searchsorted(z_sorted, marks, side="left").tolist()) - {0})
-        cuts.append(m)
-        z_bits_all = z_all.view(torch.int32).to(torch.int64)   # z >= 0: the IEEE bits order like the value
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            if a >= b:
-                continue
-            sel = order[a:b]
-            u, v = u_all.index_select(0, sel), v_all.index_select(0, sel)
-            key_p = (z_bits_all.index_select(0, sel) << _INDEX_BITS) | idx_all.index_select(0, sel)
-            ub, vb = torch.floor(u + 0.5), torch.floor(v + 0.5)         # nearest pixel
-            cols = ub.to(torch.int64).unsqueeze(1) + off_i                # (s, n_off)
-            rows = vb.to(torch.int64).unsqueeze(1) + off_i
-            dx2 = (cols.to(torch.float32) - u.unsqueeze(1)).square()
-            dy2 = (rows.to(torch.float32) - v.unsqueeze(1)).square()
-            dx2 = torch.where((cols >= 0) & (cols < w), dx2, math.inf)
-            dy2 = torch.where((rows >= 0) & (rows < h), dy2, math.inf)
-            d2 = dy2.unsqueeze(2) + dx2.unsqueeze(1)                      # (s, row offset, col offset)
-            flat = torch.nonzero(d2.view(-1) < r2).squeeze(1)
-            if flat.numel() == 0:
-                continue
-            p_local = flat // (n_off * n_off)
-            pix = ((rows * w).unsqueeze(2) + cols.unsqueeze(1)).view(-1).index_select(0, flat)
-            alpha = 1.0 - d2.view(-1).index_select(0, flat) / r2
-            live = (count.index_select(0, pix) < k_max) & (trans.index_select(0, pix) > min_transmittance)
-            if not bool(live.all()):
-                live = torch.nonzero(live).squeeze(1)
-                pix, alpha = pix.index_select(0, live), alpha.index_select(0, live)
-                p_local = p_local.index_select(0, live)
-            if pix.numel() == 0:
-                continue
-            # Order the slab's pairs by (pixel, key): the sort key is pixel * s + the point's rank in key order.
-            s_pts = int(sel.numel())
-            rank = torch.empty(s_pts, dtype=torch.int64, device=device)
-            rank[torch.argsort(key_p)] = torch.arange(s_pts, dtype=torch.int64, device=device)
-            _, perm = torch.sort(pix * s_pts + rank.index_select(0, p_local))
-            pix, alpha, p_local = pix.index_select(0, perm), alpha.index_select(0, perm), p_local.index_select(0, perm)
-            total = pix.numel()
-            start = torch.ones(total, dtype=torch.bool, device=device)
-            start[1:] = pix[1:] != pix[:-1]
-            run_first = torch.nonzero(start).squeeze(1)                    # position of each pixel's first pair
-            run_of = torch.cumsum(start, 0) - 1                            # run number of each pair
-            first_pos = run_first.index_select(0, run_of)
-            place = torch.arange(total, device=device) - first_pos         # rank of the pair within its pixel
-            keep = (count.index_select(0, pix) + place) < k_max
-            # Transmittance in front of each pair: the pixel's so far times the product of (1 - alpha) of the
-            # nearer pairs of this slab, as an exclusive segmented cumsum of logs (float64).
-            log_t = torch.where(keep, torch.log1p(-alpha.to(torch.float64)).clamp_min(-80.0), 0.0)
-            incl = torch.cumsum(log_t, 0)
-            excl = incl - log_t
-            before = excl - excl.index_select(0, first_pos)
-            trans_pix = trans.index_select(0, pix)
-            weight = torch.where(keep, trans_pix * torch.exp(before).to(torch.float32) * alpha, 0.0)
-            key = key_p.index_select(0, p_local)
-            acc.index_add_(0, pix, colors.index_select(0, key & 0xFFFFFFFF) * weight.unsqueeze(1))
-            run_pix = pix.index_select(0, run_first)
-            run_log = incl.index_select(0, torch.cat([run_first[1:] - 1, run_first.new_tensor([total - 1])]))
-            run_log = run_log - excl.index_select(0, run_first)
-            trans.index_copy_(0, run_pix, trans.index_select(0, run_pix) * torch.exp(run_log).to(torch.float32))
-            count.index_add_(0, pix, keep.to(torch.int32))
-            first_key.scatter_reduce_(0, run_pix, key.index_select(0, run_first), reduce="amin", include_self=True)
+    # Points in key order (depth, ties to the lowest index; z >= 0, whose IEEE bits order like the value): from here
+    # on a point is its rank in that order, and "nearer" is "lower rank".
+    _, order = torch.sort((z_all.view(torch.int32).to(torch.int64) << _INDEX_BITS) | idx_all)
+    z_sorted = z_all.index_select(0, order)
+    idx_sorted = idx_all.index_select(0, order)
+    colors = cloud.colors.index_select(0, idx_sorted).to(torch.float32)
+    # The accumulators live on a canvas padded by 2 reach on every side, so that every candidate pixel of a point that
+    # can reach the image has an address (the padding stays dead and is cropped at the end).
+    pad = 2 * reach
+    hp, wp = h + 2 * pad, w + 2 * pad
+    n_pix = hp * wp
+    u_pad = u_all.index_select(0, order) + pad
+    v_pad = v_all.index_select(0, order) + pad
+    col_near = torch.floor(u_pad + 0.5).to(torch.int32)     # nearest pixel, padded canvas
+    row_near = torch.floor(v_pad + 0.5).to(torch.int32)
+    acc = torch.zeros((n_pix, 3), dtype=torch.float32, device=device)     # composited colour, 0-255 units
+    trans = torch.ones(n_pix, dtype=torch.float32, device=device)         # transmittance so far
+    count = torch.zeros(n_pix, dtype=torch.int32, device=device)          # points composited so far
+    first = torch.full((n_pix,), m, dtype=torch.int32, device=device)     # rank of the nearest point
+    live = torch.zeros((hp, wp), dtype=torch.bool, device=device)         # pixel still takes points
+    live[pad : pad + h, pad : pad + w] = True
+    live = live.view(-1)
+    offsets = torch.arange(-reach, reach + 1, device=device, dtype=torch.int32)
+    # Pair keys pixel * s + local rank must fit in int32.
+    slab = int(chunk_points) if chunk_points is not None else _SOFT_SLAB_POINTS
+    slab = max(1, min(slab, _PAD_KEY // n_pix))   # keys stay below _PAD_KEY
+    log_r2 = math.log(r2)
+    for a in range(0, m, slab):
+        b = min(m, a + slab)
+        s = b - a
+        u, v = u_pad[a:b], v_pad[a:b]
+        cols = col_near[a:b].unsqueeze(1) + offsets                          # (s, 2 reach + 1)
+        rows = row_near[a:b].unsqueeze(1) + offsets
+        dx2 = (cols.to(torch.float32) - u.unsqueeze(1)).square()
+        dy2 = (rows.to(torch.float32) - v.unsqueeze(1)).square()
+        d2 = dy2.unsqueeze(2) + dx2.unsqueeze(1)                             # (s, row offset, col offset)
+        pix = (rows * wp).unsqueeze(2) + cols.unsqueeze(1)
+        inside = (d2 < r2) & live.index_select(0, pix.view(-1)).view_as(pix)
+        local = torch.arange(s, device=device, dtype=torch.int32).view(s, 1, 1)
+        key = (pix * s + local).masked_select(inside)                        # pixel-major, then rank
+        if key.numel() == 0:
+            continue
+        q = d2.masked_select(inside)
+        total = key.numel()
+        if total < _RADIX_SORT_MIN and device.type == "cpu":
+            # Torch sorts 1-D integer tensors of at least 32768 elements on the CPU with a radix sort, about 5 times
+            # faster per element than the comparison sort below that size: pad with keys that sort last.
+            key = torch.cat([key, key.new_full((_RADIX_SORT_MIN - total,), _PAD_KEY)])
+        key, perm = torch.sort(key)
+        key, perm = key[:total], perm[:total]
+        q = q.index_select(0, perm)
+        pix32 = torch.div(key, s, rounding_mode="floor")
+        rank = key - pix32 * s + a
+        pix = pix32.to(torch.int64)
+        start = torch.empty(total, dtype=torch.bool, device=device)
+        start[:1] = True
+        torch.ne(pix32[1:], pix32[:-1], out=start[1:])
+        run_first = torch.nonzero(start).squeeze(1)                        # position of each pixel's first pair
+        first_pos = run_first.index_select(0, torch.cumsum(start, 0, dtype=torch.int32) - 1)
+        place = torch.arange(total, device=device) - first_pos             # rank of the pair within its pixel
+        keep = (count.index_select(0, pix) + place) < k_max
+        # Transmittance in front of each pair: the pixel's so far times the product of (1 - alpha) = d^2 / r^2 of
+        # the nearer pairs of this slab, as an exclusive segmented cumulative sum of logs (float64).
+        log_t = torch.where(keep, (torch.log(q.to(torch.float64)) - log_r2).clamp_min(-80.0), 0.0)
+        incl = torch.cumsum(log_t, 0)
+        excl = incl - log_t
+        before = trans.index_select(0, pix) * torch.exp(excl - excl.index_select(0, first_pos)).to(torch.float32)
+        keep &= before > min_transmittance
+        alpha = 1.0 - q / r2
+        acc.index_add_(0, pix, colors.index_select(0, rank) * torch.where(keep, before * alpha, 0.0).unsqueeze(1))
+        # Along a pixel's run the kept pairs are a prefix and the transmittance falls: the smallest is the last.
+        trans.scatter_reduce_(0, pix, torch.where(keep, before * (1.0 - alpha), 2.0), reduce="amin", include_self=True)
+        count.index_add_(0, pix, keep.to(torch.int32))
+        first.scatter_reduce_(0, pix, rank, reduce="amin", include_self=True)
+        run_pix = pix.index_select(0, run_first)
+        live.index_copy_(0, run_pix, (count.index_select(0, run_pix) < k_max)
+                         & (trans.index_select(0, run_pix) > min_transmittance))
 
-    mask = (count > 0).view(h, w)
-    halves = first_key.view(torch.int32).view(h, w, 2)
-    index = torch.where(mask, halves[..., _LO_WORD], n)
-    depth = torch.where(mask, halves[..., _HI_WORD].view(torch.float32), 0.0)
+    count = count.view(hp, wp)[pad : pad + h, pad : pad + w]
+    mask = count > 0
+    nearest = first.view(hp, wp)[pad : pad + h, pad : pad + w].reshape(-1).to(torch.int64)
+    index = torch.cat([idx_sorted.to(torch.int32), idx_sorted.new_full((1,), n, dtype=torch.int32)])
+    index = torch.where(mask, index.index_select(0, nearest).view(h, w), n)
+    depth = torch.where(mask, torch.cat([z_sorted, z_sorted.new_zeros(1)]).index_select(0, nearest).view(h, w), 0.0)
     # As the released tool: clip, truncate to uint8 (+1e-3 so an opaque point keeps its exact colour), and pixels
     # whose three channels are all below 0.01 * 255 become black.
-    rgb = torch.floor(acc.view(h, w, 3) + 1e-3).clamp_(0.0, 255.0)
+    rgb = torch.floor(acc.view(hp, wp, 3)[pad : pad + h, pad : pad + w] + 1e-3).clamp_(0.0, 255.0)
     rgb = torch.where((rgb < 2.55).all(dim=-1, keepdim=True), 0.0, rgb).to(torch.uint8)
     return RenderedView(rgb=rgb.contiguous(), mask=mask, depth_m=depth, point_index=index)

@@ -57,7 +57,7 @@ def test_soak_result_has_every_field(soak_result):
     rss = r["rss_mb"]
     assert len(rss["samples"]) >= 3 and all(mb > 0 for _, mb in rss["samples"])
     assert rss["slope_mb_per_min"] is not None and rss["max"] >= rss["end"] > 0
-    assert r["node_cpu_percent"] is not None
+    assert r["node_cpu_percent"] is not None and r["other_processes_cpu_cores"] >= 0
 
 
 def test_write_docs_keeps_one_row_per_case(soak_result, tmp_path):

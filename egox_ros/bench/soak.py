@@ -164,6 +164,17 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def _machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores; /proc/stat)."""
+    try:
+        fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)          # idle + iowait
+    busy = sum(fields[:8]) - idle                                        # guest time is already in user
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler(threading.Thread):
     """VmRSS (MB) and CPU seconds of a process once a second, as (seconds since start, MB, cpu_s)."""
 
@@ -437,7 +448,7 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
         window_stamps: list[int] = []
         sent = late = 0
         last_stamp = 0
-        warm_snapshot = None
+        warm_snapshot = cpu_start = other_cores = None
         t_next = t0
         next_report = t0 + report_every_s
         try:
@@ -447,6 +458,7 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
                     break
                 if warm_snapshot is None and now >= t_warm_end:
                     warm_snapshot = dict(peer.snapshot(), sent=sent, t=now)
+                    cpu_start = (_machine_cpu_s(), (_proc_cpu_s(node_proc.pid) or 0.0) + time.process_time())
                     busy_procs = [busy_process(duration_s + drain_timeout_s + 60) for _ in range(busy)]
                 if node_proc.poll() is not None:
                     raise SoakError(f"the node exited with code {node_proc.returncode} during the soak; log tail:\n"
@@ -474,6 +486,11 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
         if warm_snapshot is None:
             warm_snapshot = dict(peer.snapshot(), sent=sent, t=t_stop)
         end_snapshot = dict(peer.snapshot(), sent=sent, t=t_stop)
+        if cpu_start is not None:   # CPU the rest of the machine used meanwhile: anything but node, bench, busy
+            own_s = ((_proc_cpu_s(node_proc.pid) or 0.0) + time.process_time()
+                     + sum(_proc_cpu_s(p.pid) or 0.0 for p in busy_procs) - cpu_start[1])
+            machine_s = _machine_cpu_s() - cpu_start[0]
+            other_cores = round(max(0.0, machine_s - own_s) / max(1e-9, t_stop - warm_snapshot["t"]), 2)
         for proc in busy_procs:
             _kill(proc)
 
@@ -553,6 +570,7 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
                    "max": max((mb for _, mb, _ in sampler.samples), default=None),
                    "slope_mb_per_min": slope_mb_per_min(rss_window)},
         "node_cpu_percent": node_cpu,
+        "other_processes_cpu_cores": other_cores,
     }
 
 
@@ -672,7 +690,8 @@ def markdown(cases: list[dict] | dict) -> str:
              "an exo image to receiving its ego image (after the warm-up). Left: still in the node after the drain "
              "+ sent but neither received nor seen lost. RSS slope: least squares over the node's VmRSS, sampled "
              "every second after the warm-up. Busy: pure-Python loops, one core each, from the end of the warm-up. "
-             "Load: 1-minute load average before the case.", "",
+             "Load: 1-minute load average before the case / CPU cores the machine's other processes used during the "
+             "measured window (all CPU time but the node's, this benchmark's and the busy processes').", "",
              "| case | run (UTC), commit | load | duration @ rate | busy | node params / env | sent | published | dropped "
              "(reasons) | lost | left | output Hz | latency p50 / p90 / p99 / max ms | node RSS MB (start -> end), "
              "slope MB/min | node CPU % |",
@@ -685,7 +704,7 @@ def markdown(cases: list[dict] | dict) -> str:
         lines.append(
             f"| {c['label']}{' (interrupted)' if c.get('interrupted') else ''} | {c['machine']['date']}"
             f"{_code_text(c.get('code'))} | "
-            f"{c['load_average_before'][0]} | {cfg['duration_s']:g} s @ {cfg['rate_hz']:g} Hz "
+            f"{c['load_average_before'][0]} / {_fmt(c.get('other_processes_cpu_cores'), 2)} | {cfg['duration_s']:g} s @ {cfg['rate_hz']:g} Hz "
             f"(+{cfg['warmup_s']:g} s warm-up) | {cfg['busy_processes']} | {settings} | {f['sent']} | "
             f"{f['published']} | {f['dropped']}{f' ({reasons})' if reasons else ''} | {f['lost']} | "
             f"{f['still_in_node'] + f['unaccounted']} | {_fmt(w['output_rate_hz'], 2)} | "

@@ -52,6 +52,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_process(args: argparse.Namespace) -> int:
+    from egox_ros.ros.process import run
+    return run(args)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from egox_ros.tools.make_sample_bag import main
     return main(args.rest) or 0
@@ -91,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                                       "contact sheet and metrics")
     add_arguments(p)
     p.set_defaults(func=_cmd_replay)
+    from egox_ros.ros.process import add_arguments as add_process_arguments
+    p = sub.add_parser("process", help="the node's pipeline over a bag in this process, without DDS: the same "
+                                       "outputs as replay (bag/, contact_sheet.png, metrics.json)")
+    add_process_arguments(p)
+    p.set_defaults(func=_cmd_process)
     p = sub.add_parser("sample", help="rebuild the bundled sample bag from ../shared/data/tum_rgbd")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_sample)

@@ -84,6 +84,15 @@ def transform_msg_to_rigid(msg: Transform) -> RigidTransform:
     return RigidTransform(np.array([t.x, t.y, t.z]), np.array([q.x, q.y, q.z, q.w]))
 
 
+def rigid_or_problem(msg, convert=None) -> tuple[RigidTransform | None, str | None]:
+    """(RigidTransform, None) from a Transform (or, with convert=pose_msg_to_rigid, a Pose), or (None, why) when it
+    cannot be used (e.g. a quaternion that is not normalised)."""
+    try:
+        return (convert or transform_msg_to_rigid)(msg), None
+    except ValueError as e:
+        return None, str(e)
+
+
 def pose_msg_to_rigid(msg: Pose) -> RigidTransform:
     """Raises ValueError for a quaternion that is not of unit length."""
     p, q = msg.position, msg.orientation

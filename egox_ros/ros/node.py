@@ -263,12 +263,12 @@ class EgoxNode(Node):
         if lost:
             self.engine.note("tf_lost", f"{lost} TF message(s) lost before the node took them", count=lost)
         self.engine.add_transforms([(t.header.frame_id, t.child_frame_id, conv.stamp_to_ns(t.header.stamp),
-                                     *_transform(t.transform)) for t in msg.transforms], static=static)
+                                     *conv.rigid_or_problem(t.transform)) for t in msg.transforms], static=static)
 
     def _on_head_pose(self, msg: PoseStamped) -> None:
         parent = msg.header.frame_id or self.inputs.world_frame
         self.engine.add_transforms([(parent, self.inputs.head_frame, conv.stamp_to_ns(msg.header.stamp),
-                                     *_transform(msg.pose, conv.pose_msg_to_rigid))], what="bad_head_pose")
+                                     *conv.rigid_or_problem(msg.pose, conv.pose_msg_to_rigid))], what="bad_head_pose")
 
     def _on_image(self, msg: Image | CompressedImage, info) -> None:
         self._delays.observe("image", info)
@@ -371,14 +371,6 @@ class EgoxNode(Node):
                 self.get_logger().warning(f"shutting down with {left} frame(s) not yet published (waiting or "
                                           "queued)")
         super().destroy_node()
-
-
-def _transform(msg, convert=conv.transform_msg_to_rigid):
-    """(RigidTransform, None), or (None, why) when the message's transform cannot be used."""
-    try:
-        return convert(msg), None
-    except ValueError as e:
-        return None, str(e)
 
 
 def main(args: list[str] | None = None) -> None:

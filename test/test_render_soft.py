@@ -208,3 +208,31 @@ def test_cuda_matches_cpu():
     gpu = render_points_soft(cloud.to("cuda"), cam, EYE, radius_px=3.0)
     assert torch.equal(gpu.point_index.cpu(), cpu.point_index) and torch.equal(gpu.mask.cpu(), cpu.mask)
     assert (gpu.rgb.cpu().int() - cpu.rgb.int()).abs().max() <= 1
+
+
+def test_transmittance_cut_off_per_point_whatever_the_slab():
+    # Four coincident-centre points with alpha 0.75 at pixel (3, 3): transmittance 1, 0.25, 0.0625, ... in front of
+    # them. With min_transmittance 0.1 the pixel takes the first two only (0.0625 <= 0.1 stops it), whether the points
+    # share a depth slab or not; with 0 it takes all four.
+    r = 2.0
+    pts = [_at(4, 3, 1.0 + k) for k in range(4)]
+    cols = [[200, 0, 0], [0, 200, 0], [0, 0, 200], [200, 200, 200]]
+    expected = {0.1: np.array([150.0, 37.5, 0.0]),
+                0.0: np.array([150.0 + 0.25 ** 3 * 0.75 * 200, 37.5 + 0.25 ** 3 * 0.75 * 200,
+                               0.0625 * 0.75 * 200 + 0.25 ** 3 * 0.75 * 200])}
+    for cut, exp in expected.items():
+        for chunk in (None, 1, 2, 3):
+            view = _render(_cloud(pts, cols), radius_px=r, min_transmittance=cut, chunk_points=chunk)
+            assert np.abs(view.rgb[3, 3].numpy().astype(float) - np.floor(exp + 1e-3)).max() <= 1, (cut, chunk)
+            assert int(view.point_index[3, 3]) == 0 and float(view.depth_m[3, 3]) == pytest.approx(1.0)
+
+
+def test_slab_size_does_not_change_a_large_render():
+    # Many points over few pixels (slabs of 1 to all points; pair keys pixel * slab + rank stay in int32).
+    cloud, cam = _random_scene(n=20000, seed=5)
+    whole = render_points_soft(cloud, cam, EYE, radius_px=5.0, chunk_points=20000)
+    for chunk in (1, 97, 1024):
+        part = render_points_soft(cloud, cam, EYE, radius_px=5.0, chunk_points=chunk)
+        assert torch.equal(part.point_index, whole.point_index) and torch.equal(part.mask, whole.mask)
+        assert torch.equal(part.depth_m, whole.depth_m)
+        assert (part.rgb.int() - whole.rgb.int()).abs().max() <= 1    # float32 sums in another grouping

@@ -413,12 +413,13 @@ def render_points_soft(
         d2 = dy2.unsqueeze(2) + dx2.unsqueeze(1)                             # (s, row offset, col offset)
         pix = (rows * wp).unsqueeze(2) + cols.unsqueeze(1)
         inside = (d2 < r2) & live.index_select(0, pix.view(-1)).view_as(pix)
-        local = torch.arange(s, device=device, dtype=torch.int32).view(s, 1, 1)
-        key = (pix * s + local).masked_select(inside)                        # pixel-major, then rank
-        if key.numel() == 0:
+        sel = torch.nonzero(inside.view(-1)).squeeze(1)
+        total = sel.numel()
+        if total == 0:
             continue
-        q = d2.masked_select(inside)
-        total = key.numel()
+        local = torch.div(sel, inside.shape[1] * inside.shape[2], rounding_mode="floor").to(torch.int32)
+        key = pix.view(-1).index_select(0, sel) * s + local                 # pixel-major, then rank
+        q = d2.view(-1).index_select(0, sel)
         if total < _RADIX_SORT_MIN and device.type == "cpu":
             # Torch sorts 1-D integer tensors of at least 32768 elements on the CPU with a radix sort, about 5 times
             # faster per element than the comparison sort below that size: pad with keys that sort last.
@@ -435,10 +436,11 @@ def render_points_soft(
         run_first = torch.nonzero(start).squeeze(1)                        # position of each pixel's first pair
         first_pos = run_first.index_select(0, torch.cumsum(start, 0, dtype=torch.int32) - 1)
         place = torch.arange(total, device=device) - first_pos             # rank of the pair within its pixel
-        keep = (count.index_select(0, pix) + place) < k_max
+        count_before = count.index_select(0, pix)
+        keep = (count_before + place) < k_max
         # Transmittance in front of each pair: the pixel's so far times the product of (1 - alpha) = d^2 / r^2 of
         # the nearer pairs of this slab, as an exclusive segmented cumulative sum of logs (float64).
-        log_t = torch.where(keep, (torch.log(q.to(torch.float64)) - log_r2).clamp_min(-80.0), 0.0)
+        log_t = torch.where(keep, (torch.log(q) - log_r2).clamp_min(-80.0).to(torch.float64), 0.0)
         incl = torch.cumsum(log_t, 0)
         excl = incl - log_t
         before = trans.index_select(0, pix) * torch.exp(excl - excl.index_select(0, first_pos)).to(torch.float32)
@@ -448,8 +450,10 @@ def render_points_soft(
         # Along a pixel's run the kept pairs are a prefix and the transmittance falls: the smallest is the last.
         trans.scatter_reduce_(0, pix, torch.where(keep, before * (1.0 - alpha), 2.0), reduce="amin", include_self=True)
         count.index_add_(0, pix, keep.to(torch.int32))
-        first.scatter_reduce_(0, pix, rank, reduce="amin", include_self=True)
         run_pix = pix.index_select(0, run_first)
+        # A pixel's first pair ever (count 0 before this slab; the first of a run is always kept) is its nearest.
+        first.index_copy_(0, run_pix, torch.where(count_before.index_select(0, run_first) == 0,
+                                                  rank.index_select(0, run_first), first.index_select(0, run_pix)))
         live.index_copy_(0, run_pix, (count.index_select(0, run_pix) < k_max)
                          & (trans.index_select(0, run_pix) > min_transmittance))
 

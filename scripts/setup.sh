@@ -3,7 +3,8 @@
 #   1. .venv in the repo with ROS 2 Kilted from PyPI wheels, torch (CPU) and the project's dependencies;
 #   2. the interface packages in msg/ (egox_msgs, and tf2_msgs where it is missing) built with CMake into the venv;
 #   3. egox_ros installed (editable) with its console scripts `egox` and `egox_node` in .venv/bin;
-#   4. colcon (requirements-colcon.txt), for test/test_colcon_layout.py and colcon workspaces on this machine.
+#   4. colcon (requirements-colcon.txt), for test/test_colcon_layout.py and colcon workspaces on this machine;
+#   5. Ray (requirements-ray.txt), for `egox batch` only (many bags on Ray); nothing else imports it.
 # Idempotent: a second run compares a hash of its inputs with the last successful run and returns in about a second.
 # Usage: scripts/setup.sh [--force]
 set -euo pipefail
@@ -13,7 +14,7 @@ stamp="$venv/.egox_setup_stamp"
 py="${PYTHON:-python3}"
 
 inputs_hash() {
-  (cd "$root" && cat scripts/setup.sh requirements.txt requirements-colcon.txt requirements-no-deps.txt setup.py setup.cfg package.xml \
+  (cd "$root" && cat scripts/setup.sh requirements.txt requirements-colcon.txt requirements-ray.txt requirements-no-deps.txt setup.py setup.cfg package.xml \
      $(find msg -type f | LC_ALL=C sort)) | sha256sum | cut -d' ' -f1
 }
 
@@ -30,10 +31,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
   log "creating $venv"
   "$py" -m venv "$venv"
 fi
-log "installing dependencies (requirements.txt, requirements-colcon.txt)"
-quiet_pip install -q --disable-pip-version-check -r "$root/requirements.txt" -r "$root/requirements-colcon.txt"
+log "installing dependencies (requirements.txt, requirements-colcon.txt, requirements-ray.txt)"
+quiet_pip install -q --disable-pip-version-check -r "$root/requirements.txt" -r "$root/requirements-colcon.txt" \
+  -r "$root/requirements-ray.txt"
 quiet_pip install -q --disable-pip-version-check --no-deps -r "$root/requirements-no-deps.txt"
-"$venv/bin/python" -c "import rclpy, torch, mediapipe, colcon_ros" || { log "dependency install failed"; exit 1; }
+"$venv/bin/python" -c "import rclpy, torch, mediapipe, colcon_ros, ray" || { log "dependency install failed"; exit 1; }
 
 # The wheels' exported CMake files name the wheel build machine's Python and numpy headers; point them here.
 py_inc="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"

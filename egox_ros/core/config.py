@@ -112,6 +112,12 @@ class GeneratorConfig:
                       "model, section egox; without its weights the node says so and publishes priors)",
                       choices=("prior", "egox"))
     device: str = param("cpu", "torch device for rendering and generation ('cpu', 'cuda', 'cuda:1', ...)")
+    backend: str = param("local", "'local': the generator runs in the node's process; 'ray': on a pool of "
+                                  "`replicas` Ray actors (one GPU each with a CUDA device), clips in flight on all "
+                                  "of them, results published in stamp order", choices=("local", "ray"))
+    replicas: int = param(2, "generator replicas with backend 'ray'", (1, 1024))
+    ray_address: str = param("", "Ray cluster for backend 'ray' ('auto', 'ray://host:10001'); empty = a local Ray "
+                                 "instance on this machine, started and stopped by the node")
 
     def __post_init__(self) -> None:
         validate(self)

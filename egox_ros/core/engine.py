@@ -143,6 +143,11 @@ class EgoEngine:
             self.generator_state = "loading"
         except (WeightsError, ValueError) as e:
             self.generator = self._fall_back(generator_config.name, e)
+        if generator_config.backend == "ray" and self.generator_state == "loading":
+            from egox_ros.core.generators.pool import RayGeneratorPool
+            self.generator = RayGeneratorPool(self.generator, generator_config, configs["egox"],
+                                              generator_config.replicas, generator_config.ray_address,
+                                              runtime.torch_threads)
         fusion_config, window_config = configs["fusion"], configs["window"]
         self.pipeline = EgoPipeline(PriorRenderer(configs["prior"], fusion_config, self.ego_camera,
                                                   generator_config.device, generator=self.generator.name),
@@ -166,7 +171,8 @@ class EgoEngine:
                 on_reset=lambda stamp_ns: self.window.clear()),
             clock=clock, lock=self.lock)
         self._queue: deque[tuple[ExoFrame, list[ExoFrame]]] = deque()   # frame, its fusion context
-        self._in_generator = 0
+        self._in_generator = 0                           # frames taken from the queue, not yet out
+        self._in_flight: deque = deque()                 # pool backend: (handle, rendered clip, started), oldest first
         self._flush_requested = False
         self._running = True
         self.stats = FrameAccounting()
@@ -372,6 +378,8 @@ class EgoEngine:
         try:
             self.generator.prepare()
         except Exception as e:  # noqa: BLE001 - missing or broken weights must not take the node down
+            if hasattr(self.generator, "close"):
+                self.generator.close()
             with self.lock:
                 self.generator = self.pipeline.generator = self._fall_back(self.generator.name,
                                                                            f"{type(e).__name__}: {e}")
@@ -380,36 +388,86 @@ class EgoEngine:
         self.events.log("info", f"generator '{self.generator.name}' ready after {time.monotonic() - started:.1f} s")
 
     def start(self) -> None:
-        """Run the generator on the engine's own worker thread (it loads the models first)."""
+        """Run the generator on the engine's own worker thread (it loads the models first); with a pool of
+        replicas a second thread publishes their results in order."""
         self._worker = threading.Thread(target=self._work, name="egox-generator", daemon=True)
         self._worker.start()
 
+    def _pooled(self) -> bool:
+        return hasattr(self.generator, "submit")
+
     def _take_clip(self) -> list[tuple[ExoFrame, list[ExoFrame]]]:
         """The next whole clip, or after a flush the last partial one; [] if none is ready. Lock held."""
+        if self._pooled() and len(self._in_flight) >= self.generator.capacity:
+            return []                              # every replica busy: the queue fills, then back-pressures
         clip_frames = self.generator.clip_frames
         if len(self._queue) < clip_frames and not self._flush_requested:
             return []
         if len(self._queue) < clip_frames:         # end of stream: the last, partial clip (padded)
             self._flush_requested = False
         clip = [self._queue.popleft() for _ in range(min(clip_frames, len(self._queue)))]
-        self._in_generator = len(clip)
+        self._in_generator += len(clip)
         return clip
 
     def _work(self) -> None:
         self.prepare_generator()
+        if self._pooled():
+            threading.Thread(target=self._collect, name="egox-pool-results", daemon=True).start()
         while True:
             with self.lock:
-                self.lock.wait_for(lambda: not self._running or len(self._queue) >= self.generator.clip_frames
-                                   or self._flush_requested)
+                self.lock.wait_for(lambda: not self._running or (
+                    (len(self._queue) >= self.generator.clip_frames or self._flush_requested)
+                    and not (self._pooled() and len(self._in_flight) >= self.generator.capacity)))
                 if not self._running:
                     return
                 clip = self._take_clip()
             if clip:
                 self.resolve()                     # complete frames that waited for room in the queue
-                self._generate(clip)
+                if self._pooled():
+                    self._submit(clip)
+                else:
+                    self._generate(clip)
+
+    def _submit(self, clip: list[tuple[ExoFrame, list[ExoFrame]]]) -> None:
+        """Pool backend: render the clip's priors here (in order), send it to a free replica."""
+        frames = [f for f, _ in clip]
+        started = time.monotonic()
+        try:
+            rendered = self.pipeline.render(frames, [c for _, c in clip])
+            handle = self.generator.submit(rendered.padded)
+        except Exception as e:  # noqa: BLE001 - a failing clip must not take the node down
+            self._failed(frames, e)
+            return
+        with self.lock:
+            self._in_flight.append((handle, rendered, started))
+            self.lock.notify_all()
+
+    def _collect(self) -> None:
+        """Pool backend: publish the replicas' results in submission (stamp) order."""
+        while True:
+            with self.lock:
+                self.lock.wait_for(lambda: not self._running or self._in_flight)
+                if not self._running:
+                    return
+                handle, rendered, started = self._in_flight[0]
+            waited_from = time.monotonic()
+            try:
+                result = self.generator.wait(handle)
+                output = self.pipeline.finish(rendered, result, generation_time_s=time.monotonic() - waited_from)
+            except Exception as e:  # noqa: BLE001 - a replica failed: its clip fails, the pool goes on
+                with self.lock:
+                    self._in_flight.popleft()
+                    self.lock.notify_all()
+                self._failed(rendered.request.frames, e)
+                continue
+            with self.lock:
+                self._in_flight.popleft()
+                self.lock.notify_all()
+            self._emit(output, started)
 
     def generate_ready(self) -> int:
-        """Without start(): generate every clip that is ready now, on the calling thread; returns the clips."""
+        """Without start(): generate every clip that is ready now, on the calling thread (a pool of replicas is
+        used one clip at a time); returns the clips."""
         done = 0
         while True:
             with self.lock:
@@ -426,18 +484,26 @@ class EgoEngine:
         try:
             output = self.pipeline.run(frames, [c for _, c in clip])
         except Exception as e:  # noqa: BLE001 - a failing generator must not take the node down
-            self.events.log("error", f"generator '{self.generator.name}' failed: {type(e).__name__}: {e}")
-            with self.lock:
-                self._in_generator = 0
-            self._publish_drops([Drop([f.stamp_ns for f in frames], "generator_failed", f"{type(e).__name__}: {e}")])
+            self._failed(frames, e)
             return
+        self._emit(output, started)
+
+    def _failed(self, frames: list[ExoFrame], error: Exception) -> None:
+        self.events.log("error", f"generator '{self.generator.name}' failed: {type(error).__name__}: {error}")
+        with self.lock:
+            self._in_generator -= len(frames)
+        self._publish_drops([Drop([f.stamp_ns for f in frames], "generator_failed",
+                                  f"{type(error).__name__}: {error}")])
+
+    def _emit(self, output: ClipOutput, started: float) -> None:
+        frames = output.request.frames
         now = self.clock()
         try:
             self.events.clip(output, latency_s=time.monotonic() - started)
         except Exception as e:  # noqa: BLE001 - the worker must survive a failing consumer; the frames count as out
             self.events.log("error", f"publishing a clip failed: {type(e).__name__}: {e}")
         with self.lock:
-            self._in_generator = 0
+            self._in_generator -= len(frames)
             self.stats.published += len(frames)
             self.stats.published_times.extend([now] * len(frames))
         self.events.progress()
@@ -474,6 +540,8 @@ class EgoEngine:
             left = self.frames.waiting() + len(self._queue)
         if self._worker is not None:
             self._worker.join(timeout=5.0)
+        if hasattr(self.generator, "close"):       # a pool of replicas
+            self.generator.close()
         for worker in (self.depth_estimator, self.person_detector):
             if worker is not None:
                 worker.close()

@@ -123,6 +123,16 @@ class ClipOutput:
     padded_frames: int = 0      # copies of the last frame added to fill the generator's clip, then discarded
 
 
+@dataclass
+class RenderedClip:
+    """A clip with its priors, ready for the generator: ``request`` (the real frames) and ``padded`` (what the
+    generator gets: the request padded to its clip_frames with the last frame and prior)."""
+    request: ClipRequest
+    padded: ClipRequest
+    padded_frames: int
+    prior_time_s: float
+
+
 class EgoPipeline:
     """Priors for each frame of a clip (each fused with its own window context), then the generator."""
 
@@ -136,22 +146,33 @@ class EgoPipeline:
         A clip shorter than the generator's clip_frames (the end of a stream) is padded with its last frame and
         prior, as many times as needed; the output holds the real frames only (``padded_frames`` says how many were
         added and discarded)."""
+        clip = self.render(frames, contexts)
+        t1 = time.perf_counter()
+        result = self.generator.generate(clip.padded)
+        return self.finish(clip, result, generation_time_s=time.perf_counter() - t1)
+
+    def render(self, frames: list[ExoFrame], contexts: list[list[ExoFrame]]) -> "RenderedClip":
+        """The priors of a clip (in order: the fusion is causal) and the request to generate, padded as run() says."""
         if len(frames) != len(contexts) or not frames:
             raise ValueError(f"need one context per frame, got {len(frames)} frames and {len(contexts)} contexts")
         t0 = time.perf_counter()
         priors = self.renderer.render_clip(frames) or [self.renderer.render(f, c) for f, c in zip(frames, contexts)]
-        t1 = time.perf_counter()
+        prior_time_s = time.perf_counter() - t0
         request = ClipRequest(frames=frames, priors=priors, ego_camera=self.renderer.ego_camera)
         pad = max(0, self.generator.clip_frames - len(frames))
         padded = request if not pad else ClipRequest(frames=frames + [frames[-1]] * pad,
                                                      priors=priors + [priors[-1]] * pad,
                                                      ego_camera=request.ego_camera)
-        result = self.generator.generate(padded)
-        t2 = time.perf_counter()
-        if len(result.rgb) != len(padded.frames) or len(result.valid) != len(padded.frames):
+        return RenderedClip(request, padded, pad, prior_time_s)
+
+    def finish(self, clip: "RenderedClip", result: ClipResult, generation_time_s: float) -> ClipOutput:
+        """The output of a rendered clip from the generator's result for its padded request (padding dropped)."""
+        n = len(clip.padded.frames)
+        if len(result.rgb) != n or len(result.valid) != n:
             raise RuntimeError(f"generator {self.generator.name!r} returned {len(result.rgb)} images "
-                               f"for a clip of {len(padded.frames)} frames")
-        if pad:
-            result = ClipResult(rgb=result.rgb[:len(frames)], valid=result.valid[:len(frames)])
-        return ClipOutput(request=request, result=result, prior_time_s=t1 - t0, generation_time_s=t2 - t1,
-                          padded_frames=pad)
+                               f"for a clip of {n} frames")
+        if clip.padded_frames:
+            keep = len(clip.request.frames)
+            result = ClipResult(rgb=result.rgb[:keep], valid=result.valid[:keep])
+        return ClipOutput(request=clip.request, result=result, prior_time_s=clip.prior_time_s,
+                          generation_time_s=generation_time_s, padded_frames=clip.padded_frames)

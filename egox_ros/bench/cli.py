@@ -26,6 +26,8 @@ BENCHMARKS = {
     "demonstrator": "person detector and head pose on real TUM frames (640x480): time per frame, detection rate, "
                     "head jitter in the world, frames/s of the whole prior path (sequential, pipelined, with a "
                     "competing process); --write-docs also draws docs/demonstrator.png",
+    "offline": "the bundled sample through `egox process` (one process, no DDS) and `egox replay` (a live node over "
+               "DDS): wall time, frames/s, agreement",
     "soak": "the egox node as a subprocess fed live at camera rate (real sample frames, 640x480) for minutes, "
             "optionally with competing busy processes: frame accounting, output rate, latency percentiles, node RSS "
             "slope; --write-docs keeps one table row per case",

@@ -304,7 +304,8 @@ def render_points(
     return RenderedView(rgb=rgb.contiguous(), mask=mask, depth_m=depth, point_index=index)
 
 
-_SOFT_SLAB_POINTS = 1024  # points per slab (tuning below)
+_SOFT_SLAB_POINTS = 1024  # points per depth slab; 2-core Xeon (loaded), 88 k points, 448x448, median of 12 renders:
+                          # 768 / 1024 / 1536 / 2048 points per slab: 273 / 257 / 259 / 273 ms
 _RADIX_SORT_MIN = 1 << 15
 _PAD_KEY = (1 << 31) - 1
 
@@ -401,7 +402,6 @@ def render_points_soft(
     # Pair keys pixel * s + local rank must fit in int32.
     slab = int(chunk_points) if chunk_points is not None else _SOFT_SLAB_POINTS
     slab = max(1, min(slab, _PAD_KEY // n_pix))   # keys stay below _PAD_KEY
-    log_r2 = math.log(r2)
     for a in range(0, m, slab):
         b = min(m, a + slab)
         s = b - a
@@ -428,7 +428,7 @@ def render_points_soft(
         key, perm = key[:total], perm[:total]
         q = q.index_select(0, perm)
         pix32 = torch.div(key, s, rounding_mode="floor")
-        rank = key - pix32 * s + a
+        rank = torch.remainder(key, s) + a
         pix = pix32.to(torch.int64)
         start = torch.empty(total, dtype=torch.bool, device=device)
         start[:1] = True
@@ -440,15 +440,16 @@ def render_points_soft(
         keep = (count_before + place) < k_max
         # Transmittance in front of each pair: the pixel's so far times the product of (1 - alpha) = d^2 / r^2 of
         # the nearer pairs of this slab, as an exclusive segmented cumulative sum of logs (float64).
-        log_t = torch.where(keep, (torch.log(q) - log_r2).clamp_min(-80.0).to(torch.float64), 0.0)
+        q = q / r2                                                           # 1 - alpha
+        log_t = torch.where(keep, torch.log(q).clamp_min(-80.0).to(torch.float64), 0.0)
         incl = torch.cumsum(log_t, 0)
         excl = incl - log_t
         before = trans.index_select(0, pix) * torch.exp(excl - excl.index_select(0, first_pos)).to(torch.float32)
         keep &= before > min_transmittance
-        alpha = 1.0 - q / r2
+        alpha = 1.0 - q
         acc.index_add_(0, pix, colors.index_select(0, rank) * torch.where(keep, before * alpha, 0.0).unsqueeze(1))
         # Along a pixel's run the kept pairs are a prefix and the transmittance falls: the smallest is the last.
-        trans.scatter_reduce_(0, pix, torch.where(keep, before * (1.0 - alpha), 2.0), reduce="amin", include_self=True)
+        trans.scatter_reduce_(0, pix, torch.where(keep, before * q, 2.0), reduce="amin", include_self=True)
         count.index_add_(0, pix, keep.to(torch.int32))
         run_pix = pix.index_select(0, run_first)
         # A pixel's first pair ever (count 0 before this slab; the first of a run is always kept) is its nearest.

@@ -57,6 +57,11 @@ def _cmd_process(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from egox_ros.ros.batch import run
+    return run(args)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from egox_ros.tools.make_sample_bag import main
     return main(args.rest) or 0
@@ -101,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                                        "outputs as replay (bag/, contact_sheet.png, metrics.json)")
     add_process_arguments(p)
     p.set_defaults(func=_cmd_process)
+    from egox_ros.ros.batch import add_arguments as add_batch_arguments
+    p = sub.add_parser("batch", help="egox process over many bags on Ray, one bag per task/actor (a local Ray "
+                                     "instance, or --address auto|ray://HOST:10001): OUT/<bag>/ per bag, batch.json")
+    add_batch_arguments(p)
+    p.set_defaults(func=_cmd_batch)
     p = sub.add_parser("sample", help="rebuild the bundled sample bag from ../shared/data/tum_rgbd")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_sample)

@@ -4,7 +4,7 @@
 #   2. the interface packages in msg/ (egox_msgs, and tf2_msgs where it is missing) built with CMake into the venv;
 #   3. egox_ros installed (editable) with its console scripts `egox` and `egox_node` in .venv/bin;
 #   4. colcon (requirements-colcon.txt), for test/test_colcon_layout.py and colcon workspaces on this machine;
-#   5. Ray (requirements-ray.txt), for `egox batch` only (many bags on Ray); nothing else imports it.
+#   5. Ray (requirements-ray.txt), for `egox batch` and generator.backend ray only; nothing else imports it.
 # Idempotent: a second run compares a hash of its inputs with the last successful run and returns in about a second.
 # Usage: scripts/setup.sh [--force]
 set -euo pipefail

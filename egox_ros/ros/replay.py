@@ -5,6 +5,11 @@ with /clock, sends the next exo image only once the node has taken the previous 
 queue (egox_msgs/NodeProgress), so nothing is dropped however slow the generator is; records every output into
 OUT_DIR/bag (MCAP) and writes OUT_DIR/contact_sheet.png and OUT_DIR/metrics.json. All DDS traffic stays on this
 machine (shared memory, localhost discovery, a private domain id).
+
+Before anything starts, the bag is checked against what the node's effective parameters need (plan_replay: topics,
+TF frames; one line per missing input, exit code 2); `--dry-run` prints that plan. Topic remaps (`--remap`,
+`--preset`, the params file's `egox_replay` section) go to the node as `-r FROM:=TO`; compressed images in the bag
+switch the node's transports.
 """
 from __future__ import annotations
 
@@ -25,16 +30,22 @@ from pathlib import Path
 
 import numpy as np
 
-from egox_ros.ros.conversions import stamp_to_ns
 from egox_ros.ros.dds import apply_isolated_env
 
 PROGRESS_TYPE = "egox_msgs/msg/NodeProgress"
+
+
+def stamp_to_ns(stamp) -> int:
+    """As egox_ros.ros.conversions.stamp_to_ns, whose module imports torch: the pre-check answers within a second."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
 
 OUTPUT_TOPICS = {  # topic -> type; all relative to the node's namespace (root by default)
     "/ego/image_raw": "sensor_msgs/msg/Image",
     "/ego/camera_info": "sensor_msgs/msg/CameraInfo",
     "/ego/prior/image_raw": "sensor_msgs/msg/Image",
     "/ego/prior/mask": "sensor_msgs/msg/Image",
+    "/ego/prior/camera_info": "sensor_msgs/msg/CameraInfo",
     "/ego/clip_metadata": "egox_msgs/msg/ClipMetadata",
     "/tf": "tf2_msgs/msg/TFMessage",          # only the node's world -> ego frame transforms are recorded
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
@@ -286,22 +297,6 @@ def _wait_for_matches(node, endpoints, timeout_s: float, alive) -> None:
 REPLAY_INPUT_TIMEOUT_S = 10.0
 
 
-def _user_sets(name: str, params_file: str | None, overrides: list[str]) -> bool:
-    """Whether `-p name:=...` or the parameter file (any node section) sets the dotted parameter `name`."""
-    if any(o.split(":=", 1)[0] == name for o in overrides):
-        return True
-    if not params_file:
-        return False
-    import yaml
-    for section in (yaml.safe_load(Path(params_file).read_text()) or {}).values():
-        value = (section or {}).get("ros__parameters", {})
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is not None:
-            return True
-    return False
-
-
 # Runs first in the node's process, then becomes the node (exec, same pid): the kernel sends it SIGTERM when the
 # replay dies, even by SIGKILL (prctl PR_SET_PDEATHSIG, Linux). No preexec_fn: the replay has DDS threads by then.
 _EXEC_WITH_PARENT_DEATH_SIGNAL = """import ctypes, os, signal, sys
@@ -315,21 +310,23 @@ os.execv(sys.executable, [sys.executable] + sys.argv[2:])
 """
 
 
-def _start_node(params_file: str | None, overrides: list[str], log_path: Path) -> subprocess.Popen:
+def _node_arguments(plan: "ReplayPlan") -> list[str]:
+    """The node's ROS arguments (after --ros-args) for a replay plan."""
+    from egox_ros.ros.launch_spec import default_params_file
+    args = ["-r", "__node:=egox"] + [a for src, dst in plan.remaps.items() for a in ("-r", f"{src}:={dst}")]
+    args += ["--params-file", plan.params_file or str(default_params_file())]
+    # Lockstep needs lossless inputs (reliable, deep enough for the TF and depth between two images) and sim time.
+    args += ["-p", "use_sim_time:=true", "-p", "qos.input_reliability:=reliable", "-p", "qos.input_depth:=100"]
+    for o in plan.replay_params + plan.overrides:
+        args += ["-p", o]
+    return args
+
+
+def _start_node(plan: "ReplayPlan", log_path: Path) -> subprocess.Popen:
     """The node in its own session (its own process group: a terminal's Ctrl-C reaches the replay, which stops it),
     stopped by the kernel if the replay dies without stopping it."""
     cmd = [sys.executable, "-c", _EXEC_WITH_PARENT_DEATH_SIGNAL, str(os.getpid()),
-           "-m", "egox_ros.ros.node", "--ros-args", "-r", "__node:=egox"]
-    from egox_ros.ros.launch_spec import default_params_file
-    cmd += ["--params-file", params_file or str(default_params_file())]
-    # Lockstep needs lossless inputs (reliable, deep enough for the TF and depth between two images) and sim time.
-    cmd += ["-p", "use_sim_time:=true", "-p", "qos.input_reliability:=reliable", "-p", "qos.input_depth:=100"]
-    # Offline, a frame's inputs are played right after it, so its wall-clock wait only has to outlast a busy
-    # machine (the live default, 1 s, dropped frames on a loaded 2-core CI runner). A value the user gives wins.
-    if not _user_sets("sync.timeout_s", params_file, overrides):
-        cmd += ["-p", f"sync.timeout_s:={REPLAY_INPUT_TIMEOUT_S}"]
-    for o in overrides:
-        cmd += ["-p", o]
+           "-m", "egox_ros.ros.node", "--ros-args"] + _node_arguments(plan)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
                                 start_new_session=True)
@@ -399,15 +396,366 @@ def _refuse_other_egox_nodes(node, allowed: int) -> None:
 DOMAIN_CHECK_S = 1.0
 
 
+# ------------------------------------------------------------------------------------------------ the replay's plan
+# The node's input topics, as it names them (relative to its namespace, the root in a replay), and their types.
+NODE_INPUTS = {
+    "exo/image_raw": "sensor_msgs/msg/Image",
+    "exo/image_raw/compressed": "sensor_msgs/msg/CompressedImage",
+    "exo/camera_info": "sensor_msgs/msg/CameraInfo",
+    "exo/depth/image_raw": "sensor_msgs/msg/Image",
+    "exo/depth/image_raw/compressedDepth": "sensor_msgs/msg/CompressedImage",
+    "head/pose": "geometry_msgs/msg/PoseStamped",
+    "exo/person_mask": "sensor_msgs/msg/Image",
+}
+IMAGE_TYPE, COMPRESSED_TYPE, TF_TYPE = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage",
+                                        "tf2_msgs/msg/TFMessage")
+
+# `--preset NAME`: remaps of the node's inputs to a driver's topics. realsense: realsense2_camera with align_depth
+# (the colour stream and the depth aligned to it), raw and image_transport's compressed variants.
+PRESETS = {
+    "realsense": {
+        "exo/image_raw": "/camera/color/image_raw",
+        "exo/image_raw/compressed": "/camera/color/image_raw/compressed",
+        "exo/camera_info": "/camera/color/camera_info",
+        "exo/depth/image_raw": "/camera/aligned_depth_to_color/image_raw",
+        "exo/depth/image_raw/compressedDepth": "/camera/aligned_depth_to_color/image_raw/compressedDepth",
+    },
+}
+
+# The replay's own section of a params file: `egox_replay: {ros__parameters: {preset: realsense, remap: [...]}}`.
+# The node (named egox) ignores it; other sections (including /**) are the node's, never the replay's.
+REPLAY_SECTION = "egox_replay"
+NODE_NAME = "egox"
+
+
+def _load_params_file(params_file: str) -> dict:
+    import yaml
+    path = Path(params_file)
+    if not path.is_file():
+        raise ReplayInputError(f"parameter file {params_file} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ReplayInputError(f"cannot read parameter file {params_file}: "
+                               f"{type(e).__name__}: {e}".replace("\n", " ")) from e
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ReplayInputError(f"parameter file {params_file} is not a mapping of node names to ros__parameters")
+    return doc
+
+
+def node_parameters(params_file: str | None, overrides: list[str]) -> tuple[dict, set[str]]:
+    """The egox node's effective parameters as the replay starts it, dotted names -> values: config/egox.yaml's
+    defaults, then the params file's sections for the node, then the `-p NAME:=VALUE` overrides (YAML values, as
+    ROS reads them; egox_ros.ros.params.load_parameters); and the names the user set (file or -p)."""
+    import yaml
+    from egox_ros.ros.launch_spec import default_params_file
+    from egox_ros.ros.params import load_parameters
+    if params_file:
+        _load_params_file(params_file)   # one clear line for a missing or unreadable file
+    try:
+        values = load_parameters(default_params_file(), [], NODE_NAME)
+        user = load_parameters(params_file, list(overrides), NODE_NAME)
+    except (ValueError, OSError, yaml.YAMLError) as e:
+        raise ReplayInputError(f"{e}".replace("\n", " ")) from e
+    values.update(user)
+    return values, set(user)
+
+
+def _replay_section(params_file: str | None) -> dict:
+    """ros__parameters of the replay's own section (egox_replay) of the params file: preset, remap."""
+    if not params_file:
+        return {}
+    found: dict = {}
+    for key, section in _load_params_file(params_file).items():
+        if str(key).lstrip("/") == REPLAY_SECTION and isinstance(section, dict):
+            found.update(section.get("ros__parameters") or {})
+    unknown = sorted(set(found) - {"preset", "remap"})
+    if unknown:
+        raise ReplayInputError(f"{params_file}: {REPLAY_SECTION} has unknown settings {unknown}; it takes preset "
+                               "and remap")
+    if isinstance(found.get("remap"), str):
+        found["remap"] = [found["remap"]]
+    if not isinstance(found.get("remap", []), list):
+        raise ReplayInputError(f"{params_file}: {REPLAY_SECTION} remap must be a list of 'FROM:=TO' strings")
+    return found
+
+
+def parse_remaps(items, source: str) -> dict[str, str]:
+    """{'exo/image_raw': '/camera/color/image_raw'} from ['exo/image_raw:=/camera/color/image_raw', ...]; FROM must
+    be one of the node's inputs (a leading '/' is allowed: the node runs in the root namespace)."""
+    rules = {}
+    for item in items:
+        src, sep, dst = str(item).partition(":=")
+        src, dst = src.strip().lstrip("/"), dst.strip()
+        if not sep or not src or not dst.strip("/"):
+            raise ReplayInputError(f"{source} takes FROM:=TO (e.g. exo/image_raw:=/camera/color/image_raw), "
+                                   f"got {item!r}")
+        if src not in NODE_INPUTS:
+            raise ReplayInputError(f"{source} {item!r}: {src} is not an input of the node; its inputs: "
+                                   f"{', '.join(NODE_INPUTS)}")
+        rules[src] = "/" + dst.lstrip("/")
+    return rules
+
+
+@dataclass
+class ReplayPlan:
+    """What a replay does with a bag, decided before anything is started (`egox replay --dry-run` prints it)."""
+    in_bag: Path
+    params_file: str | None
+    overrides: list[str]
+    params: dict                       # the node's effective parameters (dotted names)
+    user_set: set[str]                 # parameters the user set (file or -p)
+    remaps: dict[str, str]             # node input -> bag topic, passed to the node as -r
+    replay_params: list[str]           # -p NAME:=VALUE the replay adds (transports it detected, sync.timeout_s)
+    topics: dict[str, tuple[str, int]]  # every topic of the bag: (type, messages)
+    exo_topic: str = ""                # bag topic of the exo images (played in lockstep)
+    exo_type: str = IMAGE_TYPE
+    camera_info_topic: str = ""
+    gt_topic: str = ""
+    gt_info_topic: str = ""
+    preset: str | None = None
+    inputs: list[tuple[str, str]] = field(default_factory=list)   # (input, what the bag has for it)
+    problems: list[str] = field(default_factory=list)             # one line per missing input
+    input_topics: set[str] = field(default_factory=set)          # bag topics the node takes
+
+    def param(self, name: str):
+        return self.params.get(name)
+
+    def describe(self, out_dir: Path | None = None) -> str:
+        """The plan as text: inputs found, parameters that matter, remaps, the node's command, output paths."""
+        lines = [f"input bag: {self.in_bag} ({sum(n for _, n in self.topics.values())} messages, "
+                 f"{len(self.topics)} topics)", "inputs of the node:"]
+        lines += [f"  {what:<16} {found}" for what, found in self.inputs]
+        others = [f"{t} ({ty.rsplit('/', 1)[-1]}, {n})" for t, (ty, n) in sorted(self.topics.items())
+                  if t not in self.input_topics and t not in ("/tf", "/tf_static")]
+        if others:
+            lines.append("other topics (played, not taken by the node): " + ", ".join(others))
+        gt = (f"{self.gt_topic} with {self.gt_info_topic}" if self.gt_topic in self.topics
+              and self.gt_info_topic in self.topics else f"none ({self.gt_topic} and {self.gt_info_topic} not both "
+                                                         "in the bag; no PSNR)")
+        lines.append(f"ground truth for the report: {gt}")
+        shown = ["inputs.exo_transport", "inputs.depth_transport", "inputs.use_depth", "depth.source",
+                 "inputs.head_source", "inputs.head_frame", "inputs.world_frame", "inputs.exo_frame",
+                 "person.source", "generator.name", "sync.timeout_s", "sync.queue_capacity", "outputs.ego_frame"]
+        added = dict(p.split(":=", 1) for p in self.replay_params)
+        lines.append("node parameters: " + ", ".join(
+            f"{n}={added[n] + ' (set by the replay)' if n in added else repr(self.params.get(n))}"
+            + (" (yours)" if n in self.user_set else "") for n in shown))
+        lines.append("remaps: " + (" ".join(f"{a}:={b}" for a, b in self.remaps.items()) or "none")
+                     + (f" (preset {self.preset})" if self.preset else ""))
+        lines.append("node: python -m egox_ros.ros.node --ros-args " + " ".join(_node_arguments(self)))
+        if out_dir is not None:
+            lines.append("outputs: " + ", ".join(str(Path(out_dir) / n) for n in REPLAY_OUTPUTS))
+        return "\n".join(lines)
+
+
+def _tf_parents(reader, needed: list[str], world: str) -> dict[str, tuple[str, str]]:
+    """child -> (parent, topic) of the bag's /tf and /tf_static (first seen), read until every needed frame
+    connects to `world` (a whole bag's TF when one does not)."""
+    conns = [c for c in reader.connections if c.topic in ("/tf", "/tf_static") and c.msgtype == TF_TYPE]
+    parents: dict[str, tuple[str, str]] = {}
+    for conn, _, raw in reader.messages(connections=conns):
+        for t in reader.deserialize(raw, conn.msgtype).transforms:
+            parents.setdefault(t.child_frame_id.lstrip("/"), (t.header.frame_id.lstrip("/"), conn.topic))
+        if all(_tf_root(parents, f) == _tf_root(parents, world) for f in needed):
+            break
+    return parents
+
+
+def _tf_root(parents: dict, frame: str) -> str:
+    seen = set()
+    while frame in parents and frame not in seen:
+        seen.add(frame)
+        frame = parents[frame][0]
+    return frame
+
+
+def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides: list[str] | None = None,
+                remaps: list[str] | None = None, preset: str | None = None, exo_topic: str | None = None,
+                gt_topic: str = "/ego/ground_truth/image_raw", gt_info_topic: str | None = None) -> ReplayPlan:
+    """Decide what the node needs from the bag (from its effective parameters) and where the bag has it: remaps
+    (preset, then the params file's egox_replay remap, then --remap; --exo-topic is the exo/image_raw remap),
+    compressed transports detected from the bag's types, and one problem line per missing input."""
+    overrides = list(overrides or [])
+    params, user_set = node_parameters(params_file, overrides)
+    section = _replay_section(params_file)
+    preset = preset or section.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise ReplayInputError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    rules = dict(PRESETS.get(preset, {}))
+    rules.update(parse_remaps(section.get("remap", []), f"{params_file}: {REPLAY_SECTION} remap"))
+    rules.update(parse_remaps(remaps or [], "--remap"))
+    if exo_topic:
+        rules["exo/image_raw"] = "/" + exo_topic.strip().lstrip("/")
+    topics: dict[str, tuple[str, int]] = {}
+    for c in reader.connections:
+        old = topics.get(c.topic, (c.msgtype, 0))
+        topics[c.topic] = (old[0], old[1] + c.msgcount)
+    plan = ReplayPlan(Path(in_bag), params_file, overrides, params, user_set, {}, [], topics, preset=preset,
+                      gt_topic=gt_topic, gt_info_topic=gt_info_topic or gt_topic.rsplit("/", 1)[0] + "/camera_info")
+
+    def bag_topic(node_input: str) -> str:
+        return rules.get(node_input, "/" + node_input)
+
+    def type_of(topic: str) -> str | None:
+        return topics.get(topic, (None, 0))[0]
+
+    def choose_transport(param: str, raw_input: str, compressed_input: str, compressed_value: str):
+        """(transport, node input, bag topic): raw unless the bag has CompressedImage there (or only the
+        image_transport topic <raw>/<suffix>) and the user did not choose."""
+        raw = bag_topic(raw_input)
+        compressed = rules.get(compressed_input, raw + "/" + compressed_input.rsplit("/", 1)[1])
+        if param in user_set:
+            transport = str(params.get(param))
+        elif type_of(raw) == COMPRESSED_TYPE or (type_of(raw) is None and type_of(compressed) == COMPRESSED_TYPE):
+            transport = compressed_value
+            plan.replay_params.append(f"{param}:={compressed_value}")
+        else:
+            transport = "raw"
+        params[param] = transport
+        if transport != compressed_value:
+            return transport, raw_input, raw
+        if type_of(compressed) is None and type_of(raw) == COMPRESSED_TYPE:
+            compressed = raw   # compressed images under the raw name: the node's compressed input is remapped there
+        return transport, compressed_input, compressed
+
+    def need(what: str, node_input: str, topic: str, note: str = "") -> bool:
+        """An input topic: found (listed) or a problem line."""
+        expected = NODE_INPUTS[node_input]
+        if topic != "/" + node_input:
+            plan.remaps[node_input] = topic
+        found = type_of(topic)
+        count = topics.get(topic, (None, 0))[1]
+        remap_hint = f"--remap {node_input}:=TOPIC"
+        if found is None:
+            similar = sorted(t for t, (ty, _) in topics.items() if ty == expected)
+            plan.problems.append(
+                f"no {what}: the bag has no {topic} ({expected}) for the node's {node_input}{note}; "
+                + (f"its {expected.rsplit('/', 1)[-1]} topics: {', '.join(similar)}; " if similar else "")
+                + f"map one with {remap_hint} or --preset")
+            plan.inputs.append((what, f"MISSING {topic} ({expected})"))
+            return False
+        if found != expected:
+            plan.problems.append(f"{what}: {topic} in the bag is {found}, the node's {node_input}{note} takes "
+                                 f"{expected}")
+            plan.inputs.append((what, f"WRONG TYPE {topic} ({found})"))
+            return False
+        if count == 0:
+            plan.problems.append(f"no {what}: {topic} in the bag has no messages")
+            plan.inputs.append((what, f"EMPTY {topic} ({found})"))
+            return False
+        plan.inputs.append((what, f"{topic} ({found}, {count} messages) -> node {node_input}"))
+        plan.input_topics.add(topic)
+        return True
+
+    exo_transport, exo_input, plan.exo_topic = choose_transport(
+        "inputs.exo_transport", "exo/image_raw", "exo/image_raw/compressed", "compressed")
+    plan.exo_type = NODE_INPUTS[exo_input]
+    exo_ok = need("exo image", exo_input, plan.exo_topic, f" (inputs.exo_transport {exo_transport})")
+    plan.camera_info_topic = bag_topic("exo/camera_info")
+    need("exo camera info", "exo/camera_info", plan.camera_info_topic)
+    if params.get("inputs.use_depth") is True and params.get("depth.source") == "topic":
+        depth_transport, depth_input, depth_topic = choose_transport(
+            "inputs.depth_transport", "exo/depth/image_raw", "exo/depth/image_raw/compressedDepth", "compressedDepth")
+        need("depth", depth_input, depth_topic, f" (inputs.use_depth with depth.source 'topic', "
+                                                f"inputs.depth_transport {depth_transport})")
+    else:
+        plan.inputs.append(("depth", f"not from the bag (inputs.use_depth {params.get('inputs.use_depth')}, "
+                                     f"depth.source {params.get('depth.source')!r})"))
+    head_source = params.get("inputs.head_source")
+    if head_source == "pose_topic":
+        need("head pose", "head/pose", bag_topic("head/pose"), " (inputs.head_source 'pose_topic')")
+    elif head_source == "exo":
+        plan.inputs.append(("head", "estimated from the exo image (inputs.head_source 'exo')"))
+    person_source = params.get("person.source")
+    if person_source == "topic":
+        need("person mask", "exo/person_mask", bag_topic("exo/person_mask"), " (person.source 'topic')")
+    else:
+        if person_source == "auto":   # as the node decides it (egox_ros.core.demonstrator.detector)
+            person_source = "mediapipe" if head_source == "exo" or params.get("generator.name") == "egox" else "none"
+            person_source = f"'auto': {person_source}"
+        plan.inputs.append(("person mask", f"not from the bag (person.source {person_source})"))
+    # Every remap the user gave reaches the node, also for inputs this configuration does not take.
+    for node_input, topic in rules.items():
+        if topic != "/" + node_input:
+            plan.remaps.setdefault(node_input, topic)
+    if params.get("sync.timeout_s") is not None and "sync.timeout_s" not in user_set:
+        plan.replay_params.append(f"sync.timeout_s:={REPLAY_INPUT_TIMEOUT_S}")
+        params["sync.timeout_s"] = REPLAY_INPUT_TIMEOUT_S
+
+    # TF: transforms to the exo camera frame and (head_source 'tf') the head frame, connected to the world frame.
+    world = str(params.get("inputs.world_frame") or "world").lstrip("/")
+    frames = []
+    exo_frame = str(params.get("inputs.exo_frame") or "").lstrip("/")
+    if not exo_frame and exo_ok:
+        conn = next(c for c in reader.connections if c.topic == plan.exo_topic)
+        for _, _, raw in reader.messages(connections=[conn]):
+            exo_frame = reader.deserialize(raw, conn.msgtype).header.frame_id.lstrip("/")
+            break
+        if not exo_frame:
+            plan.problems.append(f"the exo images on {plan.exo_topic} have an empty header.frame_id and "
+                                 "inputs.exo_frame is not set: the node cannot look up the exo camera's pose")
+    if exo_frame:
+        frames.append(("exo camera TF", exo_frame, "the exo camera frame" + (
+            " (inputs.exo_frame)" if params.get("inputs.exo_frame") else f" (header.frame_id of {plan.exo_topic})")))
+    if head_source == "tf":
+        head = str(params.get("inputs.head_frame") or "head").lstrip("/")
+        frames.append(("head TF", head, "inputs.head_frame (inputs.head_source 'tf'; without a head TF, "
+                                        "-p inputs.head_source:=exo estimates the head from the exo image)"))
+    if frames:
+        parents = _tf_parents(reader, [f for _, f, _ in frames], world)
+        for what, frame, why in frames:
+            if frame not in parents:
+                children = sorted(parents)
+                plan.problems.append(
+                    f"no {what}: /tf and /tf_static have no transform whose child is '{frame}', {why}; the bag's "
+                    f"TF child frames: {', '.join(children) if children else 'none'}")
+                plan.inputs.append((what, f"MISSING transform to '{frame}'"))
+            elif _tf_root(parents, frame) != _tf_root(parents, world):
+                plan.problems.append(
+                    f"{what}: the transform to '{frame}' does not connect to inputs.world_frame '{world}' (its tree's "
+                    f"root is '{_tf_root(parents, frame)}')")
+                plan.inputs.append((what, f"NOT CONNECTED '{frame}' (root '{_tf_root(parents, frame)}')"))
+            else:
+                parent, topic = parents[frame]
+                plan.inputs.append((what, f"{parent} -> {frame} on {topic}"))
+    return plan
+
+
+def _open_bag(in_bag: Path, typestore):
+    from rosbags.highlevel import AnyReader
+    if not Path(in_bag).exists():
+        raise ReplayInputError(f"input bag {in_bag} does not exist")
+    try:
+        reader = AnyReader([Path(in_bag)], default_typestore=typestore)
+        reader.open()
+    except Exception as e:  # noqa: BLE001 - rosbags raises several types for broken bags
+        raise ReplayInputError(f"cannot open {in_bag} as a rosbag2 bag (sqlite3 or MCAP): "
+                               f"{type(e).__name__}: {e}".replace("\n", " ")) from e
+    return reader
+
+
+def make_plan(in_bag: Path, typestore=None, **kwargs) -> ReplayPlan:
+    """plan_replay on a bag opened (and closed) here; see plan_replay for the arguments."""
+    reader = _open_bag(in_bag, typestore or typestore_with_egox_msgs())
+    try:
+        return plan_replay(reader, in_bag, **kwargs)
+    finally:
+        reader.close()
+
+
 def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
-           exo_topic: str = "/exo/image_raw", gt_topic: str = "/ego/ground_truth/image_raw",
+           exo_topic: str | None = None, gt_topic: str = "/ego/ground_truth/image_raw",
            overwrite: bool = False, attach: bool = False, stall_timeout_s: float = 300.0, sheet_frames: int = 6,
-           progress_bar: bool = True, domain_id: int | None = None) -> ReplayResult:
-    """Run the whole replay; see the module docstring. Raises ReplayError with a clear message on failure."""
+           progress_bar: bool = True, domain_id: int | None = None, remaps: list[str] | None = None,
+           preset: str | None = None, gt_info_topic: str | None = None) -> ReplayResult:
+    """Run the whole replay; see the module docstring. Raises ReplayInputError (nothing started: bad arguments,
+    output path, or a bag without what the node needs) or ReplayError with a clear message on failure."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
-    from rosbags.highlevel import AnyReader
     from tqdm import tqdm
 
     in_bag = Path(in_bag)
@@ -417,24 +765,18 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     out_bag = out_dir / "bag"
     replaced = check_output(in_bag, out_dir, overwrite)
     typestore = typestore_with_egox_msgs()
-
+    reader = _open_bag(in_bag, typestore)
     try:
-        reader = AnyReader([in_bag])
-        reader.open()
-    except Exception as e:  # noqa: BLE001 - rosbags raises several types for broken bags
-        raise ReplayInputError(f"cannot open {in_bag} as a rosbag2 bag (sqlite3 or MCAP): "
-                               f"{type(e).__name__}: {e}".replace("\n", " ")) from e
-    image_conns = [c for c in reader.connections if c.topic == exo_topic]
-    if not image_conns:
-        reader.close()
-        raise ReplayInputError(f"{in_bag} has no {exo_topic} topic; topics: "
-                               f"{sorted({c.topic for c in reader.connections})}")
-    try:
+        plan = plan_replay(reader, in_bag, params_file, overrides, remaps, preset, exo_topic, gt_topic,
+                           gt_info_topic)
+        if plan.problems:   # the node would wait sync.timeout_s per frame and publish nothing: say why, up front
+            raise ReplayInputError("\n".join(plan.problems))
         prepare_output(out_dir, replaced)
     except ReplayInputError:
         reader.close()
         raise
-    total_images = sum(c.msgcount for c in image_conns)
+    exo_topic = plan.exo_topic
+    total_images = plan.topics[exo_topic][1]
 
     node_proc = stopper = context = node = executor = recorder = None
     node_log = out_dir / "node.log"
@@ -468,20 +810,21 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             raise ReplayInputError("every random ROS_DOMAIN_ID tried had an egox node running; pass --domain-id")
         ros_domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
         if not attach:
-            node_proc = _start_node(params_file, overrides or [], node_log)
+            node_proc = _start_node(plan, node_log)
             stopper = functools.partial(_stop_node, node_proc, 3.0)
             atexit.register(stopper)   # the replay ending any other way; the kernel's SIGTERM if it is killed
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         player = _Player(node, reader, exo_topic)
-        recorder = _Recorder(node, out_bag, typestore, ego_frame=_node_parameter(
-            params_file, overrides or [], "outputs", "ego_frame", "ego_camera_optical"))
+        recorder = _Recorder(node, out_bag, typestore,
+                             ego_frame=str(plan.param("outputs.ego_frame") or "ego_camera_optical"))
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
         started = time.monotonic()
         images_sent = 0
         truncated = None
-        endpoints = [("pub", player.publishers[t], t) for t in (exo_topic, "/exo/camera_info") if t in player.publishers]
+        endpoints = [("pub", player.publishers[t], t) for t in (exo_topic, plan.camera_info_topic)
+                     if t in player.publishers]
         endpoints += [("sub", s, t) for s, t in zip(recorder.subscriptions, OUTPUT_TOPICS) if t == "/ego/clip_metadata"]
         _wait_for_matches(node, endpoints, 60.0, alive)
         with player.progress_changed:
@@ -551,10 +894,10 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     wall_s = time.monotonic() - started
 
     from egox_ros.ros.replay_report import write_report
-    frames = {k: _node_parameter(params_file, overrides or [], "inputs", k, d)
-              for k, d in (("world_frame", "world"), ("head_frame", "head"))}
     metrics = write_report(in_bag, out_bag, out_dir, exo_topic=exo_topic, gt_topic=gt_topic,
-                           typestore=typestore, sheet_frames=sheet_frames, **frames)
+                           gt_info_topic=plan.gt_info_topic, typestore=typestore, sheet_frames=sheet_frames,
+                           world_frame=str(plan.param("inputs.world_frame") or "world"),
+                           head_frame=str(plan.param("inputs.head_frame") or "head"))
     metrics["run"] = {"input_bag": str(in_bag), "ros_domain_id": ros_domain_id, "images_sent": images_sent, "wall_time_s": round(wall_s, 3),
                       "frames_per_second": round(images_sent / wall_s, 3) if wall_s > 0 else None,
                       "frames_received_by_node": int(progress.frames_received),
@@ -562,10 +905,21 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
                       "frames_dropped": int(progress.frames_dropped),
                       "frames_lost_before_node": int(progress.frames_lost),
                       "input_truncated": truncated, "skipped_topics": player.skipped,
-                      "recorded_messages": dict(recorder.counts)}
+                      "recorded_messages": dict(recorder.counts), "exo_topic": exo_topic,
+                      "remaps": dict(plan.remaps), "parameters_set_by_replay": list(plan.replay_params)}
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
+    check_report(metrics, exo_topic, metrics_path)
     return ReplayResult(images_sent, out_bag, metrics_path, out_dir / "contact_sheet.png", metrics)
+
+
+def check_report(metrics: dict, exo_topic: str, metrics_path: Path) -> None:
+    """Never a silent zero: raise ReplayError (one line) when the report matched fewer exo frames to outputs than
+    the node says it published."""
+    published, matched = metrics["run"]["frames_published"], metrics["summary"]["frames_published"]
+    if matched < published:
+        raise ReplayError(f"the node published {published} frames but the report found outputs for only {matched} "
+                          f"of the exo images on {exo_topic} (matched by header stamp); see {metrics_path}")
 
 
 def _images_taken(progress) -> int:
@@ -578,37 +932,40 @@ def _empty():
     return Empty()
 
 
-def _node_parameter(params_file: str | None, overrides: list[str], section: str, name: str, default: str) -> str:
-    """A string parameter `section.name` of the node from -p overrides or the parameter file, else `default`."""
-    for o in overrides:
-        if o.startswith(f"{section}.{name}:="):
-            return o.split(":=", 1)[1]
-    from egox_ros.ros.launch_spec import default_params_file
-    import yaml
-    doc = yaml.safe_load(Path(params_file or default_params_file()).read_text()) or {}
-    for node_section in doc.values():
-        value = ((node_section or {}).get("ros__parameters", {}).get(section, {}) or {}).get(name)
-        if value:
-            return value
-    return default
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("in_bag", type=Path, help="rosbag2 bag (directory or .mcap/.db3 file)")
-    parser.add_argument("-o", "--out", type=Path, required=True,
+    parser.add_argument("-o", "--out", type=Path,
                         help="output directory: bag/, contact_sheet.png, metrics.json, node.log; it must be new or "
-                             "empty unless --overwrite, and outside the input bag")
+                             "empty unless --overwrite, and outside the input bag (required unless --dry-run)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier replay's files in a non-empty output directory (only bag/, "
                              "contact_sheet.png, metrics.json, node.log; nothing else, never the input)")
-    parser.add_argument("--params-file", help="node parameter YAML (default: the package's config/egox.yaml)")
+    parser.add_argument("--params-file", help="node parameter YAML (default: the package's config/egox.yaml); an "
+                                              f"'{REPLAY_SECTION}: ros__parameters: {{preset: ..., remap: [...]}}' "
+                                              "section in it sets the replay's preset and remaps")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="override a node parameter, e.g. -p prior.point_radius_px:=2")
-    parser.add_argument("--exo-topic", default="/exo/image_raw")
+    parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
+                        help="read the node's input FROM from the bag topic TO, e.g. "
+                             "exo/image_raw:=/camera/color/image_raw (repeatable; applied to the node as -r; inputs: "
+                             + ", ".join(NODE_INPUTS) + ")")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="remaps for a driver's topics: realsense = /camera/color/image_raw, "
+                             "/camera/color/camera_info, /camera/aligned_depth_to_color/image_raw and their "
+                             "compressed / compressedDepth topics (--remap wins)")
+    parser.add_argument("--exo-topic", metavar="TOPIC",
+                        help="the bag's exo image topic (same as --remap exo/image_raw:=TOPIC)")
     parser.add_argument("--gt-topic", default="/ego/ground_truth/image_raw",
                         help="ground-truth ego image topic in the input bag (metrics when present)")
+    parser.add_argument("--gt-info-topic", metavar="TOPIC",
+                        help="camera info of the ground-truth images (default: camera_info beside --gt-topic, e.g. "
+                             "/ego/ground_truth/camera_info)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the bag and print the plan (inputs found, node parameters, remaps, outputs); "
+                             "start nothing, write nothing")
     parser.add_argument("--attach", action="store_true",
-                        help="use an already running egox node (same ROS_DOMAIN_ID) instead of starting one")
+                        help="use an already running egox node (same ROS_DOMAIN_ID) instead of starting one; its "
+                             "remaps are its own (--remap/--preset only choose the bag topics played and checked)")
     parser.add_argument("--stall-timeout", type=float, default=300.0,
                         help="give up when the node makes no progress for this long [s]")
     parser.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID for the replay (default: random 1..100)")
@@ -627,14 +984,37 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
 
 
+def dry_run(in_bag: Path, out_dir: Path | None = None, overwrite: bool = False, **plan_args) -> ReplayPlan:
+    """Check the output path (when given) and the bag, as a replay would, and return the plan; starts and writes
+    nothing. The plan's problems are left for the caller to report."""
+    if out_dir is not None:
+        check_output(Path(in_bag), Path(out_dir), overwrite)
+    return make_plan(Path(in_bag), **plan_args)
+
+
+def _print_errors(text: str) -> None:
+    for line in text.splitlines():
+        print(f"egox replay: error: {line}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
+    plan_args = dict(params_file=args.params_file, overrides=args.param, remaps=args.remap, preset=args.preset,
+                     exo_topic=args.exo_topic, gt_topic=args.gt_topic, gt_info_topic=args.gt_info_topic)
     try:
-        result = replay(args.in_bag, args.out, params_file=args.params_file, overrides=args.param,
-                        exo_topic=args.exo_topic, gt_topic=args.gt_topic, overwrite=args.overwrite, attach=args.attach,
-                        stall_timeout_s=args.stall_timeout, domain_id=args.domain_id)
+        if args.dry_run:
+            plan = dry_run(args.in_bag, args.out, args.overwrite, **plan_args)
+            print("egox replay --dry-run: nothing started, nothing written")
+            print(plan.describe(args.out))
+            if plan.problems:
+                _print_errors("\n".join(plan.problems))
+                return 2
+            return 0
+        if args.out is None:
+            raise ReplayInputError("-o/--out OUT_DIR is required (except with --dry-run)")
+        result = replay(args.in_bag, args.out, overwrite=args.overwrite, attach=args.attach,
+                        stall_timeout_s=args.stall_timeout, domain_id=args.domain_id, **plan_args)
     except ReplayInputError as e:   # bad input: nothing was started, one line per problem
-        for line in str(e).splitlines():
-            print(f"egox replay: error: {line}", file=sys.stderr)
+        _print_errors(str(e))
         return 2
     except ReplayError as e:
         print(f"egox replay: error: {e}", file=sys.stderr)

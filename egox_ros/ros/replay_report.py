@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.compressed_image import decode_compressed_rgb
 from egox_ros.ros.conversions import camera_info_to_camera as _camera
 from egox_ros.ros.conversions import image_to_rgb as _rgb
 from egox_ros.ros.conversions import stamp_to_ns as _ns
@@ -19,19 +20,30 @@ from egox_ros.core.tf_buffer import TfBufferCore, TfError
 from egox_ros.core.transforms import RigidTransform
 
 STATUS_NAMES = {0: "ok", 1: "failed", 2: "dropped"}
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 HEAD_POSE_TOPIC = "/egox/head_pose"
 PERSON_MASK_TOPIC = "/egox/person_mask"
 
 
+def _image_rgb(msg, msgtype: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a raw Image or a JPEG / PNG CompressedImage (rosbags message)."""
+    if msgtype == COMPRESSED_TYPE:
+        return decode_compressed_rgb(bytes(msg.data), msg.format)
+    return _rgb(msg)
+
+
 def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_topic: str, typestore,
-                 sheet_frames: int = 6, world_frame: str = "world", head_frame: str = "head") -> dict:
+                 sheet_frames: int = 6, world_frame: str = "world", head_frame: str = "head",
+                 gt_info_topic: str | None = None) -> dict:
     """Per-frame status, prior coverage and (with a ground-truth topic) masked PSNR of the ego output against the
     ground truth resampled into the ego camera; with head poses estimated by the node (/egox/head_pose) and a
     reference head TF (world_frame -> head_frame) in the input bag, the head position and forward-direction
-    errors; writes out_dir/contact_sheet.png (person masks tinted on the exo column); returns the metrics dict."""
+    errors; writes out_dir/contact_sheet.png (person masks tinted on the exo column); returns the metrics dict.
+    Exo frames are the exo_topic messages (Image or CompressedImage) by header stamp, as the node's outputs are
+    (a bag's log times may differ from the header stamps); gt_info_topic defaults to camera_info beside gt_topic."""
     from rosbags.highlevel import AnyReader
 
-    gt_info_topic = gt_topic.rsplit("/", 1)[0] + "/camera_info"
+    gt_info_topic = gt_info_topic or gt_topic.rsplit("/", 1)[0] + "/camera_info"
     tf = TfBufferCore(cache_time_s=1e6)
     meta_by_stamp: dict[int, object] = {}
     exo_stamps: list[int] = []
@@ -64,8 +76,8 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
                 head_estimates[_ns(msg.header.stamp)] = RigidTransform(
                     np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])).as_matrix()
         exo_conns = [c for c in reader.connections if c.topic == exo_topic]
-        for _, log_ns, _ in reader.messages(connections=exo_conns):
-            exo_stamps.append(log_ns)
+        for conn, _, raw in reader.messages(connections=exo_conns):   # header stamps, as the outputs carry
+            exo_stamps.append(_ns(reader.deserialize(raw, conn.msgtype).header.stamp))
 
         published = [s for s in exo_stamps if s in meta_by_stamp and meta_by_stamp[s].status == 0]
         count = min(sheet_frames, len(published))
@@ -80,12 +92,12 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
         parts: dict[int, dict[str, np.ndarray]] = {}
         frames: dict[int, dict] = {}
         sheet_rows: dict[int, list] = {}
-        for conn, log_ns, raw in reader.messages(connections=image_conns):
+        for conn, _, raw in reader.messages(connections=image_conns):
             kind = topics[conn.topic]
-            if kind in ("exo", "prior", "person") and log_ns not in sheet_stamps:
-                continue  # only needed for the contact sheet
             msg = reader.deserialize(raw, conn.msgtype)
             stamp = _ns(msg.header.stamp)
+            if kind in ("exo", "prior", "person") and stamp not in sheet_stamps:
+                continue  # only needed for the contact sheet
             if kind == "person":
                 person_masks[stamp] = decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step,
                                                    bool(msg.is_bigendian)) > 0
@@ -94,7 +106,7 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
                 image = decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step,
                                      bool(msg.is_bigendian)) > 0
             else:
-                image = _rgb(msg)
+                image = _image_rgb(msg, conn.msgtype)
             if kind == "gt":
                 parts.setdefault(stamp, {})["gt_frame"] = msg.header.frame_id
             parts.setdefault(stamp, {})[kind] = image
@@ -124,7 +136,9 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
         "frames_published": sum(1 for f in per_frame if f["status"] == "ok"),
         "frames_dropped_by_reason": dict(Counter(f["reason"].split(":")[0] for f in per_frame if f["status"] != "ok")),
         "frames_unaccounted": sum(1 for f in per_frame if f["status"] == "missing"),
+        "exo_topic": exo_topic,
         "ground_truth_topic": gt_topic if has_gt else None,
+        "ground_truth_info_topic": gt_info_topic if has_gt else None,
         "mean_coverage": float(np.mean(coverages)) if coverages else None,
         "mean_masked_psnr_db": float(np.mean(psnrs)) if psnrs else None,
         "mean_prior_time_ms": float(np.mean([m.prior_time_s for m in ok_meta]) * 1e3) if ok_meta else None,

@@ -634,7 +634,7 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
             plan.problems.append(
                 f"no {what}: the bag has no {topic} ({expected}) for the node's {node_input}{note}; "
                 + (f"its {expected.rsplit('/', 1)[-1]} topics: {', '.join(similar)}; " if similar else "")
-                + f"map one with {remap_hint} or --preset")
+                + f"map one with {remap_hint} or --preset {'|'.join(PRESETS)}")
             plan.inputs.append((what, f"MISSING {topic} ({expected})"))
             return False
         if found != expected:

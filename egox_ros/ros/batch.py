@@ -284,8 +284,10 @@ def ray_session(address: str | None, num_cpus: int | None):
         resources = ray.cluster_resources()
         info = {"address": address or "local", "ray_version": ray.__version__,
                 "start_s": round(time.monotonic() - started, 3), "cpus": resources.get("CPU", 0),
-                "gpus": resources.get("GPU", 0), "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
-                "node_ip": ray.util.get_node_ip_address()}
+                "gpus": resources.get("GPU", 0), "nodes": None, "node_ip": None}
+        with contextlib.suppress(Exception):       # informative only (a Ray Client connection may not say)
+            info["nodes"] = len([n for n in ray.nodes() if n.get("Alive")])
+            info["node_ip"] = ray.util.get_node_ip_address()
         yield ray, info
     finally:
         ray.shutdown()
@@ -324,11 +326,14 @@ def batch(bags: list[Path], out_dir: Path, params_file: str | None = None, overr
     stateful = generator.name != "prior"    # a model worth keeping loaded: actors
     paths = [Path(b).absolute() for b in bags]
     jobs = [BagJob(i, str(p), name, str(out_dir / name)) for i, (p, name) in enumerate(zip(paths, bag_names(paths)))]
-    out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict | None] = [None] * len(jobs)
     with ray_session(address, num_cpus) as (ray, info):
         if gpus_per_bag and not info["gpus"]:
             raise ReplayInputError(f"generator.device {generator.device!r} but the Ray instance has no GPU")
+        if cpus_per_bag > info["cpus"]:     # such a task would wait for ever
+            raise ReplayInputError(f"each bag takes runtime.torch_threads = {cpus_per_bag} CPUs but the Ray instance "
+                                   f"has {info['cpus']:g}; lower runtime.torch_threads or raise --num-cpus")
+        out_dir.mkdir(parents=True, exist_ok=True)
         slots = int(info["gpus"] // gpus_per_bag) if gpus_per_bag else int(info["cpus"] // cpus_per_bag)
         if address and num_cpus:
             slots = min(slots, max(1, num_cpus // cpus_per_bag))     # a cap on the cluster's share

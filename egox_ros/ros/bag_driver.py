@@ -1,0 +1,132 @@
+"""The core engine driven from a bag (for `egox process`): bag messages decoded as the node decodes them, engine
+events written into an output bag as the node's messages. Imports torch; egox_ros/ros/process.py loads it only
+when a run starts, so `egox --help` and argument errors stay fast."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from egox_ros.core.engine import EgoEngine, EngineEvents
+from egox_ros.core.image_codec import ImageDecodeError, depth_implausible
+from egox_ros.ros import conversions as conv
+from egox_ros.ros.outputs import OutputMessages
+from egox_ros.ros.replay import OUTPUT_TOPICS, ReplayError
+
+NODE_NAME = "egox"
+
+
+class BagWriter(EngineEvents):
+    """Engine events -> the node's output messages -> OUT/bag (raw CDR, log time = header stamp, as the replay's
+    recorder writes them). Also counts what it wrote and remembers warnings for the log."""
+
+    def __init__(self, out_bag: Path, typestore, ego_frame: str):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        self.writer = Writer(out_bag, version=8, storage_plugin=StoragePlugin.MCAP)
+        self.writer.open()
+        self.connections = {topic: self.writer.add_connection(topic, type_name, typestore=typestore)
+                            for topic, type_name in OUTPUT_TOPICS.items()}
+        self.counts = {topic: 0 for topic in OUTPUT_TOPICS}
+        self.ego_frame = ego_frame
+        self.messages: OutputMessages | None = None     # set once the engine exists
+        self.log_lines: list[str] = []
+
+    def write(self, messages: list[tuple[str, object]]) -> None:
+        from rclpy.serialization import serialize_message
+        for topic, msg in messages:
+            name = f"/{NODE_NAME}/{topic[2:]}" if topic.startswith("~/") else "/" + topic.lstrip("/")
+            if name == "/tf":
+                if not any(t.child_frame_id == self.ego_frame for t in msg.transforms):
+                    continue            # as recorded by the replay: only the node's ego frame
+                stamp = msg.transforms[0].header.stamp
+            else:
+                stamp = msg.header.stamp
+            if name not in self.connections:
+                continue
+            self.writer.write(self.connections[name], conv.stamp_to_ns(stamp), serialize_message(msg))
+            self.counts[name] += 1
+
+    def dropped(self, drop) -> None:
+        self.write(self.messages.drop(drop))
+
+    def clip(self, output, latency_s: float) -> None:
+        self.write(self.messages.clip(output, latency_s))
+
+    def person_mask(self, stamp_ns, mask, frame_id) -> None:
+        self.write(self.messages.person_mask(stamp_ns, mask, frame_id))
+
+    def head(self, stamp_ns, estimate) -> None:
+        self.write(self.messages.head(stamp_ns, estimate))
+
+    def note(self, code: str, detail: str, count: int = 1) -> None:
+        self.log_lines.append(f"[{code}] {detail}")
+
+    def log(self, level: str, text: str) -> None:
+        self.log_lines.append(f"[{level}] {text}")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class BagInputs:
+    """Bag topic -> handler that decodes the message as the node does and feeds the engine."""
+
+    def __init__(self, engine: EgoEngine, inputs, exo_topic: str | None):
+        self.engine, self.inputs = engine, inputs
+        image_topic = "/exo/image_raw/compressed" if inputs.exo_transport == "compressed" else "/exo/image_raw"
+        depth_topic = "/exo/depth/image_raw/compressedDepth" if inputs.depth_transport == "compressedDepth" \
+            else "/exo/depth/image_raw"
+        self.handlers = {exo_topic or image_topic: self.image, "/exo/camera_info": self.camera_info,
+                         "/tf": lambda m: self.tf(m, False), "/tf_static": lambda m: self.tf(m, True)}
+        if engine.depth_topic:
+            self.handlers[depth_topic] = self.depth
+        if inputs.head_source == "pose_topic":
+            self.handlers["/head/pose"] = self.head_pose
+        if engine.person_config.source == "topic":
+            self.handlers["/exo/person_mask"] = self.person_mask
+        self.image_topic = exo_topic or image_topic
+
+    def image(self, msg) -> None:
+        try:
+            rgb, problem = conv.image_to_rgb(msg), None
+        except ImageDecodeError as e:
+            rgb, problem = None, str(e)
+        self.engine.add_image(conv.stamp_to_ns(msg.header.stamp), rgb, msg.header.frame_id, rejected=problem)
+
+    def camera_info(self, msg) -> None:
+        try:
+            self.engine.set_camera_info(conv.camera_info_to_camera(msg), msg.height, msg.width)
+        except ValueError as e:
+            self.engine.set_camera_info(None, rejected=str(e))
+
+    def depth(self, msg) -> None:
+        try:
+            depth_m = conv.image_to_depth_m(msg)
+            problem = depth_implausible(depth_m, conv.depth_encoding(msg))
+        except ImageDecodeError as e:
+            depth_m, problem = None, str(e)
+        self.engine.add_depth(conv.stamp_to_ns(msg.header.stamp), depth_m, rejected=problem)
+
+    def tf(self, msg, static: bool) -> None:
+        self.engine.add_transforms([(t.header.frame_id, t.child_frame_id, conv.stamp_to_ns(t.header.stamp),
+                                     *conv.rigid_or_problem(t.transform)) for t in msg.transforms], static=static)
+
+    def head_pose(self, msg) -> None:
+        parent = msg.header.frame_id or self.inputs.world_frame
+        self.engine.add_transforms([(parent, self.inputs.head_frame, conv.stamp_to_ns(msg.header.stamp),
+                                     *conv.rigid_or_problem(msg.pose, conv.pose_msg_to_rigid))],
+                                   what="bad_head_pose")
+
+    def person_mask(self, msg) -> None:
+        try:
+            self.engine.add_person_mask(conv.stamp_to_ns(msg.header.stamp), conv.image_to_mask(msg))
+        except ImageDecodeError as e:
+            self.engine.note("bad_person_mask", f"person mask rejected: {e}")
+
+
+def wait_for_workers(engine: EgoEngine, timeout_s: float = 600.0) -> None:
+    """Block until the person detector and the depth models have no image left (lockstep, so runs repeat)."""
+    deadline = time.monotonic() + timeout_s
+    while engine.workers_busy():
+        if time.monotonic() > deadline:
+            raise ReplayError(f"the depth / person models did not finish an image within {timeout_s:.0f} s")
+        time.sleep(0.001)

@@ -82,3 +82,28 @@ def test_process_command_line_errors_are_one_line(tmp_path):
     result = run(str(SAMPLE), "-o", str(SAMPLE / "x"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "bag").exists()
+
+
+def test_process_takes_a_realsense_bag_with_compressed_images(both, tmp_path):
+    # The same bag as a RealSense driver records it with image_transport (JPEG colour, compressedDepth PNG), mapped
+    # with the replay's preset; compressed transports are detected from the bag, as the replay does.
+    from egox_ros.tools.rewrite_bag import REALSENSE_RENAMES, rewrite_bag
+    bag = tmp_path / "realsense_jpeg"
+    rewrite_bag(SAMPLE, bag, rename=REALSENSE_RENAMES, compress=True)
+    result = process(bag, tmp_path / "out", PARAMS, preset="realsense", progress_bar=False)
+    run, summary = result.metrics["run"], result.metrics["summary"]
+    assert summary["frames_published"] == 50 and run["exo_topic"] == "/camera/color/image_raw/compressed"
+    assert "inputs.exo_transport:=compressed" in run["parameters_set_by_process"]
+    raw = both[0].metrics["summary"]
+    assert summary["mean_coverage"] == pytest.approx(raw["mean_coverage"], abs=1e-4)   # depth PNG is lossless
+    assert abs(summary["mean_masked_psnr_db"] - raw["mean_masked_psnr_db"]) < 0.5      # JPEG colour, quality 95
+
+
+def test_process_checks_the_bag_first(tmp_path):
+    from egox_ros.ros.replay import ReplayInputError
+    from egox_ros.tools.rewrite_bag import rewrite_bag
+    bag = tmp_path / "no_head"
+    rewrite_bag(SAMPLE, bag, drop_frames={"head"})
+    with pytest.raises(ReplayInputError, match="head"):
+        process(bag, tmp_path / "out", PARAMS, progress_bar=False)
+    assert not (tmp_path / "out").exists()

@@ -70,20 +70,23 @@ class BagWriter(EngineEvents):
 class BagInputs:
     """Bag topic -> handler that decodes the message as the node does and feeds the engine."""
 
-    def __init__(self, engine: EgoEngine, inputs, exo_topic: str | None):
+    def __init__(self, engine: EgoEngine, inputs, remaps: dict[str, str]):
+        """remaps: node input (e.g. 'exo/image_raw') -> bag topic, as `egox replay`'s plan decides them."""
         self.engine, self.inputs = engine, inputs
-        image_topic = "/exo/image_raw/compressed" if inputs.exo_transport == "compressed" else "/exo/image_raw"
-        depth_topic = "/exo/depth/image_raw/compressedDepth" if inputs.depth_transport == "compressedDepth" \
-            else "/exo/depth/image_raw"
-        self.handlers = {exo_topic or image_topic: self.image, "/exo/camera_info": self.camera_info,
+
+        def topic(node_input: str) -> str:
+            return remaps.get(node_input, "/" + node_input)
+        compressed = inputs.exo_transport == "compressed"
+        self.image_topic = topic("exo/image_raw/compressed" if compressed else "exo/image_raw")
+        self.handlers = {self.image_topic: self.image, topic("exo/camera_info"): self.camera_info,
                          "/tf": lambda m: self.tf(m, False), "/tf_static": lambda m: self.tf(m, True)}
         if engine.depth_topic:
-            self.handlers[depth_topic] = self.depth
+            depth = "exo/depth/image_raw" + ("/compressedDepth" if inputs.depth_transport == "compressedDepth" else "")
+            self.handlers[topic(depth)] = self.depth
         if inputs.head_source == "pose_topic":
-            self.handlers["/head/pose"] = self.head_pose
+            self.handlers[topic("head/pose")] = self.head_pose
         if engine.person_config.source == "topic":
-            self.handlers["/exo/person_mask"] = self.person_mask
-        self.image_topic = exo_topic or image_topic
+            self.handlers[topic("exo/person_mask")] = self.person_mask
 
     def image(self, msg) -> None:
         try:

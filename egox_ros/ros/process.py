@@ -15,14 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from egox_ros.ros.replay import (ReplayError, ReplayInputError, ReplayResult, _message_class, check_output,
-                                 prepare_output, typestore_with_egox_msgs)
+from egox_ros.ros.replay import (PRESETS, ReplayError, ReplayInputError, ReplayResult, _message_class, check_output,
+                                 check_report, make_plan, prepare_output, typestore_with_egox_msgs)
 
 def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
             exo_topic: str | None = None, gt_topic: str = "/ego/ground_truth/image_raw", overwrite: bool = False,
-            sheet_frames: int = 6, progress_bar: bool = True) -> ReplayResult:
-    """Run the pipeline over a bag; see the module docstring. Raises ReplayInputError (bad input, settings or
-    output path; nothing written) or ReplayError."""
+            sheet_frames: int = 6, progress_bar: bool = True, remaps: list[str] | None = None,
+            preset: str | None = None, gt_info_topic: str | None = None) -> ReplayResult:
+    """Run the pipeline over a bag; see the module docstring. The bag is checked and its topics mapped exactly as
+    `egox replay` does (egox_ros.ros.replay.make_plan: remaps, presets, compressed transports, one line per missing
+    input). Raises ReplayInputError (bad input, settings or output path; nothing written) or ReplayError."""
     from rclpy.serialization import deserialize_message
     from rosbags.highlevel import AnyReader
     from tqdm import tqdm
@@ -37,14 +39,18 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
     if not in_bag.exists():
         raise ReplayInputError(f"input bag {in_bag} does not exist")
     replaced = check_output(in_bag, out_dir, overwrite)
+    typestore = typestore_with_egox_msgs()
+    plan = make_plan(in_bag, typestore, params_file=params_file, overrides=overrides, remaps=remaps, preset=preset,
+                     exo_topic=exo_topic, gt_topic=gt_topic, gt_info_topic=gt_info_topic)
+    if plan.problems:
+        raise ReplayInputError("\n".join(plan.problems))
     try:
-        values = load_parameters(params_file, overrides or [])
+        values = load_parameters(params_file, list(overrides or []) + plan.replay_params)
         configs, warnings = configs_from_parameters(values, parameter_sections())
     except (OSError, ValueError) as e:
         raise ReplayInputError(f"bad parameters: {e}") from e
     for line in warnings:
         print(f"egox process: {line}", file=sys.stderr)
-    typestore = typestore_with_egox_msgs()
     try:
         reader = AnyReader([in_bag])
         reader.open()
@@ -66,7 +72,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
         writer.messages = OutputMessages(configs["inputs"], configs["outputs"], engine.ego_camera,
                                          lambda: engine.generator, node_name=NODE_NAME)
         engine.prepare_generator()
-        inputs = BagInputs(engine, configs["inputs"], exo_topic)
+        inputs = BagInputs(engine, configs["inputs"], plan.remaps)
         connections = [c for c in reader.connections if c.topic in inputs.handlers]
         images = sum(c.msgcount for c in connections if c.topic == inputs.image_topic)
         if not images:
@@ -98,9 +104,11 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
     from egox_ros.ros.replay_report import write_report
     inputs_config = configs["inputs"]
     metrics = write_report(in_bag, out_bag, out_dir, exo_topic=inputs.image_topic, gt_topic=gt_topic,
-                           typestore=typestore, sheet_frames=sheet_frames, world_frame=inputs_config.world_frame,
-                           head_frame=inputs_config.head_frame)
+                           gt_info_topic=plan.gt_info_topic, typestore=typestore, sheet_frames=sheet_frames,
+                           world_frame=inputs_config.world_frame, head_frame=inputs_config.head_frame)
     metrics["run"] = {"mode": "process (in one process, no DDS)", "input_bag": str(in_bag), "images": images,
+                      "exo_topic": inputs.image_topic, "remaps": dict(plan.remaps),
+                      "parameters_set_by_process": list(plan.replay_params),
                       "wall_time_s": round(wall_s, 3),
                       "frames_per_second": round(images / wall_s, 3) if wall_s > 0 else None,
                       "frames_received": stats.received, "frames_published": stats.published,
@@ -108,6 +116,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
                       "recorded_messages": dict(writer.counts), "log": writer.log_lines[-200:]}
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
+    check_report(metrics, inputs.image_topic, metrics_path)
     return ReplayResult(images, out_bag, metrics_path, out_dir / "contact_sheet.png", metrics)
 
 
@@ -119,10 +128,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params-file", help="node parameter YAML (default: every parameter at its default)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="node parameter override, e.g. -p fusion.window_frames:=8 (repeatable)")
-    parser.add_argument("--exo-topic", help="the bag's exo image topic (default /exo/image_raw, or "
-                                            "/exo/image_raw/compressed with inputs.exo_transport compressed)")
+    parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
+                        help="read the node's input FROM from the bag topic TO (repeatable), as egox replay")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="remaps for a driver's topics, as egox replay")
+    parser.add_argument("--exo-topic", metavar="TOPIC",
+                        help="the bag's exo image topic (same as --remap exo/image_raw:=TOPIC)")
     parser.add_argument("--gt-topic", default="/ego/ground_truth/image_raw",
                         help="ground-truth ego images for the metrics, if the bag has them")
+    parser.add_argument("--gt-info-topic", metavar="TOPIC",
+                        help="camera info of the ground-truth images (default: camera_info beside --gt-topic)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace this command's own outputs in a non-empty output directory")
 
@@ -130,13 +144,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         result = process(args.in_bag, args.out, args.params_file, args.param, exo_topic=args.exo_topic,
-                         gt_topic=args.gt_topic, overwrite=args.overwrite)
-    except ReplayInputError as e:
-        print(f"egox process: {e}", file=sys.stderr)
-        return 2
-    except ReplayError as e:
-        print(f"egox process: {e}", file=sys.stderr)
-        return 1
+                         gt_topic=args.gt_topic, overwrite=args.overwrite, remaps=args.remap, preset=args.preset,
+                         gt_info_topic=args.gt_info_topic)
+    except ReplayError as e:     # one line per problem; 2: bad input (nothing written), 1: the run failed
+        for line in str(e).splitlines():
+            print(f"egox process: {line}", file=sys.stderr)
+        return 2 if isinstance(e, ReplayInputError) else 1
     summary = result.metrics.get("summary", {})
     print(f"egox process: {result.metrics['run']['frames_published']} of {result.images_sent} frames published in "
           f"{result.metrics['run']['wall_time_s']} s; {result.out_bag}, {result.contact_sheet_path}, "

@@ -2,6 +2,7 @@
 sample: the same frames published, the same images, the same metrics."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,11 @@ def image(msg) -> np.ndarray:
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
     root = tmp_path_factory.mktemp("process_vs_replay")
+    domain = os.environ["ROS_DOMAIN_ID"]
     processed = process(SAMPLE, root / "process", PARAMS, progress_bar=False)
     replayed = replay(SAMPLE, root / "replay", PARAMS, progress_bar=False)
+    # The replay used a private domain of its own and gave the caller's back (later tests' peers live in it).
+    assert os.environ["ROS_DOMAIN_ID"] == domain
     return processed, replayed
 
 

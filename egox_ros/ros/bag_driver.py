@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from egox_ros.core.engine import EgoEngine, EngineEvents
-from egox_ros.core.image_codec import ImageDecodeError, depth_implausible
 from egox_ros.ros import conversions as conv
+from egox_ros.ros.inputs import EngineInputs
 from egox_ros.ros.outputs import OutputMessages
 from egox_ros.ros.replay import OUTPUT_TOPICS, ReplayError
 
@@ -67,63 +67,15 @@ class BagWriter(EngineEvents):
         self.writer.close()
 
 
-class BagInputs:
-    """Bag topic -> handler that decodes the message as the node does and feeds the engine."""
+class BagInputs(EngineInputs):
+    """Bag topic -> handler: the node's inputs (EngineInputs.topics) under the bag's names, plus TF."""
 
     def __init__(self, engine: EgoEngine, inputs, remaps: dict[str, str]):
         """remaps: node input (e.g. 'exo/image_raw') -> bag topic, as `egox replay`'s plan decides them."""
-        self.engine, self.inputs = engine, inputs
-
-        def topic(node_input: str) -> str:
-            return remaps.get(node_input, "/" + node_input)
-        compressed = inputs.exo_transport == "compressed"
-        self.image_topic = topic("exo/image_raw/compressed" if compressed else "exo/image_raw")
-        self.handlers = {self.image_topic: self.image, topic("exo/camera_info"): self.camera_info,
-                         "/tf": lambda m: self.tf(m, False), "/tf_static": lambda m: self.tf(m, True)}
-        if engine.depth_topic:
-            depth = "exo/depth/image_raw" + ("/compressedDepth" if inputs.depth_transport == "compressedDepth" else "")
-            self.handlers[topic(depth)] = self.depth
-        if inputs.head_source == "pose_topic":
-            self.handlers[topic("head/pose")] = self.head_pose
-        if engine.person_config.source == "topic":
-            self.handlers[topic("exo/person_mask")] = self.person_mask
-
-    def image(self, msg) -> None:
-        try:
-            rgb, problem = conv.image_to_rgb(msg), None
-        except ImageDecodeError as e:
-            rgb, problem = None, str(e)
-        self.engine.add_image(conv.stamp_to_ns(msg.header.stamp), rgb, msg.header.frame_id, rejected=problem)
-
-    def camera_info(self, msg) -> None:
-        try:
-            self.engine.set_camera_info(conv.camera_info_to_camera(msg), msg.height, msg.width)
-        except ValueError as e:
-            self.engine.set_camera_info(None, rejected=str(e))
-
-    def depth(self, msg) -> None:
-        try:
-            depth_m = conv.image_to_depth_m(msg)
-            problem = depth_implausible(depth_m, conv.depth_encoding(msg))
-        except ImageDecodeError as e:
-            depth_m, problem = None, str(e)
-        self.engine.add_depth(conv.stamp_to_ns(msg.header.stamp), depth_m, rejected=problem)
-
-    def tf(self, msg, static: bool) -> None:
-        self.engine.add_transforms([(t.header.frame_id, t.child_frame_id, conv.stamp_to_ns(t.header.stamp),
-                                     *conv.rigid_or_problem(t.transform)) for t in msg.transforms], static=static)
-
-    def head_pose(self, msg) -> None:
-        parent = msg.header.frame_id or self.inputs.world_frame
-        self.engine.add_transforms([(parent, self.inputs.head_frame, conv.stamp_to_ns(msg.header.stamp),
-                                     *conv.rigid_or_problem(msg.pose, conv.pose_msg_to_rigid))],
-                                   what="bad_head_pose")
-
-    def person_mask(self, msg) -> None:
-        try:
-            self.engine.add_person_mask(conv.stamp_to_ns(msg.header.stamp), conv.image_to_mask(msg))
-        except ImageDecodeError as e:
-            self.engine.note("bad_person_mask", f"person mask rejected: {e}")
+        super().__init__(engine, inputs)
+        self.handlers = {remaps.get(name, "/" + name): handler for name, (_, handler) in self.topics().items()}
+        self.handlers.update({"/tf": lambda m: self.tf(m, False), "/tf_static": lambda m: self.tf(m, True)})
+        self.image_topic = next(topic for topic, handler in self.handlers.items() if handler == self.image)
 
 
 def wait_for_workers(engine: EgoEngine, timeout_s: float = 600.0) -> None:

@@ -20,9 +20,12 @@ def isolated_env(domain_id: int | None = None, base: dict[str, str] | None = Non
     return env
 
 
+DDS_ENV_KEYS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")
+
+
 def apply_isolated_env(domain_id: int | None = None) -> dict[str, str]:
     """Set the isolated environment in this process (before rclpy.init) and return it."""
     env = isolated_env(domain_id)
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION"):
+    for key in DDS_ENV_KEYS:
         os.environ[key] = env[key]
     return env

@@ -16,23 +16,23 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from egox_msgs.msg import ClipMetadata, NodeProgress
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate
 from egox_ros.core.engine import EgoEngine, EngineEvents
-from egox_ros.core.image_codec import ImageDecodeError, depth_implausible
 from egox_ros.core.pipeline import ClipOutput
 from egox_ros.core.synchroniser import Drop
 from egox_ros.ros import conversions as conv
 from egox_ros.ros.config import DiagnosticsConfig, InputsConfig, OutputsConfig, QosConfig, parameter_sections
+from egox_ros.ros.inputs import EngineInputs
 from egox_ros.ros.outputs import OutputMessages
 from egox_ros.ros.params import declare_config, unknown_parameter_warnings
 from egox_ros.ros.pointcloud2 import cloud_to_pointcloud2
@@ -162,19 +162,10 @@ class EgoxNode(Node):
 
         in_qos = _qos(self.qos.input_reliability, self.qos.input_depth)
         out_qos = _qos(self.qos.output_reliability, self.qos.output_depth)
-        if self.inputs.exo_transport == "compressed":
-            self.create_subscription(CompressedImage, "exo/image_raw/compressed", self._on_image, in_qos)
-        else:
-            self.create_subscription(Image, "exo/image_raw", self._on_image, in_qos)
-        self.create_subscription(CameraInfo, "exo/camera_info", self._on_camera_info, in_qos)
-        if e.depth_topic and self.inputs.depth_transport == "compressedDepth":
-            self.create_subscription(CompressedImage, "exo/depth/image_raw/compressedDepth", self._on_depth, in_qos)
-        elif e.depth_topic:
-            self.create_subscription(Image, "exo/depth/image_raw", self._on_depth, in_qos)
-        if self.inputs.head_source == "pose_topic":
-            self.create_subscription(PoseStamped, "head/pose", self._on_head_pose, in_qos)
-        if e.person_config.source == "topic":
-            self.create_subscription(Image, "exo/person_mask", self._on_person_mask, in_qos)
+        self.feed = EngineInputs(e, self.inputs)
+        for topic, (msg_type, handler) in self.feed.topics().items():
+            kind = "image" if handler == self.feed.image else "depth" if handler == self.feed.depth else ""
+            self.create_subscription(msg_type, topic, self._counted(kind, handler) if kind else handler, in_qos)
         tf_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
         tf_static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -217,14 +208,6 @@ class EgoxNode(Node):
             self._pubs[topic].publish(msg)
 
     # ------------------------------------------------------------------ inputs
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            camera = conv.camera_info_to_camera(msg)
-        except ValueError as e:
-            self.engine.set_camera_info(None, rejected=str(e))
-            return
-        self.engine.set_camera_info(camera, msg.height, msg.width)
-
     def _depth_description(self) -> str:
         c, e = self.engine.depth_config, self.engine
         if c.source == "topic":
@@ -233,57 +216,33 @@ class EgoxNode(Node):
             return topic + (f" (falls back to the model {c.model_path})" if e.depth_estimator else "")
         return f"{c.source} ({c.model_path}{', ' + c.video_model_path if c.source == 'video' else ''})"
 
-    def _on_person_mask(self, msg: Image) -> None:
-        """A person mask from another segmenter (person.source 'topic'): mono8/8UC1, nonzero = person."""
-        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
-        try:
-            mask = conv.image_to_mask(msg)
-        except ImageDecodeError as e:
-            self.engine.note("bad_person_mask", f"person mask at {stamp_ns * 1e-9:.3f} s rejected: {e}")
-            return
-        self.engine.add_person_mask(stamp_ns, mask)
+    def _counted(self, kind: str, handler):
+        """`handler` behind the transport bookkeeping of an image or depth subscription: worst delays, and messages
+        lost before the node took them (from DDS sequence numbers)."""
+        gaps = self._image_gaps if kind == "image" else self._depth_gaps
 
-    def _on_depth(self, msg: Image | CompressedImage, info) -> None:
-        self._delays.observe("depth", info)
-        lost = self._depth_gaps.lost_before(info)
-        if lost:
-            self.engine.note("depth_lost", f"{lost} depth image(s) lost before the node took them (the input queue "
-                                           "overflowed or the transport lost them); consider raising "
-                                           "qos.input_depth", count=lost)
-        try:
-            depth_m = conv.image_to_depth_m(msg)
-            problem = depth_implausible(depth_m, conv.depth_encoding(msg))
-        except ImageDecodeError as e:
-            depth_m, problem = None, str(e)
-        self.engine.add_depth(conv.stamp_to_ns(msg.header.stamp), depth_m, rejected=problem)
+        def on_message(msg, info) -> None:
+            self._delays.observe(kind, info)
+            lost = gaps.lost_before(info)
+            if lost and kind == "image":
+                self.get_logger().warning(
+                    f"{lost} exo image(s) lost before the node took them (the input queue of qos.input_depth="
+                    f"{self.qos.input_depth} overflowed or the transport lost them); counted as frames_lost",
+                    throttle_duration_sec=1.0)
+                self.engine.count_lost(lost)
+            elif lost:
+                self.engine.note("depth_lost", f"{lost} depth image(s) lost before the node took them (the input "
+                                               "queue overflowed or the transport lost them); consider raising "
+                                               "qos.input_depth", count=lost)
+            handler(msg)
+        return on_message
 
     def _on_tf(self, msg: TFMessage, info, static: bool) -> None:
         self._delays.observe("tf_static" if static else "tf", info)
         lost = self._tf_gaps.lost_before(info)
         if lost:
             self.engine.note("tf_lost", f"{lost} TF message(s) lost before the node took them", count=lost)
-        self.engine.add_transforms([(t.header.frame_id, t.child_frame_id, conv.stamp_to_ns(t.header.stamp),
-                                     *conv.rigid_or_problem(t.transform)) for t in msg.transforms], static=static)
-
-    def _on_head_pose(self, msg: PoseStamped) -> None:
-        parent = msg.header.frame_id or self.inputs.world_frame
-        self.engine.add_transforms([(parent, self.inputs.head_frame, conv.stamp_to_ns(msg.header.stamp),
-                                     *conv.rigid_or_problem(msg.pose, conv.pose_msg_to_rigid))], what="bad_head_pose")
-
-    def _on_image(self, msg: Image | CompressedImage, info) -> None:
-        self._delays.observe("image", info)
-        lost = self._image_gaps.lost_before(info)
-        if lost:
-            self.get_logger().warning(
-                f"{lost} exo image(s) lost before the node took them (the input queue of qos.input_depth="
-                f"{self.qos.input_depth} overflowed or the transport lost them); counted as frames_lost",
-                throttle_duration_sec=1.0)
-            self.engine.count_lost(lost)
-        try:
-            rgb, problem = conv.image_to_rgb(msg), None
-        except ImageDecodeError as e:
-            rgb, problem = None, str(e)
-        self.engine.add_image(conv.stamp_to_ns(msg.header.stamp), rgb, msg.header.frame_id, rejected=problem)
+        self.feed.tf(msg, static)
 
     # ---------------------------------------------------------------- accounting
     def progress(self) -> NodeProgress:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egox_ros.ros.dds import apply_isolated_env
+from egox_ros.ros.dds import DDS_ENV_KEYS, apply_isolated_env
 
 PROGRESS_TYPE = "egox_msgs/msg/NodeProgress"
 
@@ -790,6 +790,7 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             return f"the egox node exited with code {node_proc.returncode}; its log ({node_log}):\n{tail}"
         return None
 
+    saved_env = {k: os.environ.get(k) for k in DDS_ENV_KEYS}    # restored below: callers keep their own domain
     try:
         # A private domain (random unless --domain-id) that no other egox node uses: a random one that is taken is
         # swapped for another, a given one is refused. --attach uses the environment's domain and its node.
@@ -891,6 +892,11 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
         if node_proc is not None:
             _stop_node(node_proc)
             atexit.unregister(stopper)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     wall_s = time.monotonic() - started
 
     from egox_ros.ros.replay_report import write_report

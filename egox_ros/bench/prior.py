@@ -12,6 +12,7 @@ Speed: the node's streaming prior path (fusion + render) per new 640x480 frame i
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -136,6 +137,7 @@ def speed(device: str = "cpu", repeats: int = 10) -> dict:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fusion = make_fusion(FusionConfig(mode="moving", window_frames=WINDOW_FRAMES, stride=STRIDE), device)
     fusion_ms, points, render = [], [], {"soft": [], "hard_r1": [], "hard_r2": []}
+    load = [os.getloadavg()[0]]
     for n in range(5, 5 + WINDOW_FRAMES + repeats):
         f = seq[n]
         sync()
@@ -158,6 +160,7 @@ def speed(device: str = "cpu", repeats: int = 10) -> dict:
         if n >= 5 + WINDOW_FRAMES:
             fusion_ms.append((t1 - t0) * 1e3)
             points.append(len(cloud))
+    load.append(os.getloadavg()[0])
     out = {"device": device, "ego": f"{ego.width}x{ego.height}", "window_frames": WINDOW_FRAMES,
            "lift_stride": STRIDE, "window_points": int(np.median(points)),
            "fusion_ms": round(float(np.median(fusion_ms)), 2)}
@@ -165,6 +168,8 @@ def speed(device: str = "cpu", repeats: int = 10) -> dict:
         ms = round(float(np.median(ts)), 2)
         out[f"{name}_render_ms"] = ms
         out[f"{name}_path_fps"] = round(1000.0 / (out["fusion_ms"] + ms), 2)
+    out["soft_render_ms_min"] = round(float(np.min(render["soft"])), 2)
+    out["load_average_1min"] = [round(x, 2) for x in load]   # before / after: other work on the machine slows it
     return out
 
 
@@ -173,7 +178,7 @@ def run_all(quick: bool = False, device: str = "cpu", progress=None) -> dict:
             "config": {"splat_radius_px": PRIOR.splat_radius_px, "points_per_pixel": PRIOR.points_per_pixel},
             "accuracy": {name: accuracy(name, pairs_per_gap=2 if quick else 4, device=device, progress=progress)
                          for name in SEQUENCES},
-            "speed": speed(device, repeats=3 if quick else 10)}
+            "speed": speed(device, repeats=3 if quick else 10), "speed_repeats": 3 if quick else 10}
 
 
 def markdown(result: dict) -> str:
@@ -211,4 +216,10 @@ def markdown(result: dict) -> str:
               "|---|---|---|---|",
               f"| {sp['window_points']} | {sp['fusion_ms']} | {sp['soft_render_ms']} / {sp['hard_r1_render_ms']} / "
               f"{sp['hard_r2_render_ms']} | {sp['soft_path_fps']} / {sp['hard_r1_path_fps']} |"]
+    if "load_average_1min" in sp:
+        lo, hi = sp["load_average_1min"]
+        lines += ["", f"Medians of {result.get('speed_repeats', 'the')} frames; fastest soft render "
+                      f"{sp['soft_render_ms_min']} ms. 1-minute load average before / after the speed run: {lo} / {hi} "
+                      f"on {m['cpu_cores']} cores (above the core count, other work was competing and times are "
+                      "inflated)."]
     return "\n".join(lines) + "\n"

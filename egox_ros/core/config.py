@@ -83,7 +83,7 @@ class PriorConfig:
     """Ego prior rendering: the fused window cloud (see FusionConfig) splatted into the ego camera."""
     splat: str = param("auto", "'soft': discs of splat_radius_px with alpha 1 - d^2/r^2, the points_per_pixel "
                                "nearest alpha-composited front to back (the released EgoX prior renderer, PyTorch3D's "
-                               "PointsRasterizer + AlphaCompositor; about 0.5 s per 448x448 prior on a 2-core CPU); "
+                               "PointsRasterizer + AlphaCompositor; about 0.3 s per 448x448 prior on a 2-core CPU); "
                                "'hard': z-buffered squares of point_radius_px (8 ms); 'auto': soft for the egox "
                                "generator (its weights saw soft priors, and a clip takes minutes anyway), hard for "
                                "the prior generator (live, at camera rate)", choices=("auto", "soft", "hard"))

@@ -138,6 +138,24 @@ def test_a_burst_waits_for_room_instead_of_overflowing():
     assert codes(sync.resolve(sink)) == [([T0 + 6 * DT], "generator_busy")]
 
 
+def test_a_sustained_overload_drops_as_generator_busy_with_bounded_waiting():
+    # Frames at 30 Hz, a consumer that takes one every 0.1 s (10 Hz): frames wait at most timeout_s for room, so the
+    # waiting frames stay bounded (about timeout_s x 30) and every drop says generator_busy.
+    sync, clock = make(timeout_s=1.0, max_waiting=64)
+    sink = Sink(capacity=0)
+    drops, most_waiting = [], 0
+    for i in range(300):                                   # 10 s
+        clock.now_s = i / 30
+        send(sync, T0 + i * DT)
+        if i % 3 == 0:
+            sink.capacity += 1
+        drops += sync.resolve(sink)
+        most_waiting = max(most_waiting, sync.waiting())
+    assert {d.code for d in drops} == {"generator_busy"} and most_waiting <= 32
+    assert len(sink.frames) == 100 and len(sink.frames) + sum(len(d.stamps_ns) for d in drops) + sync.waiting() == 300
+    assert sink.stamps == sorted(sink.stamps)
+
+
 def test_a_frame_is_completed_once_even_when_it_waits_for_room():
     calls = []
 

@@ -8,7 +8,9 @@ Rules (README, "Frames, drops and time"):
   (``depth_missing`` / ``person_mask_missing``), and a frame that waited ``timeout_s`` is dropped with what it lacked
   while the complete frames behind it go on.
 - A complete frame that the consumer cannot take (a full generator queue) waits up to ``timeout_s`` from the moment
-  it was complete (``generator_busy`` after that), so a burst after a stall drains instead of overflowing.
+  it was complete (``generator_busy`` after that), so a burst after a stall drains instead of overflowing; under a
+  sustained overload every complete frame waits at most that long, which bounds both the latency and the waiting
+  frames.
 - Time jumps back are decided by the exo image stream alone: an image more than ``time_jump_back_s`` older than the
   newest accepted one is held; ``time_jump_confirm_frames`` such images in a row, each newer than the last, confirm
   the jump (TF, caches and the consumer's window reset; the held images become the new timeline's first frames).
@@ -277,27 +279,29 @@ class FrameSynchroniser:
         drops: list[Drop] = []
         with self.lock:
             now = self.clock()
-            while self._pending:
-                p = self._pending[min(self._pending)]
+            blocked = False                 # an older complete frame found no room: later ones wait behind it
+            for stamp in sorted(self._pending):
+                p = self._pending[stamp]
                 outcome = p.complete or self._try_complete(p)   # complete once: the head filter sees it once
                 if isinstance(outcome, ExoFrame):
-                    if admit(outcome):
-                        del self._pending[p.stamp_ns]
+                    if not blocked and admit(outcome):
+                        del self._pending[stamp]
                         continue
+                    blocked = True
                     if p.complete is None:
                         p.complete, p.complete_s = outcome, now
                     p.waiting_for = ("generator_busy", "room in the generator queue")
                     if now - p.complete_s <= self.config.timeout_s:
-                        break
+                        continue
                     outcome = ("generator_busy", f"the generator queue stayed full for sync.timeout_s = "
                                                  f"{self.config.timeout_s} s")
                 elif outcome is None:
                     if now - p.arrived_s <= self.config.timeout_s:
-                        break
+                        break               # may still complete; later frames keep their order behind it
                     code, what = p.waiting_for
                     outcome = (code, f"waited sync.timeout_s = {self.config.timeout_s} s for {what}")
-                del self._pending[p.stamp_ns]
-                drops.append(Drop([p.stamp_ns], *outcome))
+                del self._pending[stamp]
+                drops.append(Drop([stamp], *outcome))
         return drops
 
     def flush(self) -> list[Drop]:

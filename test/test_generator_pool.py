@@ -97,6 +97,7 @@ def test_clips_run_on_two_replicas_and_come_out_in_order(engine):
     settings = engine.generator.settings()
     assert settings["backend"] == "ray, 2 replica(s)" and "rank" in settings["lora"]
     assert len(set(engine.generator.pids)) == 2              # two replica processes, each with its own model
+    assert ray.util.get_node_ip_address() == "127.0.0.1"     # the local Ray instance stays on loopback
     assert engine.stats.published == len(stamps) and engine.queued() == 0
 
 

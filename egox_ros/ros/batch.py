@@ -252,31 +252,16 @@ def _load_settings(settings: BatchSettings) -> dict[str, object]:
 def ray_session(address: str | None, num_cpus: int | None):
     """Ray for one batch: a local instance on loopback only (started here and shut down at the end) when address is
     empty, else a connection to the cluster at `address` ('auto', 'ray://host:port'). Yields (ray, info)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not address:
-        # Ray resolves a node address of 127.0.0.1 to the machine's outward address and its gRPC servers listen on
-        # the node address; with clusters off (Ray's single-machine mode) it keeps 127.0.0.1, so every server of
-        # this instance listens on loopback. Read by ray_constants when ray is imported (and set there too in case
-        # ray was imported already).
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    started = time.monotonic()
     try:
-        import ray
+        from egox_ros.core.ray_runtime import init_ray
+        ray = init_ray(address or "", num_cpus)
     except ImportError as e:
         raise ReplayInputError(f"egox batch needs Ray (scripts/setup.sh installs it from requirements-ray.txt): "
                                f"{e}") from e
-    import logging
-    if not address:
-        from ray._private import ray_constants
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    started = time.monotonic()
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                     _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError ... from ray.init
         with contextlib.suppress(Exception):
+            import ray
             ray.shutdown()
         raise ReplayError(f"cannot {'connect to Ray at ' + address if address else 'start a local Ray instance'}: "
                           f"{one_line(f'{type(e).__name__}: {e}')}") from e

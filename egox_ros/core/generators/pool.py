@@ -74,19 +74,15 @@ class RayGeneratorPool(EgoGenerator):
 
     def prepare(self) -> None:
         """Start (or join) Ray and the replicas, and load the model on each; raises if any cannot."""
+        from egox_ros.core.ray_runtime import init_ray
         try:
             import ray
         except ImportError as e:
             raise RuntimeError("generator.backend 'ray' needs Ray (scripts/setup.sh installs ray); "
                                f"import failed: {e}") from e
         if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
-            else:
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                         _node_ip_address="127.0.0.1")
-                self._started_ray = True
+            init_ray(self.address)                  # a local instance on loopback only, or the cluster
+            self._started_ray = not self.address
         generator_config = self._configs[0]
         gpus = 1 if generator_config.device.startswith("cuda") else 0
         actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=1)(_Replica)

@@ -352,3 +352,15 @@ def test_frames_evicted_by_the_point_budget_are_counted_and_max_points_0_follows
             fusion.add(k, rgb, depth, SMALL, _pose(t=(0.01 * k, 0.0, 0.0)))
     assert len(tight) < 8 and tight.evicted_by_budget > 0
     assert len(follows) == 8 and follows.evicted_by_budget == 0
+
+
+def test_window_max_equals_max_pool2d():
+    # The depth-edge filter's separable window max gives exactly max_pool2d's values (border clipped).
+    from egox_ros.core.fusion import _window_max
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(48, 64), (7, 9), (31, 17)]:
+        for k in (1, 3, 5, 7):
+            for stride in (1, 2, 3):
+                d = torch.rand(shape, generator=generator)
+                expected = torch.nn.functional.max_pool2d(d[None, None], k, stride=stride, padding=k // 2)[0, 0]
+                assert torch.equal(_window_max(d, k, stride), expected), (shape, k, stride)

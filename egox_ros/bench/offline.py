@@ -59,7 +59,7 @@ def markdown(result: dict) -> str:
     lines = [f"Run {m['date']} on {m['cpu']} ({m['cpu_cores']} cores, {m['memory_gb']} GB), GPU: {m['gpu'] or 'none'}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + (" (quick run)" if result["quick"] else ""),
              "",
-             f"The bundled sample (50 real TUM fr1_rpy frames, 640x480, with depth and TF) with "
+             f"The bundled sample (50 real TUM fr1_rpy frames, 320x240, with depth and TF) with "
              f"`sample/egox_sample.yaml` (prior generator, device {result['device']}), median of {result['repeats']} "
              f"runs each. Wall time from the first frame to the last output (the report and start-up excluded). "
              f"1-minute load average before the runs: {min(loads)} to {max(loads)} (other processes on the machine).",

@@ -686,13 +686,14 @@ def markdown(cases: list[dict] | dict) -> str:
              f"{m['gpu'] or 'none'}; python {v.get('python')}, torch {v.get('torch')}, rclpy {v.get('rclpy')}, "
              f"numpy {v.get('numpy')}.", "",
              "The egox node (prior generator, `" + (cases[-1]["config"]["params_file"] or "defaults") + "`) as a "
-             "subprocess, fed live by `egox bench soak`: " + cases[-1]["config"]["input"] + ". Latency: publishing "
+             "subprocess, fed live by `egox bench soak` (latest case): " + cases[-1]["config"]["input"] + "; each row "
+             "gives its image size after the rate. Latency: publishing "
              "an exo image to receiving its ego image (after the warm-up). Left: still in the node after the drain "
              "+ sent but neither received nor seen lost. RSS slope: least squares over the node's VmRSS, sampled "
              "every second after the warm-up. Busy: pure-Python loops, one core each, from the end of the warm-up. "
              "Load: 1-minute load average before the case / CPU cores the machine's other processes used during the "
              "measured window (all CPU time but the node's, this benchmark's and the busy processes').", "",
-             "| case | run (UTC), commit | load | duration @ rate | busy | node params / env | sent | published | dropped "
+             "| case | run (UTC), commit | load | duration @ rate, image | busy | node params / env | sent | published | dropped "
              "(reasons) | lost | left | output Hz | latency p50 / p90 / p99 / max ms | node RSS MB (start -> end), "
              "slope MB/min | node CPU % |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -705,6 +706,7 @@ def markdown(cases: list[dict] | dict) -> str:
             f"| {c['label']}{' (interrupted)' if c.get('interrupted') else ''} | {c['machine']['date']}"
             f"{_code_text(c.get('code'))} | "
             f"{c['load_average_before'][0]} / {_fmt(c.get('other_processes_cpu_cores'), 2)} | {cfg['duration_s']:g} s @ {cfg['rate_hz']:g} Hz "
+            f"{'x'.join(str(n) for n in cfg.get('image_size', ()))} "
             f"(+{cfg['warmup_s']:g} s warm-up) | {cfg['busy_processes']} | {settings} | {f['sent']} | "
             f"{f['published']} | {f['dropped']}{f' ({reasons})' if reasons else ''} | {f['lost']} | "
             f"{f['still_in_node'] + f['unaccounted']} | {_fmt(w['output_rate_hz'], 2)} | "

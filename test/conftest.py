@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from egox_ros.ros.dds import apply_isolated_env
+from egox_ros.ros.dds import BackgroundSpin, apply_isolated_env
 
 REPO = Path(__file__).resolve().parents[1]
 TUM = REPO.parent / "shared" / "data" / "tum_rgbd"
@@ -96,8 +96,7 @@ class TestPeer:
         self.executor.add_node(self.node)
         self.lock = threading.Lock()
         self.received: dict[str, list] = {}
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self._spin = BackgroundSpin(self.executor, name="egox-test-peer")
 
     def collect(self, msg_type, topic: str, qos=None):
         """Subscribe and keep every message in self.received[topic]."""
@@ -126,7 +125,7 @@ class TestPeer:
         return self.node.create_publisher(msg_type, topic, qos)
 
     def close(self):
-        self.executor.shutdown()
+        self._spin.stop()
         self.node.destroy_node()
 
 

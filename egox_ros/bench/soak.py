@@ -269,6 +269,7 @@ class _Peer:
         from sensor_msgs.msg import CameraInfo, Image
         from tf2_msgs.msg import TFMessage
 
+        from egox_ros.ros.dds import BackgroundSpin
         from egox_ros.ros.node import PROGRESS_QOS
         self.node = rclpy.create_node("egox_bench_soak", context=context)
         self.executor = SingleThreadedExecutor(context=context)
@@ -316,8 +317,7 @@ class _Peer:
                                distortion_model=stream.info["distortion_model"], d=stream.info["d"],
                                k=stream.info["k"], p=stream.info["p"], r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
         self.info.header.frame_id = stream.frame_id
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self._spin = BackgroundSpin(self.executor, name="egox-soak-spin")
 
     def _on_ego(self, raw: bytes) -> None:
         now = time.monotonic()
@@ -375,7 +375,7 @@ class _Peer:
                     "meta_dropped": dict(self.meta_dropped)}
 
     def close(self) -> None:
-        self.executor.shutdown()
+        self._spin.stop()
         self.node.destroy_node()
 
 

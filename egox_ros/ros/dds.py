@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 SHM_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm_only.xml"
@@ -29,3 +30,20 @@ def apply_isolated_env(domain_id: int | None = None) -> dict[str, str]:
     for key in DDS_ENV_KEYS:
         os.environ[key] = env[key]
     return env
+
+
+class BackgroundSpin:
+    """``executor.spin()`` on a daemon thread. ``stop()`` shuts the executor down and waits until the thread has
+    left spin(), before the caller destroys its nodes or context: rclpy's Executor.shutdown() does not wait for a
+    spin in progress, and destroying a node under it once left a replay hung for good."""
+
+    def __init__(self, executor, name: str = "egox-spin"):
+        self.executor = executor
+        self.thread = threading.Thread(target=executor.spin, name=name, daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """True once the spin thread has ended (False: still running after timeout_s)."""
+        self.executor.shutdown()
+        self.thread.join(timeout_s)
+        return not self.thread.is_alive()

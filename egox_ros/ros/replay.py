@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egox_ros.ros.dds import DDS_ENV_KEYS, apply_isolated_env
+from egox_ros.ros.dds import DDS_ENV_KEYS, BackgroundSpin, apply_isolated_env
 
 PROGRESS_TYPE = "egox_msgs/msg/NodeProgress"
 
@@ -778,7 +778,7 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     exo_topic = plan.exo_topic
     total_images = plan.topics[exo_topic][1]
 
-    node_proc = stopper = context = node = executor = recorder = None
+    node_proc = stopper = context = node = executor = recorder = spinner = None
     node_log = out_dir / "node.log"
     playing = False
 
@@ -819,8 +819,7 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
         player = _Player(node, reader, exo_topic)
         recorder = _Recorder(node, out_bag, typestore,
                              ego_frame=str(plan.param("outputs.ego_frame") or "ego_camera_optical"))
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
+        spinner = BackgroundSpin(executor, name="egox-replay-spin")
         started = time.monotonic()
         images_sent = 0
         truncated = None
@@ -882,7 +881,9 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     finally:  # whatever failed above, the node we started must not outlive the replay
         if recorder is not None:
             recorder.close()
-        if executor is not None:
+        if spinner is not None:
+            spinner.stop()
+        elif executor is not None:
             executor.shutdown()
         if node is not None:
             node.destroy_node()

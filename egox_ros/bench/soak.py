@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from egox_ros.ros.stamps import stamp_to_ns
+
 SECTION = "soak"
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_BAG = REPO / "sample" / "tum_fr1_rpy"
@@ -77,13 +79,13 @@ def load_sample(bag: Path = SAMPLE_BAG, upscale: int = 2) -> SampleStream:
             msg = reader.deserialize(raw, conn.msgtype)
             if conn.topic == EXO_TOPICS["tf"]:
                 st = msg.transforms[0].header.stamp
-                entry = by_stamp.setdefault(st.sec * 10**9 + st.nanosec, {})
+                entry = by_stamp.setdefault(stamp_to_ns(st), {})
                 entry["tf"] = [(t.header.frame_id, t.child_frame_id,
                                 (t.transform.translation.x, t.transform.translation.y, t.transform.translation.z),
                                 (t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z,
                                  t.transform.rotation.w)) for t in msg.transforms]
                 continue
-            entry = by_stamp.setdefault(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec, {})
+            entry = by_stamp.setdefault(stamp_to_ns(msg.header.stamp), {})
             if conn.topic == EXO_TOPICS["info"]:
                 info = msg
             elif conn.topic == EXO_TOPICS["depth"]:

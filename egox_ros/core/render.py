@@ -229,6 +229,22 @@ def lift_depth(
     return PointCloud(points_world, colors.reshape(-1, 3).index_select(0, keep))
 
 
+def _whole_number(name: str, value, minimum: int) -> int:
+    """``value`` as an int; ValueError unless it is a whole number (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        kind = "a non-negative" if minimum == 0 else "a positive" if minimum == 1 else f"an >= {minimum}"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+    return int(value)
+
+
+def _points_to_render(cloud: "PointCloud") -> int:
+    """len(cloud); ValueError beyond the per-render limit (a key's index half is read back as int32)."""
+    n = len(cloud)
+    if n > _MAX_POINTS:
+        raise ValueError(f"too many points for one render ({n}); the limit is {_MAX_POINTS}")
+    return n
+
+
 def render_points(
     cloud: PointCloud,
     camera: CameraModel,
@@ -245,14 +261,9 @@ def render_points(
     ``min_distance_m`` to the camera centre are not drawn.  Output on the
     cloud's device.
     """
-    if isinstance(point_radius_px, bool) or int(point_radius_px) != point_radius_px or point_radius_px < 0:
-        raise ValueError(f"point_radius_px must be a non-negative integer, got {point_radius_px!r}")
-    radius = int(point_radius_px)
-    device = cloud.device
+    radius = _whole_number("point_radius_px", point_radius_px, minimum=0)
+    device, n = cloud.device, _points_to_render(cloud)
     h, w = camera.height, camera.width
-    n = len(cloud)
-    if n > _MAX_POINTS:
-        raise ValueError(f"too many points for one render ({n}); the limit is {_MAX_POINTS}")
     pose = pose_float64(world_T_camera)
 
     # The z-buffer is padded by 2r on every side so that every splat of a point
@@ -337,16 +348,11 @@ def render_points_soft(
     radius = float(radius_px)
     if not (math.isfinite(radius) and radius > 0.0):
         raise ValueError(f"radius_px must be a positive number, got {radius_px!r}")
-    if isinstance(points_per_pixel, bool) or int(points_per_pixel) != points_per_pixel or points_per_pixel < 1:
-        raise ValueError(f"points_per_pixel must be a positive integer, got {points_per_pixel!r}")
-    if chunk_points is not None and (int(chunk_points) != chunk_points or chunk_points < 1):
-        raise ValueError(f"chunk_points must be a positive integer or None, got {chunk_points!r}")
-    k_max = int(points_per_pixel)
-    device = cloud.device
+    k_max = _whole_number("points_per_pixel", points_per_pixel, minimum=1)
+    if chunk_points is not None:
+        _whole_number("chunk_points", chunk_points, minimum=1)
+    device, n = cloud.device, _points_to_render(cloud)
     h, w = camera.height, camera.width
-    n = len(cloud)
-    if n > _MAX_POINTS:
-        raise ValueError(f"too many points for one render ({n}); the limit is {_MAX_POINTS}")
     camera_T_world = torch.linalg.inv(pose_float64(world_T_camera))
     reach = int(math.ceil(radius))          # offsets -reach..reach around the nearest pixel
     r2 = radius * radius

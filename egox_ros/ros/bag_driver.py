@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rclpy.serialization import serialize_message
+
 from egox_ros.core.engine import EgoEngine, EngineEvents
 from egox_ros.ros import conversions as conv
 from egox_ros.ros.inputs import EngineInputs
@@ -31,7 +33,6 @@ class BagWriter(EngineEvents):
         self.log_lines: list[str] = []
 
     def write(self, messages: list[tuple[str, object]]) -> None:
-        from rclpy.serialization import serialize_message
         for topic, msg in messages:
             name = f"/{NODE_NAME}/{topic[2:]}" if topic.startswith("~/") else "/" + topic.lstrip("/")
             if name == "/tf":

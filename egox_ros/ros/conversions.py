@@ -10,14 +10,7 @@ from egox_ros.core.camera import CameraModel, camera_from_camera_info
 from egox_ros.core.compressed_image import decode_compressed_depth_m, decode_compressed_rgb
 from egox_ros.core.image_codec import ImageDecodeError, decode_depth_m, decode_image, decode_rgb, encode_image
 from egox_ros.core.transforms import RigidTransform, check_unit_quaternion
-
-
-def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def ns_to_stamp(stamp_ns: int) -> Time:
-    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
+from egox_ros.ros.stamps import ns_to_stamp, stamp_to_ns  # noqa: F401 - part of this module's interface
 
 
 def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:

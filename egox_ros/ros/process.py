@@ -62,11 +62,10 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
     try:
         out_bag = out_dir / "bag"
         try:
-            engine_configs = {name: configs[name] for name in ENGINE_SECTIONS}
-            writer_events = None
             prepare_output(out_dir, replaced)
-            writer_events = writer = BagWriter(out_bag, typestore, configs["outputs"].ego_frame)
-            engine = EgoEngine(engine_configs, writer_events, clock=lambda: bag_time_s[0])
+            writer = BagWriter(out_bag, typestore, configs["outputs"].ego_frame)
+            engine = EgoEngine({name: configs[name] for name in ENGINE_SECTIONS}, writer,
+                               clock=lambda: bag_time_s[0])
         except ValueError as e:
             raise ReplayInputError(f"cannot start: {e}") from e
         writer.messages = OutputMessages(configs["inputs"], configs["outputs"], engine.ego_camera,

@@ -31,13 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from egox_ros.ros.dds import DDS_ENV_KEYS, BackgroundSpin, apply_isolated_env
+from egox_ros.ros.stamps import ns_to_stamp, stamp_to_ns
 
 PROGRESS_TYPE = "egox_msgs/msg/NodeProgress"
-
-
-def stamp_to_ns(stamp) -> int:
-    """As egox_ros.ros.conversions.stamp_to_ns, whose module imports torch: the pre-check answers within a second."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 OUTPUT_TOPICS = {  # topic -> type; all relative to the node's namespace (root by default)
@@ -255,7 +251,6 @@ class _Player:
 
     def publish_clock(self, stamp_ns: int) -> None:
         from rosgraph_msgs.msg import Clock
-        from egox_ros.ros.conversions import ns_to_stamp
         self.clock_pub.publish(Clock(clock=ns_to_stamp(stamp_ns)))
 
 

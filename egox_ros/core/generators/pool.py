@@ -91,16 +91,14 @@ class RayGeneratorPool(EgoGenerator):
         self._free = deque(range(self.replicas))
 
     def submit(self, request: ClipRequest):
-        """Send a clip to a free replica; returns the handle for wait(). Call only while in_flight() < capacity."""
+        """Send a clip to a free replica; returns the handle for wait(). At most `capacity` clips may be in flight
+        (submitted, not yet waited for)."""
         if not self._free:
             raise RuntimeError("no free replica: the caller must keep at most `capacity` clips in flight")
         index = self._free.popleft()
         ref = self._actors[index].generate.remote(_lean(request))
         self._busy[ref] = index
         return ref
-
-    def in_flight(self) -> int:
-        return len(self._busy)
 
     def wait(self, ref) -> ClipResult:
         """The result of a submitted clip (blocks); raises RuntimeError naming the replica when it failed."""

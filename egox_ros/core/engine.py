@@ -91,16 +91,19 @@ class EgoEngine:
     Raises ValueError for inconsistent settings and when a depth or person model cannot load."""
 
     def __init__(self, configs: dict[str, object], events: EngineEvents | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, generator: EgoGenerator | None = None):
+        """generator: use this one (prepared or not) instead of building the configured one, e.g. to keep a loaded
+        model across engines; generator.backend is then not applied."""
         try:
-            self._build(configs, events or EngineEvents(), clock)
+            self._build(configs, events or EngineEvents(), clock, generator)
         except BaseException:
             for worker in (getattr(self, "depth_estimator", None), getattr(self, "person_detector", None)):
                 if worker is not None:         # models that loaded before a later part failed
                     worker.close()
             raise
 
-    def _build(self, configs: dict[str, object], events: EngineEvents, clock: Callable[[], float]) -> None:
+    def _build(self, configs: dict[str, object], events: EngineEvents, clock: Callable[[], float],
+               generator: EgoGenerator | None) -> None:
         self.events = events
         self.clock = clock
         self.inputs: InputsConfig = configs["inputs"]
@@ -138,12 +141,12 @@ class EgoEngine:
         self.ego_camera: PinholeCamera = ego_camera_from_config(configs["ego_camera"])
         self.generator_problem = ""                      # why the configured generator is not in use
         try:
-            self.generator: EgoGenerator = make_generator(generator_config, configs["egox"])
+            self.generator: EgoGenerator = generator or make_generator(generator_config, configs["egox"])
             self.generator.check_ego_camera(self.ego_camera)
             self.generator_state = "loading"
         except (WeightsError, ValueError) as e:
             self.generator = self._fall_back(generator_config.name, e)
-        if generator_config.backend == "ray" and self.generator_state == "loading":
+        if generator_config.backend == "ray" and self.generator_state == "loading" and generator is None:
             from egox_ros.core.generators.pool import RayGeneratorPool
             self.generator = RayGeneratorPool(self.generator, generator_config, configs["egox"],
                                               generator_config.replicas, generator_config.ray_address,

@@ -35,7 +35,6 @@ from egox_ros.ros.replay import ReplayError, ReplayInputError
 
 BATCH_JSON = "batch.json"
 GT_TOPIC = "/ego/ground_truth/image_raw"
-PROCESS_BAR = "egox process"          # the desc of process()'s frame bar
 
 
 @dataclass
@@ -92,54 +91,28 @@ def one_line(text: str, limit: int = 400) -> str:
 
 # --------------------------------------------------------------------------------------------------- worker side
 
-@contextlib.contextmanager
-def _frames_reported(report):
-    """While process() runs in this worker, its frame bar (the tqdm bar named 'egox process') reports frame counts
-    to `report(done, total)` (throttled) instead of drawing. process() looks up `tqdm.tqdm` when it is called, so a
-    subclass that does this for that one bar, and is tqdm itself for every other (model loading, ...), stands there
-    meanwhile (a worker runs one bag at a time). Without `report` nothing changes."""
-    if report is None:
-        yield
-        return
-    import tqdm as tqdm_module
-    original = tqdm_module.tqdm
+def _throttled(report, interval_s: float = 0.25):
+    """process()'s on_frames(done, total) that forwards to `report` at most every interval_s, and the last one."""
+    last = [0.0]
 
-    class _ReportingBar(original):
-        def __init__(self, *args, **kwargs):
-            self._report = report if kwargs.get("desc") == PROCESS_BAR and not args else None
-            if self._report is not None:
-                kwargs["disable"] = True
-                self._done, self._total, self._last = 0, kwargs.get("total") or 0, 0.0
-                self._report(0, self._total)
-            super().__init__(*args, **kwargs)
-
-        def update(self, n=1):
-            if self._report is None:
-                return super().update(n)
-            self._done += n
-            if time.monotonic() - self._last >= 0.25 or self._done >= self._total:
-                self._last = time.monotonic()
-                self._report(self._done, self._total)
-            return None
-
-    tqdm_module.tqdm = _ReportingBar
-    try:
-        yield
-    finally:
-        tqdm_module.tqdm = original
+    def on_frames(done: int, total: int) -> None:
+        if time.monotonic() - last[0] >= interval_s or done >= total:
+            last[0] = time.monotonic()
+            report(done, total)
+    return on_frames
 
 
-def run_bag(job: BagJob, settings: BatchSettings, report=None) -> dict:
+def run_bag(job: BagJob, settings: BatchSettings, report=None, generator=None) -> dict:
     """`egox process` on one bag in this process; never raises for a bad bag: the record says what went wrong in
-    one line. `report(done, total)` gets frame counts while it runs."""
+    one line. `report(done, total)` gets frame counts while it runs; `generator`: a generator to reuse."""
     from egox_ros.ros.process import process
     started = time.monotonic()
     record = _record(job, "failed")
     try:
-        with _frames_reported(report):
-            result = process(Path(job.bag), Path(job.out_dir), settings.params_file, list(settings.overrides),
-                             exo_topic=settings.exo_topic, gt_topic=settings.gt_topic, overwrite=settings.overwrite,
-                             progress_bar=report is not None)
+        result = process(Path(job.bag), Path(job.out_dir), settings.params_file, list(settings.overrides),
+                         exo_topic=settings.exo_topic, gt_topic=settings.gt_topic, overwrite=settings.overwrite,
+                         progress_bar=False, generator=generator,
+                         on_frames=None if report is None else _throttled(report))
     except (ReplayInputError, ReplayError) as e:
         record["reason"] = one_line(e)
     except Exception as e:  # noqa: BLE001 - one bag's failure must not end the batch
@@ -175,31 +148,29 @@ def _bag_task(job: BagJob, settings: BatchSettings, torch_threads: int, progress
 
 
 class _BagWorker:
-    """The body of a Ray actor that runs bags one after another and keeps each generator it builds: the engine
-    asks make_generator for a generator per bag, and gets the one built (and loaded) for the first bag with the
-    same settings. EgoxGenerator.prepare() loads the model only once, and the engine never closes a local
-    generator, so the model stays loaded in this process for every later bag."""
+    """The body of a Ray actor that runs bags one after another with one generator, built (and its model loaded)
+    for the first bag and handed to process() for every later one."""
 
     def __init__(self, torch_threads: int):
-        import egox_ros.core.engine as engine_module
         _set_torch_threads(torch_threads)
         self.torch_threads = torch_threads
-        self.generators: dict[str, object] = {}
+        self.generators: dict[str, object] = {}     # settings -> the generator built for them
         self.loads = 0
-        build = engine_module.make_generator
-
-        def cached(config, egox=None):
-            key = repr((config, egox))
-            if key not in self.generators:
-                self.generators[key] = build(config, egox)
-                self.loads += 1
-            return self.generators[key]
-        engine_module.make_generator = cached   # this actor's process only
 
     def run(self, job: BagJob, settings: BatchSettings, progress) -> dict:
         _set_torch_threads(self.torch_threads)
+        key = repr((settings.params_file, tuple(settings.overrides)))
+        if key not in self.generators:
+            from egox_ros.core.egox.weights import WeightsError
+            from egox_ros.core.generators import make_generator
+            configs = _load_settings(settings)
+            try:
+                self.generators[key] = make_generator(configs["generator"], configs["egox"])
+                self.loads += 1
+            except (WeightsError, ValueError):   # each bag's engine says why and falls back to priors
+                self.generators[key] = None
         report = None if progress is None else (lambda done, total: progress.frames.remote(job.index, done, total))
-        record = run_bag(job, settings, report)
+        record = run_bag(job, settings, report, generator=self.generators[key])
         record["worker"]["generator_loads"] = self.loads   # 1 after any number of bags: the model was reused
         return record
 

@@ -21,10 +21,13 @@ from egox_ros.ros.replay import (PRESETS, ReplayError, ReplayInputError, ReplayR
 def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
             exo_topic: str | None = None, gt_topic: str = "/ego/ground_truth/image_raw", overwrite: bool = False,
             sheet_frames: int = 6, progress_bar: bool = True, remaps: list[str] | None = None,
-            preset: str | None = None, gt_info_topic: str | None = None) -> ReplayResult:
+            preset: str | None = None, gt_info_topic: str | None = None, generator=None,
+            on_frames=None) -> ReplayResult:
     """Run the pipeline over a bag; see the module docstring. The bag is checked and its topics mapped exactly as
     `egox replay` does (egox_ros.ros.replay.make_plan: remaps, presets, compressed transports, one line per missing
-    input). Raises ReplayInputError (bad input, settings or output path; nothing written) or ReplayError."""
+    input). Raises ReplayInputError (bad input, settings or output path; nothing written) or ReplayError.
+    generator: an EgoGenerator to use instead of building one from the parameters (a caller running many bags
+    keeps its loaded model); on_frames(done, total): called after each exo image."""
     from rclpy.serialization import deserialize_message
     from rosbags.highlevel import AnyReader
     from tqdm import tqdm
@@ -65,7 +68,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
             prepare_output(out_dir, replaced)
             writer = BagWriter(out_bag, typestore, configs["outputs"].ego_frame)
             engine = EgoEngine({name: configs[name] for name in ENGINE_SECTIONS}, writer,
-                               clock=lambda: bag_time_s[0])
+                               clock=lambda: bag_time_s[0], generator=generator)
         except ValueError as e:
             raise ReplayInputError(f"cannot start: {e}") from e
         writer.messages = OutputMessages(configs["inputs"], configs["outputs"], engine.ego_camera,
@@ -88,6 +91,8 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
             engine.generate_ready()
             if conn.topic == inputs.image_topic:
                 bar.update(1)
+                if on_frames is not None:
+                    on_frames(bar.n, images)
         wait_for_workers(engine)
         engine.flush()
         engine.generate_ready()

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from egox_ros.ros.replay import (PRESETS, ReplayError, ReplayInputError, ReplayResult, _message_class, check_output,
-                                 check_report, make_plan, prepare_output, typestore_with_egox_msgs)
+from egox_ros.ros.replay import (PRESETS, ReplayError, ReplayInputError, ReplayResult, check_output, check_report,
+                                 make_plan, message_class, prepare_output, typestore_with_egox_msgs)
 
 def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
             exo_topic: str | None = None, gt_topic: str = "/ego/ground_truth/image_raw", overwrite: bool = False,
@@ -80,7 +80,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
         if not images:
             raise ReplayInputError(f"{in_bag} has no messages on {inputs.image_topic}; topics: "
                                    f"{sorted({c.topic for c in reader.connections})}")
-        classes = {c.topic: _message_class(c.msgtype) for c in connections}
+        classes = {c.topic: message_class(c.msgtype) for c in connections}
         started = time.monotonic()
         bar = tqdm(total=images, unit="frame", desc="egox process", disable=not progress_bar)
         for conn, log_ns, raw in reader.messages(connections=connections):

@@ -142,7 +142,7 @@ def typestore_with_egox_msgs():
     return store
 
 
-def _message_class(type_name: str):
+def message_class(type_name: str):
     package, _, name = type_name.split("/")
     return getattr(importlib.import_module(f"{package}.msg"), name)
 
@@ -176,7 +176,7 @@ class _Recorder:
             self.connections[topic] = self.writer.add_connection(topic, type_name, typestore=typestore)
             self.counts[topic] = 0
             self.subscriptions.append(node.create_subscription(
-                _message_class(type_name), topic, lambda raw, t=topic, n=type_name: self._on(t, n, raw), qos,
+                message_class(type_name), topic, lambda raw, t=topic, n=type_name: self._on(t, n, raw), qos,
                 raw=True))
 
     def _on(self, topic: str, type_name: str, raw: bytes) -> None:
@@ -223,7 +223,7 @@ class _Player:
             if conn.topic in self.publishers or conn.topic in self.skipped:
                 continue
             try:
-                cls = _message_class(conn.msgtype)
+                cls = message_class(conn.msgtype)
             except (ImportError, AttributeError, ValueError):
                 self.skipped[conn.topic] = conn.msgtype
                 continue

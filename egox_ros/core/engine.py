@@ -298,10 +298,11 @@ class EgoEngine:
         if error is not None:
             self.note("depth_model_failed", f"depth model failed: {error}")
         self.resolve()
-        self._flush_if_workers_idle()
 
     def workers_busy(self) -> bool:
-        """Whether the depth models or the person detector still work on (or have queued) an image."""
+        """Whether the depth models or the person detector still work on (or have queued) an image, or still
+        deliver a result (their callbacks count as work: a caller that waits for idle workers, like egox process,
+        never runs alongside them). A flush that waited for them is done by the next tick()."""
         return any(w is not None and w.busy_or_pending() for w in (self.depth_estimator, self.person_detector))
 
     def _flush_if_workers_idle(self) -> None:
@@ -324,7 +325,6 @@ class EgoEngine:
         if observation.mask is not None and pending is not None:
             self.events.person_mask(stamp_ns, observation.mask, pending.frame_id)
         self.resolve()
-        self._flush_if_workers_idle()
 
     def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
                        camera: CameraModel, world_T_exo: np.ndarray) -> np.ndarray | None:

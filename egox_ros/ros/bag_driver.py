@@ -3,6 +3,7 @@ events written into an output bag as the node's messages. Imports torch; egox_ro
 when a run starts, so `egox --help` and argument errors stay fast."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,11 @@ NODE_NAME = "egox"
 
 class BagWriter(EngineEvents):
     """Engine events -> the node's output messages -> OUT/bag (raw CDR, log time = header stamp, as the replay's
-    recorder writes them). Also counts what it wrote and remembers warnings for the log."""
+    recorder writes them). Also counts what it wrote and remembers warnings for the log.
+
+    Thread-safe: the engine reports from its worker threads too (person masks, head estimates and drops from the
+    person detector's thread, clips from the caller's), and rosbags' MCAP writer is not, so every write, count and
+    log line goes under one lock (concurrent writes interleaved inside a chunk and left the bag unreadable)."""
 
     def __init__(self, out_bag: Path, typestore, ego_frame: str):
         from rosbags.rosbag2 import StoragePlugin, Writer
@@ -31,20 +36,28 @@ class BagWriter(EngineEvents):
         self.ego_frame = ego_frame
         self.messages: OutputMessages | None = None     # set once the engine exists
         self.log_lines: list[str] = []
+        self.lock = threading.Lock()
 
     def write(self, messages: list[tuple[str, object]]) -> None:
-        for topic, msg in messages:
-            name = f"/{NODE_NAME}/{topic[2:]}" if topic.startswith("~/") else "/" + topic.lstrip("/")
-            if name == "/tf":
-                if not any(t.child_frame_id == self.ego_frame for t in msg.transforms):
-                    continue            # as recorded by the replay: only the node's ego frame
-                stamp = msg.transforms[0].header.stamp
-            else:
-                stamp = msg.header.stamp
-            if name not in self.connections:
-                continue
-            self.writer.write(self.connections[name], conv.stamp_to_ns(stamp), serialize_message(msg))
-            self.counts[name] += 1
+        with self.lock:
+            if self.writer is None:
+                raise RuntimeError("the output bag is closed")
+            for topic, msg in messages:
+                self._write_one(topic, msg)
+
+    def _write_one(self, topic: str, msg) -> None:
+        """Lock held."""
+        name = f"/{NODE_NAME}/{topic[2:]}" if topic.startswith("~/") else "/" + topic.lstrip("/")
+        if name not in self.connections:
+            return
+        if name == "/tf":
+            if not any(t.child_frame_id == self.ego_frame for t in msg.transforms):
+                return              # as recorded by the replay: only the node's ego frame
+            stamp = msg.transforms[0].header.stamp
+        else:
+            stamp = msg.header.stamp
+        self.writer.write(self.connections[name], conv.stamp_to_ns(stamp), serialize_message(msg))
+        self.counts[name] += 1
 
     def dropped(self, drop) -> None:
         self.write(self.messages.drop(drop))
@@ -59,13 +72,19 @@ class BagWriter(EngineEvents):
         self.write(self.messages.head(stamp_ns, estimate))
 
     def note(self, code: str, detail: str, count: int = 1) -> None:
-        self.log_lines.append(f"[{code}] {detail}")
+        with self.lock:
+            self.log_lines.append(f"[{code}] {detail}")
 
     def log(self, level: str, text: str) -> None:
-        self.log_lines.append(f"[{level}] {text}")
+        with self.lock:
+            self.log_lines.append(f"[{level}] {text}")
 
     def close(self) -> None:
-        self.writer.close()
+        """Close the bag (idempotent); a write after this raises."""
+        with self.lock:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
 
 
 class BagInputs(EngineInputs):

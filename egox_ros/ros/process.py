@@ -33,6 +33,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
     from tqdm import tqdm
 
     from egox_ros.core.engine import ENGINE_SECTIONS, EgoEngine
+    from egox_ros.ros.bag_check import read_back_problem
     from egox_ros.ros.bag_driver import NODE_NAME, BagInputs, BagWriter, wait_for_workers
     from egox_ros.ros.config import parameter_sections
     from egox_ros.ros.outputs import OutputMessages
@@ -105,6 +106,9 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
         if writer is not None:
             writer.close()
         reader.close()
+    problem = read_back_problem(out_bag, writer.counts)
+    if problem is not None:
+        raise ReplayError(problem)
     from egox_ros.ros.replay_report import write_report
     inputs_config = configs["inputs"]
     metrics = write_report(in_bag, out_bag, out_dir, exo_topic=inputs.image_topic, gt_topic=gt_topic,

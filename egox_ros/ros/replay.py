@@ -894,6 +894,10 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             else:
                 os.environ[key] = value
     wall_s = time.monotonic() - started
+    from egox_ros.ros.bag_check import read_back_problem
+    problem = read_back_problem(out_bag, recorder.counts)
+    if problem is not None:
+        raise ReplayError(problem)
 
     from egox_ros.ros.replay_report import write_report
     metrics = write_report(in_bag, out_bag, out_dir, exo_topic=exo_topic, gt_topic=gt_topic,

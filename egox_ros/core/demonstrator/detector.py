@@ -190,7 +190,6 @@ class AsyncPersonDetector:
                 observation = PersonObservation(mask=None, head=None)
             elapsed_ms = (time.perf_counter() - started) * 1e3
             with self._cond:
-                self._busy = False
                 if generation == self._generation:      # else reset meanwhile: discard
                     self._store(stamp_ns, observation)
                     self.detected += 1
@@ -206,3 +205,6 @@ class AsyncPersonDetector:
                 except Exception as e:  # noqa: BLE001 - the caller's problem must not kill the thread
                     with self._cond:
                         self.last_error = f"on_result: {type(e).__name__}: {e}"
+            with self._cond:        # idle only once the result is delivered: a lockstep caller (egox process)
+                self._busy = False  # must not run on while on_result still reports from this thread
+                self._cond.notify_all()

@@ -180,7 +180,6 @@ class AsyncDepthEstimator:
                 error = f"{type(e).__name__}: {e}"
             elapsed = time.perf_counter() - started
             with self._cond:
-                self._busy = False
                 if stale:
                     pass
                 elif error is not None:
@@ -198,3 +197,6 @@ class AsyncDepthEstimator:
                 except Exception as e:  # noqa: BLE001 - the caller's problem must not kill the depth thread
                     with self._cond:
                         self.last_error = f"on_result: {type(e).__name__}: {e}"
+            with self._cond:        # idle only once the result is delivered (see busy_or_pending)
+                self._busy = False
+                self._cond.notify_all()

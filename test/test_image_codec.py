@@ -252,3 +252,34 @@ def test_compressed_depth_round_trip_on_real_depth(encoding, tolerance_m):
         decode_compressed_depth_m(data, "png")
     with pytest.raises(ImageDecodeError, match="no image after its header"):
         decode_compressed_depth_m(data[:12], fmt)
+
+
+# --------------------------------------------------------------- depth that is not what its label says
+@pytest.mark.parametrize("depth_m", [1.0, 1.5, 2.0, 2.5, 3.0])
+@pytest.mark.parametrize("width,step_floats", [(640, 1), (641, 0)])
+def test_uniform_32fc1_depth_labelled_16uc1_is_implausible(depth_m, width, step_floats):
+    """32FC1 floats of a uniform depth (1-3 m) read as 16UC1: each float's low half is 0 (no reading) and its high
+    half about 16.3 m, so no two neighbours are valid; the data must still be rejected (the node's `bad_depth`).
+    The message's step is either the 32FC1 one (each row's first half of floats) or width * 2 (the floats read on
+    across rows; with an odd width the empty pixels change column parity from row to row)."""
+    from egox_ros.core.image_codec import depth_implausible
+    height = 480
+    floats = np.full((height, width), depth_m, np.float32).tobytes()
+    step = width * 4 if step_floats else width * 2
+    read = decode_depth_m(floats, "16UC1", height, width, step, False)
+    assert np.isnan(read).mean() == pytest.approx(0.5, abs=0.01)
+    assert 16.0 < np.nanmedian(read) < 16.5                     # a plausible-looking median: the old check passed
+    assert "every other pixel" in depth_implausible(read, "16UC1")
+
+
+def test_sparse_and_dense_real_depth_stay_plausible():
+    """The parity check must not reject real depth: a Kinect frame, the same frame with a random 5 % of its pixels
+    (a projected lidar), and a uniform wall in whole millimetres."""
+    from egox_ros.core.image_codec import depth_implausible
+    depth_m = _real_frame().depth_m
+    assert depth_implausible(depth_m, "16UC1") is None
+    sparse = np.where(np.random.default_rng(3).random(depth_m.shape) < 0.05, depth_m, np.nan).astype(np.float32)
+    assert np.isfinite(sparse).sum() > 5000
+    assert depth_implausible(sparse, "16UC1") is None
+    wall = decode_depth_m(np.full((480, 640), 2000, "<u2").tobytes(), "16UC1", 480, 640, 1280, False)
+    assert depth_implausible(wall, "16UC1") is None

@@ -228,8 +228,11 @@ def test_compressed_colour_round_trip_on_a_real_image():
     assert decode_compressed_rgb(data, "jpeg").shape == rgb.shape     # a bare container name is enough
     with pytest.raises(ImageDecodeError, match="neither jpeg nor png"):
         decode_compressed_rgb(data, "rgb8; tiff")
+    png, _ = encode_compressed_rgb(rgb, "png")
     with pytest.raises(ImageDecodeError, match="cannot decode"):
-        decode_compressed_rgb(b"\x89PNG broken", "png")
+        decode_compressed_rgb(png[:len(png) // 2], "png")                   # a truncated PNG
+    with pytest.raises(ImageDecodeError, match="not JPEG or PNG"):
+        decode_compressed_rgb(b"\x89PNG broken", "png")                    # not even a whole PNG signature
 
 
 @pytest.mark.parametrize("encoding,tolerance_m", [("16UC1", 0.0005), ("32FC1", None)])
@@ -283,3 +286,30 @@ def test_sparse_and_dense_real_depth_stay_plausible():
     assert depth_implausible(sparse, "16UC1") is None
     wall = decode_depth_m(np.full((480, 640), 2000, "<u2").tobytes(), "16UC1", 480, 640, 1280, False)
     assert depth_implausible(wall, "16UC1") is None
+
+
+@pytest.mark.parametrize("container", ["TIFF", "BMP", "GIF", "PPM"])
+def test_compressed_payloads_of_other_formats_are_refused(container):
+    """Only the containers image_transport's transports carry are opened (JPEG or PNG for `compressed`, PNG for
+    `compressedDepth`): a TIFF/BMP/GIF/PPM payload labelled jpeg or png is refused whole, even though Pillow could
+    decode it."""
+    import io
+    from PIL import Image as PILImage
+    from egox_ros.core.compressed_image import (DEPTH_HEADER, decode_compressed_depth_m, decode_compressed_rgb,
+                                                encode_compressed_rgb)
+    rgb = SAMPLES["rgb8"]
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb, "RGB").save(buf, container)
+    for fmt in ("jpeg", "rgb8; jpeg compressed bgr8", "png", "bgr8; png compressed bgr8"):
+        with pytest.raises(ImageDecodeError, match="not JPEG or PNG"):
+            decode_compressed_rgb(buf.getvalue(), fmt)
+    if container in ("TIFF", "PPM"):        # 16-bit single channel: a depth image in the wrong container
+        depth = io.BytesIO()
+        PILImage.fromarray(np.full((H, W), 2000, np.uint16)).save(depth, container)
+        with pytest.raises(ImageDecodeError, match="not PNG"):
+            decode_compressed_depth_m(DEPTH_HEADER.pack(0, 0.0, 0.0) + depth.getvalue(), "16UC1; compressedDepth png")
+    # The two formats the compressed transport carries decode whatever the label names (as image_transport does).
+    png, _ = encode_compressed_rgb(rgb, "png")
+    np.testing.assert_array_equal(decode_compressed_rgb(png, "rgb8; jpeg compressed bgr8"), rgb)
+    jpeg, _ = encode_compressed_rgb(rgb, "jpeg", quality=95)
+    assert decode_compressed_rgb(jpeg, "png").shape == rgb.shape

@@ -22,11 +22,22 @@ DEPTH_QUANT_A = 100.0                       # image_transport's defaults (depth_
 DEPTH_MAX_M = 10.0
 
 
-def _open(data: bytes, what: str) -> PILImage.Image:
+TRANSPORT_CONTAINERS = {"compressed": ("JPEG", "PNG"), "compressedDepth": ("PNG",)}   # what image_transport writes
+
+
+def _open(data: bytes, what: str, allowed: tuple[str, ...]) -> PILImage.Image:
+    """Decode with Pillow's parsers for ``allowed`` containers only (Pillow names: 'JPEG', 'PNG'): a payload of any
+    other format (TIFF, BMP, GIF, ... however it is labelled) is refused before any other parser sees it."""
     try:
-        image = PILImage.open(io.BytesIO(bytes(data)))
-        image.load()
+        image = PILImage.open(io.BytesIO(bytes(data)), formats=allowed)
+    except PILImage.UnidentifiedImageError:
+        raise ImageDecodeError(f"{what}: the payload is not {' or '.join(allowed)} (the only formats this transport "
+                               "carries)") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for corrupt data
+        raise ImageDecodeError(f"{what}: cannot decode the payload ({type(e).__name__}: {e})") from e
+    try:
+        image.load()
+    except Exception as e:  # noqa: BLE001
         raise ImageDecodeError(f"{what}: cannot decode the payload ({type(e).__name__}: {e})") from e
     return image
 
@@ -42,10 +53,11 @@ def _container(fmt: str) -> str:
 
 def decode_compressed_rgb(data: bytes, fmt: str) -> np.ndarray:
     """(H, W, 3) uint8 RGB from a JPEG or PNG payload (colour, mono, with alpha; 16-bit mono scaled to 8 bits).
-    The ``format`` string only has to name the container; the pixels carry their own colour model, so
-    'compressed bgr8' payloads made by OpenCV decode to the right colours."""
+    The ``format`` string has to name jpeg or png; the payload must be one of the two (as image_transport's
+    compressed subscriber, which decodes either whatever the label says); any other format is refused. The pixels
+    carry their own colour model, so 'compressed bgr8' payloads made by OpenCV decode to the right colours."""
     _container(fmt)
-    image = _open(data, f"compressed image ({fmt})")
+    image = _open(data, f"compressed image ({fmt})", TRANSPORT_CONTAINERS["compressed"])
     if image.mode in ("I;16", "I;16B", "I"):
         mono = np.asarray(image, dtype=np.uint16) if image.mode != "I" else np.asarray(image).astype(np.uint16)
         return np.repeat((mono >> 8).astype(np.uint8)[..., None], 3, axis=2)
@@ -66,7 +78,7 @@ def decode_compressed_depth_m(data: bytes, fmt: str) -> np.ndarray:
     if len(data) <= DEPTH_HEADER.size:
         raise ImageDecodeError(f"compressedDepth payload of {len(data)} bytes has no image after its header")
     _, quant_a, quant_b = DEPTH_HEADER.unpack_from(bytes(data[:DEPTH_HEADER.size]))
-    image = _open(bytes(data[DEPTH_HEADER.size:]), f"compressedDepth ({fmt})")
+    image = _open(bytes(data[DEPTH_HEADER.size:]), f"compressedDepth ({fmt})", TRANSPORT_CONTAINERS["compressedDepth"])
     if image.mode not in ("I;16", "I;16B", "I"):
         raise ImageDecodeError(f"compressedDepth PNG is {image.mode}, expected 16-bit single channel")
     raw = np.asarray(image).astype(np.float32)

@@ -168,9 +168,9 @@ def test_truncated_data():
 
 def test_unknown_encoding_lists_supported():
     with pytest.raises(ImageDecodeError) as err:
-        decode_image(bytes(4), "yuv422", 1, 2, 4, False)
+        decode_image(bytes(4), "nv21", 1, 2, 4, False)
     msg = str(err.value)
-    assert "yuv422" in msg
+    assert "nv21" in msg
     for enc in ("rgb8", "bgr8", "mono16", "16UC1", "32FC1"):
         assert enc in msg
     assert set(SUPPORTED_ENCODINGS) >= {"rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "32FC1"}
@@ -313,3 +313,86 @@ def test_compressed_payloads_of_other_formats_are_refused(container):
     np.testing.assert_array_equal(decode_compressed_rgb(png, "rgb8; jpeg compressed bgr8"), rgb)
     jpeg, _ = encode_compressed_rgb(rgb, "jpeg", quality=95)
     assert decode_compressed_rgb(jpeg, "png").shape == rgb.shape
+
+
+# --------------------------------------------------------------- USB camera encodings: 4:2:2 YUV and Bayer
+def test_yuv422_pixels_by_hand():
+    """BT.601 limited range as cv_bridge converts: Y 16 / 235 is black / white, U = V = 128 grey, V > 128 reddens.
+    yuv422 is U Y0 V Y1 (UYVY), yuv422_yuy2 Y0 U Y1 V (YUYV); each pair of pixels shares its U and V."""
+    uyvy = bytes([128, 16, 128, 235,   128, 126, 200, 126])       # black, white | two pixels of a red chroma
+    yuyv = bytes([16, 128, 235, 128,   126, 128, 126, 200])
+    for encoding, data in (("yuv422", uyvy), ("uyvy", uyvy), ("yuv422_yuy2", yuyv), ("yuyv", yuyv)):
+        rgb = decode_image(data, encoding, 1, 4, 8, False)
+        assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8, encoding
+        np.testing.assert_array_equal(rgb[0, 0], [0, 0, 0])
+        np.testing.assert_allclose(rgb[0, 1], [255, 255, 255], atol=1)
+        np.testing.assert_allclose(rgb[0, 2], [1.164 * 110 + 1.596 * 72, 1.164 * 110 - 0.813 * 72, 1.164 * 110],
+                                   atol=1)
+        np.testing.assert_array_equal(rgb[0, 3], rgb[0, 2])
+        np.testing.assert_array_equal(decode_rgb(data, encoding, 1, 4, 8, False), rgb)
+    with pytest.raises(ImageDecodeError, match="even width"):
+        decode_image(bytes(6), "yuv422", 1, 3, 6, False)
+    with pytest.raises(ImageDecodeError, match="too short"):
+        decode_image(bytes(7), "yuv422", 1, 4, 8, False)
+
+
+def _mosaic(rgb: np.ndarray, tile: str) -> np.ndarray:
+    """The Bayer mosaic a sensor with 2x2 tile ``tile`` (row by row) records of an RGB scene."""
+    raw = np.empty(rgb.shape[:2], rgb.dtype)
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        raw[dy::2, dx::2] = rgb[dy::2, dx::2, "rgb".index(tile[k])]
+    return raw
+
+
+@pytest.mark.parametrize("tile", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_demosaic_recovers_a_smooth_scene_and_keeps_measured_samples(tile):
+    """Bilinear demosaicing is exact on a scene that is linear in x and y (away from the border) and never changes
+    a measured sample; 16-bit mosaics (either byte order) give 16-bit RGB and decode_rgb scales them to 8 bits."""
+    yy, xx = np.mgrid[0:24, 0:32]
+    scene = np.stack([xx * 7, yy * 9 + 3, 250 - xx * 3 - yy * 4], axis=2).astype(np.uint8)
+    raw = _mosaic(scene, tile)
+    rgb = decode_image(raw.tobytes(), f"bayer_{tile}8", 24, 32, 32, False)
+    assert rgb.shape == (24, 32, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[1:-1, 1:-1], scene[1:-1, 1:-1])
+    np.testing.assert_array_equal(_mosaic(rgb, tile), raw)
+    np.testing.assert_allclose(rgb.astype(int), scene, atol=40)             # the border: one-sided neighbours
+    wide = scene.astype(np.uint16) * 256 + 128
+    raw16 = _mosaic(wide, tile)
+    for order, big in (("<u2", False), (">u2", True)):
+        padded = _pad_rows(raw16.astype(order).tobytes(), 24, 64, 2)
+        rgb16 = decode_image(padded, f"bayer_{tile}16", 24, 32, 66, big)
+        assert rgb16.dtype == np.uint16
+        np.testing.assert_array_equal(rgb16[1:-1, 1:-1], wide[1:-1, 1:-1])
+        np.testing.assert_array_equal(decode_rgb(padded, f"bayer_{tile}16", 24, 32, 66, big)[1:-1, 1:-1],
+                                      scene[1:-1, 1:-1])
+
+
+def test_usb_camera_encodings_match_opencv():
+    """What cv_bridge gives (OpenCV's cvtColor), on random 4:2:2 data and a random mosaic: within one grey level
+    for YUV (rounding), equal for Bayer away from the one-pixel border (OpenCV's border rule differs)."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(7)
+    yuv = rng.integers(0, 256, (30, 40, 2), dtype=np.uint8)
+    for encoding, code in (("yuv422", cv2.COLOR_YUV2RGB_UYVY), ("yuv422_yuy2", cv2.COLOR_YUV2RGB_YUY2)):
+        ours = decode_rgb(yuv.tobytes(), encoding, 30, 40, 80, False).astype(int)
+        assert np.abs(ours - cv2.cvtColor(yuv, code)).max() <= 1, encoding
+    raw = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    # OpenCV names a mosaic by the second row's second and third pixels: RGGB is its BayerBG, and so on.
+    for tile, code in (("rggb", cv2.COLOR_BayerBG2RGB), ("bggr", cv2.COLOR_BayerRG2RGB),
+                       ("gbrg", cv2.COLOR_BayerGR2RGB), ("grbg", cv2.COLOR_BayerGB2RGB)):
+        ours = decode_rgb(raw.tobytes(), f"bayer_{tile}8", 30, 40, 40, False).astype(int)
+        assert np.abs(ours - cv2.cvtColor(raw, code))[2:-2, 2:-2].max() <= 1, tile
+
+
+def test_usb_camera_encodings_reach_the_node_as_rgb():
+    """The node's decoding (ros/conversions.image_to_rgb on a real sensor_msgs/Image) takes them as any other."""
+    from sensor_msgs.msg import Image
+    from egox_ros.ros.conversions import image_to_rgb
+    yy, xx = np.mgrid[0:8, 0:10]
+    scene = np.stack([xx * 20, yy * 30, 200 - xx * 10], axis=2).astype(np.uint8)
+    msg = Image(height=8, width=10, encoding="bayer_grbg8", is_bigendian=0, step=10)
+    msg.data = _mosaic(scene, "grbg").tobytes()
+    np.testing.assert_array_equal(image_to_rgb(msg)[1:-1, 1:-1], scene[1:-1, 1:-1])
+    msg = Image(height=1, width=2, encoding="yuv422_yuy2", is_bigendian=0, step=4)
+    msg.data = bytes([235, 128, 16, 128])
+    np.testing.assert_allclose(image_to_rgb(msg).astype(int), [[[255] * 3, [0] * 3]], atol=1)

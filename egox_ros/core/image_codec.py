@@ -41,6 +41,9 @@ class _Layout:
     channels: int
     base: str  # numpy kind+size without byte order: 'u1', 'u2', 'f4'
     order: tuple[int, ...] | None  # source channel indices giving R, G, B (None: single channel)
+    # Colour that needs computing: 'uyvy' / 'yuyv' (4:2:2, two bytes a pixel) or a Bayer mosaic's 2x2 tile
+    # read row by row ('rggb', ...); None: the channels are the colours.
+    convert: str | None = None
 
     @property
     def itemsize(self) -> int:
@@ -63,6 +66,14 @@ _LAYOUTS: dict[str, _Layout] = {
     # OpenCV-style aliases.
     "8UC1": _Layout(1, "u1", None),
     "8UC3": _Layout(3, "u1", (2, 1, 0)),
+    # USB cameras (usb_cam, v4l2_camera): 4:2:2 YUV, sensor_msgs' names and their newer aliases.
+    "yuv422": _Layout(2, "u1", None, "uyvy"),
+    "uyvy": _Layout(2, "u1", None, "uyvy"),
+    "yuv422_yuy2": _Layout(2, "u1", None, "yuyv"),
+    "yuyv": _Layout(2, "u1", None, "yuyv"),
+    # Raw Bayer mosaics (machine-vision and USB cameras), 8 and 16 bits.
+    **{f"bayer_{tile}{bits}": _Layout(1, base, None, tile)
+       for tile in ("rggb", "bggr", "gbrg", "grbg") for bits, base in (("8", "u1"), ("16", "u2"))},
 }
 
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_LAYOUTS)
@@ -144,14 +155,21 @@ def decode_image(
     """Decode an Image message buffer.
 
     Returns (H, W, 3) uint8 RGB for colour encodings (alpha dropped, BGR
-    reordered), (H, W) uint8 for mono8/8UC1, (H, W) uint16 for mono16/16UC1 and
-    (H, W) float32 for 32FC1, always C-contiguous and in native byte order.
-    Row padding (``step`` larger than ``width * bytes_per_pixel``) is skipped.
+    reordered; yuv422 / yuv422_yuy2 and 8-bit Bayer converted, see
+    :func:`_yuv422_to_rgb` and :func:`_demosaic_bilinear`), (H, W, 3) uint16 RGB
+    for 16-bit Bayer, (H, W) uint8 for mono8/8UC1, (H, W) uint16 for
+    mono16/16UC1 and (H, W) float32 for 32FC1, always C-contiguous and in native
+    byte order. Row padding (``step`` larger than ``width * bytes_per_pixel``) is
+    skipped.
 
     Raises:
         ImageDecodeError: unknown encoding, inconsistent step, or too little data.
     """
     view, layout = _strided_view(data, encoding, height, width, step, is_bigendian)
+    if layout.convert in ("uyvy", "yuyv"):
+        return _yuv422_to_rgb(view, layout.convert, encoding)
+    if layout.convert is not None:
+        return _demosaic_bilinear(view[..., 0].astype(view.dtype.newbyteorder("="), copy=False), layout.convert)
     if layout.order is not None:
         if layout.order == (0, 1, 2) and layout.channels == 3:
             out = view
@@ -187,11 +205,72 @@ def decode_rgb(
             f"cannot convert {encoding} image {width}x{height} to rgb8: float images have no colour mapping"
         )
     img = decode_image(data, encoding, height, width, step, is_bigendian)
-    if img.ndim == 3:
-        return img
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
+    if img.ndim == 3:
+        return img
     return np.repeat(img[:, :, None], 3, axis=2)
+
+
+# ITU-R BT.601, limited range (Y 16-235, U/V 16-240): what cv_bridge (OpenCV's COLOR_YUV2RGB_UYVY / _YUY2) and
+# rosbags-image use for sensor_msgs' yuv422 encodings.
+_BT601_Y, _BT601_RV, _BT601_GU, _BT601_GV, _BT601_BU = 1.164, 1.596, -0.391, -0.813, 2.018
+
+
+def _yuv422_to_rgb(view: np.ndarray, order: str, encoding: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a (H, W, 2) uint8 view of packed 4:2:2 YUV: each pair of pixels is the four bytes
+    U Y0 V Y1 ('uyvy', sensor_msgs' yuv422) or Y0 U Y1 V ('yuyv', yuv422_yuy2) and shares its U and V."""
+    height, width = view.shape[:2]
+    if width % 2:
+        raise ImageDecodeError(f"{encoding} image {width}x{height}: 4:2:2 YUV needs an even width")
+    pairs = view.reshape(height, width // 2, 4).astype(np.float32)
+    if order == "uyvy":
+        u, y0, v, y1 = (pairs[..., i] for i in range(4))
+    else:
+        y0, u, y1, v = (pairs[..., i] for i in range(4))
+    luma = np.stack([y0, y1], axis=2).reshape(height, width)
+    luma = np.maximum(luma - 16.0, 0.0) * _BT601_Y
+    u = np.repeat(u - 128.0, 2, axis=1)
+    v = np.repeat(v - 128.0, 2, axis=1)
+    rgb = np.empty((height, width, 3), np.float32)
+    rgb[..., 0] = luma + _BT601_RV * v
+    rgb[..., 1] = luma + _BT601_GU * u + _BT601_GV * v
+    rgb[..., 2] = luma + _BT601_BU * u
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _demosaic_bilinear(raw: np.ndarray, tile: str) -> np.ndarray:
+    """(H, W, 3) RGB of raw's dtype (uint8 or uint16) from a (H, W) Bayer mosaic whose top-left 2x2 tile reads
+    ``tile`` row by row ('rggb': R G / G B). Bilinear: each missing sample is the mean of its nearest samples of
+    that colour (2 or 4 neighbours inside the image), measured samples are kept."""
+    height, width = raw.shape
+    if height == 0 or width == 0:
+        return np.zeros((height, width, 3), raw.dtype)
+    values = raw.astype(np.float32)
+    colour_of = np.empty((height, width), np.int8)
+    index = {"r": 0, "g": 1, "b": 2}
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        colour_of[dy::2, dx::2] = index[tile[k]]
+    rgb = np.empty((height, width, 3), np.float32)
+    # Neighbour weights: G sees its 4 direct neighbours; R and B also their 4 diagonal ones (weight 1 vs 2 brings
+    # the 2 direct neighbours at G sites and the 4 diagonal ones at the other colour's sites to a plain mean).
+    kernels = {1: ((0, 1, 0), (1, 0, 1), (0, 1, 0)), 0: ((1, 2, 1), (2, 0, 2), (1, 2, 1))}
+    for channel in range(3):
+        known = colour_of == channel
+        plane = np.where(known, values, 0.0)
+        weights = np.pad(known.astype(np.float32), 1)
+        padded = np.pad(plane, 1)
+        total = np.zeros((height, width), np.float32)
+        count = np.zeros((height, width), np.float32)
+        for ky, row in enumerate(kernels[1 if channel == 1 else 0]):
+            for kx, weight in enumerate(row):
+                if weight:
+                    total += weight * padded[ky:ky + height, kx:kx + width]
+                    count += weight * weights[ky:ky + height, kx:kx + width]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rgb[..., channel] = np.where(known, values, total / count)
+    top = np.iinfo(raw.dtype).max
+    return np.clip(np.rint(np.nan_to_num(rgb)), 0, top).astype(raw.dtype)
 
 
 def decode_depth_m(

@@ -74,6 +74,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    taken = [p for p in (os.path.join(args.dir, "model"), os.path.join(args.dir, "lora")) if os.path.lexists(p)]
+    if taken and not args.force:
+        print(f"egox tiny-model: {taken[0]} already exists; not overwriting it (--force writes over it)",
+              file=sys.stderr)
+        return 2
     from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model
     model = save_tiny_model(os.path.join(args.dir, "model"), seed=args.seed)
     lora = save_tiny_lora(os.path.join(args.dir, "lora"), seed=args.seed)
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "download) to DIR/model and DIR/lora, to try the egox generator")
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="write over an existing DIR/model and DIR/lora")
     p.set_defaults(func=_cmd_tiny_model)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["node"] and argv[1:2] != ["-h"] and argv[1:2] != ["--help"]:

@@ -67,6 +67,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return main(args.rest) or 0
 
 
+def _cmd_tools_egoexo4d(args: argparse.Namespace) -> int:
+    from egox_ros.tools.egoexo4d import run
+    return run(args)
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from egox_ros.ros.config import default_parameters_yaml
     sys.stdout.write(default_parameters_yaml())
@@ -123,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="benchmarks (JSON on stdout; --write-docs refreshes docs/benchmarks.md)")
     add_bench_arguments(p)
     p.set_defaults(func=run_bench)
+    p = sub.add_parser("tools", help="data converters (egoexo4d: a released EgoX / Ego-Exo4D clip -> a bag)")
+    tools = p.add_subparsers(dest="tool", required=True)
+    from egox_ros.tools.egoexo4d import add_arguments as add_egoexo4d_arguments
+    t = tools.add_parser("egoexo4d", help="a clip of the released EgoX example/egoexo4D folder -> an MCAP bag: exo "
+                                          "image, camera info, depth, static exo TF, the recorded head as the "
+                                          "head TF, ground-truth ego video and the released prior")
+    add_egoexo4d_arguments(t)
+    t.set_defaults(func=_cmd_tools_egoexo4d)
     p = sub.add_parser("config", help="print the default parameter file (config/egox.yaml)")
     p.set_defaults(func=_cmd_config)
     p = sub.add_parser("tiny-model", help="write a tiny random Wan 2.1 I2V checkpoint and EgoX-named LoRA (no "

@@ -4,7 +4,10 @@
 #   2. the interface packages in msg/ (egox_msgs, and tf2_msgs where it is missing) built with CMake into the venv;
 #   3. egox_ros installed (editable) with its console scripts `egox` and `egox_node` in .venv/bin;
 #   4. colcon (requirements-colcon.txt), for test/test_colcon_layout.py and colcon workspaces on this machine;
-#   5. Ray (requirements-ray.txt), for `egox batch` and generator.backend ray only; nothing else imports it.
+#   5. Ray (requirements-ray.txt), for `egox batch` and generator.backend ray only; nothing else imports it;
+#   6. for the tests only, where ../shared/ros2-cli exists (EGOX_ROS2_CLI names another folder): the ROS 2 command
+#      line tools and launch (`ros2 launch/run/param/node/topic`, launch, launch_ros: wheels built from upstream, not
+#      on PyPI) and composition_interfaces (built into the venv like msg/), which test/test_ros2_cli.py runs.
 # Idempotent: a second run compares a hash of its inputs with the last successful run and returns in about a second.
 # Usage: scripts/setup.sh [--force]
 set -euo pipefail
@@ -12,10 +15,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.egox_setup_stamp"
 py="${PYTHON:-python3}"
+ros2cli="${EGOX_ROS2_CLI:-$root/../shared/ros2-cli}"   # test-only wheels of the ros2 tools (step 6)
 
 inputs_hash() {
   (cd "$root" && cat scripts/setup.sh requirements.txt requirements-colcon.txt requirements-ray.txt requirements-no-deps.txt setup.py setup.cfg package.xml \
-     $(find msg -type f | LC_ALL=C sort)) | sha256sum | cut -d' ' -f1
+     $(find msg -type f | LC_ALL=C sort); ls -l "$ros2cli" 2>/dev/null || true) | sha256sum | cut -d' ' -f1
 }
 
 want="$(inputs_hash)"
@@ -64,6 +68,17 @@ if ! AMENT_PREFIX_PATH="$venv" "$venv/bin/python" -c "import tf2_msgs.msg" 2>/de
   touch "$venv/share/tf2_msgs/.built_by_egox"
 fi
 build_interfaces "$root/msg/egox_msgs"
+
+if [[ -d "$ros2cli" ]]; then
+  log "installing the ros2 command-line tools and launch for the tests ($ros2cli)"
+  quiet_pip install -q --disable-pip-version-check lark-parser psutil argcomplete packaging pyyaml
+  quiet_pip install -q --disable-pip-version-check --no-deps "$ros2cli"/*.whl
+  build_interfaces "$ros2cli/src/composition_interfaces"
+  "$venv/bin/python" -c "import launch_ros.actions, ros2cli.cli, composition_interfaces.srv" \
+    || { log "the ros2 tools do not import"; exit 1; }
+else
+  log "no $ros2cli: the ros2 command-line tools are not installed (test/test_ros2_cli.py will be skipped)"
+fi
 
 log "installing egox_ros (editable)"
 quiet_pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$root"

@@ -1,24 +1,27 @@
 """A real colcon workspace with this repository under src/: the README's commands find and build both packages
-(egox_ros: ament_python, msg/egox_msgs: ament_cmake + rosidl), and the install space has what `ros2 run` and
-`ros2 launch` look for. launch/launch_ros are not on PyPI, so the installed launch file is loaded against stand-ins
-for the parts of their API it uses, and the executable is looked up the way launch_ros does it
-(ament_index_python: <package prefix>/lib/<package>/<executable>).
+(egox_ros: ament_python, msg/egox_msgs: ament_cmake + rosidl), rosdep sees both with the README's paths, and the
+install space works under the real ROS 2 tools: `ros2 launch egox_ros egox.launch.py` (the design card's command),
+`ros2 run`, `ros2 node`, `ros2 topic` and `ros2 param`.
 
-colcon comes from requirements-colcon.txt (scripts/setup.sh); nothing is downloaded here. About 20 s on 2 cores,
-most of it the rosidl build of egox_msgs.
+colcon and rosdep come from requirements-colcon.txt, launch/launch_ros/ros2cli from the test-only wheels in
+../shared/ros2-cli (both installed by scripts/setup.sh); nothing is downloaded here. About a minute on 2 cores, most
+of it the rosidl build of egox_msgs and two node starts.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import REPO
+from conftest import REPO, wait_until
 
 # The commands the README documents (test_readme_documents_the_tested_commands keeps them in step).
 BASE_PATHS = "--base-paths src src/egox_ros/msg"
@@ -30,6 +33,7 @@ list:
 test:
   base-paths: [src, src/egox_ros/msg]
 """
+ROSDEP_PATHS = "--from-paths src src/egox_ros/msg"
 # Only needed with the PyPI wheels (no system ROS 2): point CMake at the venv's Python.
 CMAKE_ARGS_FOR_WHEELS = ["--cmake-args", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}"]
 
@@ -141,89 +145,130 @@ print(json.dumps({"egox_ros": egox_ros.__file__, "egox_msgs": m.__file__,
     assert "usage: egox" in _sourced(ws, "install/egox_ros/lib/egox_ros/egox --help", env)
 
 
-# Stand-ins for launch / launch_ros (their documented signatures, only what egox.launch.py uses), then the
-# installed launch file is loaded, its OpaqueFunction evaluated with the arguments' defaults, and each Node's
-# executable resolved as launch_ros's ExecutableInPackage does.
-_LOAD_LAUNCH = r'''
-import importlib.util, json, os, sys, types
-
-def module(name, **attrs):
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    return mod
-
-class LaunchDescription:
-    def __init__(self, initial_entities=None, *, deprecated_reason=None):
-        self.entities = list(initial_entities or [])
-
-class DeclareLaunchArgument:
-    def __init__(self, name, *, default_value=None, description=None, choices=None, **kwargs):
-        self.name, self.default_value, self.description = name, default_value, description
-
-class OpaqueFunction:
-    def __init__(self, *, function, args=None, kwargs=None, **rest):
-        self.function, self.args, self.kwargs = function, args or [], kwargs or {}
-
-class LaunchConfiguration:
-    def __init__(self, variable_name, *, default=None):
-        self.variable_name = variable_name
-    def perform(self, context):
-        return context.launch_configurations[self.variable_name]
-
-NODE_KEYWORDS = {"executable", "package", "name", "namespace", "exec_name", "parameters", "remappings",
-                 "ros_arguments", "arguments", "output", "emulate_tty", "respawn", "respawn_delay", "condition",
-                 "additional_env", "cwd", "env", "sigterm_timeout", "sigkill_timeout", "prefix"}
-
-class Node:
-    def __init__(self, **kwargs):
-        unknown = set(kwargs) - NODE_KEYWORDS
-        assert not unknown, f"launch_ros.actions.Node has no arguments {unknown}"
-        self.kwargs = kwargs
-
-module("launch", LaunchDescription=LaunchDescription)
-module("launch.actions", DeclareLaunchArgument=DeclareLaunchArgument, OpaqueFunction=OpaqueFunction)
-module("launch.substitutions", LaunchConfiguration=LaunchConfiguration)
-module("launch_ros")
-module("launch_ros.actions", Node=Node)
-
-from ament_index_python.packages import get_package_prefix
-
-spec = importlib.util.spec_from_file_location("egox_launch", sys.argv[1])
-launch_file = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(launch_file)
-description = launch_file.generate_launch_description()
-arguments = {e.name: e.default_value for e in description.entities if isinstance(e, DeclareLaunchArgument)}
-context = types.SimpleNamespace(launch_configurations=dict(arguments))
-nodes = []
-for entity in description.entities:
-    if isinstance(entity, OpaqueFunction):
-        nodes += entity.function(context, *entity.args, **entity.kwargs)
-out = []
-for node in nodes:
-    package, executable = node.kwargs["package"], node.kwargs["executable"]
-    libexec = os.path.join(get_package_prefix(package), "lib", package)  # launch_ros: "libexec directory"
-    out.append({"package": package, "executable": executable, "path": os.path.join(libexec, executable),
-                "parameters": [p if isinstance(p, str) else sorted(p) for p in node.kwargs.get("parameters", [])],
-                "name": node.kwargs.get("name")})
-print(json.dumps({"arguments": sorted(arguments), "nodes": out}))
-'''
+# The real ROS 2 tools: launch, launch_ros and ros2cli (ros2 launch/run/param/node/topic) are not on PyPI;
+# scripts/setup.sh installs the wheels built from upstream in ../shared/ros2-cli (with composition_interfaces, which
+# launch_ros imports) into the venv, the way a ROS 2 install provides them.
+ROS2 = VENV / "bin" / "ros2"
+needs_ros2 = pytest.mark.skipif(not ROS2.is_file(), reason="the ros2 tools are not installed (scripts/setup.sh "
+                                                          "installs them from ../shared/ros2-cli)")
 
 
-def test_installed_launch_file_names_an_installed_executable(built, tmp_path):
+def _ros2_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    return {**env, "ROS2CLI_NO_DAEMON": "1", "ROS_HOME": str(tmp_path / "ros_home"),
+            "ROS_LOG_DIR": str(tmp_path / "ros_log")}
+
+
+class _Started:
+    """A command run with the workspace sourced, in its own session; output to a file."""
+
+    def __init__(self, ws: Path, env: dict[str, str], command: str, log: Path):
+        self.log_path = log
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen(["bash", "-c", f"source install/setup.bash && exec {command}"], cwd=ws, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        """SIGINT to the whole session (a terminal's Ctrl-C), as a user stops `ros2 launch`."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def _wait_for_node(ws: Path, env: dict[str, str], name: str, started: _Started) -> None:
+    def listed():
+        assert started.proc.poll() is None, f"exited ({started.proc.returncode}):\n{started.log()[-4000:]}"
+        return name in _sourced(ws, "ros2 node list", env).split()
+    wait_until(listed, timeout_s=120, interval_s=0.5, what=f"{name} in `ros2 node list`")
+
+
+@needs_ros2
+def test_ros2_launch_starts_the_installed_node_with_its_arguments(built, tmp_path):
+    """The design card's command, `ros2 launch egox_ros egox.launch.py`, with real launch/launch_ros: the launch
+    arguments are declared, the node is the installed executable, namespace, remap and params_file reach it."""
     ws, env = built
-    loader = tmp_path / "load_launch.py"
-    loader.write_text(_LOAD_LAUNCH)
-    launch_file = ws / "install" / "egox_ros" / "share" / "egox_ros" / "launch" / "egox.launch.py"
-    result = json.loads(_sourced(ws, f"python {loader} {launch_file}", env).strip().splitlines()[-1])
-    assert {"params_file", "use_sim_time", "exo_image"} <= set(result["arguments"])
-    assert [(n["package"], n["executable"], n["name"]) for n in result["nodes"]] == [("egox_ros", "egox_node", "egox")]
-    path = Path(result["nodes"][0]["path"])
-    assert path == ws / "install" / "egox_ros" / "lib" / "egox_ros" / "egox_node"
-    assert path.is_file() and os.access(path, os.X_OK)
-    # The default parameter file is the installed one (found through the ament index), not the source tree's.
-    assert result["nodes"][0]["parameters"][0] == str(ws / "install" / "egox_ros" / "share" / "egox_ros" / "config"
-                                                      / "egox.yaml")
+    env = _ros2_env(env, tmp_path)
+    shown = _sourced(ws, "ros2 launch egox_ros egox.launch.py --show-args", env)
+    for argument in ("params_file", "namespace", "use_sim_time", "exo_image", "exo_camera_info", "exo_depth",
+                     "head_pose"):
+        assert f"'{argument}':" in shown, shown
+    params = tmp_path / "mine.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    sync:\n      timeout_s: 2.5\n")
+    launch = _Started(ws, env, f"ros2 launch egox_ros egox.launch.py namespace:=robot1 use_sim_time:=true "
+                               f"exo_image:=/cam/color/image_raw params_file:={params}", tmp_path / "launch.log")
+    try:
+        _wait_for_node(ws, env, "/robot1/egox", launch)
+        assert "Double value is: 2.5" in _sourced(ws, "ros2 param get /robot1/egox sync.timeout_s", env)
+        assert "Boolean value is: True" in _sourced(ws, "ros2 param get /robot1/egox use_sim_time", env)
+        info = _sourced(ws, "ros2 topic info -v /cam/color/image_raw", env)
+        assert "Node name: egox" in info and "Node namespace: /robot1" in info and "SUBSCRIPTION" in info, info
+        assert "/robot1/exo/camera_info" in _sourced(ws, "ros2 topic list", env)   # not remapped: in the namespace
+        pid = int(re.search(r"\[egox_node-1\]: process started with pid \[(\d+)\]", launch.log()).group(1))
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        installed = str(ws / "install" / "egox_ros" / "lib" / "egox_ros" / "egox_node").encode()
+        assert installed in cmdline, cmdline
+    finally:
+        launch.stop()
+    assert "[egox_node-1]: process has finished cleanly" in launch.log(), launch.log()[-4000:]
+
+
+@needs_ros2
+def test_ros2_run_and_ros2_param_against_the_installed_node(built, tmp_path):
+    ws, env = built
+    env = _ros2_env(env, tmp_path)
+    node = _Started(ws, env, "ros2 run egox_ros egox_node --ros-args -r __node:=egox_run "
+                             "-p fusion.window_frames:=3", tmp_path / "run.log")
+    try:
+        _wait_for_node(ws, env, "/egox_run", node)
+        assert "Integer value is: 3" in _sourced(ws, "ros2 param get /egox_run fusion.window_frames", env)
+        described = _sourced(ws, "ros2 param describe /egox_run fusion.window_frames", env)
+        assert "Type: integer" in described and "Min value: 1" in described and "Read only: true" in described
+        refused = _sourced(ws, "ros2 param set /egox_run fusion.window_frames 5", env)
+        assert "Setting parameter failed" in refused and "read-only" in refused, refused
+        dumped = yaml.safe_load(_sourced(ws, "ros2 param dump /egox_run", env))
+        values = dumped["/egox_run"]["ros__parameters"]
+        assert values["fusion"]["window_frames"] == 3 and values["sync"]["timeout_s"] == pytest.approx(1.0)
+        from egox_ros.ros.config import parameter_sections
+        assert set(parameter_sections()) <= set(values), sorted(values)   # every section, as the node declares
+        assert node.proc.poll() is None, "the node died under ros2 param"
+    finally:
+        node.stop()
+    assert "usage: egox" in _sourced(ws, "ros2 run egox_ros egox --help", env)
+
+
+ROSDEP_SOURCE = "python3-numpy: {debian: [python3-numpy], ubuntu: [python3-numpy]}\n"
+
+
+def test_rosdep_needs_the_msg_base_path_too(workspace, tmp_path):
+    """rosdep (like colcon) does not look inside a package folder: `rosdep install --from-paths src --ignore-src`
+    takes egox_msgs for a system package and misses its build dependencies; the README's command names
+    src/egox_ros/msg as well. rosdep runs here against a local source list (nothing downloaded)."""
+    rosdep = VENV / "bin" / "rosdep"
+    if not rosdep.is_file():
+        pytest.skip("rosdep is not installed (scripts/setup.sh installs it from requirements-colcon.txt)")
+    ws, env = workspace
+    sources = tmp_path / "sources.list.d"
+    sources.mkdir()
+    (tmp_path / "base.yaml").write_text(ROSDEP_SOURCE)
+    (sources / "10-local.list").write_text(f"yaml file://{tmp_path / 'base.yaml'}\n")
+    (tmp_path / "index.yaml").write_text("%YAML 1.1\n---\ntype: index\nversion: 4\ndistributions: {}\n")
+    # Nothing sourced: --ignore-src also skips packages installed on AMENT_PREFIX_PATH (the venv has egox_msgs).
+    env = {k: v for k, v in env.items() if k not in ("AMENT_PREFIX_PATH", "CMAKE_PREFIX_PATH", "ROS_PACKAGE_PATH")}
+    env.update(HOME=str(tmp_path), ROS_HOME=str(tmp_path / "ros_home"), ROSDEP_SOURCE_PATH=str(sources),
+               ROSDISTRO_INDEX_URL=f"file://{tmp_path / 'index.yaml'}", ROS_PYTHON_VERSION="3")
+    _run([str(rosdep), "update"], ws, env)
+    plain = set(_run([str(rosdep), "keys", "--from-paths", "src", "--ignore-src"], ws, env).split())
+    assert "egox_msgs" in plain and "rosidl_default_generators" not in plain, sorted(plain)
+    both = set(_run([str(rosdep), "keys", *ROSDEP_PATHS.split(), "--ignore-src"], ws, env).split())
+    assert "egox_msgs" not in both and {"rosidl_default_generators", "ament_cmake", "rclpy"} <= both, sorted(both)
 
 
 def test_symlink_install_also_puts_the_executables_in_lib(workspace):
@@ -245,3 +290,4 @@ def test_readme_documents_the_tested_commands():
     assert f"colcon build {BASE_PATHS}" in readme
     assert WORKSPACE_DEFAULTS in readme
     assert " ".join(CMAKE_ARGS_FOR_WHEELS[:2]) in readme
+    assert f"rosdep install {ROSDEP_PATHS} --ignore-src" in readme

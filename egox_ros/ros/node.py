@@ -351,6 +351,9 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C on `ros2 launch` reaches the node twice (the terminal's SIGINT, then launch's own): a second one
+        # must not interrupt the cleanup with a KeyboardInterrupt traceback. SIGTERM/SIGKILL still stop it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         if rclpy.ok():

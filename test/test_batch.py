@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -47,11 +48,15 @@ def prior_batch(tmp_path_factory):
     reference = subprocess.run(
         [sys.executable, "-c",
          "import sys, json; from egox_ros.ros.process import process; import egox_ros.cli, egox_ros.ros.batch; "
-         f"r = process({str(SAMPLE)!r}, {str(root / 'process')!r}, {PARAMS!r}, progress_bar=False); "
+         "seen = []; "   # frame counts as a batch worker gets them: its own bar is disabled
+         f"r = process({str(SAMPLE)!r}, {str(root / 'process')!r}, {PARAMS!r}, progress_bar=False, "
+         "on_frames=lambda done, total: seen.append((done, total))); "
          "assert 'ray' not in sys.modules, 'the single-machine path imported ray'; "
-         "print(json.dumps(r.metrics['summary']))"], capture_output=True, text=True, timeout=300)
+         "print(json.dumps([r.metrics['summary'], seen]))"], capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-2000:]
-    return result, out, json.loads(reference.stdout.strip().splitlines()[-1])
+    summary, frame_counts = json.loads(reference.stdout.strip().splitlines()[-1])
+    assert frame_counts == [[i, 50] for i in range(1, 51)], frame_counts   # the batch's frames bar moves
+    return result, out, summary
 
 
 def test_good_bags_match_egox_process_and_failures_are_reported(prior_batch):
@@ -87,6 +92,10 @@ def test_good_bags_match_egox_process_and_failures_are_reported(prior_batch):
     for name in names:
         assert name in table
     assert "FAILED: input bag" in table and "3 ok, 2 failed" in table
+    # the bars (tqdm, on stderr): every bag, and every frame of the good ones (the workers' bars are disabled, and
+    # the frame count once came from them: "frames: 0/150")
+    assert re.search(r"egox batch: 100%.*\b5/5\b", result.stderr), result.stderr[-3000:]
+    assert re.search(r"frames: 100%.*\b150/150\b", result.stderr), result.stderr[-3000:]
     ray_info = report["ray"]
     assert ray_info["address"] == "local" and ray_info["node_ip"] == "127.0.0.1"     # loopback only
     assert ray_info["worker_kind"] == "tasks" and ray_info["workers"] == 2 and ray_info["cpus_per_bag"] == 1

@@ -3,6 +3,7 @@ sample: the same frames published, the same images, the same metrics."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,32 @@ def test_process_checks_the_bag_first(tmp_path):
     with pytest.raises(ReplayInputError, match="head"):
         process(bag, tmp_path / "out", PARAMS, progress_bar=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_report_step_uses_the_thread_setting_and_shows_progress(both, tmp_path, capsys, monkeypatch):
+    """The report (metrics, contact sheet) runs torch with runtime.torch_threads, not every core (30-90 s under load
+    before), gives the caller's setting back, and shows a bar over the images it reads."""
+    import torch
+    from egox_ros.ros import replay_report
+    from egox_ros.ros.replay import typestore_with_egox_msgs
+    processed, _ = both
+    threads_seen = []
+    resample = replay_report.resample_into_camera
+
+    def observed(*args, **kwargs):     # the real resampling, with the thread count it ran under noted
+        threads_seen.append(torch.get_num_threads())
+        return resample(*args, **kwargs)
+    monkeypatch.setattr(replay_report, "resample_into_camera", observed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        metrics = replay_report.write_report(SAMPLE, processed.out_bag, tmp_path, exo_topic="/exo/image_raw",
+                                             gt_topic="/ego/ground_truth/image_raw", typestore=typestore_with_egox_msgs(),
+                                             torch_threads=1)
+        assert torch.get_num_threads() == 2        # the caller's setting back
+    finally:
+        torch.set_num_threads(before)
+    assert len(threads_seen) == 50 and set(threads_seen) == {1}, threads_seen
+    assert metrics["summary"]["mean_coverage"] == pytest.approx(processed.metrics["summary"]["mean_coverage"], abs=1e-6)
+    bar = capsys.readouterr().err
+    assert re.search(r"report: 100%.*\b(\d+)/\1\b", bar), bar[-2000:]

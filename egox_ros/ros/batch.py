@@ -305,6 +305,8 @@ def batch(bags: list[Path], out_dir: Path, params_file: str | None = None, overr
         info.update(workers=slots, worker_kind="actors (model loaded once per actor)" if stateful else "tasks",
                     cpus_per_bag=cpus_per_bag, gpus_per_bag=gpus_per_bag)
         pending, in_flight = deque(jobs), {}
+        finished: dict[int, tuple[int, int]] = {}     # bag index -> final frame counts (the workers' last report
+        # may reach the progress actor after the bag's result reached us)
         bag_bar = tqdm(total=len(jobs), unit="bag", desc="egox batch", position=0, disable=not progress_bar)
         frame_bar = tqdm(total=0, unit="frame", desc="frames", position=1, disable=not progress_bar)
         started = time.monotonic()
@@ -323,13 +325,15 @@ def batch(bags: list[Path], out_dir: Path, params_file: str | None = None, overr
                 except Exception as e:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, RayActorError, ...
                     record = _record(job, "failed", _error_reason(e))
                 records[job.index] = record
+                if record.get("frames"):
+                    finished[job.index] = (record["frames"], record["frames"])
                 free.append(worker)
                 bag_bar.update(1)
                 if record["status"] != "ok":
                     tqdm.write(f"egox batch: {job.name}: failed: {record['reason']}", file=sys.stderr)
             if progress is not None and (ready or time.monotonic() - last_poll > 0.5):
                 last_poll = time.monotonic()
-                counts = ray.get(progress.snapshot.remote())
+                counts = {**ray.get(progress.snapshot.remote()), **finished}
                 frame_bar.total = sum(total for _, total in counts.values())
                 frame_bar.n = sum(done for done, _ in counts.values())
                 frame_bar.refresh()

@@ -84,6 +84,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
         classes = {c.topic: message_class(c.msgtype) for c in connections}
         started = time.monotonic()
         bar = tqdm(total=images, unit="frame", desc="egox process", disable=not progress_bar)
+        done = 0                                # not bar.n: a disabled bar (egox batch's workers) never counts
         for conn, log_ns, raw in reader.messages(connections=connections):
             bag_time_s[0] = max(bag_time_s[0], log_ns * 1e-9)
             inputs.handlers[conn.topic](deserialize_message(bytes(raw), classes[conn.topic]))
@@ -91,9 +92,10 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
             engine.tick()                       # timeouts, in bag time
             engine.generate_ready()
             if conn.topic == inputs.image_topic:
+                done += 1
                 bar.update(1)
                 if on_frames is not None:
-                    on_frames(bar.n, images)
+                    on_frames(done, images)
         wait_for_workers(engine)
         engine.flush()
         engine.generate_ready()
@@ -113,7 +115,8 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
     inputs_config = configs["inputs"]
     metrics = write_report(in_bag, out_bag, out_dir, exo_topic=inputs.image_topic, gt_topic=gt_topic,
                            gt_info_topic=plan.gt_info_topic, typestore=typestore, sheet_frames=sheet_frames,
-                           world_frame=inputs_config.world_frame, head_frame=inputs_config.head_frame)
+                           world_frame=inputs_config.world_frame, head_frame=inputs_config.head_frame,
+                           torch_threads=configs["runtime"].torch_threads, progress_bar=progress_bar)
     metrics["run"] = {"mode": "process (in one process, no DDS)", "input_bag": str(in_bag), "images": images,
                       "exo_topic": inputs.image_topic, "remaps": dict(plan.remaps),
                       "parameters_set_by_process": list(plan.replay_params),

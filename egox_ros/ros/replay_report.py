@@ -34,14 +34,31 @@ def _image_rgb(msg, msgtype: str) -> np.ndarray:
 
 def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_topic: str, typestore,
                  sheet_frames: int = 6, world_frame: str = "world", head_frame: str = "head",
-                 gt_info_topic: str | None = None) -> dict:
+                 gt_info_topic: str | None = None, torch_threads: int = 1, progress_bar: bool = True) -> dict:
     """Per-frame status, prior coverage and (with a ground-truth topic) masked PSNR of the ego output against the
     ground truth resampled into the ego camera; with head poses estimated by the node (/egox/head_pose) and a
     reference head TF (world_frame -> head_frame) in the input bag, the head position and forward-direction
     errors; writes out_dir/contact_sheet.png (person masks tinted on the exo column); returns the metrics dict.
     Exo frames are the exo_topic messages (Image or CompressedImage) by header stamp, as the node's outputs are
-    (a bag's log times may differ from the header stamps); gt_info_topic defaults to camera_info beside gt_topic."""
+    (a bag's log times may differ from the header stamps); gt_info_topic defaults to camera_info beside gt_topic.
+    torch_threads: torch's CPU threads meanwhile (runtime.torch_threads; 0 = every core), restored after;
+    progress_bar: a bar over the images read (stderr)."""
+    import torch
+    previous_threads = torch.get_num_threads()
+    if torch_threads:      # every core on a busy machine made this step take 30-90 s
+        torch.set_num_threads(torch_threads)
+    try:
+        return _write_report(in_bag, out_bag, out_dir, exo_topic, gt_topic, typestore, sheet_frames, world_frame,
+                             head_frame, gt_info_topic, progress_bar)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_topic: str, typestore,
+                  sheet_frames: int, world_frame: str, head_frame: str, gt_info_topic: str | None,
+                  progress_bar: bool) -> dict:
     from rosbags.highlevel import AnyReader
+    from tqdm import tqdm
 
     gt_info_topic = gt_info_topic or gt_topic.rsplit("/", 1)[0] + "/camera_info"
     tf = TfBufferCore(cache_time_s=1e6)
@@ -92,7 +109,9 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
         parts: dict[int, dict[str, np.ndarray]] = {}
         frames: dict[int, dict] = {}
         sheet_rows: dict[int, list] = {}
+        bar = tqdm(total=sum(c.msgcount for c in image_conns), unit="image", desc="report", disable=not progress_bar)
         for conn, _, raw in reader.messages(connections=image_conns):
+            bar.update(1)
             kind = topics[conn.topic]
             msg = reader.deserialize(raw, conn.msgtype)
             stamp = _ns(msg.header.stamp)
@@ -116,6 +135,7 @@ def write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt_
                 if stamp in sheet_stamps:
                     sheet_rows[stamp] = [p.get("exo"), p.get("prior"), p["ego"], p.get("gt_in_ego")]
                 del parts[stamp]
+        bar.close()
 
     per_frame = []
     for stamp in exo_stamps:

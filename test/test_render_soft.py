@@ -33,11 +33,25 @@ def _cloud(points, colors, device="cpu") -> PointCloud:
 
 
 EYE = torch.eye(4, dtype=torch.float64)
+BACKEND = "torch"
+
+
+@pytest.fixture(params=["torch", "kernel"], autouse=True)
+def backend(request):
+    """Every test runs with both compositors: the torch slabs (the reference) and the compiled kernel."""
+    global BACKEND
+    BACKEND = request.param
+    yield request.param
+    BACKEND = "torch"
+
+
+def _soft(cloud, camera, pose, **kw):
+    return render_points_soft(cloud, camera, pose, backend=kw.pop("backend", BACKEND), **kw)
 
 
 def _render(cloud, camera=None, **kw):
     kw.setdefault("center_offset_px", 0.0)
-    return render_points_soft(cloud, camera or _camera(), EYE, **kw)
+    return _soft(cloud, camera or _camera(), EYE, **kw)
 
 
 def test_single_disc_alpha_and_radius():
@@ -172,40 +186,40 @@ def _reference(cloud, camera, radius, k_max, offset=0.5):
 def test_matches_independent_reference_and_chunking():
     cloud, cam = _random_scene()
     ref, ref_idx = _reference(cloud, cam, 3.5, 6)
-    whole = render_points_soft(cloud, cam, EYE, radius_px=3.5, points_per_pixel=6, min_transmittance=0.0)
+    whole = _soft(cloud, cam, EYE, radius_px=3.5, points_per_pixel=6, min_transmittance=0.0)
     assert np.array_equal(whole.point_index.numpy(), ref_idx)
     assert np.array_equal(whole.mask.numpy(), ref_idx < len(cloud))
     diff = np.abs(whole.rgb.numpy().astype(float) - np.floor(ref + 1e-3))
     diff[(np.floor(ref + 1e-3) < 2.55).all(-1)] = 0     # near-black pixels are set to black, as released
     assert diff.max() <= 1
     for chunk in (1, 7, 250):
-        part = render_points_soft(cloud, cam, EYE, radius_px=3.5, points_per_pixel=6, min_transmittance=0.0,
+        part = _soft(cloud, cam, EYE, radius_px=3.5, points_per_pixel=6, min_transmittance=0.0,
                                   chunk_points=chunk)
         assert torch.equal(part.point_index, whole.point_index) and torch.equal(part.mask, whole.mask)
         assert torch.equal(part.depth_m, whole.depth_m)
         assert (part.rgb.int() - whole.rgb.int()).abs().max() <= 1    # float32 sums in another grouping
     # The default transmittance cut-off changes colours by at most 1 unit.
-    cut = render_points_soft(cloud, cam, EYE, radius_px=3.5, points_per_pixel=6)
+    cut = _soft(cloud, cam, EYE, radius_px=3.5, points_per_pixel=6)
     assert (cut.rgb.int() - whole.rgb.int()).abs().max() <= 1 and torch.equal(cut.mask, whole.mask)
 
 
 def test_soft_mask_against_hard_and_argument_checks():
     cloud, cam = _random_scene(n=500, seed=3)
-    soft = render_points_soft(cloud, cam, EYE, radius_px=0.5, center_offset_px=0.0)
+    soft = _soft(cloud, cam, EYE, radius_px=0.5, center_offset_px=0.0)
     hard = render_points(cloud, cam, EYE, point_radius_px=0)
     # A radius-0.5 disc covers only the nearest pixel (unless the projection sits exactly on a pixel edge).
     assert (soft.mask & ~hard.mask).sum() == 0
     with pytest.raises(ValueError):
-        render_points_soft(cloud, cam, EYE, radius_px=0.0)
+        _soft(cloud, cam, EYE, radius_px=0.0)
     with pytest.raises(ValueError):
-        render_points_soft(cloud, cam, EYE, points_per_pixel=0)
+        _soft(cloud, cam, EYE, points_per_pixel=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
     cloud, cam = _random_scene(n=5000, seed=1)
-    cpu = render_points_soft(cloud, cam, EYE, radius_px=3.0)
-    gpu = render_points_soft(cloud.to("cuda"), cam, EYE, radius_px=3.0)
+    cpu = _soft(cloud, cam, EYE, radius_px=3.0)
+    gpu = _soft(cloud.to("cuda"), cam, EYE, radius_px=3.0, backend="auto")   # the torch code on CUDA
     assert torch.equal(gpu.point_index.cpu(), cpu.point_index) and torch.equal(gpu.mask.cpu(), cpu.mask)
     assert (gpu.rgb.cpu().int() - cpu.rgb.int()).abs().max() <= 1
 
@@ -230,9 +244,9 @@ def test_transmittance_cut_off_per_point_whatever_the_slab():
 def test_slab_size_does_not_change_a_large_render():
     # Many points over few pixels (slabs of 1 to all points; pair keys pixel * slab + rank stay in int32).
     cloud, cam = _random_scene(n=20000, seed=5)
-    whole = render_points_soft(cloud, cam, EYE, radius_px=5.0, chunk_points=20000)
+    whole = _soft(cloud, cam, EYE, radius_px=5.0, chunk_points=20000)
     for chunk in (1, 97, 1024):
-        part = render_points_soft(cloud, cam, EYE, radius_px=5.0, chunk_points=chunk)
+        part = _soft(cloud, cam, EYE, radius_px=5.0, chunk_points=chunk)
         assert torch.equal(part.point_index, whole.point_index) and torch.equal(part.mask, whole.mask)
         assert torch.equal(part.depth_m, whole.depth_m)
         assert (part.rgb.int() - whole.rgb.int()).abs().max() <= 1    # float32 sums in another grouping

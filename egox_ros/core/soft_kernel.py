@@ -1,0 +1,222 @@
+"""Compiled CPU kernel of the soft disc splat (numba): the compositing loop of ``render.render_points_soft``.
+
+``render_points_soft`` projects, culls and ranks the points (torch); this module composites them, one point after
+the other in rank order (nearest first), into per-pixel accumulators, which is the front-to-back loop that PyTorch3D's
+rasteriser + alpha compositor amount to (render.py's module docstring) and that the torch slab code computes in
+parallel pieces.  The torch code stays the reference; test/test_render_kernel.py checks this against it.
+
+Why it is fast (2-core Xeon, 88 k points into 448x448, r = 5, torch threads 1; scratch measurements, load ~2):
+a point's disc covers about 78 pixels, of which only about one in six still takes points (K limit or
+transmittance cut-off); testing each of them for "still live" costs a hard-to-predict branch per pixel (37-40 ms
+for the plain per-point loop, and 31-34 ms with tiling or branch-free updates).  Here every row of the padded canvas
+keeps a bit per pixel that is still live; per point and row the exact span of columns inside the disc is ANDed with
+those bits and only the set bits are visited (count-trailing-zeros), so the work follows the composited pairs
+(about 1.1 M) instead of the candidates (about 10 M): 21 ms, with the same result bit for bit as the plain loop.
+
+Floating point is the reference's: float32 disc test ``(row - v)^2 + (col - u)^2 < r^2`` on padded coordinates,
+``q = d^2 / r^2``, alpha ``1 - q``; the transmittance is the running float32 product of ``q`` (the reference sums
+float64 logs within a slab), so colours may differ from it by rounding (a unit after truncation to uint8, rarely).
+
+Compiled on first use and cached on disk (numba's cache: beside this file, else the user's cache folder);
+``warm_up()`` compiles it ahead (scripts/setup.sh calls it).  numba is optional: ``available()`` says whether it
+imports; without it the renderer uses the torch code.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_KERNEL = None
+_IMPORT_ERROR: str | None = None
+
+
+def _build():
+    """Compile (or load from numba's cache) the kernel; returns the composite function."""
+    import numba
+    from llvmlite import ir
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def cttz(typingctx, x):
+        """Index of the lowest set bit of a non-zero unsigned integer (LLVM's cttz)."""
+        def codegen(context, builder, sig, args):
+            return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+        return x(x), codegen
+
+    @numba.njit(inline="always")
+    def inside(col, u, dy2, r2):
+        dx = np.float32(col) - u
+        return dy2 + dx * dx < r2
+
+    @numba.njit(cache=True, nogil=True)
+    def composite(u_pad, v_pad, colors, r2, reach, k_max, min_t, wp, live, acc, trans, count, first):
+        """Composite points 0..m-1 (rank order) into the padded canvas; arrays are updated in place.
+
+        u_pad, v_pad (m,) float32: disc centres in padded-canvas pixels; colors (m, 3) float32 0-255; r2 float32;
+        reach: ceil(radius); live (hp, words) uint64: bit c of word j of row r set while pixel (r, 64 j + c) takes
+        points; acc (hp * wp, 3) float32; trans (hp * wp,) float32 ones; count, first (hp * wp,) int32.
+        """
+        m = u_pad.shape[0]
+        words = live.shape[1]
+        one = np.float32(1.0)
+        half = np.float32(0.5)
+        r2d = np.float64(r2)
+        for p in range(m):
+            u = u_pad[p]
+            v = v_pad[p]
+            cn = np.int64(math.floor(u + half))
+            rn = np.int64(math.floor(v + half))
+            c_lo = cn - reach
+            c_hi = cn + reach
+            w_lo = c_lo >> 6
+            w_hi = c_hi >> 6
+            c0 = colors[p, 0]
+            c1 = colors[p, 1]
+            c2 = colors[p, 2]
+            for row in range(rn - reach, rn + reach + 1):
+                any_live = np.uint64(0)
+                for word in range(w_lo, w_hi + 1):
+                    any_live |= live[row, word]
+                if any_live == 0:
+                    continue
+                dy = np.float32(row) - v
+                dy2 = dy * dy
+                if dy2 >= r2:
+                    continue
+                # Exact span of columns inside the disc: a float64 estimate, then moved by the float32 test itself
+                # (the test is monotone on each side of u, so the inside columns are one run).
+                hw = math.sqrt(max(r2d - np.float64(dy2), 0.0))
+                lo = max(np.int64(math.ceil(np.float64(u) - hw)), c_lo)
+                hi = min(np.int64(math.floor(np.float64(u) + hw)), c_hi)
+                while lo > c_lo and inside(lo - 1, u, dy2, r2):
+                    lo -= 1
+                while lo <= hi and not inside(lo, u, dy2, r2):
+                    lo += 1
+                while hi < c_hi and inside(hi + 1, u, dy2, r2):
+                    hi += 1
+                while hi >= lo and not inside(hi, u, dy2, r2):
+                    hi -= 1
+                if lo > hi:
+                    continue
+                base = row * wp
+                for word in range(lo >> 6, min(hi >> 6, words - 1) + 1):
+                    bits = live[row, word]
+                    if bits == 0:
+                        continue
+                    a = max(lo - (word << 6), 0)
+                    b = min(hi - (word << 6), 63)
+                    bits &= (np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(63 - b + a)) << np.uint64(a)
+                    while bits:
+                        bit = cttz(bits)
+                        bits &= bits - np.uint64(1)
+                        col = (word << 6) + np.int64(bit)
+                        pix = base + col
+                        dx = np.float32(col) - u
+                        q = (dy2 + dx * dx) / r2
+                        t = trans[pix]
+                        wt = t * (one - q)
+                        acc[pix, 0] += c0 * wt
+                        acc[pix, 1] += c1 * wt
+                        acc[pix, 2] += c2 * wt
+                        cnt = count[pix] + 1
+                        count[pix] = cnt
+                        t = t * q
+                        trans[pix] = t
+                        if cnt == 1:
+                            first[pix] = p
+                        if cnt >= k_max or not t > min_t:
+                            live[row, word] &= ~(np.uint64(1) << bit)
+
+    @numba.njit(cache=True, nogil=True)
+    def finish(acc, count, first, index_sorted, z_sorted, n, h, w, pad, rgb, mask, index, depth):
+        """Crop the padded accumulators to the (h, w) image and write the view's arrays (see render._soft_view)."""
+        wp = w + 2 * pad
+        eps = np.float32(1e-3)
+        for y in range(h):
+            for x in range(w):
+                pix = (y + pad) * wp + x + pad
+                if count[pix] == 0:
+                    continue
+                mask[y, x] = True
+                r = first[pix]
+                index[y, x] = index_sorted[r]
+                depth[y, x] = z_sorted[r]
+                c0 = min(max(math.floor(acc[pix, 0] + eps), 0.0), 255.0)
+                c1 = min(max(math.floor(acc[pix, 1] + eps), 0.0), 255.0)
+                c2 = min(max(math.floor(acc[pix, 2] + eps), 0.0), 255.0)
+                if c0 < 2.55 and c1 < 2.55 and c2 < 2.55:
+                    continue
+                rgb[y, x, 0] = np.uint8(c0)
+                rgb[y, x, 1] = np.uint8(c1)
+                rgb[y, x, 2] = np.uint8(c2)
+
+    return composite, finish
+
+
+def _kernel():
+    global _KERNEL, _IMPORT_ERROR
+    if _KERNEL is None and _IMPORT_ERROR is None:
+        try:
+            _KERNEL = _build()
+        except ImportError as exc:     # numba (or llvmlite) not installed: the torch code renders
+            _IMPORT_ERROR = str(exc)
+    return _KERNEL
+
+
+def available() -> bool:
+    """Whether numba imports (the kernel can be used); compiles nothing yet."""
+    return _kernel() is not None
+
+
+def render(u_pad: np.ndarray, v_pad: np.ndarray, colors: np.ndarray, index_sorted: np.ndarray,
+           z_sorted: np.ndarray, n: int, radius: float, k_max: int, min_transmittance: float, h: int, w: int,
+           pad: int):
+    """Composite ranked points onto an (h, w) image padded by ``pad`` pixels on every side, and crop.
+
+    ``u_pad``, ``v_pad`` (m,) float32: disc centres in padded-canvas pixel coordinates (pixel centres at integers),
+    in rank order (nearest first; every point's nearest pixel within ``pad - ceil(radius)`` of the image);
+    ``colors`` (m, 3) float32 0-255, ``index_sorted`` (m,) int32 (cloud index) and ``z_sorted`` (m,) float32
+    (camera z) in the same order; ``n``: the cloud's length.  Returns the view's arrays as render_points_soft
+    defines them: ``rgb`` (h, w, 3) uint8 (truncated composite, near-black pixels black), ``mask`` (h, w) bool,
+    ``index`` (h, w) int32 (cloud index of the nearest point, ``n`` where empty), ``depth`` (h, w) float32 (its z,
+    0 where empty).
+    """
+    kernel = _kernel()
+    if kernel is None:
+        raise RuntimeError(f"the soft splat kernel needs numba: {_IMPORT_ERROR}")
+    composite_fn, finish_fn = kernel
+    reach = int(math.ceil(radius))
+    if pad < 2 * reach:
+        raise ValueError(f"pad must be at least 2 ceil(radius) = {2 * reach}, got {pad}")
+    m = int(u_pad.shape[0])
+    hp, wp = h + 2 * pad, w + 2 * pad
+    words = (wp + 63) // 64
+    live_bool = np.zeros((hp, words * 64), dtype=bool)
+    live_bool[pad : pad + h, pad : pad + w] = True
+    live = np.packbits(live_bool.reshape(hp, words, 64), axis=-1, bitorder="little").view("<u8")
+    live = np.ascontiguousarray(live.reshape(hp, words).astype(np.uint64))
+    acc = np.zeros((hp * wp, 3), dtype=np.float32)
+    trans = np.ones(hp * wp, dtype=np.float32)
+    count = np.zeros(hp * wp, dtype=np.int32)
+    first = np.full(hp * wp, m, dtype=np.int32)
+    composite_fn(np.ascontiguousarray(u_pad, dtype=np.float32), np.ascontiguousarray(v_pad, dtype=np.float32),
+                 np.ascontiguousarray(colors, dtype=np.float32), np.float32(radius * radius), reach, int(k_max),
+                 np.float32(min_transmittance), wp, live, acc, trans, count, first)
+    rgb = np.zeros((h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), dtype=bool)
+    index = np.full((h, w), n, dtype=np.int32)
+    depth = np.zeros((h, w), dtype=np.float32)
+    finish_fn(acc, count, first, np.ascontiguousarray(index_sorted, dtype=np.int32),
+              np.ascontiguousarray(z_sorted, dtype=np.float32), n, h, w, pad, rgb, mask, index, depth)
+    return rgb, mask, index, depth
+
+
+def warm_up() -> bool:
+    """Compile the kernel now (first use otherwise) with a two-point render; False without numba."""
+    if not available():
+        return False
+    u = np.array([6.0, 7.5], dtype=np.float32)
+    render(u, u, np.full((2, 3), 100.0, dtype=np.float32), np.arange(2, dtype=np.int32), np.ones(2, np.float32), 2,
+           2.0, 20, 1.0 / 4096.0, 8, 8, 4)
+    return True

@@ -262,6 +262,57 @@ def test_drop_reasons_name_the_rejected_input():
     assert codes(drops) == [([T0 + 2 * DT], "bad_depth")] and "1500 m" in drops[0].detail
 
 
+def test_a_head_transform_that_arrives_late_is_waited_for():
+    """The head TF of the first frame arrives 1.5 s after its image (within sync.timeout_s and the TF cache), after
+    the head TFs of later frames: the frame waits for it (holding the frames behind it in stamp order) and then
+    completes with its own pose, instead of being dropped at once as tf_extrapolation_past."""
+    sync, clock = make(timeout_s=4.0)
+    sink = Sink()
+    stamps = [T0 + i * DT for i in range(10)]
+    for ns in stamps:
+        sync.add_transform("world", "exo", ns, pose())
+        if ns != T0:
+            sync.add_transform("world", "head", ns, pose(1.0 + (ns - T0) / SEC))
+        sync.add_depth(ns, depth())
+        sync.add_image(ns, rgb(), "exo")
+        assert sync.resolve(sink) == []
+        clock.now_s += DT / SEC
+    assert sink.frames == [] and sync.waiting() == 10
+    assert sync.pending(T0).waiting_for[0] == "tf_extrapolation_past"
+    clock.now_s = 1.5
+    assert sync.resolve(sink) == [] and sink.frames == []
+    sync.add_transform("world", "head", T0, pose(1.0))
+    assert sync.resolve(sink) == []
+    assert sink.stamps == stamps
+    assert [f.world_T_ego[0, 3] for f in sink.frames] == pytest.approx([1.0 + i * DT / SEC for i in range(10)])
+
+
+def test_a_transform_that_never_comes_or_lies_beyond_the_cache_drops_its_frame():
+    """Waited for up to sync.timeout_s, then dropped as tf_extrapolation_past (the frames behind it go on); a stamp
+    beyond sync.tf_cache_s before the edge's newest sample is dropped at once (no message could fill it)."""
+    sync, clock = make(timeout_s=2.0, tf_cache_s=5.0)
+    sink = Sink()
+    sync.add_depth(T0, depth())
+    sync.add_transform("world", "exo", T0, pose())
+    sync.add_image(T0, rgb(), "exo")
+    send(sync, T0 + DT)                              # head TF only from T0 + DT on
+    assert sync.resolve(sink) == [] and sink.frames == []
+    clock.now_s = 2.5
+    drops = sync.resolve(sink)
+    assert codes(drops) == [([T0], "tf_extrapolation_past")]
+    assert "waited sync.timeout_s = 2.0 s for TF: Lookup would require extrapolation" in drops[0].detail
+    assert sink.stamps == [T0 + DT]
+    late = T0 + 10 * SEC                             # newest head TF 10 s after an image: beyond a 5 s cache
+    send(sync, late, with_depth=False, image=False)
+    old = T0 + 4 * SEC
+    sync.add_transform("world", "exo", old, pose())  # discarded on arrival: the cache keeps 5 s before the newest
+    sync.add_transform("world", "head", T0 + 6 * SEC, pose())
+    sync.add_depth(old, depth())
+    sync.add_image(old, rgb(), "exo")                # newer than the last accepted frame; head data only from 6 s
+    drops = sync.resolve(sink)
+    assert codes(drops) == [([old], "tf_extrapolation_past")] and "sync.tf_cache_s = 5.0 s" in drops[0].detail
+
+
 def test_person_masks_from_a_topic_do_not_block_later_frames():
     sync, _ = make(person_masks=True)
     sink = Sink()

@@ -179,6 +179,28 @@ def test_extrapolation_errors_carry_fields():
     assert "0.500 s into the past" in str(e) and "12.000 s" in str(e)
 
 
+def test_a_past_lookup_resolves_when_a_delayed_sample_arrives_within_the_cache():
+    """TF from other processes arrives out of order: a lookup before the oldest sample is answered once the older
+    sample comes, if it lies within cache_time_s of the newest (older ones are discarded on arrival)."""
+    def at(x: float) -> RigidTransform:
+        return RigidTransform(np.array([x, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]))
+
+    buf = TfBufferCore(cache_time_s=3.0)
+    for s in (10, 11, 12):
+        buf.set_transform("world", "head", s * S, at(float(s)))
+    with pytest.raises(ExtrapolationError) as near:
+        buf.lookup_transform("world", "head", int(9.5 * S))
+    with pytest.raises(ExtrapolationError) as far:
+        buf.lookup_transform("world", "head", int(8.5 * S))
+    assert near.value.direction == far.value.direction == "past"
+    assert buf.could_resolve(near.value) and not buf.could_resolve(far.value)
+    buf.set_transform("world", "head", 9 * S, at(9.0))
+    assert buf.lookup_transform("world", "head", int(9.5 * S)).translation_m[0] == pytest.approx(9.5)
+    buf.set_transform("world", "head", 8 * S, at(8.0))
+    with pytest.raises(ExtrapolationError):
+        buf.lookup_transform("world", "head", int(8.5 * S))
+
+
 def test_unknown_frame_and_connectivity():
     buf = TfBufferCore()
     buf.set_transform("world", "head", S, RigidTransform.identity())

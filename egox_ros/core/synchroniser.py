@@ -16,6 +16,9 @@ Rules (README, "Frames, drops and time"):
   the jump (TF, caches and the consumer's window reset; the held images become the new timeline's first frames).
   An image that continues the old timeline first makes the held ones strays (``out_of_order_stamp``). Transforms,
   depth and the node's own published TF never reset anything.
+- A transform older than what TF holds for an edge may still be on its way (delayed or reordered): the frame waits
+  for it up to ``timeout_s`` (``tf_extrapolation_past`` then), unless the stamp lies beyond ``tf_cache_s`` before the
+  edge's newest sample, which no later message could fill (dropped at once).
 - The rejected camera info or transform that a frame waited on is named in its drop reason
   (``camera_info_rejected``, ``tf_rejected``); a depth image that could not be used gives ``bad_depth``.
 """
@@ -394,7 +397,13 @@ class FrameSynchroniser:
             rejected = [why for child, why in self._tf_rejected.items()
                         if child in (p.frame_id.lstrip("/"), self.head_frame.lstrip("/")) or f" {child}" in str(e)]
             if isinstance(e, ExtrapolationError) and e.direction == "past":
-                return ("tf_extrapolation_past", str(e))
+                if not self.tf.could_resolve(e):
+                    return ("tf_extrapolation_past", f"{e}; older than sync.tf_cache_s = {self.config.tf_cache_s} s "
+                                                     "before the newest")
+                # A transform delayed on its way (TF from another process, a bag logged at receive time) may
+                # still come: wait for it like for a missing one, up to sync.timeout_s.
+                p.waiting_for = ("tf_extrapolation_past", f"TF: {e}")
+                return None
             if rejected:
                 p.waiting_for = ("tf_rejected", f"TF: {e}; {rejected[0]}")
             else:

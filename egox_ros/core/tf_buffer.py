@@ -43,7 +43,9 @@ class ExtrapolationError(TfError):
 
     Attributes: ``direction`` ("past" or "future"), ``requested_ns``,
     ``oldest_ns``, ``newest_ns``, ``parent``, ``child``.  A "future" error may
-    resolve by waiting for data; a "past" one will not.
+    resolve by waiting for data; so may a "past" one, when an older sample still
+    arrives out of order (a delayed message) and lies within the edge's cache
+    (:meth:`TfBufferCore.could_resolve`).
     """
 
     def __init__(self, parent: str, child: str, requested_ns: int, oldest_ns: int, newest_ns: int):
@@ -218,6 +220,12 @@ class TfBufferCore:
             for c in tgt_path:
                 anc_T_tgt = self._edges[c].at(c, stamp) @ anc_T_tgt
         return anc_T_tgt.inverse() @ anc_T_src
+
+    def could_resolve(self, error: ExtrapolationError) -> bool:
+        """Whether a sample that arrives later could still answer the lookup that raised ``error``: always for
+        "future"; for "past" only while the requested stamp lies within ``cache_time_s`` of the edge's newest sample
+        (an older one is discarded on arrival, as the cache keeps no more)."""
+        return error.direction == "future" or error.requested_ns >= error.newest_ns - self._cache_ns
 
     def can_transform(self, target_frame: str, source_frame: str, stamp_ns: int) -> bool:
         """True if ``lookup_transform`` would succeed."""

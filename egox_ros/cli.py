@@ -15,6 +15,40 @@ def _cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
+NODE_USAGE = "egox node [--ros-args [-p SECTION.NAME:=VALUE ...] [--params-file FILE] [-r FROM:=TO ...]]"
+
+
+def _node_help() -> str:
+    """`egox node --help`: the ROS arguments it takes and every parameter with its default."""
+    import dataclasses
+    import json
+    import textwrap
+    from egox_ros.ros.config import parameter_sections
+    lines = [f"usage: {NODE_USAGE}", "",
+             "Run the egox node (the same as `egox_node` and `ros2 run egox_ros egox_node`). Every argument goes to ROS",
+             "as it is; `--` before --ros-args is optional. Topics, parameters and their meaning: README.md.", "",
+             "ROS arguments (after --ros-args):",
+             "  -p SECTION.NAME:=VALUE   set one parameter (repeatable), e.g. -p inputs.head_source:=exo",
+             "  --params-file FILE       parameters from a YAML file (partial files are fine; `egox config` prints",
+             "                           every parameter with its description and range)",
+             "  -r FROM:=TO              remap a topic, e.g. -r exo/image_raw:=/camera/color/image_raw",
+             "  -r __ns:=/NAMESPACE      run in a namespace;  -r __node:=NAME  another node name",
+             "", "parameters (SECTION.NAME, default):"]
+    for section, cls in parameter_sections().items():
+        items = [f"{f.name}={json.dumps(f.default if f.default is not dataclasses.MISSING else f.default_factory())}"
+                 for f in dataclasses.fields(cls)]
+        lines += textwrap.wrap(", ".join(items), 116, initial_indent=f"  {section}: ", subsequent_indent="      ",
+                               break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
+
+
+def _launch_description() -> str:
+    from egox_ros.ros.launch_spec import LAUNCH_ARGUMENTS
+    return ("Start the node(s) of launch/egox.launch.py without ros2cli, as `ros2 launch egox_ros egox.launch.py`\n"
+            "does. Launch arguments (NAME:=DEFAULT):\n" + "\n".join(
+                f"  {a.name + ':=' + repr(a.default):<38} {a.description}" for a in LAUNCH_ARGUMENTS))
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     """Start the nodes of launch_spec the way `ros2 launch egox_ros egox.launch.py` does."""
     from egox_ros.ros.launch_spec import LAUNCH_ARGUMENTS, NODES, default_params_file, resolve
@@ -62,11 +96,6 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
-    from egox_ros.tools.make_sample_bag import main
-    return main(args.rest) or 0
-
-
 def _cmd_tools_egoexo4d(args: argparse.Namespace) -> int:
     from egox_ros.tools.egoexo4d import run
     return run(args)
@@ -99,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="egox", description="EgoX for ROS 2: third-person camera to first-person "
                                                               "video. See README.md.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("node", help="run the egox node (every argument goes to ROS: --ros-args -p name:=value ...)")
-    p.add_argument("ros_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_node)
+    sub.add_parser("node", help="run the egox node (every argument goes to ROS: --ros-args -p name:=value ...; "
+                                "egox node --help: the arguments and every parameter)", add_help=False)  # below
     p = sub.add_parser("launch", help="start the node(s) of launch/egox.launch.py without ros2cli "
-                                      "(arguments: name:=value, e.g. exo_image:=/camera/image_raw use_sim_time:=true)")
-    p.add_argument("arguments", nargs="*")
+                                      "(arguments: name:=value, e.g. exo_image:=/camera/image_raw use_sim_time:=true)",
+                       description=_launch_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("arguments", nargs="*", metavar="NAME:=VALUE", help="launch arguments (above)")
     p.set_defaults(func=_cmd_launch)
     from egox_ros.ros.replay import add_arguments
     p = sub.add_parser("replay", help="replay a rosbag2 bag through the node in lockstep; record outputs, "
@@ -121,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "instance, or --address auto|ray://HOST:10001): OUT/<bag>/ per bag, batch.json")
     add_batch_arguments(p)
     p.set_defaults(func=_cmd_batch)
-    p = sub.add_parser("sample", help="rebuild the bundled sample bag from ../shared/data/tum_rgbd")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_sample)
+    sub.add_parser("sample", help="rebuild the bundled sample bag from ../shared/data/tum_rgbd (egox sample "
+                                  "--help: its options)", add_help=False)   # parsed by make_sample_bag (below)
     from egox_ros.bench.cli import add_arguments as add_bench_arguments, run as run_bench
     p = sub.add_parser("bench", help="benchmarks (JSON on stdout; --write-docs refreshes docs/benchmarks.md)")
     add_bench_arguments(p)
@@ -145,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="write over an existing DIR/model and DIR/lora")
     p.set_defaults(func=_cmd_tiny_model)
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["node"] and argv[1:2] != ["-h"] and argv[1:2] != ["--help"]:
+    if argv[:1] == ["node"] and argv[1:2] in (["-h"], ["--help"]):
+        sys.stdout.write(_node_help())
+        return 0
+    if argv[:1] == ["sample"]:                # its own options and --help
+        from egox_ros.tools.make_sample_bag import main as make_sample_bag
+        return make_sample_bag(argv[1:], prog="egox sample") or 0
+    if argv[:1] == ["node"]:
         # Everything after `node` goes to ROS as it is (`egox node --ros-args -p a:=b`, with or without `--`):
         # argparse would take a leading --ros-args for one of its own options.
         return _cmd_node(argparse.Namespace(ros_args=argv[1:]))

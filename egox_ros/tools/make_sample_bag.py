@@ -362,9 +362,9 @@ def build_bag(source: Path, output: Path, head_offset: int = 10, scale: float = 
     return {"frames": n_exo - first_frame, "size_bytes": dir_size(output), "topics": [t for t, _ in TOPICS]}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None, prog: str = "python -m egox_ros.tools.make_sample_bag") -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m egox_ros.tools.make_sample_bag",
+        prog=prog,
         description="Build the sample rosbag2 (MCAP) bag from the TUM RGB-D fr1_rpy subset.",
     )
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="TUM sequence directory (default: %(default)s)")
@@ -380,8 +380,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "python -m egox_ros.tools.make_sample_bag") -> int:
+    args = parse_args(argv, prog)
     source, output = args.source, args.output
     if not (source / "associations.txt").is_file():
         print(f"error: {source} is not a TUM sequence directory (no associations.txt)", file=sys.stderr)

@@ -117,6 +117,32 @@ def test_released_mode_rounds_the_directions_to_the_attention_dtype():
     assert torch.equal(state.attention(q, k, v), gga_attention_chunked(q, k, v, t, 3.0, "released"))
 
 
+def test_released_mode_rounds_each_cosine_as_a_bfloat16_matmul_returns_it():
+    # The released code (custom_transformer.py): bf16 ego query directions @ bf16 key directions^T, a bf16 result
+    # stored into a float32 table, then clamp, the strength rule and log(1 + c + eps) in float32.
+    t = make_tables(frames=2, exo_per_frame=40, ego_per_frame=24)
+    strength = 3.0
+    c = torch.matmul(t.query_dir.bfloat16()[:, None, :],
+                     t.key_dir.bfloat16()[t.query_frame].transpose(-1, -2))[:, 0].to(torch.float32)
+    c = c.clamp(-1.0, 1.0)
+    c = torch.where(c > 0, c * strength, c)
+    expected = torch.log(c + 1.0 + 1e-6)[t.query_is_ego]
+    r = t.rounded_through(torch.bfloat16)
+    assert r.cos_dtype == torch.bfloat16 and t.cos_dtype is None
+    ours = gga_bias_dense(r, strength)[t.query_is_ego]
+    assert (ours - expected).abs().max() < 1e-6
+    # Rounding the directions only (the step before) leaves cosines off by up to a bfloat16 step.
+    directions_only = GgaTables(r.query_dir, r.query_frame, r.query_is_ego, r.key_dir)
+    assert (gga_bias_dense(directions_only, strength)[t.query_is_ego] - expected).abs().max() > 1e-3
+    # Every backend reads the same rounded cosines.
+    q, k, v = qkv(t.length)
+    ref = gga_attention_reference(q, k, v, r, strength, "released")
+    assert (gga_attention_chunked(q, k, v, r, strength, "released", chunk_rows=13).double() - ref).abs().max() <= 1e-5
+    if flex_attention_available():
+        assert (gga_attention_flex(q, k, v, r, strength, "released").double() - ref).abs().max() <= 1e-5
+    assert r.to(dtype=torch.float64).cos_dtype == torch.bfloat16
+
+
 def test_bad_inputs_raise_clear_errors():
     t = make_tables(frames=3, exo_per_frame=24, ego_per_frame=16)
     with pytest.raises(ValueError, match="tokens but the GGA tables"):

@@ -38,7 +38,7 @@ def test_a_shared_viewpoint_biases_each_ego_query_towards_the_exo_cell_it_sees()
     frames = 5
     poses = torch.stack([_pose() for _ in range(frames)])
     depth = torch.full((frames, 64, 64), 3.0)
-    tables, layout = gga_tables_from_geometry(cam, poses, cam, poses, depth)
+    tables, layout = gga_tables_from_geometry(cam, poses, cam, poses, depth, ego_rays="camera")   # this camera's rays
     assert (layout.frames, layout.rows, layout.exo_cols, layout.ego_cols) == (2, 4, 4, 4)
     bias = gga_bias_dense(tables).reshape(2, 4, 8, 2, 4, 8)       # (qf, qr, qc, kf, kr, kc)
     for r in range(4):
@@ -93,7 +93,7 @@ def test_ego_rays_outside_a_fisheye_image_circle_contribute_nothing():
     n = 5
     poses = torch.eye(4, dtype=torch.float64).expand(n, 4, 4)
     depth = torch.full((n, 64, 96), 2.0)
-    tables, layout = gga_tables_from_geometry(ego, poses, exo, poses, depth)
+    tables, layout = gga_tables_from_geometry(ego, poses, exo, poses, depth, ego_rays="camera")
     q = tables.query_dir.reshape(layout.frames, layout.rows, layout.exo_cols + layout.ego_cols, 3)[..., layout.exo_cols:, :]
     assert torch.isfinite(q).all()
     norms = q.norm(dim=-1)

@@ -10,8 +10,9 @@ query's frame (../shared/docs/egox-method.md, section 4):
 
 The released rule is that of the released inference (custom_transformer.py of DAVIAN-Robotics/EgoX): both branches
 agree at strength 1 and scale only positive cosines at the released inference strength 3. The released code also
-casts the direction vectors to the model dtype before the dot product; `GgaTables.rounded_through(dtype)` does the
-same to the tables (the processor applies it in 'released' mode), see docs/egox-fidelity.md.
+casts the direction vectors to the model dtype before the dot product, whose result (a bfloat16 matmul) is rounded
+to that dtype and then stored in float32; `GgaTables.rounded_through(dtype)` gives tables that do both (the
+processor applies it in 'released' mode), see docs/egox-fidelity.md.
 
 Only ego query rows are biased (exo rows get 0). q_m is the world-space viewing ray of ego token m; k_{f,n} is the
 direction from the ego camera centre of frame f to the 3D point of exo token n (zero for ego tokens, so their bias is
@@ -42,11 +43,14 @@ class GgaTables:
     query_frame: (L,) int64 latent frame of each token, in [0, F).
     query_is_ego: (L,) bool, True for ego tokens (biased rows).
     key_dir: (F, L, 3) float32 direction from the ego eye of frame f to each exo token's point; 0 for ego tokens.
+    cos_dtype: None, or the dtype every cosine is rounded to (and back) before the bias is computed from it, as the
+    released code's bfloat16 matmul rounds it (`rounded_through` sets it).
     """
     query_dir: torch.Tensor
     query_frame: torch.Tensor
     query_is_ego: torch.Tensor
     key_dir: torch.Tensor
+    cos_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         length = self.query_dir.shape[0]
@@ -71,14 +75,15 @@ class GgaTables:
         return int(self.query_dir.shape[0])
 
     def rounded_through(self, dtype: torch.dtype) -> "GgaTables":
-        """The tables with their directions rounded to `dtype` and back to their own dtype: the released code casts
-        the direction vectors to the model dtype (bfloat16) before the dot product. self when nothing changes."""
+        """The tables as the released code uses them in `dtype` (the model's, bfloat16): directions rounded to
+        `dtype` and back to their own dtype, and every cosine rounded to `dtype` (cos_dtype) as its matmul in that
+        dtype returns it. self when nothing changes (`dtype` not narrower than the tables')."""
         if dtype == self.query_dir.dtype or not dtype.is_floating_point or \
                 torch.finfo(dtype).bits >= torch.finfo(self.query_dir.dtype).bits:
             return self
         own = self.query_dir.dtype
         return GgaTables(self.query_dir.to(dtype).to(own), self.query_frame, self.query_is_ego,
-                         self.key_dir.to(dtype).to(own))
+                         self.key_dir.to(dtype).to(own), cos_dtype=dtype)
 
     def to(self, device=None, dtype=None) -> "GgaTables":
         """The tables on `device` (directions in `dtype`); self when they are there already (no copy, no checks)."""
@@ -86,7 +91,12 @@ class GgaTables:
                 (dtype is None or self.query_dir.dtype == dtype):
             return self
         return GgaTables(self.query_dir.to(device=device, dtype=dtype), self.query_frame.to(device),
-                         self.query_is_ego.to(device), self.key_dir.to(device=device, dtype=dtype))
+                         self.query_is_ego.to(device), self.key_dir.to(device=device, dtype=dtype), self.cos_dtype)
+
+
+def _rounded_cos(c: torch.Tensor, cos_dtype: torch.dtype | None) -> torch.Tensor:
+    """c rounded to cos_dtype and back (no change for None)."""
+    return c if cos_dtype is None else c.to(cos_dtype).to(c.dtype)
 
 
 def _scaled_cos(c: torch.Tensor, strength: float) -> torch.Tensor:
@@ -110,7 +120,7 @@ def gga_bias_rows(tables: GgaTables, rows: torch.Tensor, strength: float = 3.0,
     """(len(rows), L) bias of the query rows `rows` (int64 indices); exo rows are 0. dtype of the tables."""
     q = tables.query_dir[rows]                                   # (R, 3)
     k = tables.key_dir[tables.query_frame[rows]]                 # (R, L, 3)
-    bias = _bias_from_cos(torch.einsum("rc,rlc->rl", q, k), strength, mode)
+    bias = _bias_from_cos(_rounded_cos(torch.einsum("rc,rlc->rl", q, k), tables.cos_dtype), strength, mode)
     return torch.where(tables.query_is_ego[rows, None], bias, torch.zeros_like(bias))
 
 
@@ -158,11 +168,12 @@ def gga_score_mod(tables: GgaTables, strength: float = 3.0, mode: GgaMode = "rel
     """A FlexAttention score_mod adding the GGA bias, reading the captured tables (updating them in place for a
     new clip of the same size keeps the compiled kernel)."""
     qd, qf, qe, kd = tables.query_dir, tables.query_frame, tables.query_is_ego, tables.key_dir
+    cos_dtype = tables.cos_dtype
 
     def score_mod(score, b, h, q_idx, kv_idx):
         f = qf[q_idx]
         c = qd[q_idx, 0] * kd[f, kv_idx, 0] + qd[q_idx, 1] * kd[f, kv_idx, 1] + qd[q_idx, 2] * kd[f, kv_idx, 2]
-        return score + torch.where(qe[q_idx], _bias_from_cos(c, strength, mode), 0.0)
+        return score + torch.where(qe[q_idx], _bias_from_cos(_rounded_cos(c, cos_dtype), strength, mode), 0.0)
     return score_mod
 
 
@@ -177,7 +188,9 @@ def gga_attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables
     _check_qkv(q, k, v, tables)
     from torch.nn.attention.flex_attention import flex_attention
     if _COMPILED_FLEX is None:
-        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+        # emulate_precision_casts: inductor would otherwise drop the float32 -> bfloat16 -> float32 round trip of
+        # the released cosine rounding (cos_dtype) as a no-op.
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False, options={"emulate_precision_casts": True})
     return _COMPILED_FLEX(q, k, v, score_mod=gga_score_mod(tables.to(q.device), strength, mode))
 
 

@@ -311,7 +311,7 @@ def test_bad_input_is_dropped_with_a_reason_and_the_node_keeps_running(rig):
     rig.send_frame(first)
     rig.ok(first)
     cases = {}
-    ns = next(t); rig.send_frame(ns, image=image_msg(ns, "yuv422")); cases[ns] = "bad_image"
+    ns = next(t); rig.send_frame(ns, image=image_msg(ns, "nv21")); cases[ns] = "bad_image"
     ns = next(t); rig.send_frame(ns, image=image_msg(ns, step=W * 3 - 1)); cases[ns] = "bad_image"
     ns = next(t); rig.send_frame(ns, image=image_msg(ns, data=b"\x00" * 10)); cases[ns] = "bad_image"
     ns = next(t); rig.send_frame(ns, image=image_msg(ns, width=80, height=60), depth=depth_msg(ns, width=80, height=60))

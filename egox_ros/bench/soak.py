@@ -397,7 +397,7 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
     import rclpy
 
     from egox_ros.bench.common import machine_info
-    from egox_ros.ros.dds import isolated_env
+    from egox_ros.ros.dds import apply_isolated_env
     params = list(params or [])
     node_env = dict(node_env or {})
     log = log or (lambda _s: None)
@@ -408,10 +408,7 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
     machine["versions"]["rclpy"] = _dist_version("ros-rclpy") or _dist_version("rclpy")
     load_before = [round(x, 2) for x in os.getloadavg()]
 
-    env = isolated_env(domain_id)
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE",
-                "RMW_IMPLEMENTATION"):
-        os.environ[key] = env[key]     # this process's own context joins the same private domain
+    env = apply_isolated_env(domain_id)    # this process's own context joins the same private domain
     keep_log = node_log is not None
     log_path = Path(node_log) if keep_log else Path(tempfile.mkstemp(prefix="egox_soak_node_", suffix=".log")[1])
     busy_procs: list[subprocess.Popen] = []

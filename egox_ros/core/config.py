@@ -81,12 +81,11 @@ class WindowConfig:
 @dataclass
 class PriorConfig:
     """Ego prior rendering: the fused window cloud (see FusionConfig) splatted into the ego camera."""
-    splat: str = param("auto", "'soft': discs of splat_radius_px with alpha 1 - d^2/r^2, the points_per_pixel "
+    splat: str = param("soft", "'soft': discs of splat_radius_px with alpha 1 - d^2/r^2, the points_per_pixel "
                                "nearest alpha-composited front to back (the released EgoX prior renderer, PyTorch3D's "
-                               "PointsRasterizer + AlphaCompositor; about 0.3 s per 448x448 prior on a 2-core CPU); "
-                               "'hard': z-buffered squares of point_radius_px (8 ms); 'auto': soft for the egox "
-                               "generator (its weights saw soft priors, and a clip takes minutes anyway), hard for "
-                               "the prior generator (live, at camera rate)", choices=("auto", "soft", "hard"))
+                               "PointsRasterizer + AlphaCompositor, which the EgoX weights saw; a compiled kernel, "
+                               "about 30 ms per 448x448 prior on one CPU core); 'hard': z-buffered squares of "
+                               "point_radius_px (8 ms, a third fewer pixels covered)", choices=("soft", "hard"))
     splat_radius_px: float = param(5.0, "soft disc radius in the ego image [px]; the released tool's point_size 5 "
                                         "is an NDC radius of 5 * 2 / max(W, H), i.e. 5 * min(W, H) / max(W, H) px: "
                                         "5 px on its 448x448 prior", (0.5, 32.0))

@@ -34,13 +34,13 @@ class PriorRenderer:
     own dynamic points. A context older than what the fusion holds (a time jump back) restarts the fusion.
     Person masks keep the demonstrator out of the background: their pixels are not lifted (prior.person_points
     'none') or become the frame's dynamic points ('per_frame'); nothing within prior.min_distance_m of the ego
-    camera is drawn. ``generator`` (its name) decides prior.splat 'auto': soft discs for 'egox', hard squares else.
+    camera is drawn. ``generator``: the generator's name (kept for callers; every generator gets prior.splat).
     """
 
     def __init__(self, config: PriorConfig, fusion_config: FusionConfig, ego_camera: CameraModel,
                  device: str = "cpu", generator: str = "prior"):
         self.config = config
-        self.splat = config.splat if config.splat != "auto" else ("soft" if generator == "egox" else "hard")
+        self.splat = config.splat
         self.fusion_config = fusion_config
         self.ego_camera = ego_camera
         self.device = torch.device(device)

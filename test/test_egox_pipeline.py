@@ -230,6 +230,50 @@ def test_the_exo_latent_is_a_seeded_posterior_sample_or_the_mean(pipe):
         run(pipe, exo_latent="mode")
 
 
+def test_posterior_samples_come_from_the_rng_the_released_inference_seeds(pipe):
+    # infer.py: torch.manual_seed(seed) (every device) once; the exo encode's latent_dist.sample() is the first draw
+    # from that global RNG, the prior encode's the second; z_T comes from its own CPU generator.
+    exo, prior = videos()
+    conditions = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: conditions.append(kwargs["hidden_states"][:, 20:36].clone()), with_kwargs=True)
+    try:
+        generator, posterior = pipe.seeded_generators(11)
+        out = pipe(exo, prior, PROMPT, "blurry", generator=generator, posterior_generator=posterior,
+                   num_inference_steps=1, guidance_scale=1.0, output_type="latent")
+    finally:
+        hook.remove()
+    cfg = pipe.vae.config
+    mean, std = (torch.tensor(v).view(1, 16, 1, 1, 1) for v in (cfg.latents_mean, cfg.latents_std))
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(11)
+        x0 = (pipe.vae.encode(_video_tensor(exo, "exo")).latent_dist.sample() - mean) * (1.0 / std)
+        p0 = (pipe.vae.encode(_video_tensor(prior, "prior")).latent_dist.sample() - mean) * (1.0 / std)
+    assert torch.allclose(out.exo_latent, x0, atol=1e-5)
+    assert torch.allclose(conditions[0][..., x0.shape[-1]:], p0, atol=1e-5)
+    # Without a posterior generator the samples are drawn after z_T from the CPU generator: other draws.
+    after = pipe(exo, prior, PROMPT, "blurry", generator=torch.Generator().manual_seed(11), num_inference_steps=1,
+                 guidance_scale=1.0, output_type="latent")
+    assert (after.exo_latent - x0).abs().max() > 1e-3
+
+
+def test_output_frames_are_truncated_to_uint8_as_the_released_code_writes_them(pipe):
+    latent = run(pipe, seed=2, output_type="latent").ego
+    with torch.no_grad():
+        video = pipe.decode_latents(latent)
+    # Released: the video processor's float frames (x / 2 + 0.5 clamped to [0, 1]), then
+    # np.clip(frames * 255, 0, 255).astype(np.uint8).
+    frames = (video[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).float().numpy()
+    expected = np.clip(frames * 255, 0, 255).astype(np.uint8)
+    truncated = run(pipe, seed=2).ego
+    assert np.array_equal(truncated, expected)
+    rounded = run(pipe, seed=2, output_uint8="round").ego
+    assert np.array_equal(rounded, np.round(frames * 255).astype(np.uint8))
+    assert (rounded.astype(int) - truncated).max() == 1 and (rounded != truncated).mean() > 0.2
+    with pytest.raises(ValueError, match="output_uint8 must be one of"):
+        run(pipe, output_uint8="floor")
+
+
 def test_the_negative_prompt_defaults_to_the_empty_prompt(pipe):
     from egox_ros.core.config import DEFAULT_NEGATIVE_PROMPT, EgoxConfig
     assert DEFAULT_NEGATIVE_PROMPT == "" and EgoxConfig().negative_prompt == ""
@@ -404,6 +448,35 @@ def test_exo_frames_are_centre_cropped_to_the_canvas_with_their_camera():
     assert abs(float(v2) - ((float(v) - 20 + 0.5) * s - 0.5)) < 1e-9
 
 
+def test_frames_of_the_released_depth_shape_are_centre_cropped_as_released():
+    # The released depth maps are 796x448 (16:9 at the canvas height); the released exo videos are their central
+    # 784 columns, and infer.py builds its GGA point map on the whole 796x448 grid with the principal point forced
+    # to the centre, then crops [:, 6:790]. Check ours against that construction, written out here.
+    from egox_ros.core.generators.egox import fit_exo_frame, is_released_depth_shape
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (448, 796, 3), dtype=np.uint8)
+    depth = rng.uniform(1.0, 4.0, (448, 796)).astype(np.float32)
+    camera = PinholeCamera(796, 448, 520.0, 515.0, 401.0, 221.0)
+    assert is_released_depth_shape(796, 448, 784, 448) and not is_released_depth_shape(784, 448, 784, 448)
+    out_rgb, out_depth, cam = fit_exo_frame(rgb, depth, camera, 784, 448)            # the default: 'released'
+    assert torch.equal(out_rgb, torch.from_numpy(rgb[:, 6:790])) and torch.equal(out_depth,
+                                                                                   torch.from_numpy(depth[:, 6:790]))
+    # infer.py's point map (camera frame): K with cx = W / 2, cy = H / 2, fx, fy scaled by cx / cx0, cy / cy0.
+    cx, cy = 796 / 2.0, 448 / 2.0
+    fx, fy = 520.0 * cx / 401.0, 515.0 * cy / 221.0
+    v, u = torch.meshgrid(torch.arange(448.0), torch.arange(796.0), indexing="ij")
+    d = torch.from_numpy(depth).double()
+    points = torch.stack([(u - cx) / fx * d, (v - cy) / fy * d, d], dim=-1)[:, 6:790]
+    ours = cam.ray_grid().double() * out_depth.double()[..., None]
+    assert (ours - points).abs().max() < 1e-4
+    # 'resize' keeps the earlier behaviour (the whole frame stretched), and other sizes are resized by default.
+    stretched, _, _ = fit_exo_frame(rgb, depth, camera, 784, 448, fit="resize")
+    assert not torch.equal(stretched, out_rgb)
+    _, _, other = fit_exo_frame(rgb[:, :790], depth[:, :790], PinholeCamera(790, 448, 520.0, 515.0, 401.0, 221.0),
+                                784, 448)
+    assert other.fx != cam.fx and (other.cx, other.cy) == (392.0, 224.0)
+
+
 def test_the_egox_generator_makes_a_clip_from_frames_and_priors(weights):
     from egox_ros.core.config import EgoxConfig, GeneratorConfig
     from egox_ros.core.generators import ClipRequest, Prior, make_generator
@@ -420,9 +493,10 @@ def test_the_egox_generator_makes_a_clip_from_frames_and_priors(weights):
     assert len(with_depth.rgb) == FRAMES and with_depth.rgb[0].shape == (H, W_EGO, 3)
     assert all(v.all() for v in with_depth.valid)
     settings = generator.settings()
-    assert settings["gga"] == "released, strength 3.0, auto"
+    assert settings["gga"] == "released, strength 3.0, auto, released ego rays"
     assert (settings["clip_image"], settings["exo_latent"], settings["prior_latent"], settings["exo_fit"],
-            settings["negative_prompt"]) == ("released", "sample", "sample", "resize", "")
+            settings["negative_prompt"], settings["posterior_noise"], settings["output_uint8"], settings["seed"]) == \
+        ("released", "sample", "sample", "released", "", "released", "truncate", "42")
     assert "(rank 256, scale 1.0)" in generator.settings()["lora"]
     # Without exo depth there is no geometry for GGA: the clip is made without it (and says so), and differs.
     without_depth = generator.generate(ClipRequest(exo_frames(depth=False), priors, ego_cam))

@@ -67,8 +67,9 @@ def clip_run(pipe, layout: CanvasLayout, frames: int, steps: int, device: str, g
         step_times.append(now - last[0])
         last[0] = now
     started = time.perf_counter()
-    out = pipe(**inputs, num_inference_steps=steps, guidance_scale=5.0, gga_tables=tables,
-               generator=torch.Generator().manual_seed(0), step_callback=on_step)
+    generator, posterior = pipe.seeded_generators(0)      # as the egox generator: posterior noise on the device
+    out = pipe(**inputs, num_inference_steps=steps, guidance_scale=5.0, gga_tables=tables, generator=generator,
+               posterior_generator=posterior, step_callback=on_step)
     if cuda:
         torch.cuda.synchronize()
     total = time.perf_counter() - started

@@ -176,7 +176,8 @@ class EgoxConfig:
                                  "ego_camera.height (released: 448)", (16, 4096))
     steps: int = param(50, "denoising steps", (1, 1000))
     guidance_scale: float = param(5.0, "classifier-free guidance (<= 1: one transformer pass per step)", (0.0, 50.0))
-    seed: int = param(0, "noise seed of every clip (same inputs and seed, same clip)", (0, 2**31 - 1))
+    seed: int = param(42, "noise seed of every clip (same inputs and seed, same clip; the released Ego-Exo4D script "
+                          "uses 42)", (0, 2**31 - 1))
     prompt: str = param(DEFAULT_PROMPT, "two-part caption: '[Exo view] ... [Ego view] ...'")
     negative_prompt: str = param(DEFAULT_NEGATIVE_PROMPT, "negative prompt for classifier-free guidance (released "
                                                           "inference: none, the empty string)")
@@ -187,18 +188,33 @@ class EgoxConfig:
                             choices=("released", "canvas", "exo"))
     exo_latent: str = param("sample", "exo latent: 'sample' (a draw from the VAE posterior, seeded by seed, as the "
                                       "released code) or 'mean' (the posterior mean)", choices=("sample", "mean"))
+    posterior_noise: str = param("released", "noise of the posterior samples: 'released' (the stream of the global RNG "
+                                             "that the released inference seeds with seed, on the model's device; "
+                                             "the process's own global RNG is left alone) or 'after_initial_noise' "
+                                             "(drawn after the initial noise from its CPU generator)",
+                                 choices=("released", "after_initial_noise"))
     prior_latent: str = param("sample", "ego prior latent: 'sample' (a draw from the VAE posterior, seeded by seed, "
                                         "as the released code) or 'mean'", choices=("sample", "mean"))
-    exo_fit: str = param("resize", "exo frames to the exo_width x exo_height canvas half: 'resize' (stretched without "
-                                   "cropping, bicubic, the exo camera's principal point moved to the image centre, "
-                                   "as the released inference) or 'crop' (centre-cropped to the canvas aspect, then "
-                                   "resized; the camera follows exactly)", choices=("resize", "crop"))
+    exo_fit: str = param("released", "exo frames to the exo_width x exo_height canvas half: 'released' (a 16:9 frame "
+                                     "of the canvas height, the released depth maps' 796x448, centre-cropped to the "
+                                     "canvas as the released data and GGA crop it; any other size as 'resize'), "
+                                     "'resize' (stretched without cropping, bicubic, the exo camera's principal point "
+                                     "moved to the image centre, as the released inference) or 'crop' "
+                                     "(centre-cropped to the canvas aspect, then resized; the camera follows exactly)",
+                         choices=("released", "resize", "crop"))
     gga: str = param("released", "geometry-guided attention: 'released' (the released weights' semantics), "
                                  "'paper' (the paper's formula) or 'off'", choices=("released", "paper", "off"))
     gga_strength: float = param(3.0, "GGA strength s (released inference: 3.0)", (0.0, 100.0))
+    gga_rays: str = param("released", "GGA ego query rays: 'released' (the released inference's fixed rays: its 12 "
+                                      "lens coefficients through OpenCV's pinhole rational + thin-prism model, f 150 "
+                                      "px, c 255.5 px on the 448 px canvas, for every input) or 'camera' (the rays of "
+                                      "ego_camera's own model, e.g. the true Aria fisheye)",
+                          choices=("released", "camera"))
     gga_backend: str = param("auto", "GGA kernel: 'flex' (bias inside a compiled FlexAttention kernel), 'chunked' "
                                      "(exact, chunks of query rows) or 'auto' (flex on CUDA, chunked elsewhere)",
                              choices=("auto", "flex", "chunked"))
+    output_uint8: str = param("truncate", "generated frames to uint8: 'truncate' (as the released code writes them) "
+                                          "or 'round'", choices=("truncate", "round"))
     dtype: str = param("auto", "transformer and text encoder dtype; 'auto' = bfloat16 on CUDA, float32 on CPU",
                        choices=("auto", "bfloat16", "float16", "float32"))
     offload: str = param("none", "'none' (all on the device, >= 80 GB GPU), 'model' (each model on the GPU only "
@@ -225,6 +241,15 @@ class InputsConfig:
                                     "sets; with 'exo' the node publishes it: OpenCV axes at the eyes, z forward)")
     world_frame: str = param("world", "fixed frame: point clouds are fused and the ego frame published in it")
     exo_frame: str = param("", "exo optical frame; empty = the exo image's header.frame_id")
+    exo_pose_source: str = param("tf", "where the exo camera's pose comes from: 'tf' (world_frame -> exo frame in the "
+                                       "TF tree) or 'parameters' (a fixed camera at exo_xyz_m / exo_rpy_rad, no TF "
+                                       "publisher needed; the node publishes it on /tf_static)",
+                                 choices=("tf", "parameters"))
+    exo_xyz_m: list = param([0.0, 0.0, 0.0], "with exo_pose_source 'parameters': position of the exo optical frame "
+                                             "in world_frame [m]", (-1e4, 1e4))
+    exo_rpy_rad: list = param([0.0, 0.0, 0.0], "with exo_pose_source 'parameters': rotation of the exo optical frame "
+                                               "(OpenCV axes: x right, y down, z forward) in world_frame, roll pitch "
+                                               "yaw about fixed x, y, z [rad] (tf2's setRPY)", (-7.0, 7.0))
     exo_transport: str = param("raw", "exo image transport: 'raw' (sensor_msgs/Image on exo/image_raw) or "
                                       "'compressed' (CompressedImage, JPEG/PNG, on exo/image_raw/compressed)",
                                choices=("raw", "compressed"))
@@ -236,6 +261,8 @@ class InputsConfig:
         validate(self)
         if not self.head_frame or not self.world_frame:
             raise ValueError("inputs.head_frame and inputs.world_frame must not be empty")
+        if len(self.exo_xyz_m) != 3 or len(self.exo_rpy_rad) != 3:
+            raise ValueError("inputs.exo_xyz_m and inputs.exo_rpy_rad need 3 values each")
 
 
 @dataclass

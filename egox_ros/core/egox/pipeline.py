@@ -9,11 +9,13 @@ progress bar apply unchanged) whose `__call__` runs EgoX sampling (../shared/doc
    encoder sees frame 0 of the VAE decode of [x_0 | z_T] (released), of the [exo | prior] canvas, or of the exo video;
 3. every step: the transformer (twice with classifier-free guidance) with GGA on its self-attention, the exo half
    of the velocity zeroed, a scheduler step, x_0 written back into the exo half;
-4. decode the ego half only.
+4. decode the ego half only, to uint8 by truncation as the released code writes its frames (or rounding).
 
-Every random draw comes from the caller's generator, in a fixed order (z_T, then the exo posterior sample, then the
-prior's), so a seed gives one clip and z_T does not depend on the latent options. docs/egox-fidelity.md compares
-each step with the released inference code.
+Random draws: z_T from the caller's generator (its first draw); the posterior samples (exo, then prior) from
+`posterior_generator`, or from the caller's generator after z_T when none is given. `seeded_generators(seed)` gives
+the pair the released inference seeds: a CPU generator for z_T and the stream of its seeded global RNG (on the
+model's device) for the posterior samples. So a seed gives one clip, and z_T does not depend on the latent options.
+docs/egox-fidelity.md compares each step with the released inference code.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from egox_ros.core.egox.weights import LoraSummary, WeightsError, check_lora_fil
 TEXT_TOKENS = 512   # UMT5 context length the Wan transformer's cross-attention assumes
 CLIP_IMAGES = ("released", "canvas", "exo")   # what the CLIP image encoder sees (see EgoxPipeline.__call__)
 LATENT_MODES = ("sample", "mean")              # VAE posterior sample (released) or mean
+OUTPUT_UINT8 = ("truncate", "round")           # float frames in [0, 1] -> uint8: the released code truncates
 
 
 @dataclass
@@ -66,10 +69,16 @@ def _video_tensor(video, name: str) -> torch.Tensor:
     return x.permute(3, 0, 1, 2).unsqueeze(0).contiguous()
 
 
-def _to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(1, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8."""
-    x = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
+def _to_uint8(video: torch.Tensor, conversion: str = "truncate") -> np.ndarray:
+    """(1, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8. As the released code: (x / 2 + 0.5) clamped to [0, 1] (the
+    video processor's float frames), times 255, then 'truncate' (numpy's astype(uint8), the released code) or
+    'round' (to the nearest level)."""
+    if conversion not in OUTPUT_UINT8:
+        raise ValueError(f"output_uint8 must be one of {list(OUTPUT_UINT8)}, got {conversion!r}")
+    x = (video[0].float() / 2 + 0.5).clamp(0.0, 1.0) * 255.0
+    if conversion == "round":
+        x = x.round()
+    return x.to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
 class EgoxPipeline(WanImageToVideoPipeline):
@@ -127,6 +136,15 @@ class EgoxPipeline(WanImageToVideoPipeline):
             install_gga(self.transformer, self.gga)
         self.gga.strength, self.gga.mode, self.gga.backend = float(strength), mode, backend
         return self.gga
+
+    def seeded_generators(self, seed: int) -> tuple[torch.Generator, torch.Generator]:
+        """(generator, posterior_generator) as the released inference seeds them: z_T from a CPU generator seeded
+        with `seed` (wan.py), the VAE posterior samples from the global RNG that infer.py seeds with
+        torch.manual_seed(seed) (every device) and that nothing draws from before the exo encode: the same stream
+        as a fresh generator on the model's execution device seeded with `seed`, which this returns (so the
+        process's global RNG is left alone). The released run of a clip matches when it is the run's first clip."""
+        return (torch.Generator(device="cpu").manual_seed(int(seed)),
+                torch.Generator(device=self._execution_device).manual_seed(int(seed)))
 
     # ------------------------------------------------------------------ pieces
     def _normalise(self, latents: torch.Tensor, inverse: bool = False) -> torch.Tensor:
@@ -213,8 +231,8 @@ class EgoxPipeline(WanImageToVideoPipeline):
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
                  image_embeds: torch.Tensor | None = None, clip_image: str = "released", exo_latent: str = "sample",
                  prior_latent: str = "sample", num_inference_steps: int = 50, guidance_scale: float = 5.0,
-                 generator: torch.Generator | None = None, gga_tables: GgaTables | None = None,
-                 output_type: str = "np",
+                 generator: torch.Generator | None = None, posterior_generator: torch.Generator | None = None,
+                 gga_tables: GgaTables | None = None, output_type: str = "np", output_uint8: str = "truncate",
                  step_callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> EgoxOutput:
         """Generate the ego clip.
 
@@ -228,7 +246,10 @@ class EgoxPipeline(WanImageToVideoPipeline):
         generator; costs one VAE decode of the first latent frame of the canvas, see released_clip_image), 'canvas'
         (frame 0 of [exo | prior]; training used frame 0 of [exo | real ego]) or 'exo' (frame 0 of the exo video, as
         plain Wan I2V). exo_latent / prior_latent: 'sample' (default; a draw from the VAE posterior, as the released
-        code encodes both videos, here from `generator`) or 'mean' (the posterior mean).
+        code encodes both videos) or 'mean' (the posterior mean). generator: z_T, its first draw; posterior_generator:
+        the posterior samples' noise (exo first, then prior), on the model's execution device or the CPU; None: drawn
+        from `generator` after z_T (`seeded_generators` gives the released pair). output_uint8: 'truncate' (the
+        released code's conversion of the float frames) or 'round'.
         step_callback(i, t, canvas_latents) is called after every step with the (1, 16, F_latent, h, w) canvas.
         Returns EgoxOutput with the (F, He, Wg, 3) uint8 ego frames."""
         if num_inference_steps < 1:
@@ -240,6 +261,8 @@ class EgoxPipeline(WanImageToVideoPipeline):
         for name, mode in (("exo_latent", exo_latent), ("prior_latent", prior_latent)):
             if mode not in LATENT_MODES:
                 raise ValueError(f"{name} must be one of {list(LATENT_MODES)}, got {mode!r}")
+        if output_uint8 not in OUTPUT_UINT8:
+            raise ValueError(f"output_uint8 must be one of {list(OUTPUT_UINT8)}, got {output_uint8!r}")
         exo, prior = _video_tensor(exo_video, "exo_video"), _video_tensor(prior_video, "prior_video")
         self._check_videos(exo, prior, gga_tables)
         device = self._execution_device
@@ -253,13 +276,15 @@ class EgoxPipeline(WanImageToVideoPipeline):
             raise ValueError("the transformer expects CLIP image embeddings: the pipeline needs an image encoder, "
                              "or pass image_embeds")
 
-        # Random draws, always in this order: z_T, the exo posterior sample, the prior's.
+        # Random draws, always in this order: z_T, the exo posterior sample, the prior's (the last two from
+        # posterior_generator when given).
         noise_shape = (1, self.vae.config.z_dim, (exo.shape[2] - 1) // self.vae_scale_factor_temporal + 1,
                        prior.shape[3] // self.vae_scale_factor_spatial, prior.shape[4] // self.vae_scale_factor_spatial)
         noise = randn_tensor(noise_shape, generator=generator, device=device, dtype=torch.float32)
         exo_mode, prior_mode = exo_latent, prior_latent      # the names hold the latents from here on
-        exo_latent = self.encode_video(exo, exo_mode, generator)
-        prior_latent = self.encode_video(prior, prior_mode, generator)
+        posterior = generator if posterior_generator is None else posterior_generator
+        exo_latent = self.encode_video(exo, exo_mode, posterior)
+        prior_latent = self.encode_video(prior, prior_mode, posterior)
         if prior_latent.shape != noise.shape:
             raise ValueError(f"the VAE gave a {tuple(prior_latent.shape)} prior latent; expected {noise_shape}")
         canvas = LatentCanvas(exo_width=exo_latent.shape[-1], ego_width=prior_latent.shape[-1])
@@ -304,7 +329,7 @@ class EgoxPipeline(WanImageToVideoPipeline):
                         step_callback(i, t, latents)
                     bar.update()
             ego_latent = canvas.ego(latents)
-            ego = ego_latent if output_type == "latent" else _to_uint8(self.decode_latents(ego_latent))
+            ego = ego_latent if output_type == "latent" else _to_uint8(self.decode_latents(ego_latent), output_uint8)
         finally:
             if self.gga is not None:
                 self.gga.tables = None

@@ -2,9 +2,9 @@
 
 Construction only checks that the weight files are there (fast; WeightsError otherwise); `prepare()` loads the model
 (minutes for the 14B checkpoint) and is called by the node's worker thread, so the node keeps receiving meanwhile.
-Per clip: the exo frames are fitted to the canvas (`exo_fit`: resized without cropping, as the released inference,
-or centre-cropped to the canvas aspect; the exo camera and depth follow), the priors form the ego half, and the GGA
-direction tables come from the exo depth and both cameras' poses.
+Per clip: the exo frames are fitted to the canvas (`exo_fit`: as released, resized without cropping or
+centre-cropped to the canvas aspect; the exo camera and depth follow), the priors form the ego half, and the GGA
+direction tables come from the exo depth and both cameras' poses (ego query rays as released or from the ego camera).
 """
 from __future__ import annotations
 
@@ -22,7 +22,14 @@ from egox_ros.core.generators.base import ClipRequest, ClipResult, EgoGenerator
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-EXO_FITS = ("resize", "crop")
+EXO_FITS = ("released", "resize", "crop")
+
+
+def is_released_depth_shape(width: int, height: int, canvas_width: int, canvas_height: int) -> bool:
+    """Whether a width x height exo frame has the released depth maps' shape for this canvas: a 16:9 frame of the
+    canvas height, wider than the canvas (796 x 448 for the released 784 x 448). The released exo videos are the
+    central canvas-wide crop of such frames, and the released GGA code crops its point map to the same columns."""
+    return height == canvas_height and width == round(canvas_height * 16 / 9) and width > canvas_width
 
 
 def centred_principal_point(camera: CameraModel) -> CameraModel:
@@ -36,13 +43,17 @@ def centred_principal_point(camera: CameraModel) -> CameraModel:
 
 
 def fit_exo_frame(rgb: np.ndarray, depth_m: np.ndarray | None, camera: CameraModel, width: int, height: int,
-                  fit: str = "resize") -> tuple[torch.Tensor, torch.Tensor | None, CameraModel]:
+                  fit: str = "released") -> tuple[torch.Tensor, torch.Tensor | None, CameraModel]:
     """Fit an exo frame to the width x height exo half of the canvas.
 
     fit 'resize' (the released inference): the whole frame resized to width x height, each axis by its own factor
     (bicubic, antialiased, as PIL's default resize the released code uses), the camera scaled per axis and its
     principal point then moved to the centre as the released code does (centred_principal_point). fit 'crop':
     centre-cropped to width:height, then resized (bilinear, antialiased); the camera cropped and scaled exactly.
+    fit 'released': a frame of the released depth maps' shape (is_released_depth_shape: 796 x 448) is cut to its
+    central width x height window without resizing, as the released exo videos and the released GGA point map are,
+    its camera's principal point first moved to the centre of the whole frame as the released code does; any
+    other frame as 'resize'.
     rgb (H, W, 3) uint8 -> (height, width, 3) uint8 tensor; depth_m (H, W) float32 metres -> (height, width)
     (nearest, so no depth is invented across edges) or None."""
     if fit not in EXO_FITS:
@@ -50,6 +61,16 @@ def fit_exo_frame(rgb: np.ndarray, depth_m: np.ndarray | None, camera: CameraMod
     h, w = rgb.shape[:2]
     if (camera.width, camera.height) != (w, h):
         raise ValueError(f"exo image is {w}x{h} but its camera info says {camera.width}x{camera.height}")
+    if fit == "released":
+        if not is_released_depth_shape(w, h, width, height):
+            fit = "resize"
+        else:
+            x0, y0 = (w - width) // 2, (h - height) // 2       # infer.py: [(H - 448) // 2 : ..., (W - 784) // 2 : ...]
+            camera = centred_principal_point(camera).cropped(x0, y0, width, height)
+            image = torch.from_numpy(np.ascontiguousarray(rgb[y0:y0 + height, x0:x0 + width]))
+            depth = None if depth_m is None else torch.from_numpy(
+                np.ascontiguousarray(depth_m[y0:y0 + height, x0:x0 + width], dtype=np.float32))
+            return image, depth, camera
     if fit == "resize":
         crop_w, crop_h = w, h
     else:
@@ -112,7 +133,8 @@ class EgoxGenerator(EgoGenerator):
                 "canvas": f"{c.exo_width}+{c.exo_height}x{c.exo_height}", "steps": str(c.steps),
                 "guidance_scale": str(c.guidance_scale), "seed": str(c.seed), "prompt": c.prompt,
                 "negative_prompt": c.negative_prompt, "clip_image": c.clip_image, "exo_latent": c.exo_latent,
-                "prior_latent": c.prior_latent, "exo_fit": c.exo_fit, "gga": self.last_gga,
+                "prior_latent": c.prior_latent, "posterior_noise": c.posterior_noise, "exo_fit": c.exo_fit,
+                "output_uint8": c.output_uint8, "gga": self.last_gga,
                 "dtype": str(self.dtype).removeprefix("torch."), "offload": c.offload}
 
     def _gga_tables(self, request: ClipRequest, exo_depths: list, exo_cameras: list[CameraModel]):
@@ -126,13 +148,13 @@ class EgoxGenerator(EgoGenerator):
         if missing:
             self.last_gga = f"not applied: {missing} of {len(exo_depths)} frames have no exo depth"
             return None
-        self.last_gga = f"{c.gga}, strength {c.gga_strength}, {c.gga_backend}"
+        self.last_gga = f"{c.gga}, strength {c.gga_strength}, {c.gga_backend}, {c.gga_rays} ego rays"
         if any(c != exo_cameras[0] for c in exo_cameras):
             raise ValueError("the exo camera changed within the clip")
         tables, _ = gga_tables_from_geometry(
             request.ego_camera, torch.from_numpy(np.stack([f.world_T_ego for f in request.frames])),
             exo_cameras[0], torch.from_numpy(np.stack([f.world_T_exo for f in request.frames])),
-            torch.stack(exo_depths).to(self.device))
+            torch.stack(exo_depths).to(self.device), ego_rays=c.gga_rays)
         return tables
 
     def check_ego_camera(self, camera: CameraModel) -> None:
@@ -153,8 +175,11 @@ class EgoxGenerator(EgoGenerator):
         tables = self._gga_tables(request, [d for _, d, _ in fitted], [cam for _, _, cam in fitted])
         prior_video = np.stack([p.rgb for p in request.priors])
         with self._lock:
+            generator, posterior = self.pipe.seeded_generators(c.seed)
+            if c.posterior_noise != "released":
+                posterior = None                    # drawn from `generator` after the initial noise
             out = self.pipe(exo_video, prior_video, c.prompt, c.negative_prompt, num_inference_steps=c.steps,
                             guidance_scale=c.guidance_scale, gga_tables=tables, clip_image=c.clip_image,
-                            exo_latent=c.exo_latent, prior_latent=c.prior_latent,
-                            generator=torch.Generator(device="cpu").manual_seed(c.seed))
+                            exo_latent=c.exo_latent, prior_latent=c.prior_latent, generator=generator,
+                            posterior_generator=posterior, output_uint8=c.output_uint8)
         return ClipResult(rgb=list(out.ego), valid=[np.ones(out.ego.shape[1:3], bool)] * len(out.ego))

@@ -97,7 +97,7 @@ def test_process_takes_a_realsense_bag_with_compressed_images(both, tmp_path):
     rewrite_bag(SAMPLE, bag, rename=REALSENSE_RENAMES, compress=True)
     result = process(bag, tmp_path / "out", PARAMS, preset="realsense", progress_bar=False)
     run, summary = result.metrics["run"], result.metrics["summary"]
-    assert summary["frames_published"] == 50 and run["exo_topic"] == "/camera/color/image_raw/compressed"
+    assert summary["frames_published"] == 50 and run["exo_topic"] == "/camera/camera/color/image_raw/compressed"
     assert "inputs.exo_transport:=compressed" in run["parameters_set_by_process"]
     raw = both[0].metrics["summary"]
     assert summary["mean_coverage"] == pytest.approx(raw["mean_coverage"], abs=1e-4)   # depth PNG is lossless

@@ -351,7 +351,7 @@ def test_rewrite_bag_renames_shifts_and_drops_without_touching_its_input(tmp_pat
     before = _tree(SAMPLE_BAG)
     counts = rewrite_bag(SAMPLE_BAG, tmp_path / "rs", rename=REALSENSE_RENAMES, drop_frames={"head"},
                          log_offset_ns=40_000_000, max_frames=3)
-    assert counts["/camera/color/image_raw"] == 3 and "/exo/image_raw" not in counts
+    assert counts["/camera/camera/color/image_raw"] == 3 and "/exo/image_raw" not in counts
     with AnyReader([tmp_path / "rs"], default_typestore=typestore_with_egox_msgs()) as reader:
         for conn, log_ns, raw in reader.messages():
             msg = reader.deserialize(raw, conn.msgtype)

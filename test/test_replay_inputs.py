@@ -81,7 +81,7 @@ def test_every_missing_input_gets_its_own_line(bags, tmp_path):
     # RealSense names without remaps: image, info and depth are missing, and the bag's candidates are named.
     plan = make_plan(bags["realsense"])
     assert [p.split(":")[0] for p in plan.problems] == ["no exo image", "no exo camera info", "no depth"]
-    assert "/camera/color/image_raw" in plan.problems[0] and "--remap exo/image_raw:=TOPIC" in plan.problems[0]
+    assert "/camera/camera/color/image_raw" in plan.problems[0] and "--remap exo/image_raw:=TOPIC" in plan.problems[0]
 
 
 def test_the_checks_follow_the_nodes_parameters(bags, tmp_path):
@@ -104,15 +104,15 @@ def test_dry_run_prints_the_plan_and_starts_nothing(bags, tmp_path):
                   "--params-file", SAMPLE_PARAMS, timeout=120)
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert "/camera/color/image_raw/compressed (sensor_msgs/msg/CompressedImage, 50 messages) -> node " \
+    assert "/camera/camera/color/image_raw/compressed (sensor_msgs/msg/CompressedImage, 50 messages) -> node " \
            "exo/image_raw/compressed" in text
-    assert "/camera/aligned_depth_to_color/image_raw/compressedDepth (sensor_msgs/msg/CompressedImage, 50 " \
+    assert "/camera/camera/aligned_depth_to_color/image_raw/compressedDepth (sensor_msgs/msg/CompressedImage, 50 " \
            "messages)" in text
-    assert "/camera/color/camera_info (sensor_msgs/msg/CameraInfo, 50 messages)" in text
+    assert "/camera/camera/color/camera_info (sensor_msgs/msg/CameraInfo, 50 messages)" in text
     assert "world -> exo_camera_optical on /tf" in text and "world -> head on /tf" in text
     assert "inputs.exo_transport=compressed (set by the replay)" in text
     assert "inputs.depth_transport=compressedDepth (set by the replay)" in text
-    assert "exo/image_raw/compressed:=/camera/color/image_raw/compressed" in text and "(preset realsense)" in text
+    assert "exo/image_raw/compressed:=/camera/camera/color/image_raw/compressed" in text and "(preset realsense)" in text
     assert f"{out / 'bag'}, {out / 'contact_sheet.png'}, {out / 'metrics.json'}, {out / 'node.log'}" in text
     assert "ground truth for the report: /ego/ground_truth/image_raw with /ego/ground_truth/camera_info" in text
     assert not out.exists()
@@ -177,18 +177,18 @@ def test_rewrite_bag_compresses_as_image_transport_does(bags):
             raw.setdefault(c.topic, []).append(msg)
     with AnyReader([bags["realsense_jpeg"]], default_typestore=store) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
-        assert types["/camera/color/image_raw/compressed"] == "sensor_msgs/msg/CompressedImage"
-        assert types["/camera/aligned_depth_to_color/image_raw/compressedDepth"] == "sensor_msgs/msg/CompressedImage"
-        assert "/camera/color/image_raw" not in types and "/exo/image_raw" not in types
+        assert types["/camera/camera/color/image_raw/compressed"] == "sensor_msgs/msg/CompressedImage"
+        assert types["/camera/camera/aligned_depth_to_color/image_raw/compressedDepth"] == "sensor_msgs/msg/CompressedImage"
+        assert "/camera/camera/color/image_raw" not in types and "/exo/image_raw" not in types
         got = {}
         for c, _, data in reader.messages([c for c in reader.connections if c.msgtype.endswith("CompressedImage")]):
             got.setdefault(c.topic, []).append(reader.deserialize(data, c.msgtype))
-    colour = got["/camera/color/image_raw/compressed"]
-    depth = got["/camera/aligned_depth_to_color/image_raw/compressedDepth"]
+    colour = got["/camera/camera/color/image_raw/compressed"]
+    depth = got["/camera/camera/aligned_depth_to_color/image_raw/compressedDepth"]
     assert len(colour) == len(depth) == FRAMES
     for a, b in zip(raw["/exo/image_raw"], colour):
         assert (b.header.stamp, b.header.frame_id) == (a.header.stamp, a.header.frame_id)
-        assert b.format == "rgb8; jpeg compressed rgb8"
+        assert b.format == "bgr8; jpeg compressed bgr8"   # what compressed_image_transport writes and reads
     a, b = raw["/exo/image_raw"][0], colour[0]
     original = decode_rgb(a.data, a.encoding, a.height, a.width, a.step, bool(a.is_bigendian)).astype(int)
     assert 0.3 < np.abs(decode_compressed_rgb(bytes(b.data), b.format) - original).mean() < 3.0   # JPEG q95

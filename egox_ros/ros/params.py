@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,36 +50,88 @@ def declare_config(node: Node, section: str, cls: type[T]) -> T:
 
 
 def _build(section: str, cls: type[T], value_of) -> T:
-    """`cls` from value_of(name, default, field) per field, with ROS's numeric coercions (an integer for a float)."""
+    """`cls` from value_of(name, default, field) per field, with ROS's numeric coercions (an integer for a float);
+    a value of another type than the default's raises ValueError naming the parameter (_checked)."""
     values = {}
     for f in dataclasses.fields(cls):
         default = _default(f)
-        value = value_of(f"{section}.{f.name}", default, f)
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(default, list):
-            as_float = bool(default) and isinstance(default[0], float)
-            value = [float(v) if as_float and not isinstance(v, bool) and isinstance(v, int) else v for v in value]
-        values[f.name] = value
+        name = f"{section}.{f.name}"
+        values[f.name] = _checked(name, default, value_of(name, default, f))
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid parameters in section '{section}': {e}") from e
 
 
+def _checked(name: str, default, value):
+    """`value` for a parameter whose default is `default`, as the config takes it: an integer becomes a float where
+    the default is one (also inside lists); any other type than the default's raises ValueError (ROS would take
+    `true` or `abc` for a float parameter declared with dynamic typing)."""
+    def one(item, like):
+        if isinstance(like, float) and isinstance(item, int) and not isinstance(item, bool):
+            return float(item)
+        if type(item) is not type(like):
+            raise TypeError
+        return item
+    try:
+        if isinstance(default, list):   # rclpy hands arrays back as lists or array.array
+            if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+                raise TypeError
+            return [one(v, default[0]) for v in value] if default else list(value)
+        return one(value, default)
+    except TypeError:
+        kind = _type_name(default) if not isinstance(default, list) or not default else \
+            f"array of {_type_name(default[0])}"
+        raise ValueError(f"parameter '{name}' must be {kind}, got {value!r} ({_type_name(value)})") from None
+
+
 def _type_name(value) -> str:
     return {bool: "bool", int: "integer", float: "double", str: "string", list: "array"}.get(type(value), "other")
 
 
+def node_key_matches(key: str, node_fqn: str) -> bool:
+    """Whether a params file's node key applies to the node with fully qualified name `node_fqn` ('/egox',
+    '/robot1/egox'), as rclpy matches them: a key without a leading '/' is absolute, '/**' stands for any number of
+    namespace levels (or a whole name), '*' for one name token ('/**', '/**/egox', '/*/egox', 'egox', '/egox')."""
+    pattern = "/" + str(key).lstrip("/")
+    regex = re.escape(pattern).replace(r"/\*\*", r"(/[^/]+)*").replace(r"\*", r"[^/]+")
+    return re.fullmatch(regex, node_fqn) is not None
+
+
+def read_params_file(path: str | Path) -> dict:
+    """A ROS 2 parameter file as rcl reads it ({node key: {'ros__parameters': {...}}}), checked up front so that a
+    bad file is one line (ValueError) instead of rcl's parse error and a traceback: it must exist, be YAML, map node
+    names (`/**`, `/**/egox`, `egox`, ...; a '*' only as a whole name token) to a mapping with `ros__parameters`,
+    and set at least one parameter section."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"parameter file {path} does not exist" if not path.exists() else
+                         f"parameter file {path} is not a file")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read parameter file {path}: {type(e).__name__}: {e}".replace("\n", " ")) from e
+    example = "e.g. '/**:' then '  ros__parameters:' then '    sync:' ..."
+    if not isinstance(doc, dict) or not doc:
+        raise ValueError(f"parameter file {path} is not a mapping of node names to ros__parameters ({example})")
+    for key, block in doc.items():
+        tokens = str(key).strip("/").split("/")
+        if any("*" in t and t not in ("*", "**") for t in tokens):
+            raise ValueError(f"parameter file {path}: node name {key!r}: '*' and '**' must stand for whole names")
+        if not isinstance(block, dict) or not isinstance(block.get("ros__parameters"), dict):
+            raise ValueError(f"parameter file {path}: section {key!r} has no ros__parameters mapping ({example})")
+    return doc
+
+
 def load_parameters(params_file: str | Path | None, overrides: list[str], node_name: str = "egox") -> dict:
     """The node's parameters as `ros2 run ... --ros-args --params-file F -p a:=b` would set them, without a ROS
-    graph: {'section.field': value} from the file's `/**`, `egox` or `/egox` sections (nested keys joined with
-    dots), then the `name:=value` overrides (values parsed as YAML, as ROS does)."""
+    graph: {'section.field': value} from the file's sections whose key matches the node `/<node_name>` (`/**`,
+    `/**/egox`, `egox`, `/egox`, ...: node_key_matches; nested keys joined with dots), in file order, then the
+    `name:=value` overrides (values parsed as YAML, as ROS does)."""
     values: dict = {}
     if params_file is not None:
-        doc = yaml.safe_load(Path(params_file).read_text()) or {}
-        for key, block in doc.items():
-            if key.strip("/") in ("**", node_name) and isinstance(block, dict):
+        for key, block in read_params_file(params_file).items():
+            if node_key_matches(key, "/" + node_name.lstrip("/")) and isinstance(block, dict):
                 _flatten(block.get("ros__parameters") or {}, "", values)
     for item in overrides:
         name, sep, text = item.partition(":=")
@@ -98,7 +151,8 @@ def _flatten(block: dict, prefix: str, out: dict) -> None:
 
 def configs_from_parameters(values: dict, sections: dict[str, type]) -> tuple[dict[str, object], list[str]]:
     """Every section's config from parameter values (load_parameters), checked as the node checks them: a value of
-    another type than the default's raises ValueError naming the parameter; unknown names come back as warnings
+    another type than the default's, or out of its range, raises ValueError naming the parameter; unknown names
+    come back as warnings
     (with the closest valid name), as the node logs them."""
     used = set()
 
@@ -106,12 +160,7 @@ def configs_from_parameters(values: dict, sections: dict[str, type]) -> tuple[di
         if name not in values:
             return default
         used.add(name)
-        value = values[name]
-        numeric = isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
-        if type(value) is not type(default) and not numeric:
-            raise ValueError(f"parameter '{name}' must be {_type_name(default)}, got {value!r} "
-                             f"({_type_name(value)})")
-        return value
+        return values[name]
     configs = {section: _build(section, cls, value_of) for section, cls in sections.items()}
     declared = {f"{section}.{f.name}" for section, cls in sections.items() for f in dataclasses.fields(cls)}
     warnings = []

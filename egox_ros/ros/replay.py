@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,13 +158,16 @@ class ReplayResult:
 
 
 class _Recorder:
-    """Subscribes (raw CDR) to the node's outputs and writes them to an MCAP bag, stamped with their header stamps."""
+    """Subscribes (raw CDR) to the node's outputs and writes them to an MCAP bag, logged at their header stamps;
+    a message stamped 0 (the node published it under use_sim_time before the first /clock, e.g. /diagnostics) is
+    logged at `start_ns`, the input bag's start where the replay's /clock begins, not at 1970."""
 
-    def __init__(self, node, out_bag: Path, typestore, ego_frame: str):
+    def __init__(self, node, out_bag: Path, typestore, ego_frame: str, start_ns: int):
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rosbags.rosbag2 import StoragePlugin, Writer
         self.typestore = typestore
         self.ego_frame = ego_frame
+        self.start_ns = start_ns
         self.writer = Writer(out_bag, version=8, storage_plugin=StoragePlugin.MCAP)
         self.writer.open()
         self.lock = threading.Lock()
@@ -190,7 +194,7 @@ class _Recorder:
         with self.lock:
             if self.writer is None:
                 return
-            self.writer.write(self.connections[topic], stamp_to_ns(stamp), bytes(raw))
+            self.writer.write(self.connections[topic], stamp_to_ns(stamp) or self.start_ns, bytes(raw))
             self.counts[topic] += 1
             if topic == "/ego/clip_metadata":
                 self.metadata.append(msg)
@@ -233,6 +237,7 @@ class _Player:
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self.publishers[conn.topic] = node.create_publisher(cls, conn.topic, qos)
         self.clock_pub = node.create_publisher(Clock, "/clock", 10)
+        self.clock_ns = -1                 # the last /clock published
         self.flush_pub = node.create_publisher(Empty, "/egox/flush", 10)
         self.progress = None
         self.progress_changed = threading.Condition()
@@ -252,6 +257,63 @@ class _Player:
     def publish_clock(self, stamp_ns: int) -> None:
         from rosgraph_msgs.msg import Clock
         self.clock_pub.publish(Clock(clock=ns_to_stamp(stamp_ns)))
+        self.clock_ns = stamp_ns
+
+    def _has_room(self, images_sent: int) -> bool:
+        """The node has taken every exo image sent so far, and its waiting plus queued frames leave room for one
+        more (call with progress_changed held)."""
+        p = self.progress
+        return _images_taken(p) >= images_sent and p.frames_waiting + p.frames_queued < p.queue_capacity
+
+    def play(self, messages, stall_timeout_s: float, alive, on_image) -> tuple[int, str | None]:
+        """Publish `messages` ((topic, log_ns, raw CDR) in log-time order) with /clock, in lockstep with the node.
+
+        Exo images go out one at a time, each once the node has taken the previous ones and has room for it
+        (_has_room); every other message goes out as it comes. A frame that waits for inputs logged after later
+        exo images (a bag recorded at receive time, with per-topic latencies or reordering) therefore gets them
+        while the next images are held back here, at most LOOKAHEAD_IMAGES of them (then the replay waits for
+        room). Returns (exo images sent, why the bag ended early or None); on_image() after each image sent."""
+        held: deque = deque()
+        sent = 0
+        truncated = None
+
+        def send(block: bool) -> None:
+            nonlocal sent
+            while held:
+                if block:
+                    n = sent
+                    _wait(self.progress_changed, lambda: self._has_room(n), f"the node to take exo image {n}",
+                          stall_timeout_s, alive, lambda: self.progress)
+                    block = False
+                else:
+                    with self.progress_changed:
+                        if not self._has_room(sent):
+                            return
+                self.publishers[self.exo_topic].publish(held.popleft()[1])
+                sent += 1
+                on_image()
+
+        stream = iter(messages)
+        while True:
+            try:
+                topic, log_ns, raw = next(stream)
+            except StopIteration:
+                break
+            except Exception as e:  # noqa: BLE001 - a truncated or corrupt bag: keep what was played
+                truncated = f"{type(e).__name__}: {e}".replace("\n", " ")
+                break
+            if topic not in self.publishers:
+                continue
+            if log_ns > self.clock_ns:
+                self.publish_clock(log_ns)
+            if topic == self.exo_topic:
+                held.append((log_ns, raw))
+            else:
+                self.publishers[topic].publish(raw)
+            send(block=len(held) > LOOKAHEAD_IMAGES)
+        while held:
+            send(block=True)
+        return sent, truncated
 
 
 def _wait(condition, predicate, what: str, stall_timeout_s: float, alive, snapshot) -> None:
@@ -290,6 +352,9 @@ def _wait_for_matches(node, endpoints, timeout_s: float, alive) -> None:
 
 
 REPLAY_INPUT_TIMEOUT_S = 10.0
+# Exo images the replay holds back at most while it plays the messages logged after them (inputs of the frames the
+# node waits on): about a second of a 30 Hz camera, well within the node's input queues (qos.input_depth 100).
+LOOKAHEAD_IMAGES = 32
 
 
 # Runs first in the node's process, then becomes the node (exec, same pid): the kernel sends it SIGTERM when the
@@ -405,17 +470,25 @@ NODE_INPUTS = {
 IMAGE_TYPE, COMPRESSED_TYPE, TF_TYPE = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage",
                                         "tf2_msgs/msg/TFMessage")
 
-# `--preset NAME`: remaps of the node's inputs to a driver's topics. realsense: realsense2_camera with align_depth
-# (the colour stream and the depth aligned to it), raw and image_transport's compressed variants.
-PRESETS = {
-    "realsense": {
-        "exo/image_raw": "/camera/color/image_raw",
-        "exo/image_raw/compressed": "/camera/color/image_raw/compressed",
-        "exo/camera_info": "/camera/color/camera_info",
-        "exo/depth/image_raw": "/camera/aligned_depth_to_color/image_raw",
-        "exo/depth/image_raw/compressedDepth": "/camera/aligned_depth_to_color/image_raw/compressedDepth",
-    },
-}
+# `--preset NAME`: remaps of the node's inputs to a driver's topics, raw and image_transport's compressed variants.
+# realsense: realsense-ros (realsense2_camera) 4.54 and later, the ROS 2 wrapper's current layout
+# /<camera_namespace>/<camera_name>/... with both 'camera' by default, launched with align_depth.enable:=true (the
+# colour stream and the depth aligned to it); realsense_legacy: realsense-ros before 4.54 and the ROS 1 wrapper
+# (/camera/color/...).
+def _realsense(prefix: str) -> dict[str, str]:
+    return {
+        "exo/image_raw": f"{prefix}/color/image_raw",
+        "exo/image_raw/compressed": f"{prefix}/color/image_raw/compressed",
+        "exo/camera_info": f"{prefix}/color/camera_info",
+        "exo/depth/image_raw": f"{prefix}/aligned_depth_to_color/image_raw",
+        "exo/depth/image_raw/compressedDepth": f"{prefix}/aligned_depth_to_color/image_raw/compressedDepth",
+    }
+
+
+PRESETS = {"realsense": _realsense("/camera/camera"), "realsense_legacy": _realsense("/camera")}
+PRESET_HELP = {"realsense": "realsense-ros 4.54+ defaults, /camera/camera/color/image_raw, "
+                            "/camera/camera/aligned_depth_to_color/image_raw (align_depth.enable:=true), ...",
+               "realsense_legacy": "realsense-ros before 4.54 and ROS 1, /camera/color/image_raw, ..."}
 
 # The replay's own section of a params file: `egox_replay: {ros__parameters: {preset: realsense, remap: [...]}}`.
 # The node (named egox) ignores it; other sections (including /**) are the node's, never the replay's.
@@ -424,20 +497,12 @@ NODE_NAME = "egox"
 
 
 def _load_params_file(params_file: str) -> dict:
-    import yaml
-    path = Path(params_file)
-    if not path.is_file():
-        raise ReplayInputError(f"parameter file {params_file} does not exist")
+    """The params file (egox_ros.ros.params.read_params_file); a bad one is a ReplayInputError (one line)."""
+    from egox_ros.ros.params import read_params_file
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ReplayInputError(f"cannot read parameter file {params_file}: "
-                               f"{type(e).__name__}: {e}".replace("\n", " ")) from e
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ReplayInputError(f"parameter file {params_file} is not a mapping of node names to ros__parameters")
-    return doc
+        return read_params_file(params_file)
+    except ValueError as e:
+        raise ReplayInputError(str(e)) from e
 
 
 def node_parameters(params_file: str | None, overrides: list[str]) -> tuple[dict, set[str]]:
@@ -514,6 +579,8 @@ class ReplayPlan:
     inputs: list[tuple[str, str]] = field(default_factory=list)   # (input, what the bag has for it)
     problems: list[str] = field(default_factory=list)             # one line per missing input
     input_topics: set[str] = field(default_factory=set)          # bag topics the node takes
+    configs: dict = field(default_factory=dict)                   # section -> typed config, as the node builds them
+    warnings: list[str] = field(default_factory=list)             # unknown parameter names (typos), one line each
 
     def param(self, name: str):
         return self.params.get(name)
@@ -551,6 +618,8 @@ def _tf_parents(reader, needed: list[str], world: str) -> dict[str, tuple[str, s
     connects to `world` (a whole bag's TF when one does not)."""
     conns = [c for c in reader.connections if c.topic in ("/tf", "/tf_static") and c.msgtype == TF_TYPE]
     parents: dict[str, tuple[str, str]] = {}
+    if not conns:   # rosbags reads connections=[] as every connection
+        return parents
     for conn, _, raw in reader.messages(connections=conns):
         for t in reader.deserialize(raw, conn.msgtype).transforms:
             parents.setdefault(t.child_frame_id.lstrip("/"), (t.header.frame_id.lstrip("/"), conn.topic))
@@ -565,6 +634,30 @@ def _tf_root(parents: dict, frame: str) -> str:
         seen.add(frame)
         frame = parents[frame][0]
     return frame
+
+
+def _check_parameters(params_file: str | None, overrides: list[str]) -> tuple[dict, list[str]]:
+    """Every section's config built from the params file and overrides exactly as the node builds it (types,
+    ranges); a bad value is a ReplayInputError (one line) before anything starts. Returns (configs, warnings for
+    unknown names)."""
+    from egox_ros.ros.config import parameter_sections
+    from egox_ros.ros.params import configs_from_parameters, load_parameters
+    try:
+        return configs_from_parameters(load_parameters(params_file, overrides, NODE_NAME), parameter_sections())
+    except ValueError as e:
+        raise ReplayInputError(f"bad parameters: {e}".replace("\n", " ")) from e
+
+
+def _read(in_bag: Path, what: str, read):
+    """read() (a pass over the bag's messages); an unreadable bag (a damaged chunk, a truncated file) is a
+    ReplayInputError naming it, not a traceback."""
+    try:
+        return read()
+    except ReplayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - rosbags and its decompressors raise many types for damaged bags
+        raise ReplayInputError(f"cannot read {in_bag} ({what}): {type(e).__name__}: {e}; the bag is damaged "
+                               "(a corrupt or truncated chunk?)".replace("\n", " ")) from e
 
 
 def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides: list[str] | None = None,
@@ -668,8 +761,10 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     if person_source == "topic":
         need("person mask", "exo/person_mask", bag_topic("exo/person_mask"), " (person.source 'topic')")
     else:
-        if person_source == "auto":   # as the node decides it (egox_ros.core.demonstrator.detector)
-            person_source = "mediapipe" if head_source == "exo" or params.get("generator.name") == "egox" else "none"
+        if person_source == "auto":   # as the node decides it
+            from egox_ros.core.demonstrator.detector import PersonConfig, resolve_person_source
+            person_source = resolve_person_source(PersonConfig(source="auto"), head_source,
+                                                  params.get("generator.name"))
             person_source = f"'auto': {person_source}"
         plan.inputs.append(("person mask", f"not from the bag (person.source {person_source})"))
     # Every remap the user gave reaches the node, also for inputs this configuration does not take.
@@ -679,6 +774,10 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     if params.get("sync.timeout_s") is not None and "sync.timeout_s" not in user_set:
         plan.replay_params.append(f"sync.timeout_s:={REPLAY_INPUT_TIMEOUT_S}")
         params["sync.timeout_s"] = REPLAY_INPUT_TIMEOUT_S
+    if params.get("sync.overload") is not None and "sync.overload" not in user_set:
+        plan.replay_params.append("sync.overload:=keep_all")    # a recording: every frame, none dropped for room
+        params["sync.overload"] = "keep_all"
+    plan.configs, plan.warnings = _check_parameters(params_file, overrides + plan.replay_params)
 
     # TF: transforms to the exo camera frame and (head_source 'tf') the head frame, connected to the world frame.
     world = str(params.get("inputs.world_frame") or "world").lstrip("/")
@@ -686,9 +785,12 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     exo_frame = str(params.get("inputs.exo_frame") or "").lstrip("/")
     if not exo_frame and exo_ok:
         conn = next(c for c in reader.connections if c.topic == plan.exo_topic)
-        for _, _, raw in reader.messages(connections=[conn]):
-            exo_frame = reader.deserialize(raw, conn.msgtype).header.frame_id.lstrip("/")
-            break
+
+        def first_frame_id() -> str:
+            for _, _, raw in reader.messages(connections=[conn]):
+                return reader.deserialize(raw, conn.msgtype).header.frame_id.lstrip("/")
+            return ""
+        exo_frame = _read(in_bag, f"the first message on {plan.exo_topic}", first_frame_id)
         if not exo_frame:
             plan.problems.append(f"the exo images on {plan.exo_topic} have an empty header.frame_id and "
                                  "inputs.exo_frame is not set: the node cannot look up the exo camera's pose")
@@ -699,8 +801,14 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
         head = str(params.get("inputs.head_frame") or "head").lstrip("/")
         frames.append(("head TF", head, "inputs.head_frame (inputs.head_source 'tf'; without a head TF, "
                                         "-p inputs.head_source:=exo estimates the head from the exo image)"))
-    if frames:
-        parents = _tf_parents(reader, [f for _, f, _ in frames], world)
+    tf_topics = [c.topic for c in reader.connections if c.topic in ("/tf", "/tf_static") and c.msgtype == TF_TYPE]
+    if frames and not tf_topics:
+        plan.problems.append(
+            "no TF: the bag has no /tf or /tf_static (tf2_msgs/msg/TFMessage); the node needs "
+            + " and ".join(f"the transform {world} -> '{frame}' ({why})" for _, frame, why in frames))
+        plan.inputs += [(what, f"MISSING transform to '{frame}' (no TF in the bag)") for what, frame, _ in frames]
+    elif frames:
+        parents = _read(in_bag, "/tf and /tf_static", lambda: _tf_parents(reader, [f for _, f, _ in frames], world))
         for what, frame, why in frames:
             if frame not in parents:
                 children = sorted(parents)
@@ -766,6 +874,7 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
                            gt_info_topic)
         if plan.problems:   # the node would wait sync.timeout_s per frame and publish nothing: say why, up front
             raise ReplayInputError("\n".join(plan.problems))
+        _print_warnings(plan.warnings)
         prepare_output(out_dir, replaced)
     except ReplayInputError:
         reader.close()
@@ -813,11 +922,10 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
         executor.add_node(node)
         player = _Player(node, reader, exo_topic)
         recorder = _Recorder(node, out_bag, typestore,
-                             ego_frame=str(plan.param("outputs.ego_frame") or "ego_camera_optical"))
+                             ego_frame=str(plan.param("outputs.ego_frame") or "ego_camera_optical"),
+                             start_ns=reader.start_time)
         spinner = BackgroundSpin(executor, name="egox-replay-spin")
         started = time.monotonic()
-        images_sent = 0
-        truncated = None
         endpoints = [("pub", player.publishers[t], t) for t in (exo_topic, plan.camera_info_topic)
                      if t in player.publishers]
         endpoints += [("sub", s, t) for s, t in zip(recorder.subscriptions, OUTPUT_TOPICS) if t == "/ego/clip_metadata"]
@@ -829,30 +937,9 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
         alive()
         playing = True
         bar = tqdm(total=total_images, unit="frame", desc="replay", disable=not progress_bar)
-        last_clock = -1
-        try:
-            for conn, log_ns, raw in reader.messages():
-                if conn.topic not in player.publishers:
-                    continue
-                if conn.topic == exo_topic and images_sent:
-                    # Before the next image: the node holds the previous ones (waiting for inputs or queued) with
-                    # room to spare. Waiting here, not right after an image, lets inputs logged just after it arrive.
-                    n = images_sent
-                    _wait(player.progress_changed,
-                          lambda: _images_taken(player.progress) >= n and
-                          player.progress.frames_waiting + player.progress.frames_queued < player.progress.queue_capacity,
-                          f"the node to take exo image {n}", stall_timeout_s, alive, lambda: player.progress)
-                    bar.update(1)
-                if log_ns > last_clock:
-                    player.publish_clock(log_ns)
-                    last_clock = log_ns
-                player.publishers[conn.topic].publish(raw)
-                images_sent += conn.topic == exo_topic
-            bar.update(images_sent - bar.n)
-        except ReplayError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a truncated or corrupt bag: keep what was played
-            truncated = f"{type(e).__name__}: {e}"
+        images_sent, truncated = player.play(((c.topic, t, raw) for c, t, raw in reader.messages()),
+                                             stall_timeout_s, alive, on_image=lambda: bar.update(1))
+        if truncated is not None:
             node.get_logger().error(f"input bag ended early after {images_sent} exo images: {truncated}")
         bar.close()
         # End of stream only once the node holds everything played: a flush overtaking the last TF or depth message
@@ -899,11 +986,11 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     if problem is not None:
         raise ReplayError(problem)
 
-    from egox_ros.ros.replay_report import write_report
-    metrics = write_report(in_bag, out_bag, out_dir, exo_topic=exo_topic, gt_topic=gt_topic,
-                           gt_info_topic=plan.gt_info_topic, typestore=typestore, sheet_frames=sheet_frames,
-                           world_frame=str(plan.param("inputs.world_frame") or "world"),
-                           head_frame=str(plan.param("inputs.head_frame") or "head"))
+    metrics = report(in_bag, out_bag, out_dir, exo_topic=exo_topic, gt_topic=gt_topic,
+                     gt_info_topic=plan.gt_info_topic, typestore=typestore, sheet_frames=sheet_frames,
+                     world_frame=str(plan.param("inputs.world_frame") or "world"),
+                     head_frame=str(plan.param("inputs.head_frame") or "head"),
+                     torch_threads=int(plan.param("runtime.torch_threads")), progress_bar=progress_bar)
     metrics["run"] = {"input_bag": str(in_bag), "ros_domain_id": ros_domain_id, "images_sent": images_sent, "wall_time_s": round(wall_s, 3),
                       "frames_per_second": round(images_sent / wall_s, 3) if wall_s > 0 else None,
                       "frames_received_by_node": int(progress.frames_received),
@@ -917,6 +1004,17 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
     metrics_path.write_text(json.dumps(metrics, indent=2))
     check_report(metrics, exo_topic, metrics_path)
     return ReplayResult(images_sent, out_bag, metrics_path, out_dir / "contact_sheet.png", metrics)
+
+
+def report(in_bag: Path, out_bag: Path, out_dir: Path, **kwargs) -> dict:
+    """egox_ros.ros.replay_report.write_report; an input bag that cannot be read again (a damaged chunk after the
+    frames played) is a ReplayError naming it, the outputs written so far stay."""
+    from egox_ros.ros.replay_report import write_report
+    try:
+        return write_report(in_bag, out_bag, out_dir, **kwargs)
+    except Exception as e:  # noqa: BLE001 - rosbags and its decompressors raise many types for damaged bags
+        raise ReplayError(f"the report could not read {in_bag} again ({type(e).__name__}: {e}); the outputs "
+                          f"written so far are in {out_bag}".replace("\n", " ")) from e
 
 
 def check_report(metrics: dict, exo_topic: str, metrics_path: Path) -> None:
@@ -956,9 +1054,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "exo/image_raw:=/camera/color/image_raw (repeatable; applied to the node as -r; inputs: "
                              + ", ".join(NODE_INPUTS) + ")")
     parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="remaps for a driver's topics: realsense = /camera/color/image_raw, "
-                             "/camera/color/camera_info, /camera/aligned_depth_to_color/image_raw and their "
-                             "compressed / compressedDepth topics (--remap wins)")
+                        help="remaps for a driver's topics, with their compressed / compressedDepth variants "
+                             "(--remap wins): " + "; ".join(f"{k} = {v}" for k, v in PRESET_HELP.items()))
     parser.add_argument("--exo-topic", metavar="TOPIC",
                         help="the bag's exo image topic (same as --remap exo/image_raw:=TOPIC)")
     parser.add_argument("--gt-topic", default="/ego/ground_truth/image_raw",
@@ -998,6 +1095,12 @@ def dry_run(in_bag: Path, out_dir: Path | None = None, overwrite: bool = False, 
     return make_plan(Path(in_bag), **plan_args)
 
 
+def _print_warnings(lines: list[str]) -> None:
+    """Warnings the node would only write to its log (unknown parameters), on the terminal."""
+    for line in lines:
+        print(f"egox replay: warning: {line}", file=sys.stderr)
+
+
 def _print_errors(text: str) -> None:
     for line in text.splitlines():
         print(f"egox replay: error: {line}", file=sys.stderr)
@@ -1011,6 +1114,7 @@ def _run(args: argparse.Namespace) -> int:
             plan = dry_run(args.in_bag, args.out, args.overwrite, **plan_args)
             print("egox replay --dry-run: nothing started, nothing written")
             print(plan.describe(args.out))
+            _print_warnings(plan.warnings)
             if plan.problems:
                 _print_errors("\n".join(plan.problems))
                 return 2
@@ -1041,4 +1145,23 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ego vs ground truth: mean coverage {summary['mean_coverage']:.3f}, "
               f"mean masked PSNR {summary['mean_masked_psnr_db']:.2f} dB")
     print(f"bag: {result.out_bag}\ncontact sheet: {result.contact_sheet_path}\nmetrics: {result.metrics_path}")
+    print(outcome_line(result.metrics))
     return 0
+
+
+def outcome_line(metrics: dict) -> str:
+    """The last line of a replay: every frame published, or how many were not and why (never only a count in the
+    middle of the output)."""
+    run, summary = metrics["run"], metrics.get("summary", {})
+    images = run["images_sent"]
+    missing = images - run["frames_published"]
+    if not missing and not run.get("input_truncated"):
+        return f"done: all {images} exo frames published"
+    reasons = dict(summary.get("frames_dropped_by_reason") or {})
+    if run.get("frames_lost_before_node"):
+        reasons["lost_before_node"] = run["frames_lost_before_node"]
+    text = f"WARNING: {missing} of {images} exo frames not published"
+    text += f" ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))})" if reasons else ""
+    if run.get("input_truncated"):
+        text += f"; the input bag ended early ({run['input_truncated']})"
+    return text + "; see metrics.json"

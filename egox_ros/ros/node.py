@@ -17,6 +17,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from egox_msgs.msg import ClipMetadata, NodeProgress
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -332,9 +333,59 @@ class EgoxNode(Node):
         super().destroy_node()
 
 
+def _arguments_problem(args: list[str]) -> str | None:
+    """One line for ROS arguments the node would refuse with a traceback or silently drop: a --params-file that rcl
+    cannot parse (or that sets nothing; egox_ros.ros.params.read_params_file), or a `-p NAME:=VALUE` whose value
+    has the wrong type or range (rcl keeps a params file's value without a word when a -p for the same name has
+    another type)."""
+    from egox_ros.ros.config import parameter_sections
+    from egox_ros.ros.params import configs_from_parameters, load_parameters, read_params_file
+    ros, overrides = False, []
+    for i, arg in enumerate(args):
+        if arg == "--ros-args":
+            ros = True
+        elif arg == "--":
+            ros = False
+        elif ros and arg in ("--params-file", "-p", "--param"):
+            if i + 1 >= len(args):
+                return f"{arg} needs a value"
+            if arg != "--params-file":
+                overrides.append(args[i + 1])
+                continue
+            try:
+                read_params_file(args[i + 1])
+            except ValueError as e:
+                return str(e)
+    try:
+        configs_from_parameters(load_parameters(None, overrides), parameter_sections())
+    except ValueError as e:
+        return f"bad parameters: {e}"
+    return None
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 def main(args: list[str] | None = None) -> None:
+    """Run the node; bad arguments or parameters: one line on stderr, exit code 2. SIGINT and SIGTERM stop it
+    cleanly: rclpy's own handlers would shut the ROS context down at once, while the generator thread may still
+    publish (a traceback); here they interrupt the executor, and the context goes down after the engine is closed."""
+    import sys
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 <pid>`: every thread's stack to stderr
-    rclpy.init(args=args)
+    argv = list(sys.argv if args is None else args)
+    problem = _arguments_problem(argv)
+    if problem is not None:
+        print(f"egox node: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    from rclpy.signals import SignalHandlerOptions
+    try:
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    except RCLError as e:            # rcl's argument parser: its first line, without the source locations
+        print(f"egox node: error: {str(e).splitlines()[0].split(', at /')[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     node = None
     try:
         try:
@@ -354,6 +405,7 @@ def main(args: list[str] | None = None) -> None:
         # Ctrl-C on `ros2 launch` reaches the node twice (the terminal's SIGINT, then launch's own): a second one
         # must not interrupt the cleanup with a KeyboardInterrupt traceback. SIGTERM/SIGKILL still stop it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if node is not None:
             node.destroy_node()
         if rclpy.ok():

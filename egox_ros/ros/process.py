@@ -35,9 +35,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
     from egox_ros.core.engine import ENGINE_SECTIONS, EgoEngine
     from egox_ros.ros.bag_check import read_back_problem
     from egox_ros.ros.bag_driver import NODE_NAME, BagInputs, BagWriter, wait_for_workers
-    from egox_ros.ros.config import parameter_sections
     from egox_ros.ros.outputs import OutputMessages
-    from egox_ros.ros.params import configs_from_parameters, load_parameters
 
     in_bag, out_dir = Path(in_bag), Path(out_dir)
     if not in_bag.exists():
@@ -48,12 +46,8 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
                      exo_topic=exo_topic, gt_topic=gt_topic, gt_info_topic=gt_info_topic)
     if plan.problems:
         raise ReplayInputError("\n".join(plan.problems))
-    try:
-        values = load_parameters(params_file, list(overrides or []) + plan.replay_params)
-        configs, warnings = configs_from_parameters(values, parameter_sections())
-    except (OSError, ValueError) as e:
-        raise ReplayInputError(f"bad parameters: {e}") from e
-    for line in warnings:
+    configs = plan.configs             # built and checked by the plan, as the node builds them
+    for line in plan.warnings:
         print(f"egox process: {line}", file=sys.stderr)
     try:
         reader = AnyReader([in_bag])

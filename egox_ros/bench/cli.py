@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "demonstrator":
             p.add_argument("--frames", type=int, default=None,
                            help="frames of each prior-path run (frames 48-59 repeated; default 48, --quick 12)")
+            p.add_argument("--egoexo4d", type=Path, default=None, metavar="DIR",
+                           help="instead: the released EgoX example/egoexo4D folder (meta.json, videos/, "
+                                "depth_maps/; development clips only): per clip frames with a head, head position "
+                                "and forward-direction error against the recorded head camera, person masks, time")
+            p.add_argument("--exo-focal-scale", type=float, default=1.0,
+                           help="with --egoexo4d: the released exo focal length times this (about 1.42 fits the "
+                                "videos)")
         if name in OWN_CLI:
             importlib.import_module(f"egox_ros.bench.{name}").add_arguments(p)
 
@@ -71,6 +78,15 @@ def run(args: argparse.Namespace) -> int:
         return bench.run_cli(args)
     bar = None if args.json else tqdm(desc=f"bench {args.bench}", unit="case", file=sys.stderr)
     progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
+    if getattr(args, "egoexo4d", None) is not None:          # egox bench demonstrator --egoexo4d DIR
+        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=progress)
+        if bar is not None:
+            bar.close()
+        print(json.dumps(result, indent=None if args.json else 1))
+        if args.write_docs:
+            update_docs_section(bench.EGOEXO4D_SECTION, bench.markdown_egoexo4d(result))
+            print(f"updated {DOCS}", file=sys.stderr)
+        return 0
     extra = {"frames": args.frames} if getattr(args, "frames", None) else {}
     result = bench.run_all(quick=args.quick, device=args.device, progress=progress, **extra)
     if bar is not None:

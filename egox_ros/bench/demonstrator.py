@@ -452,3 +452,112 @@ def write_figure(path: Path = FIGURE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)   # < 400 KB
     return path
+
+
+# ---------------------------------------------------------------------------------------------------- Ego-Exo4D
+
+EGOEXO4D_SECTION = "demonstrator-egoexo4d"
+
+
+def _angle_stats(values) -> dict:
+    v = np.asarray([x for x in values if x is not None], np.float64)
+    if v.size == 0:
+        return {"median": None, "p90": None}
+    return {"median": round(float(np.median(v)), 3), "p90": round(float(np.percentile(v, 90)), 3)}
+
+
+def _egoexo4d_clip(clip, progress=None) -> dict:
+    """One released clip through the node's demonstrator path, frame by frame as the engine runs it (detector,
+    head measurement with the clip's depth, tracker), against the recorded head camera."""
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, forward_angle_deg, position_error_m
+    from egox_ros.core.demonstrator.head_tracker import HeadTracker
+    from egox_ros.core.demonstrator.estimate import measure_person_head
+    config = HeadPoseConfig()
+    tracker = HeadTracker(config)
+    detector = _detector()
+    pos_err, fwd_err, ms, detect_ms = [], [], [], []
+    states = {"measured": 0, "held": 0, "none": 0}
+    mask_frames = mask_on_head = 0
+    mask_area = []
+    exo_T_world = np.linalg.inv(clip.world_T_exo)
+    try:
+        _warm(detector, clip.exo_rgb[0])
+        for i in range(clip.frames):
+            stamp_ns = int(round((1.0 + i / 30.0) * 1e9))
+            t0 = time.perf_counter()
+            obs = detector.detect(clip.exo_rgb[i])
+            t1 = time.perf_counter()
+            measurement = measure_person_head(obs, clip.exo_camera, clip.depth_m[i], config, clip.world_T_exo)
+            estimate = tracker.update(stamp_ns, measurement, clip.world_T_exo)
+            t2 = time.perf_counter()
+            ms.append((t2 - t0) * 1e3)
+            detect_ms.append((t1 - t0) * 1e3)
+            truth = clip.world_T_head[i]
+            if estimate is None:
+                states["none"] += 1
+            else:
+                states[estimate.state] += 1
+                pos_err.append(position_error_m(estimate.world_T_head, truth))
+                fwd_err.append(forward_angle_deg(estimate.world_T_head, truth))
+            if obs.mask is not None and obs.mask.any():
+                mask_frames += 1
+                mask_area.append(float(obs.mask.mean()))
+                p = (exo_T_world @ truth)[:3, 3]
+                uv = clip.exo_camera.K @ p
+                u, v = int(round(uv[0] / uv[2])), int(round(uv[1] / uv[2]))
+                h, w = obs.mask.shape
+                # the real head lies on the mask (a 9 px window: the camera sits at the temple, off the face)
+                mask_on_head += int(0 <= u < w and 0 <= v < h and obs.mask[max(v - 4, 0):v + 5,
+                                                                            max(u - 4, 0):u + 5].any())
+    finally:
+        detector.close()
+    n = clip.frames
+    with_head = n - states["none"]
+    return {"clip": clip.name, "frames": n, "with_head": with_head, "head_rate": round(with_head / n, 3),
+            "measured": states["measured"], "held": states["held"],
+            "position_error_m": _angle_stats(pos_err), "forward_error_deg": _angle_stats(fwd_err),
+            "person_mask_frames": mask_frames, "mask_on_real_head_frames": mask_on_head,
+            "mask_area_fraction_median": round(float(np.median(mask_area)), 4) if mask_area else None,
+            "ms_per_frame": _stats(ms), "detect_ms": _stats(detect_ms)}
+
+
+def run_egoexo4d(root, exo_focal_scale: float = 1.0, progress=None) -> dict:
+    """Every clip of a released example/egoexo4D folder (development clips only; see issue 17)."""
+    from egox_ros.tools.egoexo4d import clip_names, load_clip
+    machine = machine_info()
+    import mediapipe
+    machine["versions"]["mediapipe"] = mediapipe.__version__
+    machine["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
+    rows = []
+    for name in clip_names(Path(root)):
+        clip = load_clip(Path(root), name, exo_focal_scale)
+        rows.append(_egoexo4d_clip(clip))
+        if progress:
+            progress(name)
+    machine["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    return {"benchmark": EGOEXO4D_SECTION, "machine": machine, "exo_focal_scale": exo_focal_scale,
+            "targets": {"head_rate": 0.9, "position_median_m": 0.15, "position_p90_m": 0.25,
+                        "forward_median_deg": 20.0, "ms_per_frame": 40.0}, "clips": rows}
+
+
+def _f(v, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def markdown_egoexo4d(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Run {m['date']} on {m['cpu']} ({m['cpu_cores']} cores); "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k in ("python", "mediapipe", "numpy"))
+             + f"; 1-minute load average {m['load_average_1min_at_start']} at the start, "
+               f"{m['load_average_1min_at_end']} at the end (a shared machine: times are upper bounds). Exo focal "
+               f"length: the released one times {result['exo_focal_scale']:g}.", "",
+             "| clip | frames with a head (measured + held) | position median / p90 [m] | forward median / p90 "
+             "[deg] | person mask frames (on the real head) | mask area | detect + head ms median / p90 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["clips"]:
+        p, f, t = r["position_error_m"], r["forward_error_deg"], r["ms_per_frame"]
+        lines.append(f"| {r['clip']} | {r['with_head']} of {r['frames']} ({r['measured']} + {r['held']}) | "
+                     f"{_f(p['median'], 3)} / {_f(p['p90'], 3)} | {_f(f['median'], 1)} / {_f(f['p90'], 1)} | "
+                     f"{r['person_mask_frames']} ({r['mask_on_real_head_frames']}) | "
+                     f"{_f(r['mask_area_fraction_median'], 3)} | {_f(t['median_ms'], 1)} / {_f(t['p90_ms'], 1)} |")
+    return "\n".join(lines) + "\n"

@@ -92,9 +92,9 @@ class PriorConfig:
     points_per_pixel: int = param(20, "soft: the nearest points composited per pixel (released: 20)", (1, 64))
     point_radius_px: int = param(1, "hard: splat radius of each point in the ego image [px] (0 = one pixel)",
                                  (0, 16))
-    min_distance_m: float = param(0.35, "points closer than this to the ego camera centre are never drawn: the "
-                                        "demonstrator's own head and shoulders, which would smear across the "
-                                        "prior [m]", (0.0, 10.0))
+    min_distance_m: float = param(0.0, "points closer than this to the ego camera centre are never drawn (0 = "
+                                       "all are): the person masks keep the demonstrator's own body out of the "
+                                       "prior; a distance cut would also remove what they hold [m]", (0.0, 10.0))
     person_points: str = param("none", "the demonstrator's points (person masks, section person): 'none' (left "
                                        "out, as in the priors the released EgoX weights were trained on) or "
                                        "'per_frame' (each frame's own, never fused into the background)",

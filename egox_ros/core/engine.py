@@ -25,7 +25,7 @@ import transforms3d
 from egox_ros.core.camera import CameraModel, PinholeCamera
 from egox_ros.core.config import InputsConfig, OutputsConfig, RuntimeConfig
 from egox_ros.core.demonstrator.detector import AsyncPersonDetector, make_person_detector, resolve_person_source
-from egox_ros.core.demonstrator.head_geometry import measure_head
+from egox_ros.core.demonstrator.estimate import measure_person_head
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
 from egox_ros.core.demonstrator.landmarks import PersonObservation
 from egox_ros.core.depth.estimator import make_depth_estimator
@@ -329,11 +329,9 @@ class EgoEngine:
     def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
                        camera: CameraModel, world_T_exo: np.ndarray) -> np.ndarray | None:
         """world_T_head (4, 4) of a frame whose other inputs are complete (stamp order, once per frame; lock held):
-        measured from the head keypoints, filtered, held for head.hold_s when the head is not seen. None: no head
-        for longer than head.hold_s."""
-        measurement = None
-        if observation.head is not None:
-            measurement = measure_head(observation.head, camera, depth_m, self.head_config, observation.mask)
+        measured from the whole body (or the head keypoints), filtered, held for head.hold_s when the head is not
+        seen. None: no head for longer than head.hold_s."""
+        measurement = measure_person_head(observation, camera, depth_m, self.head_config, world_T_exo)
         estimate = self.head_tracker.update(stamp_ns, measurement, world_T_exo)
         self.head_counts[estimate.state if estimate is not None else "not_visible"] += 1
         if measurement is not None and measurement.depth_rejected:

@@ -27,9 +27,9 @@ class PersonConfig:
     """The demonstrator's mask in the exo image, and what the prior does with it."""
     source: str = param("auto", "person masks and head keypoints: 'mediapipe' (built-in models, on the exo "
                                 "image), 'topic' (masks on exo/person_mask, mono8, same stamp and size as the "
-                                "image; no head keypoints), 'none', or 'auto': mediapipe with inputs.head_source "
-                                "'exo' or the egox generator (whose weights saw priors without people), none "
-                                "otherwise", choices=PERSON_SOURCES)
+                                "image; no head keypoints), 'none' (no masks: the demonstrator is fused into the "
+                                "prior), or 'auto': mediapipe, for every generator and head source (the released "
+                                "priors never show the demonstrator)", choices=PERSON_SOURCES)
     mask_threshold: float = param(0.5, "a pixel is the person where the segmentation score exceeds this", (0.0, 1.0))
     dilate_px: int = param(4, "grow the mask by this many pixels (segmentation edges are soft; depth edges "
                               "around a person smear) [px]", (0, 64))
@@ -57,11 +57,10 @@ class PersonDetector(Protocol):
 
 
 def resolve_person_source(config: PersonConfig, head_source: str, generator: str) -> str:
-    """config.source with 'auto' decided: 'mediapipe' when the head comes from the exo image or the egox generator
-    runs, else 'none'."""
-    if config.source != "auto":
-        return config.source
-    return "mediapipe" if head_source == "exo" or generator == "egox" else "none"
+    """config.source with 'auto' decided: 'mediapipe' whatever the head source and generator (the demonstrator
+    stays out of every prior, as in the released ones; before issue 17 'auto' meant none for the prior generator
+    with a head TF). head_source and generator are kept for callers; they no longer change the answer."""
+    return "mediapipe" if config.source == "auto" else config.source
 
 
 def make_person_detector(config: PersonConfig) -> PersonDetector | None:

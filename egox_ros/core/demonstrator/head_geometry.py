@@ -45,6 +45,10 @@ class HeadPoseConfig:
                                             (0.0, 60.0))
     head_scale: float = param(1.0, "scale of the metric head model (average adult = 1; about 0.85 for a child)",
                               (0.3, 3.0))
+    min_pitch_down_deg: float = param(35.0, "the head's gaze, estimated from the whole body, is pitched at least "
+                                            "this far below the horizon: people who demonstrate look down at "
+                                            "their hands (Ego-Exo4D wearers 30-45 degrees; 0 = the face's own "
+                                            "pitch; the world is z up, REP 103) [deg]", (-90.0, 90.0))
 
     def __post_init__(self) -> None:
         validate(self)

@@ -49,6 +49,41 @@ class HeadLandmarks:
         return self.uv_px[i], float(self.weight[i])
 
 
+# MediaPipe pose (BlazePose) landmark indices the body head estimate uses; "left" / "right" are the person's own.
+BODY_INDEX = {"nose": 0, "left_eye": 2, "right_eye": 5, "left_ear": 7, "right_ear": 8, "left_shoulder": 11,
+              "right_shoulder": 12, "left_wrist": 15, "right_wrist": 16, "left_index": 19, "right_index": 20,
+              "left_hip": 23, "right_hip": 24}
+BODY_LANDMARKS = 33
+
+
+@dataclass
+class BodyLandmarks:
+    """Whole-body landmarks of one person in one exo image (MediaPipe pose's 33, BlazePose order).
+
+    uv_px: (33, 2) float64 pixel positions in the exo image as it arrived.
+    visibility: (33,) float64 in [0, 1] (the model's visibility; 0 = not seen).
+    body_m: (33, 3) float64 [m]: the model's metric body shape ("world landmarks": origin between the hips, axes
+        along the exo camera's x right, y down, z away from it, for an average adult's size), or None.
+    """
+    uv_px: np.ndarray
+    visibility: np.ndarray
+    body_m: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.uv_px = np.asarray(self.uv_px, np.float64)
+        self.visibility = np.clip(np.asarray(self.visibility, np.float64), 0.0, 1.0)
+        if self.body_m is not None:
+            self.body_m = np.asarray(self.body_m, np.float64)
+        if self.uv_px.shape != (BODY_LANDMARKS, 2) or self.visibility.shape != (BODY_LANDMARKS,) or (
+                self.body_m is not None and self.body_m.shape != (BODY_LANDMARKS, 3)):
+            raise ValueError(f"BodyLandmarks needs uv_px (33, 2), visibility (33,) and body_m (33, 3) or None; got "
+                             f"{self.uv_px.shape}, {self.visibility.shape}, "
+                             f"{None if self.body_m is None else self.body_m.shape}")
+
+    def seen(self, name: str, threshold: float = 0.5) -> bool:
+        return bool(self.visibility[BODY_INDEX[name]] > threshold)
+
+
 @dataclass
 class PersonObservation:
     """The demonstrator in one exo image: where they are (mask) and where their head is (landmarks).
@@ -56,11 +91,15 @@ class PersonObservation:
     mask: (H, W) bool, True on the person (the exo image's size), or None when the source gives no mask.
     head: the head keypoints, or None when no head was found (no person, back view, occluded face).
     detector_ms: time the detector spent on this image [ms] (0 for masks from a topic).
+    body: the whole-body landmarks, or None (no person, or a source without them).
+    face_seen: the face itself was found (face detector or face mesh), not only the body's head landmarks.
     """
     mask: np.ndarray | None
     head: HeadLandmarks | None
     detector_ms: float = 0.0
+    body: BodyLandmarks | None = None
+    face_seen: bool = False
 
     @property
     def found(self) -> bool:
-        return self.head is not None or (self.mask is not None and bool(self.mask.any()))
+        return self.head is not None or self.body is not None or (self.mask is not None and bool(self.mask.any()))

@@ -5,10 +5,13 @@ robot without internet cannot do), so nothing is downloaded. Per image:
 
 1. the pose landmarker with segmentation (33 body landmarks with visibilities, a person mask) tracks the person in a
    fixed region around them (set anew when they near its edge);
-2. without a tracked person, a search: the pose model with its own detector on a region around the largest face
-   found by the full-range face detector (people 1-5 m away, small in the image). A person is first found by
-   their face; once tracked they are followed when they turn away. The pose model alone on the whole image took
-   a teddy bear for a person (TUM fr1_rpy frames 18 and 24) and missed the real, small one;
+2. without a tracked person, a search: first the pose model with its own detector on a region around the largest
+   face found by the full-range face detector (people 1-5 m away, small in the image, facing the camera), then,
+   without a face, the pose model on the whole image: it finds people whose face is turned away or too small
+   (the released Ego-Exo4D clips: a soccer player 3-4 m away, a seated person with her back to the camera). On
+   the TUM fr1_rpy frames the whole-image pose model finds nobody in frames 0-59 (no teddy bear either), so the
+   seated person there is still found by his face. Non-humans that get through are rejected by their metric
+   size at the head estimate (estimate.py), where the depth is known;
 3. with ``person.face_mesh``, the face mesh (with irises) on a crop around the head: eyes, nose and mouth from it,
    ears from the pose model (the face mesh has none).
 
@@ -23,7 +26,7 @@ import cv2  # opencv-python-headless: installed with mediapipe, which needs it
 import numpy as np
 
 from egox_ros.core.demonstrator.detector import PersonConfig, dilate_mask
-from egox_ros.core.demonstrator.landmarks import HEAD_KEYPOINTS, HeadLandmarks, PersonObservation
+from egox_ros.core.demonstrator.landmarks import BodyLandmarks, HEAD_KEYPOINTS, HeadLandmarks, PersonObservation
 
 # MediaPipe pose landmark index of each head keypoint.
 _POSE_INDEX = {"nose": 0, "left_eye_inner": 1, "left_eye": 2, "left_eye_outer": 3, "right_eye_inner": 4,
@@ -36,6 +39,9 @@ _FACE_MESH_WEIGHT = 0.95       # face mesh landmarks carry no visibility; it onl
 _FACE_MESH_MIN_PX = 40.0       # smaller heads (ear to ear) skip the face mesh: it rarely finds them (1 of 12 TUM
                                # frames at 25 px) and then disagrees with the pose model by half the face
 _TRACK_PX = 256                # tracked regions go in at this size (the tracker needs one size; the model's own)
+_FACE_CROP_PX = 128            # the crop around a tracked head goes to the close-range face detector at this size
+_FACE_SEEN_SCORE = 0.7         # and a face counts as seen from this score (on the Ego-Exo4D development clips a
+                               # face seen scored 0.72-0.82, the back and side of heads 0.6-0.61)
 
 
 def _import_mediapipe():
@@ -98,6 +104,9 @@ class MediapipePersonDetector:
                                                   smooth_landmarks=False, enable_segmentation=True,
                                                   min_detection_confidence=conf)
         self._faces = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=conf)
+        # A close-range (model 0, 128 px input) detector for the crop around a tracked head: is the face seen?
+        self._faces_near = mp.solutions.face_detection.FaceDetection(model_selection=0,
+                                                                     min_detection_confidence=_FACE_SEEN_SCORE)
         self._mesh = (mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
                                                       max_num_faces=1, min_detection_confidence=conf)
                       if self.config.face_mesh else None)
@@ -108,7 +117,7 @@ class MediapipePersonDetector:
         self._pose_track.reset()
 
     def close(self) -> None:
-        for model in (self._pose_find, self._pose_track, self._faces, self._mesh):
+        for model in (self._pose_find, self._pose_track, self._faces, self._faces_near, self._mesh):
             if model is not None:
                 model.close()
 
@@ -127,18 +136,32 @@ class MediapipePersonDetector:
         return _square(cx, cy + 0.2 * side, side)
 
     def _pose_in(self, rgb: np.ndarray, box: Box, pose, size_px: int | None):
-        """(landmarks (33, 3) [u_px, v_px, visibility], segmentation (H, W) float32 or None) in full-image
-        pixels, or None without a person in the box. size_px: the crop's size given to the model (None: as is)."""
-        x0, y0, side = box
-        result = pose.process(_crop(rgb, box, size_px))
+        """(landmarks (33, 3) [u_px, v_px, visibility], segmentation (H, W) float32 or None, metric body
+        (33, 3) [m] or None) in full-image pixels, or None without a person in the box. box None: the whole
+        image. size_px: the crop's size given to the model (None: as is)."""
+        if box is None:
+            h, w = rgb.shape[:2]
+            result = pose.process(rgb)
+            x0 = y0 = 0
+            sx, sy = w, h
+        else:
+            x0, y0, side = box
+            result = pose.process(_crop(rgb, box, size_px))
+            sx = sy = side
         if result.pose_landmarks is None:
             return None
-        lm = np.array([(x0 + p.x * side, y0 + p.y * side, p.visibility) for p in result.pose_landmarks.landmark])
+        lm = np.array([(x0 + p.x * sx, y0 + p.y * sy, p.visibility) for p in result.pose_landmarks.landmark])
         seg = None
         if result.segmentation_mask is not None:
-            seg = np.zeros(rgb.shape[:2], np.float32)
-            _paste(seg, box, result.segmentation_mask)
-        return lm, seg
+            if box is None:
+                seg = np.asarray(result.segmentation_mask, np.float32)
+            else:
+                seg = np.zeros(rgb.shape[:2], np.float32)
+                _paste(seg, box, result.segmentation_mask)
+        body_m = None
+        if result.pose_world_landmarks is not None:
+            body_m = np.array([(p.x, p.y, p.z) for p in result.pose_world_landmarks.landmark])
+        return lm, seg, body_m
 
     def _face_mesh_in(self, rgb: np.ndarray, pose_lm: np.ndarray) -> np.ndarray | None:
         """Face mesh landmarks (478, 2) in full-image pixels on a crop around the head, or None."""
@@ -155,6 +178,16 @@ class MediapipePersonDetector:
         if not result.multi_face_landmarks:
             return None
         return np.array([(x0 + p.x * side, y0 + p.y * side) for p in result.multi_face_landmarks[0].landmark])
+
+    def _face_on_head(self, rgb: np.ndarray, pose_lm: np.ndarray) -> bool:
+        """Whether the close-range face detector finds a face (score >= _FACE_SEEN_SCORE) on a crop around the
+        pose's head: a face turned away or too small has none (the pose model places eyes and a nose on the back
+        of a head too, with full visibility). About 2 ms."""
+        head = pose_lm[:11, :2]
+        spread = float(np.max(np.ptp(head, axis=0)))
+        box = _square(float(np.mean(head[:, 0])), float(np.mean(head[:, 1])), max(3.0 * spread, 48.0))
+        result = self._faces_near.process(_crop(rgb, box, _FACE_CROP_PX))
+        return bool(result.detections)
 
     @staticmethod
     def _region(pose_lm: np.ndarray) -> Box | None:
@@ -185,14 +218,16 @@ class MediapipePersonDetector:
         rgb = np.ascontiguousarray(rgb)
         h, w = rgb.shape[:2]
         found = self._pose_in(rgb, self._track_box, self._pose_track, _TRACK_PX) if self._track_box else None
-        if found is None:   # search: a person is first found by their face (see the module docstring)
+        if found is None:   # search: by the face first, then the whole image (see the module docstring)
             self._track_box = None
             box = self._face_box(rgb)
             found = self._pose_in(rgb, box, self._pose_find, None) if box else None
+            if found is None:
+                found = self._pose_in(rgb, None, self._pose_find, None)
         if found is None:
             return PersonObservation(mask=np.zeros((h, w), bool), head=None,
                                      detector_ms=(time.perf_counter() - started) * 1e3)
-        pose_lm, seg = found
+        pose_lm, seg, body_m = found
         if self._track_box is None or not self._still_fits(pose_lm, self._track_box):
             # A new region for the tracker. Its graph is not reset (that costs over 100 ms): it carries its
             # landmarks over in the crop's coordinates and re-detects when they no longer fit.
@@ -210,4 +245,7 @@ class MediapipePersonDetector:
                     uv[i], weight[i] = mesh[_FACE_MESH_INDEX[k]], _FACE_MESH_WEIGHT
             source = "face_mesh"
         head = HeadLandmarks(uv_px=uv, weight=weight, source=source)
-        return PersonObservation(mask=mask, head=head, detector_ms=(time.perf_counter() - started) * 1e3)
+        face_seen = self._face_on_head(rgb, pose_lm)
+        body = BodyLandmarks(uv_px=pose_lm[:, :2], visibility=pose_lm[:, 2], body_m=body_m)
+        return PersonObservation(mask=mask, head=head, body=body, face_seen=face_seen,
+                                 detector_ms=(time.perf_counter() - started) * 1e3)

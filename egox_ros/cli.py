@@ -96,6 +96,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_record(args: argparse.Namespace) -> int:
+    from egox_ros.ros.record import run
+    return run(args)
+
+
 def _cmd_tools_egoexo4d(args: argparse.Namespace) -> int:
     from egox_ros.tools.egoexo4d import run
     return run(args)
@@ -150,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                                      "instance, or --address auto|ray://HOST:10001): OUT/<bag>/ per bag, batch.json")
     add_batch_arguments(p)
     p.set_defaults(func=_cmd_batch)
+    from egox_ros.ros.record import add_arguments as add_record_arguments
+    p = sub.add_parser("record", help="record a live node's outputs (or any topics) into an MCAP bag, without "
+                                      "ros2 bag record: -o OUT [TOPIC ...] [--namespace NS] [--duration S]")
+    add_record_arguments(p)
+    p.set_defaults(func=_cmd_record)
     sub.add_parser("sample", help="rebuild the bundled sample bag from ../shared/data/tum_rgbd (egox sample "
                                   "--help: its options)", add_help=False)   # parsed by make_sample_bag (below)
     from egox_ros.bench.cli import add_arguments as add_bench_arguments, run as run_bench

@@ -38,6 +38,57 @@ def wait_until(predicate, timeout_s: float = 20.0, what: str = "condition", inte
         time.sleep(interval_s)
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by `pid` and its live descendants, and by the children they waited for (Linux /proc;
+    0 without it)."""
+    parents, cpu = {}, {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue                    # gone meanwhile
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = sum(int(f) for f in fields[11:15]) / tick     # utime, stime, cutime, cstime
+    tree, grown = {pid}, True
+    while grown:
+        new = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= new
+        grown = bool(new)
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
+def run_with_progress(cmd: list[str], stall_s: float = 180.0, limit_s: float = 3600.0,
+                      **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) that fails the test only when the command makes no
+    progress for stall_s (no output on stdout or stderr and no CPU time used by it or its children: hung), or runs
+    past limit_s. A busy machine slows a command down without stopping it; fixed 300 s limits failed under load."""
+    import tempfile
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, **kwargs)
+        started = last_progress = time.monotonic()
+        seen = (-1, -1, -1.0)
+        while proc.poll() is None:
+            time.sleep(1.0)
+            now_seen = (os.fstat(out.fileno()).st_size, os.fstat(err.fileno()).st_size, _tree_cpu_s(proc.pid))
+            if now_seen[:2] != seen[:2] or now_seen[2] > seen[2] + 0.05:
+                seen, last_progress = now_seen, time.monotonic()
+            stalled = time.monotonic() - last_progress > stall_s
+            if stalled or time.monotonic() - started > limit_s:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                err.seek(0)
+                pytest.fail(f"{' '.join(map(str, cmd))}: "
+                            + (f"no output and no CPU time for {stall_s:g} s" if stalled else f"over {limit_s:g} s")
+                            + f"; stderr:\n{err.read().decode(errors='replace')[-3000:]}")
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read().decode(errors="replace"),
+                                           err.read().decode(errors="replace"))
+
+
 class NodeProcess:
     """The egox node in its own process; log captured to a file."""
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
+
+from conftest import run_with_progress
 
 tum = pytest.importorskip("egox_ros.tools.tum")
 
@@ -15,8 +16,7 @@ def test_geometry_bench_quick_run_reports_accuracy_speed_and_scaling():
         tum.tum_root()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    run = subprocess.run([sys.executable, "-m", "egox_ros.cli", "bench", "geometry", "--quick", "--json"],
-                         capture_output=True, text=True, timeout=300)
+    run = run_with_progress([sys.executable, "-m", "egox_ros.cli", "bench", "geometry", "--quick", "--json"])
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["machine"]["versions"]["torch"] and result["machine"]["cpu_cores"] >= 1
@@ -36,8 +36,7 @@ def test_geometry_bench_quick_run_reports_accuracy_speed_and_scaling():
 
 @pytest.fixture(scope="module")
 def gga_quick_result():
-    run = subprocess.run([sys.executable, "-m", "egox_ros.cli", "bench", "gga", "--quick", "--json"],
-                         capture_output=True, text=True, timeout=300)
+    run = run_with_progress([sys.executable, "-m", "egox_ros.cli", "bench", "gga", "--quick", "--json"])
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+from conftest import run_with_progress
 
 from egox_ros.bench.soak import (merge_cases, markdown, ping_pong, read_doc_cases, slope_mb_per_min,
                                  write_docs)
@@ -17,10 +18,9 @@ from egox_ros.bench.soak import (merge_cases, markdown, ping_pong, read_doc_case
 def soak_result():
     # A domain of its own, away from the test process's (conftest: 1 + pid % 100).
     domain = 1 + (os.getpid() + 50) % 100
-    run = subprocess.run([sys.executable, "-m", "egox_ros.cli", "bench", "soak", "--duration", "3", "--rate", "10",
-                          "--warmup", "1", "--drain-timeout", "60", "--domain-id", str(domain), "--json",
-                          "--label", "test"],
-                         capture_output=True, text=True, timeout=300)
+    run = run_with_progress([sys.executable, "-m", "egox_ros.cli", "bench", "soak", "--duration", "3", "--rate", "10",
+                             "--warmup", "1", "--drain-timeout", "60", "--domain-id", str(domain), "--json",
+                             "--label", "test"])
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
 

@@ -242,14 +242,19 @@ class InputsConfig:
     world_frame: str = param("world", "fixed frame: point clouds are fused and the ego frame published in it")
     exo_frame: str = param("", "exo optical frame; empty = the exo image's header.frame_id")
     exo_pose_source: str = param("tf", "where the exo camera's pose comes from: 'tf' (world_frame -> exo frame in the "
-                                       "TF tree) or 'parameters' (a fixed camera at exo_xyz_m / exo_rpy_rad, no TF "
-                                       "publisher needed; the node publishes it on /tf_static)",
-                                 choices=("tf", "parameters"))
-    exo_xyz_m: list = param([0.0, 0.0, 0.0], "with exo_pose_source 'parameters': position of the exo optical frame "
-                                             "in world_frame [m]", (-1e4, 1e4))
-    exo_rpy_rad: list = param([0.0, 0.0, 0.0], "with exo_pose_source 'parameters': rotation of the exo optical frame "
-                                               "(OpenCV axes: x right, y down, z forward) in world_frame, roll pitch "
-                                               "yaw about fixed x, y, z [rad] (tf2's setRPY)", (-7.0, 7.0))
+                                       "TF tree) or 'parameters' (a fixed camera: world_frame -> exo_pose_frame is "
+                                       "exo_xyz_m / exo_rpy_rad, no TF publisher needed; the node publishes it on "
+                                       "/tf_static)", choices=("tf", "parameters"))
+    exo_pose_frame: str = param("", "with exo_pose_source 'parameters': the frame whose pose exo_xyz_m / exo_rpy_rad "
+                                    "give; empty = the exo optical frame. For a camera driver that publishes its own "
+                                    "frames (realsense2_camera: camera_link -> ... -> camera_color_optical_frame on "
+                                    "/tf_static) give their root, e.g. camera_link, so every frame keeps one parent")
+    exo_xyz_m: list = param([0.0, 0.0, 0.0], "with exo_pose_source 'parameters': position of exo_pose_frame in "
+                                             "world_frame [m]", (-1e4, 1e4))
+    exo_rpy_rad: list = param([0.0, 0.0, 0.0], "with exo_pose_source 'parameters': rotation of exo_pose_frame in "
+                                               "world_frame, roll pitch yaw about fixed x, y, z [rad] (tf2's setRPY); "
+                                               "an optical frame has x right, y down, z forward, a REP-103 camera_link "
+                                               "x forward, z up", (-7.0, 7.0))
     exo_transport: str = param("raw", "exo image transport: 'raw' (sensor_msgs/Image on exo/image_raw) or "
                                       "'compressed' (CompressedImage, JPEG/PNG, on exo/image_raw/compressed)",
                                choices=("raw", "compressed"))

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+import transforms3d
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from egox_ros.core.engine import EgoEngine
+from egox_ros.core.transforms import RigidTransform
 from egox_ros.core.image_codec import ImageDecodeError, depth_implausible
 from egox_ros.ros import conversions as conv
 
 
-class EngineInputs:
-    """Decodes input messages and hands them to `engine`; ``inputs`` is the InputsConfig."""
+def fixed_exo_pose(inputs) -> RigidTransform:
+    """world_T_frame of a fixed exo camera's exo_pose_frame from inputs.exo_xyz_m / exo_rpy_rad (roll, pitch, yaw
+    about fixed axes)."""
+    quat_wxyz = transforms3d.euler.euler2quat(*inputs.exo_rpy_rad, axes="sxyz")
+    return RigidTransform(np.array(inputs.exo_xyz_m, float), np.roll(quat_wxyz, -1))
 
-    def __init__(self, engine: EgoEngine, inputs):
+
+class EngineInputs:
+    """Decodes input messages and hands them to `engine`; ``inputs`` is the InputsConfig. With
+    inputs.exo_pose_source 'parameters', the first image puts the fixed world -> exo_pose_frame (or, without one,
+    -> its exo frame) transform into the engine's TF (static) and calls on_fixed_exo(frame_id, world_T_frame, stamp)
+    (the node publishes it)."""
+
+    def __init__(self, engine: EgoEngine, inputs, on_fixed_exo: Callable | None = None):
         self.engine, self.inputs = engine, inputs
+        self.on_fixed_exo = on_fixed_exo
+        self._fixed_exo_frames: set[str] = set()
 
     def topics(self) -> dict[str, tuple[type, Callable]]:
         """Input name (relative topic, e.g. 'exo/image_raw') -> (message class, handler) for this configuration;
@@ -42,6 +57,13 @@ class EngineInputs:
             rgb, problem = conv.image_to_rgb(msg), None
         except ImageDecodeError as e:
             rgb, problem = None, str(e)
+        frame = self.inputs.exo_pose_frame or self.inputs.exo_frame or msg.header.frame_id
+        if self.inputs.exo_pose_source == "parameters" and frame and frame not in self._fixed_exo_frames:
+            self._fixed_exo_frames.add(frame)
+            pose = fixed_exo_pose(self.inputs)
+            self.engine.add_transforms([(self.inputs.world_frame, frame, 0, pose, None)], static=True)
+            if self.on_fixed_exo is not None:
+                self.on_fixed_exo(frame, pose, msg.header.stamp)
         self.engine.add_image(conv.stamp_to_ns(msg.header.stamp), rgb, msg.header.frame_id, rejected=problem)
 
     def camera_info(self, msg: CameraInfo) -> None:

@@ -163,7 +163,7 @@ class EgoxNode(Node):
 
         in_qos = _qos(self.qos.input_reliability, self.qos.input_depth)
         out_qos = _qos(self.qos.output_reliability, self.qos.output_depth)
-        self.feed = EngineInputs(e, self.inputs)
+        self.feed = EngineInputs(e, self.inputs, on_fixed_exo=self._publish_fixed_exo)
         for topic, (msg_type, handler) in self.feed.topics().items():
             kind = "image" if handler == self.feed.image else "depth" if handler == self.feed.depth else ""
             self.create_subscription(msg_type, topic, self._counted(kind, handler) if kind else handler, in_qos)
@@ -180,6 +180,8 @@ class EgoxNode(Node):
         self._pubs["ego/clip_metadata"] = self.create_publisher(ClipMetadata, "ego/clip_metadata",
                                                                 _qos("reliable", max(100, self.qos.output_depth)))
         self._pubs["/tf"] = self.create_publisher(TFMessage, "/tf", tf_qos)
+        if self.inputs.exo_pose_source == "parameters":
+            self._pubs["/tf_static"] = self.create_publisher(TFMessage, "/tf_static", tf_static_qos)
         if e.person_detector is not None:
             self._pubs["~/person_mask"] = self.create_publisher(Image, "~/person_mask", out_qos)
         if e.head_tracker is not None:
@@ -237,6 +239,13 @@ class EgoxNode(Node):
                                                "qos.input_depth", count=lost)
             handler(msg)
         return on_message
+
+    def _publish_fixed_exo(self, frame: str, world_T_exo, stamp) -> None:
+        """The fixed exo camera of inputs.exo_pose_source 'parameters' on /tf_static (RViz, recorders)."""
+        self.get_logger().info(f"exo camera '{frame}' fixed at {list(self.inputs.exo_xyz_m)} m, rpy "
+                               f"{list(self.inputs.exo_rpy_rad)} rad in '{self.inputs.world_frame}' (parameters)")
+        self.publish([("/tf_static", TFMessage(transforms=[conv.rigid_to_transform_stamped(
+            world_T_exo, self.inputs.world_frame, frame, stamp)]))])
 
     def _on_tf(self, msg: TFMessage, info, static: bool) -> None:
         self._delays.observe("tf_static" if static else "tf", info)

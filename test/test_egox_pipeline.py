@@ -213,6 +213,24 @@ def test_the_released_clip_image_is_frame_0_of_the_decoded_exo_and_noise_canvas(
         run(pipe, clip_image="prior")
 
 
+def test_the_training_clip_image_is_the_frame_divided_by_255_as_the_released_training_saw_it(pipe):
+    # wan_dataset.py: frame 0 of [exo | ego] as floats in [0, 1]; sft_trainer.py encode_first_frame: the processor
+    # with its default rescale (1/255) on top. Ours: the prior stands in for the real ego frame.
+    exo, prior = videos()
+    first = torch.cat([_video_tensor(exo, "exo")[0, :, 0], _video_tensor(prior, "prior")[0, :, 0]], dim=-1)
+    with torch.no_grad():
+        pixels = pipe.image_processor(images=((first + 1.0) / 2.0)[None], return_tensors="pt")
+        expected = pipe.image_encoder(**pixels, output_hidden_states=True).hidden_states[-2]
+    assert pixels["pixel_values"].std(dim=(2, 3)).max() < 0.05                    # nearly a black image
+    training = image_embeds_seen(pipe, clip_image="training")
+    assert torch.allclose(training, expected, atol=1e-5)
+    # Nearly independent of the content: inverted videos move it much less than they move the 'canvas' image.
+    inverted = image_embeds_seen(pipe, clip_image="training", videos=(255 - exo, 255 - prior))
+    canvas = image_embeds_seen(pipe, clip_image="canvas")
+    canvas_inverted = image_embeds_seen(pipe, clip_image="canvas", videos=(255 - exo, 255 - prior))
+    assert (inverted - training).abs().max() < 0.1 * (canvas_inverted - canvas).abs().max()
+
+
 def test_the_exo_latent_is_a_seeded_posterior_sample_or_the_mean(pipe):
     exo, _ = videos()
     steps = dict(num_inference_steps=1, output_type="latent")

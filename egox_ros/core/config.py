@@ -183,9 +183,10 @@ class EgoxConfig:
                                                           "inference: none, the empty string)")
     clip_image: str = param("released", "what the CLIP image encoder sees: 'released' (frame 0 of the VAE decode of "
                                         "[clean exo latent | the clip's initial noise], as the released inference; "
-                                        "one extra VAE decode of a latent frame), 'canvas' (frame 0 of [exo | "
-                                        "prior]) or 'exo' (the exo frame, as plain Wan I2V)",
-                            choices=("released", "canvas", "exo"))
+                                        "one extra VAE decode of a latent frame), 'training' (what the released "
+                                        "training's CLIP saw: frame 0 of [exo | prior] divided by 255, nearly "
+                                        "black), 'canvas' (frame 0 of [exo | prior]) or 'exo' (the exo frame, as "
+                                        "plain Wan I2V)", choices=("released", "training", "canvas", "exo"))
     exo_latent: str = param("sample", "exo latent: 'sample' (a draw from the VAE posterior, seeded by seed, as the "
                                       "released code) or 'mean' (the posterior mean)", choices=("sample", "mean"))
     posterior_noise: str = param("released", "noise of the posterior samples: 'released' (the stream of the global RNG "

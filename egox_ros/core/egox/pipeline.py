@@ -36,7 +36,7 @@ from egox_ros.core.egox.canvas import LatentCanvas
 from egox_ros.core.egox.weights import LoraSummary, WeightsError, check_lora_file, check_model_folder, lora_file
 
 TEXT_TOKENS = 512   # UMT5 context length the Wan transformer's cross-attention assumes
-CLIP_IMAGES = ("released", "canvas", "exo")   # what the CLIP image encoder sees (see EgoxPipeline.__call__)
+CLIP_IMAGES = ("released", "training", "canvas", "exo")   # what the CLIP image encoder sees (EgoxPipeline.__call__)
 LATENT_MODES = ("sample", "mean")              # VAE posterior sample (released) or mean
 OUTPUT_UINT8 = ("truncate", "round")           # float frames in [0, 1] -> uint8: the released code truncates
 
@@ -183,10 +183,13 @@ class EgoxPipeline(WanImageToVideoPipeline):
         first = self.decode_latents(canvas_latents[:, :, :1])[:, :, 0].float()
         return ((first + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def encode_float_image(self, image: torch.Tensor, device=None) -> torch.Tensor:
-        """CLIP penultimate hidden states of a (1, 3, H, W) float image in [0, 1] (as the released code passes it:
-        no uint8 rounding, the processor told not to rescale)."""
-        pixels = self.image_processor(images=image.float().cpu(), return_tensors="pt", do_rescale=False).to(
+    def encode_float_image(self, image: torch.Tensor, device=None, rescale: bool = False) -> torch.Tensor:
+        """CLIP penultimate hidden states of a (1, 3, H, W) float image in [0, 1] (as the released inference passes
+        it: no uint8 rounding, the processor told not to rescale). rescale=True: the processor's default rescale by
+        1/255 applied on top, as the released training's encode_first_frame called it on an image already in [0, 1]
+        (so CLIP saw it divided by 255: nearly black)."""
+        kwargs = {} if rescale else {"do_rescale": False}
+        pixels = self.image_processor(images=image.float().cpu(), return_tensors="pt", **kwargs).to(
             get_module_execution_device(self.image_encoder))
         hidden = self.image_encoder(**pixels, output_hidden_states=True).hidden_states[-2]
         return hidden.to(device or self._execution_device)
@@ -243,9 +246,11 @@ class EgoxPipeline(WanImageToVideoPipeline):
         the text and CLIP encoders. negative_prompt None or "" is the empty prompt (the released inference's).
         clip_image: what the CLIP encoder sees: 'released' (default; the released inference: frame 0 of the VAE
         decode of [x_0 | z_T], the clean exo latent beside this clip's initial noise, so deterministic given the
-        generator; costs one VAE decode of the first latent frame of the canvas, see released_clip_image), 'canvas'
-        (frame 0 of [exo | prior]; training used frame 0 of [exo | real ego]) or 'exo' (frame 0 of the exo video, as
-        plain Wan I2V). exo_latent / prior_latent: 'sample' (default; a draw from the VAE posterior, as the released
+        generator; costs one VAE decode of the first latent frame of the canvas, see released_clip_image),
+        'training' (what CLIP saw in the released training: frame 0 of [exo | ego] in [0, 1], rescaled again by the
+        processor's default 1/255, nearly black; the prior stands in for the real ego frame, which at 1/255 of the
+        range changes little), 'canvas' (frame 0 of [exo | prior]) or 'exo' (frame 0 of the exo video, as plain Wan
+        I2V). exo_latent / prior_latent: 'sample' (default; a draw from the VAE posterior, as the released
         code encodes both videos) or 'mean' (the posterior mean). generator: z_T, its first draw; posterior_generator:
         the posterior samples' noise (exo first, then prior), on the model's execution device or the CPU; None: drawn
         from `generator` after z_T (`seeded_generators` gives the released pair). output_uint8: 'truncate' (the
@@ -296,6 +301,9 @@ class EgoxPipeline(WanImageToVideoPipeline):
         elif self.transformer.config.image_dim is not None:
             if clip_image == "released":
                 image_embeds = self.encode_float_image(self.released_clip_image(latents), device).to(dtype)
+            elif clip_image == "training":
+                first = (torch.cat([exo[0, :, 0], prior[0, :, 0]], dim=-1)[None] + 1.0) / 2.0
+                image_embeds = self.encode_float_image(first, device, rescale=True).to(dtype)
             else:
                 first = exo[0, :, 0] if clip_image == "exo" else torch.cat([exo[0, :, 0], prior[0, :, 0]], dim=-1)
                 first = ((first.permute(1, 2, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()

@@ -33,7 +33,7 @@ from egox_ros.core.egox.weights import WeightsError
 from egox_ros.core.frames import ExoFrame, FrameWindow
 from egox_ros.core.generators import EgoGenerator, PriorGenerator, make_generator
 from egox_ros.core.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_camera_from_config
-from egox_ros.core.synchroniser import Drop, FrameSynchroniser, SyncSources
+from egox_ros.core.synchroniser import Drop, FrameSynchroniser, ImageResult, SyncSources
 from egox_ros.core.transforms import RigidTransform
 
 ENGINE_SECTIONS = ("inputs", "outputs", "sync", "runtime", "depth", "depth_alignment", "person", "head",
@@ -225,17 +225,21 @@ class EgoEngine:
     def add_image(self, stamp_ns: int, rgb: np.ndarray | None, frame_id: str, rejected: str | None = None) -> None:
         """An exo image (H, W, 3) uint8 RGB, or why the one with this stamp could not be decoded (bad_image)."""
         now = self.clock()
-        with self.lock:
+        with self.lock:     # received and where the frame went, in one step (the accounting invariant)
             self.stats.received += 1
             self.stats.received_times.append(now)
             self.stats.last_received_ns = max(self.stats.last_received_ns, stamp_ns)
+            if rejected is None:
+                result = self.frames.add_image(stamp_ns, rgb, frame_id)
+            else:
+                result = ImageResult(drops=[Drop([stamp_ns], "bad_image", rejected)])
+            self._count_drops(result.drops)
         self._last_image_s = now
         if self._first_image_s is None:
             self._first_image_s = now
         if rejected is not None:
-            self._publish_drops([Drop([stamp_ns], "bad_image", rejected)])
+            self._report_drops(result.drops)
             return
-        result = self.frames.add_image(stamp_ns, rgb, frame_id)
         if result.time_jump:
             for worker in (self.depth_estimator, self.person_detector, self.head_tracker):
                 if worker is not None:
@@ -249,7 +253,7 @@ class EgoEngine:
                 self.person_detector.submit(frame.stamp_ns, frame.rgb)
             elif self.depth_from_model():
                 self.depth_estimator.submit(frame.stamp_ns, frame.rgb)
-        self._publish_drops(result.drops)
+        self._report_drops(result.drops)
         self.resolve()
 
     def count_lost(self, images: int) -> None:
@@ -266,9 +270,10 @@ class EgoEngine:
                 self._flush_after_workers = True
                 return
             drops = self.frames.flush()
+            self._count_drops(drops)
             self._flush_requested = True
             self.lock.notify_all()
-        self._publish_drops(drops)
+        self._report_drops(drops)
         self.events.progress()
 
     def tick(self) -> None:
@@ -348,8 +353,9 @@ class EgoEngine:
         with self.lock:
             queued = len(self._queue)
             drops = self.frames.resolve(self._admit)
+            self._count_drops(drops)
             admitted = len(self._queue) != queued
-        self._publish_drops(drops)
+        self._report_drops(drops)
         if admitted and not drops:
             self.events.progress()
 
@@ -491,10 +497,11 @@ class EgoEngine:
 
     def _failed(self, frames: list[ExoFrame], error: Exception) -> None:
         self.events.log("error", f"generator '{self.generator.name}' failed: {type(error).__name__}: {error}")
+        drops = [Drop([f.stamp_ns for f in frames], "generator_failed", f"{type(error).__name__}: {error}")]
         with self.lock:
             self._in_generator -= len(frames)
-        self._publish_drops([Drop([f.stamp_ns for f in frames], "generator_failed",
-                                  f"{type(error).__name__}: {error}")])
+            self._count_drops(drops)
+        self._report_drops(drops)
 
     def _emit(self, output: ClipOutput, started: float) -> None:
         frames = output.request.frames
@@ -510,10 +517,16 @@ class EgoEngine:
         self.events.progress()
 
     # ---------------------------------------------------------------- accounting
-    def _publish_drops(self, drops: list[Drop]) -> None:
+    def _count_drops(self, drops: list[Drop]) -> None:
+        """Count drops in the same lock hold that took their frames out of waiting / queued / received (lock held):
+        whoever reads the accounting under the lock (the node's ~/progress) finds received == published + dropped
+        + waiting + queued at every moment."""
         for d in drops:
-            with self.lock:
-                self.stats.dropped[d.code] += len(d.stamps_ns)
+            self.stats.dropped[d.code] += len(d.stamps_ns)
+
+    def _report_drops(self, drops: list[Drop]) -> None:
+        """Tell the consumer about drops already counted (lock not held)."""
+        for d in drops:
             self.events.dropped(d)
         if drops:
             self.events.progress()

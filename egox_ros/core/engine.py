@@ -175,6 +175,7 @@ class EgoEngine:
             clock=clock, lock=self.lock)
         self._queue: deque[tuple[ExoFrame, list[ExoFrame]]] = deque()   # frame, its fusion context
         self._in_generator = 0                           # frames taken from the queue, not yet out
+        self._replaced: list[int] = []                   # stamps dropped from the full queue for newer frames
         self._in_flight: deque = deque()                 # pool backend: (handle, rendered clip, started), oldest first
         self._flush_requested = False
         self._running = True
@@ -353,6 +354,10 @@ class EgoEngine:
         with self.lock:
             queued = len(self._queue)
             drops = self.frames.resolve(self._admit)
+            if self._replaced:
+                drops.append(Drop(self._replaced, "generator_busy", "replaced in the full generator queue by a "
+                                                                    "newer frame (sync.overload 'drop_oldest')"))
+                self._replaced = []
             self._count_drops(drops)
             admitted = len(self._queue) != queued
         self._report_drops(drops)
@@ -360,10 +365,14 @@ class EgoEngine:
             self.events.progress()
 
     def _admit(self, frame: ExoFrame) -> bool:
-        """A complete frame into the window and the generator queue; False when the queue is full (the frame waits
-        up to sync.timeout_s). Runs under the lock."""
+        """A complete frame into the window and the generator queue. When the queue is full: with sync.overload
+        'drop_oldest' the oldest queued frame makes room (a generator_busy drop, reported by resolve), else False
+        (the frame waits: as long as it takes with 'keep_all'). Runs under the lock."""
         if len(self._queue) >= self.queue_capacity:
-            return False
+            if self.sync.overload != "drop_oldest":
+                return False
+            old, _ = self._queue.popleft()
+            self._replaced.append(old.stamp_ns)
         self.window.append(frame)
         self._queue.append((frame, self.window.newest(self.fusion_frames, up_to_ns=frame.stamp_ns)))
         self.lock.notify_all()

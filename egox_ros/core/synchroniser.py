@@ -10,7 +10,8 @@ Rules (README, "Frames, drops and time"):
 - A complete frame that the consumer cannot take (a full generator queue) waits up to ``timeout_s`` from the moment
   it was complete (``generator_busy`` after that), so a burst after a stall drains instead of overflowing; under a
   sustained overload every complete frame waits at most that long, which bounds both the latency and the waiting
-  frames.
+  frames. With ``overload`` 'keep_all' it waits as long as it takes (recording); with 'drop_oldest' the engine makes
+  room itself by dropping its oldest queued frame (live), so its frames never wait here.
 - Time jumps back are decided by the exo image stream alone: an image more than ``time_jump_back_s`` older than the
   newest accepted one is held; ``time_jump_confirm_frames`` such images in a row, each newer than the last, confirm
   the jump (TF, caches and the consumer's window reset; the held images become the new timeline's first frames).
@@ -47,9 +48,15 @@ class SyncConfig:
     depth_tolerance_s: float = param(0.005, "largest stamp difference between an exo image and its depth image [s]",
                                      (0.0, 1.0))
     max_waiting: int = param(64, "frames that may wait for inputs at once; the oldest is dropped beyond", (1, 10000))
-    queue_capacity: int = param(4, "synchronised frames queued for the generator (at least one clip); complete "
-                                   "frames beyond wait up to timeout_s, then are dropped as generator_busy",
-                                (1, 10000))
+    queue_capacity: int = param(4, "synchronised frames queued for the generator (at least one clip); what happens "
+                                   "to complete frames beyond it is sync.overload", (1, 10000))
+    overload: str = param("drop_oldest", "a complete frame that finds the generator queue full: 'drop_oldest' (live: "
+                                         "the oldest queued frame is dropped as generator_busy and the new one "
+                                         "queued, so what is published stays fresh under a sustained overload) or "
+                                         "'keep_all' (recording: it waits for room as long as it takes, no frame is "
+                                         "dropped for lack of room; sync.max_waiting still bounds the frames "
+                                         "waiting; egox replay and egox process set it)",
+                          choices=("drop_oldest", "keep_all"))
     tf_cache_s: float = param(30.0, "TF history kept per edge [s]", (0.1, 3600.0))
     time_jump_back_s: float = param(1.0, "an exo image this much older than the newest accepted one is a candidate "
                                          "time jump back (a bag that loops) [s]", (0.0, 3600.0))
@@ -294,7 +301,7 @@ class FrameSynchroniser:
                     if p.complete is None:
                         p.complete, p.complete_s = outcome, now
                     p.waiting_for = ("generator_busy", "room in the generator queue")
-                    if now - p.complete_s <= self.config.timeout_s:
+                    if self.config.overload == "keep_all" or now - p.complete_s <= self.config.timeout_s:
                         continue
                     outcome = ("generator_busy", f"the generator queue stayed full for sync.timeout_s = "
                                                  f"{self.config.timeout_s} s")
@@ -308,15 +315,18 @@ class FrameSynchroniser:
         return drops
 
     def flush(self) -> list[Drop]:
-        """End of stream: every frame still waiting (or held as a time-jump candidate) is dropped."""
+        """End of stream: every frame still waiting (or held as a time-jump candidate) is dropped, except, with
+        overload 'keep_all', complete frames waiting for room."""
         drops = []
         with self.lock:
             if self._jump:
                 drops.append(self._stray_drop())
             for p in sorted(self._pending.values(), key=lambda p: p.stamp_ns):
+                if p.complete is not None and self.config.overload == "keep_all":
+                    continue            # complete, waiting for room: resolve admits it as the queue drains
                 drops.append(Drop([p.stamp_ns], "end_of_stream",
                                   f"stream ended while the frame waited for {p.waiting_for[1]}"))
-            self._pending.clear()
+                del self._pending[p.stamp_ns]
         return drops
 
     def waiting(self) -> int:

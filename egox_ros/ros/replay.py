@@ -777,6 +777,9 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     if params.get("sync.overload") is not None and "sync.overload" not in user_set:
         plan.replay_params.append("sync.overload:=keep_all")    # a recording: every frame, none dropped for room
         params["sync.overload"] = "keep_all"
+    if params.get("sync.overload") is not None and "sync.overload" not in user_set:
+        plan.replay_params.append("sync.overload:=keep_all")    # a recording: every frame, none dropped for room
+        params["sync.overload"] = "keep_all"
     plan.configs, plan.warnings = _check_parameters(params_file, overrides + plan.replay_params)
 
     # TF: transforms to the exo camera frame and (head_source 'tf') the head frame, connected to the world frame.

@@ -466,7 +466,7 @@ def _angle_stats(values) -> dict:
     return {"median": round(float(np.median(v)), 3), "p90": round(float(np.percentile(v, 90)), 3)}
 
 
-def _egoexo4d_clip(clip, progress=None) -> dict:
+def _egoexo4d_clip(clip, use_depth: bool = True) -> dict:
     """One released clip through the node's demonstrator path, frame by frame as the engine runs it (detector,
     head measurement with the clip's depth, tracker), against the recorded head camera."""
     from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, forward_angle_deg, position_error_m
@@ -487,7 +487,8 @@ def _egoexo4d_clip(clip, progress=None) -> dict:
             t0 = time.perf_counter()
             obs = detector.detect(clip.exo_rgb[i])
             t1 = time.perf_counter()
-            measurement = measure_person_head(obs, clip.exo_camera, clip.depth_m[i], config, clip.world_T_exo)
+            measurement = measure_person_head(obs, clip.exo_camera, clip.depth_m[i] if use_depth else None, config,
+                                              clip.world_T_exo)
             estimate = tracker.update(stamp_ns, measurement, clip.world_T_exo)
             t2 = time.perf_counter()
             ms.append((t2 - t0) * 1e3)
@@ -513,7 +514,7 @@ def _egoexo4d_clip(clip, progress=None) -> dict:
         detector.close()
     n = clip.frames
     with_head = n - states["none"]
-    return {"clip": clip.name, "frames": n, "with_head": with_head, "head_rate": round(with_head / n, 3),
+    return {"clip": clip.name, "depth": use_depth, "frames": n, "with_head": with_head, "head_rate": round(with_head / n, 3),
             "measured": states["measured"], "held": states["held"],
             "position_error_m": _angle_stats(pos_err), "forward_error_deg": _angle_stats(fwd_err),
             "person_mask_frames": mask_frames, "mask_on_real_head_frames": mask_on_head,
@@ -522,7 +523,8 @@ def _egoexo4d_clip(clip, progress=None) -> dict:
 
 
 def run_egoexo4d(root, exo_focal_scale: float = 1.0, progress=None) -> dict:
-    """Every clip of a released example/egoexo4D folder (development clips only; see issue 17)."""
+    """Every clip of a released example/egoexo4D folder (development clips only; see issue 17), with the released
+    depth and without depth (the position from the body's size alone)."""
     from egox_ros.tools.egoexo4d import clip_names, load_clip
     machine = machine_info()
     import mediapipe
@@ -531,9 +533,10 @@ def run_egoexo4d(root, exo_focal_scale: float = 1.0, progress=None) -> dict:
     rows = []
     for name in clip_names(Path(root)):
         clip = load_clip(Path(root), name, exo_focal_scale)
-        rows.append(_egoexo4d_clip(clip))
-        if progress:
-            progress(name)
+        for use_depth in (True, False):
+            rows.append(_egoexo4d_clip(clip, use_depth))
+            if progress:
+                progress(f"{name}{'' if use_depth else ' without depth'}")
     machine["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     return {"benchmark": EGOEXO4D_SECTION, "machine": machine, "exo_focal_scale": exo_focal_scale,
             "targets": {"head_rate": 0.9, "position_median_m": 0.15, "position_p90_m": 0.25,
@@ -551,12 +554,12 @@ def markdown_egoexo4d(result: dict) -> str:
              + f"; 1-minute load average {m['load_average_1min_at_start']} at the start, "
                f"{m['load_average_1min_at_end']} at the end (a shared machine: times are upper bounds). Exo focal "
                f"length: the released one times {result['exo_focal_scale']:g}.", "",
-             "| clip | frames with a head (measured + held) | position median / p90 [m] | forward median / p90 "
+             "| clip | depth | frames with a head (measured + held) | position median / p90 [m] | forward median / p90 "
              "[deg] | person mask frames (on the real head) | mask area | detect + head ms median / p90 |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["clips"]:
         p, f, t = r["position_error_m"], r["forward_error_deg"], r["ms_per_frame"]
-        lines.append(f"| {r['clip']} | {r['with_head']} of {r['frames']} ({r['measured']} + {r['held']}) | "
+        lines.append(f"| {r['clip']} | {'released' if r['depth'] else 'none'} | {r['with_head']} of {r['frames']} ({r['measured']} + {r['held']}) | "
                      f"{_f(p['median'], 3)} / {_f(p['p90'], 3)} | {_f(f['median'], 1)} / {_f(f['p90'], 1)} | "
                      f"{r['person_mask_frames']} ({r['mask_on_real_head_frames']}) | "
                      f"{_f(r['mask_area_fraction_median'], 3)} | {_f(t['median_ms'], 1)} / {_f(t['p90_ms'], 1)} |")

@@ -33,9 +33,13 @@ class PersonConfig:
     mask_threshold: float = param(0.5, "a pixel is the person where the segmentation score exceeds this", (0.0, 1.0))
     dilate_px: int = param(4, "grow the mask by this many pixels (segmentation edges are soft; depth edges "
                               "around a person smear) [px]", (0, 64))
+    body_region: bool = param(True, "keep the mask to the body's outline around its skeleton (limbs, torso, "
+                                    "head): the segmentation also covers what the person holds out and the table "
+                                    "under their hands, which belong in the prior")
     min_detection_confidence: float = param(0.5, "MediaPipe person / face detection threshold", (0.0, 1.0))
-    face_mesh: bool = param(True, "refine the head keypoints with MediaPipe's face mesh when the face is visible "
-                                  "(better orientation; about 5 ms per frame)")
+    face_mesh: bool = param(False, "refine the head keypoints with MediaPipe's face mesh when the face is visible "
+                                   "(5-13 ms per frame; only the face fit uses them, which the head from the whole "
+                                   "body replaced: off by default)")
 
     def __post_init__(self) -> None:
         validate(self)

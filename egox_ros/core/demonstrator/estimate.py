@@ -7,9 +7,12 @@ without them (an observation with head keypoints only) it falls back to the face
 Position (exo camera frame, OpenCV axes, metres). The model's metric body shape (an average adult) is placed in
 the camera by least squares over the visible landmarks' rays (the translation that makes it project onto them):
 that alone gives the distance from the body's size ('body'). With a depth image, each visible head landmark's
-depth (median of a patch on the person mask) over its z in the placed body gives a scale; their median rescales
-the placed body about the camera centre (projections unchanged) when it lies within ``DEPTH_VS_MODEL_RATIO``
-('depth'), else the depth is not believed (``depth_rejected``). A scale below ``MIN_HUMAN_SCALE`` means the
+depth (median of a patch on the person mask) over its z in the placed body gives a scale; their median, weighed
+against the body's own size (people differ by ``BODY_SIZE_SIGMA`` = 10 % when the whole body is seen, hips to
+ankles; a head and shoulders alone say far less, ``PARTIAL_BODY_SIGMA``; the depth errs by
+``head.depth_sigma_per_m`` per metre, as depth models' errors grow with distance), rescales the placed body about the camera centre
+(projections unchanged) when it lies within ``DEPTH_VS_MODEL_RATIO`` ('depth'), else the depth is not believed
+(``depth_rejected``). A scale below ``MIN_HUMAN_SCALE`` means the
 "person" is far smaller than a person (a teddy bear is 0.3 m tall): no measurement. The head origin is the
 midpoint of the placed body's eyes, whether the face is visible or not (the body model knows where the eyes are
 behind a back view).
@@ -34,6 +37,9 @@ from egox_ros.core.demonstrator.head_geometry import (DEPTH_VS_MODEL_RATIO, Head
 from egox_ros.core.demonstrator.landmarks import BODY_INDEX, BodyLandmarks, PersonObservation
 
 MIN_HUMAN_SCALE = 0.45          # depth / body-model distance below this: not a person (a child is about 0.6)
+BODY_SIZE_SIGMA = 0.10          # relative error of the distance from the body's size, the whole body seen (1 sigma)
+PARTIAL_BODY_SIGMA = 0.30       # the same from the head and shoulders alone (a seated person behind a table)
+_WHOLE_BODY = ("left_hip", "right_hip", "left_ankle", "right_ankle")
 _SEEN = 0.5                     # a landmark with visibility above this counts as seen
 _HEAD_LANDMARKS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
 _PLACEMENT_LANDMARKS = _HEAD_LANDMARKS + ("left_shoulder", "right_shoulder")   # hips: often behind a table
@@ -159,7 +165,12 @@ def measure_body_head(body: BodyLandmarks, camera: CameraModel, depth_m: np.ndar
             if depth_scale < MIN_HUMAN_SCALE:
                 return None                       # far smaller than a person: not a person
             if 1.0 / DEPTH_VS_MODEL_RATIO <= depth_scale <= DEPTH_VS_MODEL_RATIO:
-                scale, position_source = depth_scale, "depth"
+                # inverse-variance mean of the two log distances (the body's is log 1 = 0)
+                depth_sigma = max(config.depth_sigma_per_m * float(placed[BODY_INDEX["nose"], 2]) * depth_scale,
+                                  1e-3)
+                body_sigma = BODY_SIZE_SIGMA if all(body.seen(n) for n in _WHOLE_BODY) else PARTIAL_BODY_SIGMA
+                weight = body_sigma**2 / (body_sigma**2 + depth_sigma**2)
+                scale, position_source = float(np.exp(weight * np.log(depth_scale))), "depth"
             else:
                 depth_rejected = True
     placed = placed * scale

@@ -52,7 +52,7 @@ class HeadLandmarks:
 # MediaPipe pose (BlazePose) landmark indices the body head estimate uses; "left" / "right" are the person's own.
 BODY_INDEX = {"nose": 0, "left_eye": 2, "right_eye": 5, "left_ear": 7, "right_ear": 8, "left_shoulder": 11,
               "right_shoulder": 12, "left_wrist": 15, "right_wrist": 16, "left_index": 19, "right_index": 20,
-              "left_hip": 23, "right_hip": 24}
+              "left_hip": 23, "right_hip": 24, "left_ankle": 27, "right_ankle": 28}
 BODY_LANDMARKS = 33
 
 

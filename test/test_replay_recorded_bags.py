@@ -55,16 +55,38 @@ def bags(tmp_path_factory):
     rewrite_bag(SAMPLE_BAG, root / "no_tf", drop_topics={"/tf"})
     corrupt = root / "corrupt"
     shutil.copytree(SAMPLE_BAG, corrupt)
-    _corrupt_first_chunk(next(corrupt.glob("*.mcap")))
+    _corrupt_chunk(next(corrupt.glob("*.mcap")), 0)
+    _chunked_copy(SAMPLE_BAG, root / "corrupt_late")           # 1 MiB zstd chunks: 25 of them
+    _corrupt_chunk(next((root / "corrupt_late").glob("*.mcap")), -3)
     return {p.name: p for p in root.iterdir()}
 
 
-def _corrupt_first_chunk(path):
-    """Zero 64 bytes in the middle of the first chunk's compressed records (MCAP chunk record layout: opcode,
-    record length, start and end time, uncompressed size, CRC, compression string, records length, records)."""
+def _chunked_copy(src, dst):
+    """The sample's MCAP rewritten with 1 MiB zstd chunks (the mcap library's writer), same metadata.yaml."""
+    from mcap.reader import make_reader
+    from mcap.writer import CompressionType, Writer
+    dst.mkdir()
+    shutil.copy(src / "metadata.yaml", dst / "metadata.yaml")
+    name = next(src.glob("*.mcap")).name
+    with open(src / name, "rb") as f, open(dst / name, "wb") as g:
+        reader, writer = make_reader(f), Writer(g, chunk_size=1 << 20, compression=CompressionType.ZSTD)
+        header, summary = reader.get_header(), reader.get_summary()
+        writer.start(header.profile, header.library)
+        schemas = {i: writer.register_schema(s.name, s.encoding, s.data) for i, s in summary.schemas.items()}
+        channels = {i: writer.register_channel(c.topic, c.message_encoding, schemas[c.schema_id], c.metadata)
+                    for i, c in summary.channels.items()}
+        for _, channel, message in reader.iter_messages(log_time_order=True):
+            writer.add_message(channels[channel.id], message.log_time, message.data, message.publish_time,
+                               message.sequence)
+        writer.finish()
+
+
+def _corrupt_chunk(path, index):
+    """Zero 64 bytes in the middle of a chunk's compressed records (MCAP chunk record layout: opcode, record
+    length, start and end time, uncompressed size, CRC, compression string, records length, records)."""
     from mcap.reader import make_reader
     with open(path, "rb") as f:
-        chunk = make_reader(f).get_summary().chunk_indexes[0]
+        chunk = make_reader(f).get_summary().chunk_indexes[index]
     assert chunk.compression == "zstd"
     data = bytearray(path.read_bytes())
     start = chunk.chunk_start_offset + 1 + 8 + 8 + 8 + 8 + 4 + 4 + len(chunk.compression) + 8
@@ -284,7 +306,7 @@ def test_a_bag_without_tf_is_one_line_everywhere(bags, tmp_path):
 
 
 def test_a_bag_with_a_corrupt_chunk_is_one_line(bags, tmp_path):
-    # Before: a 45-line ZstdError traceback from the plan stage.
+    # Before: a 45-line ZstdError traceback from the plan stage (and from egox process' loop later in the bag).
     for command, extra in (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]),
                            ("process", ["-o", tmp_path / "p"])):
         result = _cli(command, bags["corrupt"], *extra)
@@ -292,6 +314,14 @@ def test_a_bag_with_a_corrupt_chunk_is_one_line(bags, tmp_path):
         assert result.returncode == 2 and len(line) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert f"cannot read {bags['corrupt']}" in line[0] and "ZstdError" in line[0] and "damaged" in line[0], line
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
+    # A damaged chunk after the plan's reads: process stops there, keeps what it made (exit 1, one line).
+    result = _cli("process", bags["corrupt_late"], "-o", tmp_path / "late", "--params-file", SAMPLE_PARAMS)
+    errors = [x for x in result.stderr.splitlines() if x.startswith("egox process: ") and "%|" not in x]   # no bar
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    done = int(re.search(r"ended early after (\d+) of 50 exo images \(ZstdError", errors[0]).group(1))
+    assert 0 < done < FRAMES, errors
+    with AnyReader([tmp_path / "late" / "bag"]) as reader:
+        assert {c.topic: c.msgcount for c in reader.connections}["/ego/image_raw"] > 0
 
 
 # ------------------------------------------------------------------------------------------------ SIGINT

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from egox_ros.ros.replay import (PRESETS, ReplayError, ReplayInputError, ReplayResult, check_output, check_report,
-                                 make_plan, message_class, prepare_output, typestore_with_egox_msgs)
+                                 make_plan, message_class, prepare_output, report, typestore_with_egox_msgs,
+                                 until_damaged)
 
 def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
             exo_topic: str | None = None, gt_topic: str = "/ego/ground_truth/image_raw", overwrite: bool = False,
@@ -79,7 +80,8 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
         started = time.monotonic()
         bar = tqdm(total=images, unit="frame", desc="egox process", disable=not progress_bar)
         done = 0                                # not bar.n: a disabled bar (egox batch's workers) never counts
-        for conn, log_ns, raw in reader.messages(connections=connections):
+        damage: list[str] = []             # a damaged chunk ends the input: what was read is processed
+        for conn, log_ns, raw in until_damaged(reader.messages(connections=connections), damage):
             bag_time_s[0] = max(bag_time_s[0], log_ns * 1e-9)
             inputs.handlers[conn.topic](deserialize_message(bytes(raw), classes[conn.topic]))
             wait_for_workers(engine)
@@ -105,12 +107,14 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
     problem = read_back_problem(out_bag, writer.counts)
     if problem is not None:
         raise ReplayError(problem)
-    from egox_ros.ros.replay_report import write_report
+    if damage:
+        raise ReplayError(f"the input bag ended early after {done} of {images} exo images ({damage[0]}); the outputs "
+                          f"for those are in {out_bag}")
     inputs_config = configs["inputs"]
-    metrics = write_report(in_bag, out_bag, out_dir, exo_topic=inputs.image_topic, gt_topic=gt_topic,
-                           gt_info_topic=plan.gt_info_topic, typestore=typestore, sheet_frames=sheet_frames,
-                           world_frame=inputs_config.world_frame, head_frame=inputs_config.head_frame,
-                           torch_threads=configs["runtime"].torch_threads, progress_bar=progress_bar)
+    metrics = report(in_bag, out_bag, out_dir, exo_topic=inputs.image_topic, gt_topic=gt_topic,
+                     gt_info_topic=plan.gt_info_topic, typestore=typestore, sheet_frames=sheet_frames,
+                     world_frame=inputs_config.world_frame, head_frame=inputs_config.head_frame,
+                     torch_threads=configs["runtime"].torch_threads, progress_bar=progress_bar)
     metrics["run"] = {"mode": "process (in one process, no DDS)", "input_bag": str(in_bag), "images": images,
                       "exo_topic": inputs.image_topic, "remaps": dict(plan.remaps),
                       "parameters_set_by_process": list(plan.replay_params),

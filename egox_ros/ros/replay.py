@@ -275,7 +275,6 @@ class _Player:
         room). Returns (exo images sent, why the bag ended early or None); on_image() after each image sent."""
         held: deque = deque()
         sent = 0
-        truncated = None
 
         def send(block: bool) -> None:
             nonlocal sent
@@ -293,15 +292,8 @@ class _Player:
                 sent += 1
                 on_image()
 
-        stream = iter(messages)
-        while True:
-            try:
-                topic, log_ns, raw = next(stream)
-            except StopIteration:
-                break
-            except Exception as e:  # noqa: BLE001 - a truncated or corrupt bag: keep what was played
-                truncated = f"{type(e).__name__}: {e}".replace("\n", " ")
-                break
+        damage: list[str] = []
+        for topic, log_ns, raw in until_damaged(messages, damage):
             if topic not in self.publishers:
                 continue
             if log_ns > self.clock_ns:
@@ -313,7 +305,22 @@ class _Player:
             send(block=len(held) > LOOKAHEAD_IMAGES)
         while held:
             send(block=True)
-        return sent, truncated
+        return sent, (damage[0] if damage else None)
+
+
+def until_damaged(messages, damage: list[str]):
+    """Yield from `messages` (a bag reader's) until reading fails (a damaged chunk, a file cut off mid-write): then
+    stop, with the error as one line appended to `damage`, so what was read before is kept."""
+    stream = iter(messages)
+    while True:
+        try:
+            item = next(stream)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - rosbags and its decompressors raise many types for damaged bags
+            damage.append(f"{type(e).__name__}: {e}".replace("\n", " "))
+            return
+        yield item
 
 
 def _wait(condition, predicate, what: str, stall_timeout_s: float, alive, snapshot) -> None:
@@ -774,9 +781,6 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     if params.get("sync.timeout_s") is not None and "sync.timeout_s" not in user_set:
         plan.replay_params.append(f"sync.timeout_s:={REPLAY_INPUT_TIMEOUT_S}")
         params["sync.timeout_s"] = REPLAY_INPUT_TIMEOUT_S
-    if params.get("sync.overload") is not None and "sync.overload" not in user_set:
-        plan.replay_params.append("sync.overload:=keep_all")    # a recording: every frame, none dropped for room
-        params["sync.overload"] = "keep_all"
     if params.get("sync.overload") is not None and "sync.overload" not in user_set:
         plan.replay_params.append("sync.overload:=keep_all")    # a recording: every frame, none dropped for room
         params["sync.overload"] = "keep_all"

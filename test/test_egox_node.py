@@ -56,7 +56,7 @@ def test_the_egox_generator_publishes_clips_with_their_source_stamps(peer, tmp_p
         assert settings["steps"] == "2" and settings["canvas"] == "64+32x32"
         # The released inference's sampler by default (docs/egox-fidelity.md).
         assert (settings["clip_image"], settings["exo_latent"], settings["prior_latent"], settings["exo_fit"],
-                settings["negative_prompt"]) == ("released", "sample", "sample", "resize", "")
+                settings["negative_prompt"]) == ("released", "sample", "sample", "released", "")
         for ns in stamps:                                    # every frame out, stamped with its source stamp
             ego = rig.output("/ego/image_raw", ns)
             assert (ego.width, ego.height, ego.header.frame_id) == (32, 32, "ego_camera_optical")

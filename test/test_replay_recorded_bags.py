@@ -303,6 +303,10 @@ def test_a_bag_without_tf_is_one_line_everywhere(bags, tmp_path):
         assert "no TF: the bag has no /tf or /tf_static" in line[0] and "'exo_camera_optical'" in line[0] \
             and "'head'" in line[0], line
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
+    # Where the node needs no TF (a fixed exo camera from parameters, the head from the exo image) it is no problem.
+    plan = make_plan(bags["no_tf"], overrides=["inputs.exo_pose_source:=parameters", "inputs.head_source:=exo"])
+    assert plan.problems == [] and ("exo camera TF", "world -> exo_camera_optical on inputs.exo_pose_source "
+                                                     "'parameters'") in plan.inputs
 
 
 def test_a_bag_with_a_corrupt_chunk_is_one_line(bags, tmp_path):

@@ -809,28 +809,38 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
         frames.append(("head TF", head, "inputs.head_frame (inputs.head_source 'tf'; without a head TF, "
                                         "-p inputs.head_source:=exo estimates the head from the exo image)"))
     tf_topics = [c.topic for c in reader.connections if c.topic in ("/tf", "/tf_static") and c.msgtype == TF_TYPE]
-    if frames and not tf_topics:
+    parents: dict[str, tuple[str, str]] = {}
+    if frames and tf_topics:
+        parents = _read(in_bag, "/tf and /tf_static", lambda: _tf_parents(reader, [f for _, f, _ in frames], world))
+    if exo_frame and params.get("inputs.exo_pose_source") == "parameters":   # the node adds world -> this frame
+        fixed = str(params.get("inputs.exo_pose_frame") or exo_frame).lstrip("/")
+        parents[fixed] = (world, "inputs.exo_pose_source 'parameters'")
+    unresolved = [(what, frame) for what, frame, _ in frames if frame not in parents]
+    if unresolved and not tf_topics:
         plan.problems.append(
             "no TF: the bag has no /tf or /tf_static (tf2_msgs/msg/TFMessage); the node needs "
-            + " and ".join(f"the transform {world} -> '{frame}' ({why})" for _, frame, why in frames))
-        plan.inputs += [(what, f"MISSING transform to '{frame}' (no TF in the bag)") for what, frame, _ in frames]
-    elif frames:
-        parents = _read(in_bag, "/tf and /tf_static", lambda: _tf_parents(reader, [f for _, f, _ in frames], world))
-        for what, frame, why in frames:
-            if frame not in parents:
-                children = sorted(parents)
-                plan.problems.append(
-                    f"no {what}: /tf and /tf_static have no transform whose child is '{frame}', {why}; the bag's "
-                    f"TF child frames: {', '.join(children) if children else 'none'}")
-                plan.inputs.append((what, f"MISSING transform to '{frame}'"))
-            elif _tf_root(parents, frame) != _tf_root(parents, world):
-                plan.problems.append(
-                    f"{what}: the transform to '{frame}' does not connect to inputs.world_frame '{world}' (its tree's "
-                    f"root is '{_tf_root(parents, frame)}')")
-                plan.inputs.append((what, f"NOT CONNECTED '{frame}' (root '{_tf_root(parents, frame)}')"))
-            else:
-                parent, topic = parents[frame]
-                plan.inputs.append((what, f"{parent} -> {frame} on {topic}"))
+            + " and ".join(f"{world} -> '{frame}' ({what})" for what, frame in unresolved)
+            + ("; -p inputs.head_source:=exo estimates the head from the exo image" if head_source == "tf" else "")
+            + ("; inputs.exo_pose_source 'parameters' gives a fixed exo camera's pose" if "exo camera TF" in
+               dict(unresolved) else ""))
+    for what, frame, why in frames:
+        if frame not in parents:
+            if not tf_topics:
+                plan.inputs.append((what, f"MISSING transform to '{frame}' (no TF in the bag)"))
+                continue
+            children = sorted(parents)
+            plan.problems.append(
+                f"no {what}: /tf and /tf_static have no transform whose child is '{frame}', {why}; the bag's "
+                f"TF child frames: {', '.join(children) if children else 'none'}")
+            plan.inputs.append((what, f"MISSING transform to '{frame}'"))
+        elif _tf_root(parents, frame) != _tf_root(parents, world):
+            plan.problems.append(
+                f"{what}: the transform to '{frame}' does not connect to inputs.world_frame '{world}' (its tree's "
+                f"root is '{_tf_root(parents, frame)}')")
+            plan.inputs.append((what, f"NOT CONNECTED '{frame}' (root '{_tf_root(parents, frame)}')"))
+        else:
+            parent, topic = parents[frame]
+            plan.inputs.append((what, f"{parent} -> {frame} on {topic}"))
     return plan
 
 

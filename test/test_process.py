@@ -100,7 +100,9 @@ def test_process_takes_a_realsense_bag_with_compressed_images(both, tmp_path):
     assert summary["frames_published"] == 50 and run["exo_topic"] == "/camera/camera/color/image_raw/compressed"
     assert "inputs.exo_transport:=compressed" in run["parameters_set_by_process"]
     raw = both[0].metrics["summary"]
-    assert summary["mean_coverage"] == pytest.approx(raw["mean_coverage"], abs=1e-4)   # depth PNG is lossless
+    # The depth PNG is lossless, but the person masks (on by default) come from the JPEG colours: measured 0.005
+    # apart. test_replay_inputs compares the geometry of both transports exactly, with masks off.
+    assert summary["mean_coverage"] == pytest.approx(raw["mean_coverage"], abs=0.01)
     assert abs(summary["mean_masked_psnr_db"] - raw["mean_masked_psnr_db"]) < 0.5      # JPEG colour, quality 95
 
 

@@ -168,7 +168,8 @@ def measure_body_head(body: BodyLandmarks, camera: CameraModel, depth_m: np.ndar
                 # inverse-variance mean of the two log distances (the body's is log 1 = 0)
                 depth_sigma = max(config.depth_sigma_per_m * float(placed[BODY_INDEX["nose"], 2]) * depth_scale,
                                   1e-3)
-                body_sigma = BODY_SIZE_SIGMA if all(body.seen(n) for n in _WHOLE_BODY) else PARTIAL_BODY_SIGMA
+                whole_body = all(body.seen(n) for n in _WHOLE_BODY)
+                body_sigma = BODY_SIZE_SIGMA if whole_body else PARTIAL_BODY_SIGMA
                 weight = body_sigma**2 / (body_sigma**2 + depth_sigma**2)
                 scale, position_source = float(np.exp(weight * np.log(depth_scale))), "depth"
             else:

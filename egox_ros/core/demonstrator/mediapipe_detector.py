@@ -11,7 +11,8 @@ robot without internet cannot do), so nothing is downloaded. Per image:
    (the released Ego-Exo4D clips: a soccer player 3-4 m away, a seated person with her back to the camera). On
    the TUM fr1_rpy frames the whole-image pose model finds nobody in frames 0-59 (no teddy bear either), so the
    seated person there is still found by his face. Non-humans that get through are rejected by their metric
-   size at the head estimate (estimate.py), where the depth is known;
+   size at the head estimate (estimate.py), where the depth is known. A tracked person who is lost is first
+   looked for again around where they were, so that someone else in view does not take their place;
 3. with ``person.face_mesh``, the face mesh (with irises) on a crop around the head: eyes, nose and mouth from it,
    ears from the pose model (the face mesh has none).
 
@@ -261,8 +262,13 @@ class MediapipePersonDetector:
         rgb = np.ascontiguousarray(rgb)
         h, w = rgb.shape[:2]
         found = self._pose_in(rgb, self._track_box, self._pose_track, _TRACK_PX) if self._track_box else None
-        if found is None:   # search: by the face first, then the whole image (see the module docstring)
+        if found is None and self._track_box is not None:
+            # Lost: look again, with the detector, around where they were (fast motion), before anyone else is
+            # searched for (another person elsewhere in the image must not take the demonstrator's place).
+            x0, y0, side = self._track_box
+            found = self._pose_in(rgb, _square(x0 + side / 2, y0 + side / 2, 1.5 * side), self._pose_find, None)
             self._track_box = None
+        if found is None:   # search: by the face first, then the whole image (see the module docstring)
             box = self._face_box(rgb)
             found = self._pose_in(rgb, box, self._pose_find, None) if box else None
             if found is None:

@@ -112,7 +112,8 @@ def test_dry_run_prints_the_plan_and_starts_nothing(bags, tmp_path):
     assert "world -> exo_camera_optical on /tf" in text and "world -> head on /tf" in text
     assert "inputs.exo_transport=compressed (set by the replay)" in text
     assert "inputs.depth_transport=compressedDepth (set by the replay)" in text
-    assert "exo/image_raw/compressed:=/camera/camera/color/image_raw/compressed" in text and "(preset realsense)" in text
+    assert "exo/image_raw/compressed:=/camera/camera/color/image_raw/compressed" in text
+    assert "(preset realsense)" in text
     assert f"{out / 'bag'}, {out / 'contact_sheet.png'}, {out / 'metrics.json'}, {out / 'node.log'}" in text
     assert "ground truth for the report: /ego/ground_truth/image_raw with /ego/ground_truth/camera_info" in text
     assert not out.exists()
@@ -178,7 +179,8 @@ def test_rewrite_bag_compresses_as_image_transport_does(bags):
     with AnyReader([bags["realsense_jpeg"]], default_typestore=store) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
         assert types["/camera/camera/color/image_raw/compressed"] == "sensor_msgs/msg/CompressedImage"
-        assert types["/camera/camera/aligned_depth_to_color/image_raw/compressedDepth"] == "sensor_msgs/msg/CompressedImage"
+        assert types["/camera/camera/aligned_depth_to_color/image_raw/compressedDepth"] == \
+            "sensor_msgs/msg/CompressedImage"
         assert "/camera/camera/color/image_raw" not in types and "/exo/image_raw" not in types
         got = {}
         for c, _, data in reader.messages([c for c in reader.connections if c.msgtype.endswith("CompressedImage")]):

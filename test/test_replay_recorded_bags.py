@@ -239,6 +239,28 @@ def test_params_file_node_keys_match_as_rclpy_matches_them(tmp_path):
             assert node_key_matches(key, fqn) == applies, (key, fqn, applies)
 
 
+def test_parameter_values_are_read_as_rcl_reads_them(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e1 and 1.5e-3 as strings, rcl as doubles: the checks must not refuse them.
+    import rclpy
+    from egox_ros.ros.config import parameter_sections
+    from egox_ros.ros.params import configs_from_parameters, load_parameters
+    texts = {"sync.timeout_s": "1e1", "sync.depth_tolerance_s": "1.5e-3", "sync.max_waiting": "0x10",
+             "outputs.ego_frame": "'1e3'"}
+    context = rclpy.Context()
+    rclpy.init(context=context, args=["n", "--ros-args"] + [a for k, v in texts.items() for a in ("-p", f"{k}:={v}")])
+    try:
+        node = rclpy.create_node("egox", context=context)
+        ros = {k: p.value for k, p in node._parameter_overrides.items()}
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+    ours = load_parameters(None, [f"{k}:={v}" for k, v in texts.items()])
+    assert ours == ros == {"sync.timeout_s": 10.0, "sync.depth_tolerance_s": 0.0015, "sync.max_waiting": 16,
+                           "outputs.ego_frame": "1e3"}
+    configs, _ = configs_from_parameters(ours, parameter_sections())
+    assert configs["sync"].timeout_s == 10.0
+
+
 def test_replay_precheck_reads_a_section_keyed_by_a_wildcard_node_name(tmp_path):
     # Before: only '/**', 'egox' and '/egox' were read: the replay checked for a head TF the node never needed.
     bag = tmp_path / "no_head"

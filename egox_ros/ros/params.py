@@ -98,17 +98,26 @@ def node_key_matches(key: str, node_fqn: str) -> bool:
     return re.fullmatch(regex, node_fqn) is not None
 
 
+class RosYamlLoader(yaml.SafeLoader):
+    """YAML as rcl reads parameter values: PyYAML (YAML 1.1) takes `1e-3` and `1.0e3` for strings, rcl for doubles."""
+
+
+RosYamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789."))
+
+
 def read_params_file(path: str | Path) -> dict:
     """A ROS 2 parameter file as rcl reads it ({node key: {'ros__parameters': {...}}}), checked up front so that a
     bad file is one line (ValueError) instead of rcl's parse error and a traceback: it must exist, be YAML, map node
     names (`/**`, `/**/egox`, `egox`, ...; a '*' only as a whole name token) to a mapping with `ros__parameters`,
-    and set at least one parameter section."""
+    and not be empty."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"parameter file {path} does not exist" if not path.exists() else
                          f"parameter file {path} is not a file")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(), Loader=RosYamlLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"cannot read parameter file {path}: {type(e).__name__}: {e}".replace("\n", " ")) from e
     example = "e.g. '/**:' then '  ros__parameters:' then '    sync:' ..."
@@ -137,7 +146,7 @@ def load_parameters(params_file: str | Path | None, overrides: list[str], node_n
         name, sep, text = item.partition(":=")
         if not sep or not name:
             raise ValueError(f"parameter override {item!r} is not NAME:=VALUE")
-        values[name] = yaml.safe_load(text)
+        values[name] = yaml.load(text, Loader=RosYamlLoader)
     return values
 
 
@@ -152,8 +161,7 @@ def _flatten(block: dict, prefix: str, out: dict) -> None:
 def configs_from_parameters(values: dict, sections: dict[str, type]) -> tuple[dict[str, object], list[str]]:
     """Every section's config from parameter values (load_parameters), checked as the node checks them: a value of
     another type than the default's, or out of its range, raises ValueError naming the parameter; unknown names
-    come back as warnings
-    (with the closest valid name), as the node logs them."""
+    come back as warnings (with the closest valid name), as the node logs them."""
     used = set()
 
     def value_of(name, default, _field):

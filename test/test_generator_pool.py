@@ -1,9 +1,10 @@
 """generator.backend 'ray': the engine with the tiny EgoX checkpoint on two Ray replicas (local Ray on loopback, CPU):
-every frame comes out once, in stamp order, with the same accounting; a replica that dies fails its clip with a
-reason and the pool goes on."""
+every frame comes out once, in stamp order, with the same accounting; a replica that dies is left out and the clip it
+held is sent once more to another."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +25,10 @@ CLIP = 5
 TINY = {"generator.name": "egox", "generator.backend": "ray", "generator.replicas": 2, "egox.clip_frames": CLIP,
         "egox.exo_width": 64, "egox.exo_height": 32, "egox.steps": 2, "ego_camera.width": 32,
         "ego_camera.height": 32, "ego_camera.fx": 16.0, "ego_camera.fy": 16.0, "ego_camera.cx": 15.5,
-        "ego_camera.cy": 15.5, "fusion.stride": 1, "sync.queue_capacity": 100}
+        "ego_camera.cy": 15.5, "fusion.stride": 1, "sync.queue_capacity": 100,
+        # What this file tests is the pool: no person detector (its results would hold a flush until a tick()) and
+        # the quick hard splat for the priors.
+        "person.source": "none", "prior.splat": "hard"}
 
 
 class Collected(EngineEvents):
@@ -101,18 +105,54 @@ def test_clips_run_on_two_replicas_and_come_out_in_order(engine):
     assert engine.stats.published == len(stamps) and engine.queued() == 0
 
 
-def test_a_replica_that_dies_fails_its_clip_and_the_pool_goes_on(engine):
+def test_a_clip_whose_replica_died_is_sent_again_to_another(engine):
+    """The replica the next clip goes to is killed (Ray restarts it, max_restarts=1): its clip is sent once more, to
+    the other replica, and every frame comes out; the restarted replica is taken back once its model has loaded."""
     engine, events = engine
-    before_clips, before_out = len(events.clips), events.frames_out()
-    victim = engine.generator._actors[engine.generator._free[0]]     # the replica the next clip goes to
-    ray.kill(victim, no_restart=False)                                 # Ray restarts it (max_restarts=1)
+    pool = engine.generator
+    before_clips, before_out, before_retried = len(events.clips), events.frames_out(), pool.retried
+    assert pool.live() == [0, 1]
+    victim = pool._actors[0]                                             # the least busy: the next clip goes there
+    ray.kill(victim, no_restart=False)
     stamps = [T0 + 10 * SEC + i * SEC // 30 for i in range(2 * CLIP)]
     for ns in stamps:
         send(engine, ns)
     events.wait_for(before_out + len(stamps), timeout_s=600)
-    failed = [d for d in events.drops if d.code == "generator_failed"]
-    assert len(failed) == 1 and len(failed[0].stamps_ns) == CLIP and "replica" in failed[0].detail
+    assert [d for d in events.drops if d.code == "generator_failed"] == [], events.drops
     published = [f.stamp_ns for c in events.clips[before_clips:] for f in c.request.frames]
-    assert sorted(published + failed[0].stamps_ns) == stamps          # every frame accounted for, once
+    assert published == stamps                                           # every frame once, in stamp order
+    assert pool.retried == before_retried + 1
+    s = engine.stats
+    assert s.published + sum(s.dropped.values()) == s.received
+    deadline = time.monotonic() + 120
+    while pool.live() != [0, 1] and time.monotonic() < deadline:         # restarted: the model loads again
+        time.sleep(0.2)
+    assert pool.live() == [0, 1] and len(set(pool.pids)) == 2
+
+
+def test_clips_go_only_to_live_replicas(engine):
+    """A replica killed for good: after the one clip that finds it dead (sent again), the pool's capacity is one
+    replica and every clip goes to the live one; none fails while it idles."""
+    engine, events = engine
+    pool = engine.generator
+    before_clips, before_out, before_retried = len(events.clips), events.frames_out(), pool.retried
+    ray.kill(pool._actors[0], no_restart=True)
+    stamps = [T0 + 20 * SEC + i * SEC // 30 for i in range(3 * CLIP)]
+    for ns in stamps:
+        send(engine, ns)
+    events.wait_for(before_out + len(stamps), timeout_s=600)
+    assert [d for d in events.drops if d.code == "generator_failed"] == [], events.drops
+    assert [f.stamp_ns for c in events.clips[before_clips:] for f in c.request.frames] == stamps
+    assert pool.retried == before_retried + 1                            # only the clip that found it dead
+    assert pool.live() == [1] and pool.capacity == 1
+    # The last replica killed too: its clip fails with the reason, and the engine goes on accounting.
+    ray.kill(pool._actors[1], no_restart=True)
+    last = [T0 + 30 * SEC + i * SEC // 30 for i in range(CLIP)]
+    for ns in last:
+        send(engine, ns)
+    events.wait_for(before_out + len(stamps) + CLIP, timeout_s=600)
+    failed = [d for d in events.drops if d.code == "generator_failed"]
+    assert len(failed) == 1 and failed[0].stamps_ns == last
+    assert "replica 1 died" in failed[0].detail and "no live replica" in failed[0].detail
     s = engine.stats
     assert s.published + sum(s.dropped.values()) == s.received

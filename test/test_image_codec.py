@@ -365,6 +365,8 @@ def test_bayer_demosaic_recovers_a_smooth_scene_and_keeps_measured_samples(tile)
         np.testing.assert_array_equal(rgb16[1:-1, 1:-1], wide[1:-1, 1:-1])
         np.testing.assert_array_equal(decode_rgb(padded, f"bayer_{tile}16", 24, 32, 66, big)[1:-1, 1:-1],
                                       scene[1:-1, 1:-1])
+    with pytest.raises(ImageDecodeError, match="at least 2x2"):
+        decode_image(bytes(4), f"bayer_{tile}8", 1, 4, 4, False)
 
 
 def test_usb_camera_encodings_match_opencv():

@@ -242,35 +242,26 @@ def _yuv422_to_rgb(view: np.ndarray, order: str, encoding: str) -> np.ndarray:
 def _demosaic_bilinear(raw: np.ndarray, tile: str) -> np.ndarray:
     """(H, W, 3) RGB of raw's dtype (uint8 or uint16) from a (H, W) Bayer mosaic whose top-left 2x2 tile reads
     ``tile`` row by row ('rggb': R G / G B). Bilinear: each missing sample is the mean of its nearest samples of
-    that colour (2 or 4 neighbours inside the image), measured samples are kept."""
+    that colour (the 4 direct neighbours for G; for R and B the 2 direct or 4 diagonal ones), measured samples are
+    kept. The border is mirrored (which keeps the mosaic's pattern), so every pixel has all its neighbours."""
     height, width = raw.shape
-    if height == 0 or width == 0:
-        return np.zeros((height, width, 3), raw.dtype)
+    if height < 2 or width < 2:
+        raise ImageDecodeError(f"{tile} Bayer image {width}x{height}: needs at least 2x2 pixels")
     values = raw.astype(np.float32)
-    colour_of = np.empty((height, width), np.int8)
-    index = {"r": 0, "g": 1, "b": 2}
-    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-        colour_of[dy::2, dx::2] = index[tile[k]]
     rgb = np.empty((height, width, 3), np.float32)
-    # Neighbour weights: G sees its 4 direct neighbours; R and B also their 4 diagonal ones (weight 1 vs 2 brings
-    # the 2 direct neighbours at G sites and the 4 diagonal ones at the other colour's sites to a plain mean).
-    kernels = {1: ((0, 1, 0), (1, 0, 1), (0, 1, 0)), 0: ((1, 2, 1), (2, 0, 2), (1, 2, 1))}
-    for channel in range(3):
-        known = colour_of == channel
-        plane = np.where(known, values, 0.0)
-        weights = np.pad(known.astype(np.float32), 1)
-        padded = np.pad(plane, 1)
-        total = np.zeros((height, width), np.float32)
-        count = np.zeros((height, width), np.float32)
-        for ky, row in enumerate(kernels[1 if channel == 1 else 0]):
-            for kx, weight in enumerate(row):
-                if weight:
-                    total += weight * padded[ky:ky + height, kx:kx + width]
-                    count += weight * weights[ky:ky + height, kx:kx + width]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rgb[..., channel] = np.where(known, values, total / count)
+    for channel, name in enumerate("rgb"):
+        plane = np.zeros((height, width), np.float32)          # this colour's samples, 0 elsewhere
+        for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            if tile[k] == name:
+                plane[dy::2, dx::2] = values[dy::2, dx::2]
+        p = np.pad(plane, 1, mode="reflect")
+        if name == "g":     # [0 1 0; 1 4 1; 0 1 0] / 4: a G site's direct neighbours hold no G
+            rgb[..., 1] = plane + (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]) * np.float32(0.25)
+        else:               # [1 2 1; 2 4 2; 1 2 1] / 4, separable: R / B sites see none of their own colour around
+            rows = p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]
+            rgb[..., channel] = (rows[:-2] + 2 * rows[1:-1] + rows[2:]) * np.float32(0.25)
     top = np.iinfo(raw.dtype).max
-    return np.clip(np.rint(np.nan_to_num(rgb)), 0, top).astype(raw.dtype)
+    return np.clip(np.rint(rgb), 0, top).astype(raw.dtype)
 
 
 def decode_depth_m(

@@ -115,10 +115,12 @@ def test_clip_becomes_a_bag_with_the_released_geometry(root: Path, tmp_path: Pat
     stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in msgs[egoexo4d.TOPIC_EXO_IMAGE]]
     assert np.allclose(np.diff(stamps), 1 / 30, atol=1e-6)      # 30 fps, whatever the mp4 header says (20)
 
-    # exo camera: K at 3840x2160 -> fx' = fx * 224 / cy at 448 px, here scaled to 48 px; centre of the video
+    # exo camera: K at 3840x2160 -> fx' = fx * 224 / cy at 448 px (here 48 px), times 1.42 (the fit to the
+    # videos); the centre of the video
     info = msgs[egoexo4d.TOPIC_EXO_INFO][0]
     assert (info.width, info.height) == (EXO_W, EXO_H)
-    assert np.allclose(info.k, [1200.0 * 24 / 1080, 0, 48.0, 0, 1200.0 * 24 / 1080, 24.0, 0, 0, 1], atol=1e-9)
+    f = 1200.0 * 24 / 1080 * 1.42
+    assert np.allclose(info.k, [f, 0, 48.0, 0, f, 24.0, 0, 0, 1], atol=1e-9)
     # depth: 32FC1 metres, the centre crop [:, 6:102] of the released map
     for i, msg in enumerate(msgs[egoexo4d.TOPIC_EXO_DEPTH]):
         assert msg.encoding == "32FC1"
@@ -163,7 +165,10 @@ def test_clip_becomes_a_bag_with_the_released_geometry(root: Path, tmp_path: Pat
 def test_the_bag_passes_the_replay_pre_check(root: Path, tmp_path: Path):
     """Everything the node needs is in the bag: exo image, info, depth, exo TF, head TF (egox replay --dry-run)."""
     out = tmp_path / "bag"
-    assert _egox(str(root / "videos" / CLIP), "-o", str(out)).returncode == 0       # the clip's own folder
+    # the clip's own folder; the released camera as it is
+    assert _egox(str(root / "videos" / CLIP), "-o", str(out), "--exo-focal-scale", "1").returncode == 0
+    info = _read(out)[egoexo4d.TOPIC_EXO_INFO][0]
+    assert info.k[0] == pytest.approx(1200.0 * 24 / 1080, abs=1e-9)
     result = subprocess.run([sys.executable, "-m", "egox_ros.cli", "replay", str(out), "--dry-run"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

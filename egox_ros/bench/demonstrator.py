@@ -522,7 +522,7 @@ def _egoexo4d_clip(clip, use_depth: bool = True) -> dict:
             "ms_per_frame": _stats(ms), "detect_ms": _stats(detect_ms)}
 
 
-def run_egoexo4d(root, exo_focal_scale: float = 1.0, progress=None) -> dict:
+def run_egoexo4d(root, exo_focal_scale: float = 1.42, progress=None) -> dict:
     """Every clip of a released example/egoexo4D folder (development clips only; see issue 17), with the released
     depth and without depth (the position from the body's size alone)."""
     from egox_ros.tools.egoexo4d import clip_names, load_clip

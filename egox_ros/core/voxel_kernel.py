@@ -1,0 +1,76 @@
+"""Compiled CPU kernel (numba) of the voxel fusion's reduction: sum the rows of equal keys into sorted unique voxels.
+
+``fusion._Voxels.reduce`` did this with ``torch.unique(sorted=True, return_inverse=True)`` and three ``index_add_``;
+on the CPU ``torch.unique`` costs far more per key for the window's ~140 k keys than for one frame's ~35 k (26 ms vs
+2 ms, 2-core Xeon, one thread, loaded). Here the keys are sorted by torch (a stable radix sort) and one pass sums
+the runs: 5 ms for the window, with the same keys, counts and colour sums and the offsets summed in the same order.
+Compiled on first use and cached like core/soft_kernel.py; ``available()`` False (no numba) keeps the torch code.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_KERNEL = None
+_IMPORT_ERROR: str | None = None
+
+
+def _build():
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def run_sums(sorted_keys, perm, offset, color, count):
+        n = sorted_keys.shape[0]
+        m = 0
+        for i in range(n):
+            if i == 0 or sorted_keys[i] != sorted_keys[i - 1]:
+                m += 1
+        keys = np.empty(m, np.int64)
+        offset_sum = np.zeros((m, 3), np.float32)
+        color_sum = np.zeros((m, 3), np.int32)
+        count_sum = np.zeros(m, np.int32)
+        j = -1
+        for i in range(n):
+            if i == 0 or sorted_keys[i] != sorted_keys[i - 1]:
+                j += 1
+                keys[j] = sorted_keys[i]
+            p = perm[i]
+            for c in range(3):
+                offset_sum[j, c] += offset[p, c]
+                color_sum[j, c] += color[p, c]
+            count_sum[j] += count[p]
+        return keys, offset_sum, color_sum, count_sum
+
+    return run_sums
+
+
+def available() -> bool:
+    """Whether numba imports (compiles nothing yet)."""
+    global _KERNEL, _IMPORT_ERROR
+    if _KERNEL is None and _IMPORT_ERROR is None:
+        try:
+            _KERNEL = _build()
+        except ImportError as exc:
+            _IMPORT_ERROR = str(exc)
+    return _KERNEL is not None
+
+
+def voxel_sums(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor):
+    """Rows with equal keys summed, keys ascending: (keys (M,) int64, offset (M, 3) float32, color (M, 3) int32,
+    count (M,) int32) as CPU tensors, from keys (N,) int64, offset (N, 3) float32, color (N, 3) int32, count (N,)
+    int32 on the CPU, in any order (equal keys are summed in their input order)."""
+    if not available():
+        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
+    sorted_keys, perm = torch.sort(keys, stable=True)
+    out = _KERNEL(sorted_keys.numpy(), perm.numpy(), offset.contiguous().numpy(), color.contiguous().numpy(),
+                  count.contiguous().numpy())
+    return tuple(torch.from_numpy(a) for a in out)
+
+
+def warm_up() -> bool:
+    """Compile the kernel now (first use otherwise); False without numba."""
+    if not available():
+        return False
+    voxel_sums(torch.tensor([3, 1, 3]), torch.zeros((3, 3)), torch.zeros((3, 3), dtype=torch.int32),
+               torch.ones(3, dtype=torch.int32))
+    return True

@@ -89,35 +89,43 @@ def run_with_progress(cmd: list[str], stall_s: float = 180.0, limit_s: float = 3
                                            err.read().decode(errors="replace"))
 
 
-class NodeProcess:
-    """The egox node in its own process; log captured to a file."""
+class LoggedProcess:
+    """A command in its own session (process group); stdout and stderr to a log file."""
 
-    def __init__(self, tmp_path: Path, params: dict[str, object] | None = None, params_file: Path | None = None,
-                 name: str = "egox", extra: list[str] | None = None):
-        self.log_path = tmp_path / f"{name}.log"
-        cmd = [sys.executable, "-m", "egox_ros.ros.node", "--ros-args", "-r", f"__node:={name}"]
-        if params_file is not None:
-            cmd += ["--params-file", str(params_file)]
-        for key, value in (params or {}).items():
-            cmd += ["-p", f"{key}:={_param_text(value)}"]
-        cmd += extra or []
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-                                     start_new_session=True)
+    def __init__(self, cmd: list[str], log_path: Path, stop_timeout_s: float = 10.0, **popen_kwargs):
+        self.log_path, self.stop_timeout_s = log_path, stop_timeout_s
+        self._log = open(log_path, "w")
+        popen_kwargs.setdefault("env", os.environ.copy())
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     **popen_kwargs)
 
     def log(self) -> str:
         return self.log_path.read_text()
 
     def stop(self) -> int:
+        """SIGINT to the whole session (as a terminal's Ctrl-C), SIGKILL after stop_timeout_s; the exit code."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class NodeProcess(LoggedProcess):
+    """The egox node in its own process; log captured to a file."""
+
+    def __init__(self, tmp_path: Path, params: dict[str, object] | None = None, params_file: Path | None = None,
+                 name: str = "egox", extra: list[str] | None = None):
+        cmd = [sys.executable, "-m", "egox_ros.ros.node", "--ros-args", "-r", f"__node:={name}"]
+        if params_file is not None:
+            cmd += ["--params-file", str(params_file)]
+        for key, value in (params or {}).items():
+            cmd += ["-p", f"{key}:={_param_text(value)}"]
+        super().__init__(cmd + (extra or []), tmp_path / f"{name}.log")
 
 
 def _param_text(value) -> str:

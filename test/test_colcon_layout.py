@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, wait_until
+from conftest import REPO, LoggedProcess, wait_until
 
 # The commands the README documents (test_readme_documents_the_tested_commands keeps them in step).
 BASE_PATHS = "--base-paths src src/egox_ros/msg"
@@ -71,7 +70,23 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 240) -
 
 def _sourced(ws: Path, script: str, env: dict[str, str]) -> str:
     """Run a bash snippet with the workspace's install/setup.bash sourced (what a user does before ros2 run)."""
-    return _run(["bash", "-c", f"source install/setup.bash && {script}"], ws, env, timeout=60)
+    return _run(["bash", "-c", f"source install/setup.bash && {script}"], ws, env, timeout=300)
+
+
+def _ros2(ws: Path, env: dict[str, str], command: str, expect: str, timeout_s: float = 180) -> str:
+    """The output of a `ros2 ...` command once it contains `expect`: run again while it does not (on a busy machine
+    a node's parameter services can be discovered well after the node itself); fails with the last output."""
+    last = [""]
+
+    def attempt():
+        done = subprocess.run(["bash", "-c", f"source install/setup.bash && {command}"], cwd=ws, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        last[0] = done.stdout
+        return done.stdout if expect in done.stdout else None
+    found = wait_until(attempt, timeout_s, interval_s=1.0, raise_on_timeout=False)
+    if found is None:
+        pytest.fail(f"`{command}` never printed {expect!r} in {timeout_s} s; last output:\n{last[0][-3000:]}")
+    return found
 
 
 def _listed(output: str) -> dict[str, tuple[str, str]]:
@@ -158,32 +173,13 @@ def _ros2_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
             "ROS_LOG_DIR": str(tmp_path / "ros_log")}
 
 
-class _Started:
-    """A command run with the workspace sourced, in its own session; output to a file."""
-
-    def __init__(self, ws: Path, env: dict[str, str], command: str, log: Path):
-        self.log_path = log
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(["bash", "-c", f"source install/setup.bash && exec {command}"], cwd=ws, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> int:
-        """SIGINT to the whole session (a terminal's Ctrl-C), as a user stops `ros2 launch`."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+def _started(ws: Path, env: dict[str, str], command: str, log: Path) -> LoggedProcess:
+    """A command run with the workspace sourced, in its own session (stop(): SIGINT, as Ctrl-C to ros2 launch)."""
+    return LoggedProcess(["bash", "-c", f"source install/setup.bash && exec {command}"], log, stop_timeout_s=30,
+                         cwd=ws, env=env)
 
 
-def _wait_for_node(ws: Path, env: dict[str, str], name: str, started: _Started) -> None:
+def _wait_for_node(ws: Path, env: dict[str, str], name: str, started: LoggedProcess) -> None:
     def listed():
         assert started.proc.poll() is None, f"exited ({started.proc.returncode}):\n{started.log()[-4000:]}"
         return name in _sourced(ws, "ros2 node list", env).split()
@@ -202,15 +198,15 @@ def test_ros2_launch_starts_the_installed_node_with_its_arguments(built, tmp_pat
         assert f"'{argument}':" in shown, shown
     params = tmp_path / "mine.yaml"
     params.write_text("/**:\n  ros__parameters:\n    sync:\n      timeout_s: 2.5\n")
-    launch = _Started(ws, env, f"ros2 launch egox_ros egox.launch.py namespace:=robot1 use_sim_time:=true "
+    launch = _started(ws, env, f"ros2 launch egox_ros egox.launch.py namespace:=robot1 use_sim_time:=true "
                                f"exo_image:=/cam/color/image_raw params_file:={params}", tmp_path / "launch.log")
     try:
         _wait_for_node(ws, env, "/robot1/egox", launch)
-        assert "Double value is: 2.5" in _sourced(ws, "ros2 param get /robot1/egox sync.timeout_s", env)
-        assert "Boolean value is: True" in _sourced(ws, "ros2 param get /robot1/egox use_sim_time", env)
-        info = _sourced(ws, "ros2 topic info -v /cam/color/image_raw", env)
-        assert "Node name: egox" in info and "Node namespace: /robot1" in info and "SUBSCRIPTION" in info, info
-        assert "/robot1/exo/camera_info" in _sourced(ws, "ros2 topic list", env)   # not remapped: in the namespace
+        _ros2(ws, env, "ros2 param get /robot1/egox sync.timeout_s", "Double value is: 2.5")
+        _ros2(ws, env, "ros2 param get /robot1/egox use_sim_time", "Boolean value is: True")
+        info = _ros2(ws, env, "ros2 topic info -v /cam/color/image_raw", "Node namespace: /robot1")
+        assert "Node name: egox" in info and "SUBSCRIPTION" in info, info
+        _ros2(ws, env, "ros2 topic list", "/robot1/exo/camera_info")   # not remapped: in the namespace
         pid = int(re.search(r"\[egox_node-1\]: process started with pid \[(\d+)\]", launch.log()).group(1))
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         installed = str(ws / "install" / "egox_ros" / "lib" / "egox_ros" / "egox_node").encode()
@@ -224,16 +220,16 @@ def test_ros2_launch_starts_the_installed_node_with_its_arguments(built, tmp_pat
 def test_ros2_run_and_ros2_param_against_the_installed_node(built, tmp_path):
     ws, env = built
     env = _ros2_env(env, tmp_path)
-    node = _Started(ws, env, "ros2 run egox_ros egox_node --ros-args -r __node:=egox_run "
+    node = _started(ws, env, "ros2 run egox_ros egox_node --ros-args -r __node:=egox_run "
                              "-p fusion.window_frames:=3", tmp_path / "run.log")
     try:
         _wait_for_node(ws, env, "/egox_run", node)
-        assert "Integer value is: 3" in _sourced(ws, "ros2 param get /egox_run fusion.window_frames", env)
-        described = _sourced(ws, "ros2 param describe /egox_run fusion.window_frames", env)
-        assert "Type: integer" in described and "Min value: 1" in described and "Read only: true" in described
-        refused = _sourced(ws, "ros2 param set /egox_run fusion.window_frames 5", env)
-        assert "Setting parameter failed" in refused and "read-only" in refused, refused
-        dumped = yaml.safe_load(_sourced(ws, "ros2 param dump /egox_run", env))
+        _ros2(ws, env, "ros2 param get /egox_run fusion.window_frames", "Integer value is: 3")
+        described = _ros2(ws, env, "ros2 param describe /egox_run fusion.window_frames", "Type: integer")
+        assert "Min value: 1" in described and "Read only: true" in described, described
+        refused = _ros2(ws, env, "ros2 param set /egox_run fusion.window_frames 5", "Setting parameter failed")
+        assert "read-only" in refused, refused
+        dumped = yaml.safe_load(_ros2(ws, env, "ros2 param dump /egox_run", "ros__parameters"))
         values = dumped["/egox_run"]["ros__parameters"]
         assert values["fusion"]["window_frames"] == 3 and values["sync"]["timeout_s"] == pytest.approx(1.0)
         from egox_ros.ros.config import parameter_sections

@@ -5,16 +5,12 @@ Scene as in test_node.py (a uniformly coloured plane 2 m in front of the exo cam
 in the world and turned: the head TF is at the same pose, so the prior sees the plane."""
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import transforms3d
 from egox_msgs.msg import ClipMetadata
 from geometry_msgs.msg import TransformStamped
@@ -22,7 +18,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
-from conftest import NodeProcess, wait_until
+from conftest import LoggedProcess, NodeProcess, wait_until
 from test_node import SCENE, SEC, depth_msg, image_msg, info_msg, ns_of, stamp
 
 # The camera as a driver such as realsense2_camera publishes it: camera_link (REP 103: x forward, z up) -> the
@@ -83,10 +79,9 @@ def test_fixed_exo_pose_from_parameters_and_egox_record(peer, tmp_path):
         "inputs.exo_pose_source": "parameters", "inputs.exo_pose_frame": "camera_link", "inputs.exo_xyz_m": LINK_XYZ_M,
         "inputs.exo_rpy_rad": LINK_RPY_RAD})
     out_bag = tmp_path / "recorded"
-    rec_log = open(tmp_path / "record.log", "w")
-    recorder = subprocess.Popen([sys.executable, "-m", "egox_ros.cli", "record", "-o", str(out_bag)],
-                                stdout=rec_log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-                                start_new_session=True)
+    recording = LoggedProcess([sys.executable, "-m", "egox_ros.cli", "record", "-o", str(out_bag)],
+                              tmp_path / "record.log", stop_timeout_s=60)
+    recorder = recording.proc
     try:
         pub_image, pub_info = peer.publisher(Image, "/exo/image_raw"), peer.publisher(CameraInfo, "/exo/camera_info")
         pub_depth, pub_tf = peer.publisher(Image, "/exo/depth/image_raw"), peer.publisher(TFMessage, "/tf")
@@ -139,12 +134,9 @@ def test_fixed_exo_pose_from_parameters_and_egox_record(peer, tmp_path):
         wait_until(lambda: recorded_count(tmp_path / "record.log", "/ego/clip_metadata") >= wanted, 30,
                    f"egox record to count {wanted} clip metadata messages")
     finally:
-        if recorder.poll() is None:
-            os.killpg(recorder.pid, signal.SIGINT)
-        code = recorder.wait(timeout=60)
-        rec_log.close()
+        code = recording.stop()
         node.stop()
-    log = (tmp_path / "record.log").read_text()
+    log = recording.log()
     assert code == 0, log
     assert "Traceback" not in log, log
 

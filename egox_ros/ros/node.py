@@ -385,13 +385,13 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv if args is None else args)
     problem = _arguments_problem(argv)
     if problem is not None:
-        print(f"egox node: error: {problem}", file=sys.stderr)
+        print(f"egox node: error: cannot start: {problem}", file=sys.stderr)
         raise SystemExit(2)
     from rclpy.signals import SignalHandlerOptions
     try:
         rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     except RCLError as e:            # rcl's argument parser: its first line, without the source locations
-        print(f"egox node: error: {str(e).splitlines()[0].split(', at /')[0]}", file=sys.stderr)
+        print(f"egox node: error: cannot start: {str(e).splitlines()[0].split(', at /')[0]}", file=sys.stderr)
         raise SystemExit(2) from None
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -1,7 +1,7 @@
 """Person detectors: the interface, their config, and a worker thread that runs one beside the camera stream.
 
 A detector turns one exo image into a :class:`PersonObservation` (person mask and head keypoints). Built in:
-``mediapipe`` (MediaPipe's pose and face-mesh models, bundled in the ``mediapipe==0.10.21`` wheel; see
+``mediapipe`` (MediaPipe's pose, face detection and face-mesh models, bundled in the ``mediapipe==0.10.21`` wheel; see
 mediapipe_detector.py). The node can instead take masks from a topic (``person.source: topic``), which gives masks
 but no head keypoints.
 """

@@ -104,8 +104,9 @@ class HeadMeasurement:
     """One head pose measurement from one exo image.
 
     exo_T_head: (4, 4) float64, head frame -> exo camera frame [m].
-    position_source: 'depth' (head origin lifted from the exo depth image) or 'pnp' (from the head model's size).
-    orientation_source: 'face' (dense face landmarks) or 'pose' (body-pose head landmarks, less reliable).
+    position_source: 'depth' (head origin lifted from the exo depth image), 'pnp' (from the head model's size) or
+        'body' (from the whole body's size; estimate.py).
+    orientation_source: 'face' (dense face landmarks, or a face seen) or 'pose' (body-pose landmarks only).
     rms_px: weighted RMS reprojection error of the head model [px].
     confidence: in [0, 1], from the key keypoints' weights and the residual relative to the face size.
     position_sigma_m / rotation_sigma_rad: NOMINAL 1-sigma errors (a model of typical errors, not an estimate from

@@ -325,6 +325,14 @@ def test_a_bag_without_tf_is_one_line_everywhere(bags, tmp_path):
         assert "no TF: the bag has no /tf or /tf_static" in line[0] and "'exo_camera_optical'" in line[0] \
             and "'head'" in line[0], line
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
+    # egox batch: each bad bag is one failure line (also the damaged one), the batch goes on, no traceback.
+    result = _cli("batch", bags["no_tf"], bags["corrupt"], "-o", tmp_path / "batch", "--num-cpus", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout, result.stderr[-2000:]
+    failed = json.loads((tmp_path / "batch" / "batch.json").read_text())["summary"]
+    assert failed["failed_bags"] == ["no_tf", "corrupt"]
+    lines = [x for x in result.stderr.splitlines() if "egox batch: " in x and ": failed: " in x]
+    assert len(lines) == 2 and any("no TF: the bag has no /tf" in x for x in lines) and \
+        any("ZstdError" in x for x in lines), result.stderr[-2000:]
     # Where the node needs no TF (a fixed exo camera from parameters, the head from the exo image) it is no problem.
     plan = make_plan(bags["no_tf"], overrides=["inputs.exo_pose_source:=parameters", "inputs.head_source:=exo"])
     assert plan.problems == [] and ("exo camera TF", "world -> exo_camera_optical on inputs.exo_pose_source "

@@ -6,6 +6,7 @@ in the world and turned: the head TF is at the same pose, so the prior sees the 
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -157,3 +158,18 @@ def test_fixed_exo_pose_from_parameters_and_egox_record(peer, tmp_path):
     # logged at receive time (wall clock), as ros2 bag record does
     log_times = [t for t, _ in recorded["/ego/image_raw"]]
     assert log_times == sorted(log_times) and abs(log_times[-1] / SEC - time.time()) < 600
+
+
+def test_egox_record_never_writes_over_anything(tmp_path):
+    """An existing output path, a relative topic, a bad duration: one line on stderr, exit 2, nothing touched."""
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("user data")
+    for args, says in ([["-o", str(existing)], "exists; egox record never writes over anything"],
+                       [["-o", str(tmp_path / "new"), "ego/image_raw"], "topics must be absolute"],
+                       [["-o", str(tmp_path / "new"), "--duration", "0"], "--duration must be positive"]):
+        done = subprocess.run([sys.executable, "-m", "egox_ros.cli", "record", *args], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and says in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"] and not (tmp_path / "new").exists()

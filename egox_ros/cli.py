@@ -18,7 +18,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 NODE_USAGE = "egox node [--ros-args [-p SECTION.NAME:=VALUE ...] [--params-file FILE] [-r FROM:=TO ...]]"
 
 
-def _node_help() -> str:
+def node_help() -> str:
     """`egox node --help`: the ROS arguments it takes and every parameter with its default."""
     import dataclasses
     import json
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_tiny_model)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["node"] and argv[1:2] in (["-h"], ["--help"]):
-        sys.stdout.write(_node_help())
+        sys.stdout.write(node_help())
         return 0
     if argv[:1] == ["sample"]:                # its own options and --help
         from egox_ros.tools.make_sample_bag import main as make_sample_bag

@@ -46,6 +46,10 @@ def test_readme_parameter_table_names_every_declared_parameter():
 
 def test_node_help_lists_the_ros_arguments_and_every_parameter():
     text = egox_help("node")
+    # the node's own executable (`ros2 run egox_ros egox_node --help`) says the same instead of starting
+    done = subprocess.run([sys.executable, "-m", "egox_ros.ros.node", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout == text, done.stdout[-2000:] + done.stderr[-2000:]
     for argument in ("--ros-args", "-p SECTION.NAME:=VALUE", "--params-file FILE", "-r FROM:=TO", "__ns:="):
         assert argument in text, argument
     for section, cls in parameter_sections().items():

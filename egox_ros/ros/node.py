@@ -383,6 +383,10 @@ def main(args: list[str] | None = None) -> None:
     import sys
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 <pid>`: every thread's stack to stderr
     argv = list(sys.argv if args is None else args)
+    if {"-h", "--help"} & set(argv[1:argv.index("--ros-args") if "--ros-args" in argv else len(argv)]):
+        from egox_ros.cli import node_help   # `egox_node --help`, `ros2 run egox_ros egox_node --help`
+        sys.stdout.write(node_help())
+        return
     problem = _arguments_problem(argv)
     if problem is not None:
         print(f"egox node: error: cannot start: {problem}", file=sys.stderr)

@@ -456,7 +456,7 @@ class _Voxels:
     @staticmethod
     def reduce(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor) -> "_Voxels":
         """Sum rows with equal keys (any order) into sorted unique voxels (on the CPU with core/voxel_kernel.py's
-        compiled pass when numba is there: 5x faster for a window's keys)."""
+        compiled pass when numba is there)."""
         if keys.device.type == "cpu" and voxel_kernel.available():
             return _Voxels(*voxel_kernel.voxel_sums(keys, offset, color, count))
         return _Voxels.reduce_torch(keys, offset, color, count)

@@ -62,8 +62,8 @@ to black, as there.
 
 Implementation: points are projected, culled and ranked once by their key (depth, ties to the lowest index) in
 torch.  On the CPU the compiled kernel of core/soft_kernel.py (numba) then composites them one after the other into
-per-pixel accumulators, visiting only pixels still live (a bitmask per row): about 21 ms for the cloud below, 25-30 ms
-per render in all, on one thread.  The torch code that follows is the reference it is tested against, and what runs
+per-pixel accumulators, visiting only pixels still live (a bitmask per row): about 24 ms of CPU per render of the
+cloud below in all, on one thread (`egox bench prior`).  The torch code that follows is the reference it is tested against, and what runs
 on CUDA (and on the CPU without numba): the ranked points are cut, in that order, into
 slabs of ``_SOFT_SLAB_POINTS`` (1024); slabs are composited one after the other into per-pixel accumulators
 (colour, transmittance, count, nearest rank, and a "live" flag: fewer than K points and transmittance above

@@ -88,3 +88,16 @@ def test_keep_all_waits_past_the_timeout_and_publishes_every_frame():
         assert events.published == STAMPS and events.drops == []
     finally:
         engine.close()
+
+
+def test_replay_and_process_keep_every_frame_unless_told_otherwise():
+    # egox replay and egox process plan the node's parameters from the bag: a recording keeps every frame.
+    from pathlib import Path
+
+    from egox_ros.ros.replay import make_plan
+    sample = Path(__file__).resolve().parents[1] / "sample" / "tum_fr1_rpy"
+    plan = make_plan(sample)
+    assert "sync.overload:=keep_all" in plan.replay_params and plan.configs["sync"].overload == "keep_all"
+    mine = make_plan(sample, overrides=["sync.overload:=drop_oldest"])
+    assert not any(p.startswith("sync.overload") for p in mine.replay_params)
+    assert mine.configs["sync"].overload == "drop_oldest"

@@ -7,7 +7,7 @@
 #   5. Ray (requirements-ray.txt), for `egox batch` and generator.backend ray only; nothing else imports it;
 #   6. for the tests only, where ../shared/ros2-cli exists (EGOX_ROS2_CLI names another folder): the ROS 2 command
 #      line tools and launch (`ros2 launch/run/param/node/topic`, launch, launch_ros: wheels built from upstream, not
-#      on PyPI) and composition_interfaces (built into the venv like msg/), which test/test_ros2_cli.py runs.
+#      on PyPI) and composition_interfaces (built into the venv like msg/), which test/test_colcon_layout.py runs.
 # Idempotent: a second run compares a hash of its inputs with the last successful run and returns in about a second.
 # Usage: scripts/setup.sh [--force]
 set -euo pipefail
@@ -71,13 +71,12 @@ build_interfaces "$root/msg/egox_msgs"
 
 if [[ -d "$ros2cli" ]]; then
   log "installing the ros2 command-line tools and launch for the tests ($ros2cli)"
-  quiet_pip install -q --disable-pip-version-check lark-parser psutil argcomplete packaging pyyaml
   quiet_pip install -q --disable-pip-version-check --no-deps "$ros2cli"/*.whl
   build_interfaces "$ros2cli/src/composition_interfaces"
   "$venv/bin/python" -c "import launch_ros.actions, ros2cli.cli, composition_interfaces.srv" \
     || { log "the ros2 tools do not import"; exit 1; }
 else
-  log "no $ros2cli: the ros2 command-line tools are not installed (test/test_ros2_cli.py will be skipped)"
+  log "no $ros2cli: the ros2 command-line tools are not installed (their tests in test/test_colcon_layout.py are skipped)"
 fi
 
 log "installing egox_ros (editable)"

@@ -51,6 +51,11 @@ OUTPUT_TOPICS = {  # topic -> type; all relative to the node's namespace (root b
 }
 
 
+# Outputs the node publishes once for every published frame (ros/outputs.py, OutputMessages.clip).
+PER_FRAME_TOPICS = ("/ego/image_raw", "/ego/camera_info", "/ego/prior/image_raw", "/ego/prior/mask",
+                    "/ego/prior/camera_info")
+
+
 class ReplayError(RuntimeError):
     """The replay could not finish; the message says why and what to check."""
 
@@ -970,12 +975,17 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
               "the node to finish every frame", stall_timeout_s, alive, lambda: player.progress)
         deadline = time.monotonic() + 30.0
         images_seen = images_sent - player.progress.frames_lost  # lost images never reached the node
-        while recorder.frames_accounted() < images_seen or \
-                recorder.counts["/ego/image_raw"] < player.progress.frames_published:
+        # Every output of every published frame: each topic has its own DDS reader, so the ClipMetadata (published
+        # last) can be recorded before a mask or prior of the same frames.
+        per_frame = [t for t in PER_FRAME_TOPICS if recorder.counts[t] < player.progress.frames_published]
+        while recorder.frames_accounted() < images_seen or per_frame:
             if time.monotonic() > deadline:
                 raise ReplayError(f"recorded outputs account for {recorder.frames_accounted()} of {images_seen} "
-                                  "frames after the node finished")
+                                  f"frames after the node finished" + (f"; fewer than its "
+                                  f"{player.progress.frames_published} published frames on {', '.join(per_frame)}"
+                                  if per_frame else ""))
             time.sleep(0.05)
+            per_frame = [t for t in PER_FRAME_TOPICS if recorder.counts[t] < player.progress.frames_published]
         progress = player.progress
     finally:  # whatever failed above, the node we started must not outlive the replay
         if recorder is not None:

@@ -131,3 +131,30 @@ def test_demonstrator_bench_times_detector_head_pose_and_prior_path_on_real_fram
     assert set(rows) == {(m, b) for m in ("sequential", "pipelined") for b in (False, True)}
     assert all(r["frames"] == 4 and r["fps"] > 0 and r["rendered_with_head"] == 4 for r in rows.values())
     assert "| pipelined | yes |" in demonstrator.markdown(result)
+
+
+def test_prior_bench_speed_run_times_the_kernel_and_its_reference_on_one_thread():
+    # `egox bench prior`'s speed part on real TUM frames: the soft kernel and the torch reference it replaced are both
+    # timed, wall and CPU, on one torch thread (restored afterwards); the table shows both rows. No speed is asserted.
+    try:
+        tum.tum_root()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    import torch
+
+    from egox_ros.bench import prior
+    threads = torch.get_num_threads()
+    sp = prior.speed("cpu", repeats=1)
+    assert torch.get_num_threads() == threads and sp["torch_threads"] == 1
+    for name in ("soft", "soft_torch", "hard_r1", "hard_r2"):
+        assert sp[f"{name}_render_ms"] > 0 and sp[f"{name}_render_cpu_ms"] > 0
+    assert sp["window_points"] > 50_000 and sp["fusion_cpu_ms"] > 0
+    result = {"machine": {"date": "d", "cpu": "c", "cpu_cores": 2, "torch_threads": 2, "memory_gb": 1, "gpu": None,
+                          "versions": {}}, "quick": True, "config": {"splat_radius_px": 5.0, "points_per_pixel": 20},
+              "accuracy": {}, "speed": sp, "speed_repeats": 1}
+    table = prior.markdown(result | {"accuracy": {tum.SEQUENCES[0]: {
+        "mean": {k: {"holes": 0.1, "psnr_db": 20.0, "psnr_db_on_common": 20.0} for k in
+                 ("soft", "soft_offset0", "hard_r1", "hard_r2")} | {"mask_iou_soft_hard_r1": 0.9},
+        "reference_check": {"crop": [40, 32], "same_nearest_point_fraction": 1.0, "max_abs_color_diff": 0}}}})
+    assert f"| {sp['window_points']} (wall) |" in table and f"| {sp['window_points']} (CPU) |" in table
+    assert "torch threads 1" in table

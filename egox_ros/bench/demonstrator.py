@@ -4,10 +4,11 @@ Frames 48-59 show a seated person about 2 m away (he sits still while the camera
 frames 9-47 show no one (0-8 show part of another person at the top edge). Measured on this machine:
 
 1. the MediaPipe detector's time per frame, on person frames (streamed in order, so it tracks) and empty ones;
-2. the head pose's time per frame: ``measure_head`` with and without depth, ``HeadTracker.update``;
+2. the head pose's time per frame: ``measure_person_head`` (the node's: from the whole body) with and without
+   depth, ``HeadTracker.update``;
 3. detection rate on the person frames and false positives on the empty ones;
 4. how still the head stays in the world (std per axis of the world positions, raw and filtered; with depth and
-   PnP-only): the person does not move, so this is the jitter;
+   from the body's size only): the person does not move, so this is the jitter;
 5. frames/s of the whole prior path (detect, head pose, tracker, prior of a 4-frame window rendered from the
    estimated head at 448x448), sequential and pipelined (detector on a worker thread as the node runs it), also
    with one competing busy process on the machine.
@@ -73,7 +74,8 @@ def _std(points: list[np.ndarray]) -> list[float] | None:
 
 def _detect_and_head(seq, empty_frames: tuple[int, ...], repeats: int) -> tuple[dict, dict]:
     """Sections 1-4. Returns (result, person observations by frame)."""
-    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
+    from egox_ros.core.demonstrator.estimate import measure_person_head
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
     from egox_ros.core.demonstrator.head_tracker import HeadTracker
     config = HeadPoseConfig()
     detector = _detector()
@@ -106,9 +108,11 @@ def _detect_and_head(seq, empty_frames: tuple[int, ...], repeats: int) -> tuple[
         measured = {"depth": None, "pnp": None}
         if obs.head is not None:
             for _ in range(repeats):
-                measured["depth"], ms = _timed(measure_head, obs.head, seq.camera, frame.depth_m, config, obs.mask)
+                measured["depth"], ms = _timed(measure_person_head, obs, seq.camera, frame.depth_m, config,
+                                               frame.world_T_camera)
                 depth_ms.append(ms)
-                measured["pnp"], ms = _timed(measure_head, obs.head, seq.camera, None, config, obs.mask)
+                measured["pnp"], ms = _timed(measure_person_head, obs, seq.camera, None, config,
+                                             frame.world_T_camera)
                 pnp_ms.append(ms)
         for kind in ("depth", "pnp"):
             m = measured[kind]
@@ -154,10 +158,11 @@ class _Stream:
 
 
 def _prior_path(seq, stream: _Stream, pipelined: bool) -> dict:
-    """Frames/s of detect + measure_head + tracker + PriorRenderer.render (4-frame window, 448x448 ego)."""
+    """Frames/s of detect + measure_person_head + tracker + PriorRenderer.render (4-frame window, 448x448 ego)."""
     from egox_ros.core.config import EgoCameraConfig, PriorConfig
     from egox_ros.core.demonstrator.detector import AsyncPersonDetector
-    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
+    from egox_ros.core.demonstrator.estimate import measure_person_head
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
     from egox_ros.core.demonstrator.head_tracker import HeadTracker
     from egox_ros.core.frames import ExoFrame
     from egox_ros.core.fusion import FusionConfig
@@ -171,7 +176,7 @@ def _prior_path(seq, stream: _Stream, pipelined: bool) -> dict:
 
     def after_detect(stamp_ns, frame, obs, tracker, window, renderer, times):
         t0 = time.perf_counter()
-        m = measure_head(obs.head, seq.camera, frame.depth_m, head_config, obs.mask) if obs.head else None
+        m = measure_person_head(obs, seq.camera, frame.depth_m, head_config, frame.world_T_camera)
         est = tracker.update(stamp_ns, m, frame.world_T_camera)
         t1 = time.perf_counter()
         exo = ExoFrame(stamp_ns=stamp_ns, rgb=frame.rgb, depth_m=frame.depth_m, camera=seq.camera,
@@ -312,8 +317,8 @@ def markdown(result: dict) -> str:
              f"| without a person ({'-'.join(map(str, d['empty_timed_frames']))}) | {d['empty_frames']['n']} | "
              f"{_fmt(d['empty_frames']['median_ms'])} | {_fmt(d['empty_frames']['p90_ms'])} |", "",
              "| head pose step | median ms |", "|---|---|",
-             f"| measure_head with depth | {_fmt(h['measure_head_depth'])} |",
-             f"| measure_head without depth (PnP) | {_fmt(h['measure_head_pnp'])} |",
+             f"| measure_person_head with depth | {_fmt(h['measure_head_depth'])} |",
+             f"| measure_person_head without depth (the body's size) | {_fmt(h['measure_head_pnp'])} |",
              f"| HeadTracker.update | {_fmt(h['tracker_update'])} |", "",
              f"Detection: head found in {det['head_found']} of {det['person_frames']} person frames "
              f"({det['face_mesh_frames']} with the face mesh); false positives in "
@@ -322,8 +327,10 @@ def markdown(result: dict) -> str:
              "| head position in the world, std x / y / z [mm] | raw measurements | tracker output |",
              "|---|---|---|",
              f"| with depth | {_mm(st['depth_raw_std_m'])} | {_mm(st['depth_filtered_std_m'])} |",
-             f"| PnP only (no depth) | {_mm(st['pnp_raw_std_m'])} | {_mm(st['pnp_filtered_std_m'])} |", "",
-             f"Prior path per frame (detect + measure_head + tracker + render of a {result['prior_path']['window_frames']}"
+             f"| the body's size only (no depth) | {_mm(st['pnp_raw_std_m'])} | {_mm(st['pnp_filtered_std_m'])} |",
+             "",
+             f"Prior path per frame (detect + measure_person_head + tracker + render of a "
+             f"{result['prior_path']['window_frames']}"
              f"-frame window at {result['prior_path']['ego']}), frames {result['prior_path']['frames_streamed']}; "
              f"target {result['target_fps']:g} frames/s:", "",
              "| mode | competing busy process | frames/s | ms per frame | detect ms | head ms | render ms | "
@@ -335,12 +342,12 @@ def markdown(result: dict) -> str:
     seq_r, pipe_r = row[("sequential", False)], row[("pipelined", False)]
     busy_r = row[("pipelined", True)]
     stages = {"the detector": d["person_frames"]["median_ms"] or 0.0,
-              "measure_head with depth": h["measure_head_depth"] or 0.0,
+              "the head measurement with depth": h["measure_head_depth"] or 0.0,
               "the render": seq_r["render_median_ms"]}
     slowest = max(stages, key=stages.get)
     lines += ["", f"Reading it: per frame with a person the detector takes {_fmt(d['person_frames']['median_ms'])} ms "
-                  f"median ({_fmt(d['empty_frames']['median_ms'])} ms without one), measure_head with depth "
-                  f"{_fmt(h['measure_head_depth'])} ms (PnP only {_fmt(h['measure_head_pnp'])} ms), the tracker "
+                  f"median ({_fmt(d['empty_frames']['median_ms'])} ms without one), the head measurement with depth "
+                  f"{_fmt(h['measure_head_depth'])} ms (without {_fmt(h['measure_head_pnp'])} ms), the tracker "
                   f"{_fmt(h['tracker_update'])} ms and the render {seq_r['render_median_ms']} ms: {slowest} is the "
                   f"largest step. Sequentially the path runs at {seq_r['fps']} frames/s; with the detector on its "
                   f"worker thread (as the node runs it) at {pipe_r['fps']} frames/s (the head pose and the render "
@@ -349,7 +356,8 @@ def markdown(result: dict) -> str:
                   + ("met" if pipe_r["meets_target"] else "not met") + " pipelined on an idle machine and "
                   + ("met" if busy_r["meets_target"] else "not met") + " with the competing process. The head "
                   f"stays within {_mm(st['depth_raw_std_m'])} mm (std x / y / z) in the world with depth, "
-                  f"{_mm(st['pnp_raw_std_m'])} mm from PnP alone, while the camera turns. Timings on this shared "
+                  f"{_mm(st['pnp_raw_std_m'])} mm from the body's size alone, while the camera turns. Timings on this "
+                  "shared "
                   "machine vary by tens of percent between runs (see the load average above).",
               "", "![masks, head keypoints and directions; the prior from the demonstrator's head](demonstrator.png)"]
     return "\n".join(lines) + "\n"
@@ -395,7 +403,8 @@ def write_figure(path: Path = FIGURE) -> Path:
     from PIL import Image
 
     from egox_ros.core.config import EgoCameraConfig, PriorConfig
-    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
+    from egox_ros.core.demonstrator.estimate import measure_person_head
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
     from egox_ros.core.frames import ExoFrame
     from egox_ros.core.fusion import FusionConfig
     from egox_ros.core.pipeline import PriorRenderer, ego_camera_from_config
@@ -407,15 +416,13 @@ def write_figure(path: Path = FIGURE) -> Path:
     finally:
         detector.close()
     config = HeadPoseConfig()
-    measured = {k: measure_head(o.head, seq.camera, seq[k].depth_m, config, o.mask) if o.head else None
+    measured = {k: measure_person_head(o, seq.camera, seq[k].depth_m, config, seq[k].world_T_camera)
                 for k, o in observations.items()}
     panels = [_exo_panel(seq, k, observations[k], measured[k]) for k in FIGURE_FRAMES]
 
     k = PRIOR_FRAME if measured[PRIOR_FRAME] is not None else next(j for j in PERSON_FRAMES if measured[j])
     frame, obs = seq[k], observations[k]
-    c, s = np.cos(np.radians(-45)), np.sin(np.radians(-45))
-    pitch_down = np.array([[1, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0], [0, 0, 0, 1.0]])
-    world_T_head = frame.world_T_camera @ measured[k].exo_T_head @ pitch_down
+    world_T_head = frame.world_T_camera @ measured[k].exo_T_head     # looking down (head.min_pitch_down_deg)
     ego = ego_camera_from_config(EgoCameraConfig())
 
     def prior(prior_config, mask):
@@ -426,8 +433,8 @@ def write_figure(path: Path = FIGURE) -> Path:
         return np.where(p.mask[..., None], p.rgb, np.uint8(40))
     priors = [Image.fromarray(prior(PriorConfig(min_distance_m=0.0), None)),
               Image.fromarray(prior(PriorConfig(), obs.mask))]
-    prior_labels = [f"prior from his head, frame {k}, 45 deg down: no masks, min_distance 0",
-                    "same view, defaults: person masked, 0.35 m"]
+    prior_labels = [f"prior from his estimated head, frame {k}: no masks",
+                    "same view, defaults: person masked (body outline)"]
     (u, v), _ = obs.head.get("nose")
     zoom = _exo_panel(seq, k, obs, measured[k]).crop((int(u) - 60, int(v) - 60, int(u) + 60, int(v) + 60))
 
@@ -514,7 +521,8 @@ def _egoexo4d_clip(clip, use_depth: bool = True) -> dict:
         detector.close()
     n = clip.frames
     with_head = n - states["none"]
-    return {"clip": clip.name, "depth": use_depth, "frames": n, "with_head": with_head, "head_rate": round(with_head / n, 3),
+    return {"clip": clip.name, "depth": use_depth, "frames": n, "with_head": with_head,
+            "head_rate": round(with_head / n, 3),
             "measured": states["measured"], "held": states["held"],
             "position_error_m": _angle_stats(pos_err), "forward_error_deg": _angle_stats(fwd_err),
             "person_mask_frames": mask_frames, "mask_on_real_head_frames": mask_on_head,
@@ -559,7 +567,8 @@ def markdown_egoexo4d(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in result["clips"]:
         p, f, t = r["position_error_m"], r["forward_error_deg"], r["ms_per_frame"]
-        lines.append(f"| {r['clip']} | {'released' if r['depth'] else 'none'} | {r['with_head']} of {r['frames']} ({r['measured']} + {r['held']}) | "
+        lines.append(f"| {r['clip']} | {'released' if r['depth'] else 'none'} | "
+                     f"{r['with_head']} of {r['frames']} ({r['measured']} + {r['held']}) | "
                      f"{_f(p['median'], 3)} / {_f(p['p90'], 3)} | {_f(f['median'], 1)} / {_f(f['p90'], 1)} | "
                      f"{r['person_mask_frames']} ({r['mask_on_real_head_frames']}) | "
                      f"{_f(r['mask_area_fraction_median'], 3)} | {_f(t['median_ms'], 1)} / {_f(t['p90_ms'], 1)} |")

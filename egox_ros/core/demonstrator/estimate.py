@@ -10,11 +10,11 @@ that alone gives the distance from the body's size ('body'). With a depth image,
 depth (median of a patch on the person mask) over its z in the placed body gives a scale; their median, weighed
 against the body's own size (people differ by ``BODY_SIZE_SIGMA`` = 10 % when the whole body is seen, hips to
 ankles; a head and shoulders alone say far less, ``PARTIAL_BODY_SIGMA``; the depth errs by
-``head.depth_sigma_per_m`` per metre, as depth models' errors grow with distance), rescales the placed body about the camera centre
-(projections unchanged) when it lies within ``DEPTH_VS_MODEL_RATIO`` ('depth'), else the depth is not believed
-(``depth_rejected``). A scale below ``MIN_HUMAN_SCALE`` means the
-"person" is far smaller than a person (a teddy bear is 0.3 m tall): no measurement. The head origin is the
-midpoint of the placed body's eyes, whether the face is visible or not (the body model knows where the eyes are
+``head.depth_sigma_per_m`` per metre, as depth models' errors grow with distance), rescales the placed body
+about the camera centre (projections unchanged) when it lies within ``DEPTH_VS_MODEL_RATIO`` ('depth'), else
+the depth is not believed (``depth_rejected``). A scale below ``MIN_HUMAN_SCALE`` means the "person" is far
+smaller than a person (a teddy bear is 0.3 m tall): no measurement. The head origin is the midpoint of the placed
+body's eyes, whether the face is visible or not (the body model knows where the eyes are
 behind a back view).
 
 Orientation. The head frame is OpenCV-like at the eyes: x to the person's right, y down, z forward (gaze).

@@ -100,11 +100,15 @@ _TORSO_MARGIN_SW = 0.45
 _HEAD_RADIUS_SW = 0.8
 
 
-def body_region(landmarks_uv: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool: where the body can be, from the pose's 33 landmark pixels (all of them: the model places hidden
-    ones where they would be; the segmentation decides what is visible). Drawn with OpenCV, about 1 ms."""
+def body_region(landmarks_uv: np.ndarray, shape: tuple[int, int],
+                visibility: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: where the body can be, from the pose's 33 landmark pixels. Limbs whose ends are both hidden
+    (visibility <= 0.5) are not drawn, and with the hips hidden (behind a desk, a monitor) the torso ends 0.6
+    shoulder widths below the shoulders: the model places hidden landmarks where they would be, over whatever hides
+    them. Drawn with OpenCV, about 1 ms."""
     h, w = shape
     lm = np.asarray(landmarks_uv, np.float64)
+    seen = np.ones(len(lm), bool) if visibility is None else np.asarray(visibility) > 0.5
     shoulder_px = float(np.linalg.norm(lm[11] - lm[12]))
     ears_px = float(np.linalg.norm(lm[7] - lm[8]))
     torso_px = float(np.linalg.norm(0.5 * (lm[11] + lm[12]) - 0.5 * (lm[23] + lm[24])))
@@ -115,9 +119,15 @@ def body_region(landmarks_uv: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if not np.all(np.abs(pts) < 2**28):
         return np.ones((h, w), bool)
     for a, b, half in _BODY_SEGMENTS:
+        if not (seen[a] or seen[b]):
+            continue
         cv2.line(region, tuple(map(int, pts[a])), tuple(map(int, pts[b])), 1,
                  thickness=max(1, int(round(2 * half * sw))), lineType=cv2.LINE_8, shift=2)
     torso = lm[list(_TORSO)]
+    if not (seen[23] and seen[24]):
+        for hip, shoulder in ((2, 1), (3, 0)):          # rows: 11, 12, 24, 23
+            step = torso[hip] - torso[shoulder]
+            torso[hip] = torso[shoulder] + step * min(1.0, 0.6 * sw / max(float(np.linalg.norm(step)), 1e-6))
     centre = torso.mean(axis=0)
     grown = torso + _TORSO_MARGIN_SW * sw * (torso - centre) / np.maximum(
         np.linalg.norm(torso - centre, axis=1, keepdims=True), 1e-6)
@@ -283,7 +293,7 @@ class MediapipePersonDetector:
             self._track_box = self._region(pose_lm)
         mask = np.zeros((h, w), bool) if seg is None else seg > self.config.mask_threshold
         if self.config.body_region:
-            mask &= body_region(pose_lm[:, :2], (h, w))
+            mask &= body_region(pose_lm[:, :2], (h, w), pose_lm[:, 2])
         mask = dilate_mask(mask, self.config.dilate_px)
 
         uv = np.array([pose_lm[_POSE_INDEX[k], :2] for k in HEAD_KEYPOINTS])

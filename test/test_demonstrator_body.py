@@ -167,3 +167,28 @@ def test_a_person_sized_as_a_teddy_bear_is_rejected(tum_person):
         m = measure_person_head(obs, seq.camera, frame.depth_m * 0.3, HeadPoseConfig(), frame.world_T_camera)
         rejected += m is None
     assert rejected == 12
+
+
+@pytest.mark.parametrize("hips_z_m,expected_from", [(1.2, "shoulders"), (4.0, "both")])
+def test_without_a_face_a_big_head_turns_with_the_shoulders(hips_z_m, expected_from):
+    """Face not seen: a head big enough to show a face that was not found is seen from behind, and the pose model's
+    nose and ears there are guesses, so the heading is the shoulders' (head 1.2 m away, about 50 px); a head too
+    small to tell (4 m, 14 px) averages the face's and the shoulders' headings. Here the head landmarks are turned
+    40 degrees from the shoulders."""
+    body, _, forward = _body(0.0, hips_exo_m=(0.1, 0.5, hips_z_m))
+    a = np.radians(40.0)
+    turn = np.array([[np.cos(a), 0.0, np.sin(a)], [0.0, 1.0, 0.0], [-np.sin(a), 0.0, np.cos(a)]])   # about y
+    body_m = body.body_m.copy()
+    neck = 0.5 * (body_m[BODY_INDEX["left_shoulder"]] + body_m[BODY_INDEX["right_shoulder"]])
+    for name in ("nose", "left_eye", "right_eye", "left_ear", "right_ear"):
+        i = BODY_INDEX[name]
+        body_m[i] = neck + turn @ (body_m[i] - neck)
+    placed = body_m + np.array([0.1, 0.5, hips_z_m])
+    uv = np.stack([CAMERA.fx * placed[:, 0] / placed[:, 2] + CAMERA.cx,
+                   CAMERA.fy * placed[:, 1] / placed[:, 2] + CAMERA.cy], axis=1)
+    turned = BodyLandmarks(uv_px=uv, visibility=body.visibility, body_m=body_m)
+    m = measure_body_head(turned, CAMERA, None, HeadPoseConfig(), face_seen=False, world_T_exo=WORLD_T_EXO)
+    error = _heading_deg(m.exo_T_head[:3, 2], forward)
+    assert error == pytest.approx(0.0 if expected_from == "shoulders" else 20.0, abs=0.5)
+    seen = measure_body_head(turned, CAMERA, None, HeadPoseConfig(), face_seen=True, world_T_exo=WORLD_T_EXO)
+    assert _heading_deg(seen.exo_T_head[:3, 2], forward) == pytest.approx(40.0, abs=0.5)    # the face's own

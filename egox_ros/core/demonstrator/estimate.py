@@ -18,9 +18,10 @@ body's eyes, whether the face is visible or not (the body model knows where the 
 behind a back view).
 
 Orientation. The head frame is OpenCV-like at the eyes: x to the person's right, y down, z forward (gaze).
-Heading (the horizontal part of the gaze): from the body model's nose relative to its ears; when the face itself
-was not seen (back or side view, or a face too small for the face detector) averaged with the normal of the
-shoulder line, which the pose model places far more reliably than a face it cannot see. Pitch: the face's own
+Heading (the horizontal part of the gaze): from the body model's nose relative to its ears when the face itself
+was seen. When it was not: a head big enough to have shown a face (``_FACE_CHECK_MIN_PX``) is seen from behind,
+where the pose model's nose and ears are guesses, and the heading is the normal of the shoulder line, which it
+places far more reliably; a head too small to tell averages the two. Pitch: the face's own
 pitch, but at least ``head.min_pitch_down_deg`` below the horizon (people who demonstrate look down at their
 hands: Ego-Exo4D wearers 30-45 degrees). Roll: level (x horizontal). "Down" is the world's -z (REP 103: z up)
 seen from the exo camera when its pose is given, else the camera's own y axis.
@@ -41,6 +42,7 @@ BODY_SIZE_SIGMA = 0.10          # relative error of the distance from the body's
 PARTIAL_BODY_SIGMA = 0.30       # the same from the head and shoulders alone (a seated person behind a table)
 _WHOLE_BODY = ("left_hip", "right_hip", "left_ankle", "right_ankle")
 _SEEN = 0.5                     # a landmark with visibility above this counts as seen
+_FACE_CHECK_MIN_PX = 20.0       # heads at least this big (landmark extent) show a face when it faces the camera
 _HEAD_LANDMARKS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
 _PLACEMENT_LANDMARKS = _HEAD_LANDMARKS + ("left_shoulder", "right_shoulder")   # hips: often behind a table
 # Nominal 1-sigma errors. Position: the distance times the relative error of the fused distance (depth and body
@@ -115,8 +117,13 @@ def _head_rotation(body: BodyLandmarks, placed: np.ndarray, face_seen: bool, dow
         normal = _unit(np.cross(down, right))          # the chest's normal; which way it faces: the face's side
         if normal is not None:
             normal = -normal if np.dot(normal, face) < 0 else normal
-            both = horizontal(normal) if heading is None else _unit(heading + horizontal(normal))
-            heading = both if both is not None else heading
+            head = body.uv_px[:11][body.visibility[:11] > _SEEN]
+            head_px = float(np.max(np.ptp(head, axis=0))) if len(head) else 0.0
+            if head_px >= _FACE_CHECK_MIN_PX or heading is None:
+                heading = horizontal(normal)    # a head big enough to show a face shows none: seen from behind
+            else:                               # too small to tell: the face landmarks may be right
+                both = _unit(heading + horizontal(normal))
+                heading = both if both is not None else heading
     if heading is None:
         return None
     pitch = max(float(np.degrees(np.arcsin(np.clip(np.dot(face, down), -1.0, 1.0)))), min_pitch_down_deg)

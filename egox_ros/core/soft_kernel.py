@@ -5,14 +5,14 @@ the other in rank order (nearest first), into per-pixel accumulators, which is t
 rasteriser + alpha compositor amount to (render.py's module docstring) and that the torch slab code computes in
 parallel pieces.  The torch code stays the reference; test/test_render_kernel.py checks this against it.
 
-Why it is fast (2-core Xeon, 88 k points into 448x448, r = 5, torch threads 1; scratch measurements, load ~2):
+Why it is fast (2-core AMD EPYC, 88 k points into 448x448, r = 5, one thread; scratch measurements, load 2-10):
 a point's disc covers about 78 pixels, of which only about one in six still takes points (K limit or
 transmittance cut-off); testing each of them for "still live" costs a hard-to-predict branch per pixel (37-40 ms
 for the plain per-point loop, and 31-34 ms with tiling or branch-free updates).  Here every row of the padded canvas
 keeps a bit per pixel that is still live; per point and row the bits of its (2 reach + 1) candidate columns are
 read at once and only the set ones are visited (count-trailing-zeros) and tested against the disc, so the work
-follows the live pairs (about 1.1 M composited) instead of the candidates (about 10 M): 21 ms, with the same result
-bit for bit as the plain loop. (Computing each row's exact span of inside columns first, with a square root, cost
+follows the live pairs (about 1.1 M composited) instead of the candidates (about 10 M): 15-19 ms of CPU (24 ms per
+render with the torch part; `egox bench prior`), with the same result bit for bit as the plain loop. (Computing each row's exact span of inside columns first, with a square root, cost
 more than it saved: 36 vs 27 ms CPU per render in one run.)
 
 Floating point is the reference's: float32 disc test ``(row - v)^2 + (col - u)^2 < r^2`` on padded coordinates,

@@ -17,8 +17,8 @@ Facts of the released data and code this module relies on (see issue 17):
   does (a 2D fit on the video; the recorded head camera then projects onto the person's head, and the depth
   lifted there lies 1-2 cm from it on the cooking clip, 7 cm with the released one). The bag's camera info uses
   ``DEFAULT_EXO_FOCAL_SCALE`` = 1.42 times the released focal length: on the cooking clip the prior from the
-  recorded head then scores 12.29 dB against the real head camera's video (the released prior 12.01 dB, ours with
-  the released focal length 11.69 dB), and the head estimate from the exo image needs the true camera.
+  recorded head then scores 12.20 dB against the real head camera's video (the released prior 12.01 dB, ours with
+  the released focal length 11.60 dB), and the head estimate from the exo image needs the true camera.
   ``--exo-focal-scale 1`` writes the released camera (what the released renderer lifted the depth with).
 * every extrinsic is world -> camera (3x4), OpenCV axes, world z up. The exo camera is static.
 * ego extrinsics are the Aria RGB camera in its native (sideways) orientation; the released renderer turns it 90

@@ -259,6 +259,11 @@ def test_parameter_values_are_read_as_rcl_reads_them(tmp_path):
                            "outputs.ego_frame": "1e3"}
     configs, _ = configs_from_parameters(ours, parameter_sections())
     assert configs["sync"].timeout_s == 10.0
+    # The node's up-front check of -p looks at types only: a value that needs another from the params file (a model
+    # source with its model path there) is not refused before the node has both.
+    from egox_ros.ros.params import override_type_problem
+    assert override_type_problem(["depth.source:=model", "sync.timeout_s:=1e1"], parameter_sections()) is None
+    assert "must be double" in override_type_problem(["sync.timeout_s:=abc"], parameter_sections())
 
 
 def test_replay_precheck_reads_a_section_keyed_by_a_wildcard_node_name(tmp_path):

@@ -344,11 +344,11 @@ class EgoxNode(Node):
 
 def _arguments_problem(args: list[str]) -> str | None:
     """One line for ROS arguments the node would refuse with a traceback or silently drop: a --params-file that rcl
-    cannot parse (or that sets nothing; egox_ros.ros.params.read_params_file), or a `-p NAME:=VALUE` whose value
-    has the wrong type or range (rcl keeps a params file's value without a word when a -p for the same name has
-    another type)."""
+    cannot parse (or that is empty; egox_ros.ros.params.read_params_file), or a `-p NAME:=VALUE` whose value has
+    the wrong type (rcl keeps a params file's value without a word when a -p for the same name has another type).
+    Ranges and combinations are checked by the node itself, with the params files' values (one FATAL line)."""
     from egox_ros.ros.config import parameter_sections
-    from egox_ros.ros.params import configs_from_parameters, load_parameters, read_params_file
+    from egox_ros.ros.params import override_type_problem, read_params_file
     ros, overrides = False, []
     for i, arg in enumerate(args):
         if arg == "--ros-args":
@@ -366,10 +366,10 @@ def _arguments_problem(args: list[str]) -> str | None:
             except ValueError as e:
                 return str(e)
     try:
-        configs_from_parameters(load_parameters(None, overrides), parameter_sections())
-    except ValueError as e:
-        return f"bad parameters: {e}"
-    return None
+        problem = override_type_problem(overrides, parameter_sections())
+    except ValueError as e:      # not NAME:=VALUE
+        return str(e)
+    return f"bad parameters: {problem}" if problem else None
 
 
 def _interrupt(_signum, _frame):

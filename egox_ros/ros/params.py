@@ -179,6 +179,19 @@ def configs_from_parameters(values: dict, sections: dict[str, type]) -> tuple[di
     return configs, warnings
 
 
+def override_type_problem(overrides: list[str], sections: dict[str, type]) -> str | None:
+    """The first `NAME:=VALUE` override whose value has another type than the declared parameter's (one line), or
+    None. Only types: ranges and combinations are the node's to check with every source of values in hand."""
+    fields = {f"{section}.{f.name}": f for section, cls in sections.items() for f in dataclasses.fields(cls)}
+    for name, value in load_parameters(None, overrides).items():
+        if name in fields:
+            try:
+                _checked(name, _default(fields[name]), value)
+            except ValueError as e:
+                return str(e)
+    return None
+
+
 ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service", "qos_overrides.")
 
 

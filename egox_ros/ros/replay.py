@@ -293,7 +293,7 @@ class _Player:
                     with self.progress_changed:
                         if not self._has_room(sent):
                             return
-                self.publishers[self.exo_topic].publish(held.popleft()[1])
+                self.publishers[self.exo_topic].publish(held.popleft())
                 sent += 1
                 on_image()
 
@@ -304,7 +304,7 @@ class _Player:
             if log_ns > self.clock_ns:
                 self.publish_clock(log_ns)
             if topic == self.exo_topic:
-                held.append((log_ns, raw))
+                held.append(raw)
             else:
                 self.publishers[topic].publish(raw)
             send(block=len(held) > LOOKAHEAD_IMAGES)

@@ -92,7 +92,10 @@ def decode_compressed_depth_m(data: bytes, fmt: str) -> np.ndarray:
 
 
 def encode_compressed_rgb(rgb: np.ndarray, container: str = "jpeg", quality: int = 90) -> tuple[bytes, str]:
-    """(payload, format) for an (H, W, 3) uint8 RGB image, as image_transport's compressed publisher writes them."""
+    """(payload, format) for an (H, W, 3) uint8 RGB image, as image_transport's compressed publisher writes them: a
+    JPEG / PNG of the true colours labelled 'bgr8; jpeg compressed bgr8' (it encodes from BGR with OpenCV, and its
+    subscriber reads 'compressed bgr8' as "the decoded colours are right"; a 'compressed rgb8' label makes it swap red
+    and blue)."""
     buf = io.BytesIO()
     if container == "jpeg":
         PILImage.fromarray(rgb, "RGB").save(buf, "JPEG", quality=quality)
@@ -100,7 +103,7 @@ def encode_compressed_rgb(rgb: np.ndarray, container: str = "jpeg", quality: int
         PILImage.fromarray(rgb, "RGB").save(buf, "PNG", compress_level=1)
     else:
         raise ValueError(f"container must be 'jpeg' or 'png', got {container!r}")
-    return buf.getvalue(), f"rgb8; {container} compressed rgb8"
+    return buf.getvalue(), f"bgr8; {container} compressed bgr8"
 
 
 def encode_compressed_depth(depth_m: np.ndarray, encoding: str = "16UC1") -> tuple[bytes, str]:

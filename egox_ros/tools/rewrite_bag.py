@@ -37,12 +37,6 @@ def preset_renames(preset: str) -> dict[str, str]:
 
 REALSENSE_RENAMES = preset_renames("realsense")
 
-
-# The format string compressed_image_transport writes for a colour image (it encodes from BGR with OpenCV, so the
-# JPEG holds the true colours); its subscriber reads 'compressed bgr8' as "OpenCV's decoded BGR is right" and would
-# swap red and blue for a 'compressed rgb8' label.
-IMAGE_TRANSPORT_JPEG_FORMAT = "bgr8; jpeg compressed bgr8"
-
 # image_transport's default JPEG quality (compressed_image_transport's jpeg_quality parameter).
 JPEG_QUALITY = 95
 
@@ -142,8 +136,7 @@ def _compress(store, msg, colour: bool, jpeg_quality: int) -> bytes:
     from egox_ros.core.image_codec import decode_depth_m, decode_rgb
     args = (msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
     if colour:   # a JPEG with the image's true colours, labelled as compressed_image_transport labels it
-        payload, _ = encode_compressed_rgb(decode_rgb(*args), "jpeg", quality=jpeg_quality)
-        fmt = IMAGE_TRANSPORT_JPEG_FORMAT
+        payload, fmt = encode_compressed_rgb(decode_rgb(*args), "jpeg", quality=jpeg_quality)
     else:
         encoding = msg.encoding if msg.encoding in ("16UC1", "32FC1") else "16UC1"
         payload, fmt = encode_compressed_depth(decode_depth_m(*args), encoding)

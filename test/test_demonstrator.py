@@ -184,6 +184,54 @@ def test_async_detector_answers_every_frame_in_order_and_resets(seq):
         worker.close()
 
 
+def test_live_detector_keeps_pace_and_holds_the_newest_mask_for_skipped_images(seq):
+    """Live (max_lag_s): a camera faster than the detector makes it skip what it cannot reach in time, never let
+    queued images fall further behind than max_lag_s; a skipped image holds the newest detected mask (if recent
+    enough), so the demonstrator stays out of its prior. Without max_lag_s (recording) every image is detected."""
+    import threading
+    results: dict[int, tuple[object, str | None]] = {}
+    done = threading.Condition()
+
+    def on_result(stamp_ns, observation, error):
+        with done:
+            results[stamp_ns] = (observation, error)
+            done.notify_all()
+
+    max_lag_s, period_ns = 0.1, 33_333_333          # a 30 Hz camera, 100 ms budget
+    worker = AsyncPersonDetector(MediapipePersonDetector(PersonConfig()), capacity=64, on_result=on_result,
+                                 max_lag_s=max_lag_s)
+    try:
+        first_ns = int(seq[52].stamp_s * 1e9)
+        worker.submit(first_ns, seq[52].rgb)          # detected first: the mask a skipped image can hold
+        with done:
+            assert done.wait_for(lambda: first_ns in results, timeout=120)
+        assert results[first_ns][0].mask is not None and results[first_ns][1] is None
+        stamps = [first_ns + k * period_ns for k in range(1, 13)]
+        images = [seq[min(k, 59)].rgb for k in range(53, 65)]
+        for stamp_ns, rgb in zip(stamps, images):        # a burst: 12 images at once, faster than any detector
+            worker.submit(stamp_ns, rgb)
+            with worker._cond:
+                queued = [s for s, _ in worker._queue]
+            assert stamp_ns - min(queued) <= max_lag_s * 1e9     # nothing waits further behind than the budget
+        with done:
+            assert done.wait_for(lambda: all(s in results for s in stamps), timeout=120)
+        skipped = [s for s in stamps if results[s][1] is not None]
+        assert skipped and all(results[s][1].startswith("skipped") for s in skipped)
+        assert stamps[-1] not in skipped                 # the newest image is always detected
+        assert worker.stats()["skipped"] == str(len(skipped))
+        detected = {d: o for d, (o, e) in results.items() if e is None and o.mask is not None}
+        for s in skipped:            # a held mask is one detected at most max_lag_s before the skipped image
+            observation = results[s][0]
+            assert observation.head is None
+            if observation.mask is not None:
+                assert any(0 <= s - d <= max_lag_s * 1e9 and observation.mask is o.mask for d, o in detected.items())
+        # The second image of the burst is skipped while the first is being detected, and holds the first mask
+        # (66 ms old): a detection takes far longer than submitting the burst.
+        assert stamps[1] in skipped and results[stamps[1]][0].mask is not None
+    finally:
+        worker.close()
+
+
 @pytest.mark.parametrize("mode", ["moving", "static", "concat"])
 def test_every_fusion_leaves_the_person_out_of_the_background(seq, observations, mode):
     """A static exo camera (frame 55 three times) seen again from itself: the fused window has nothing where the

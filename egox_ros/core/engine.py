@@ -133,8 +133,11 @@ class EgoEngine:
         # The demonstrator: person masks (a detector on its own worker, or a mask input) and, with head_source
         # 'exo', the head pose estimated from the detector's head keypoints.
         detector = make_person_detector(self.person_config)
+        # Live (sync.overload 'drop_oldest') the detector skips images it cannot reach within half the sync
+        # timeout, holding the newest mask, rather than letting their frames time out as person_missing.
         self.person_detector = None if detector is None else AsyncPersonDetector(
-            detector, capacity=self.sync.max_waiting, on_result=self._on_person)
+            detector, capacity=self.sync.max_waiting, on_result=self._on_person,
+            max_lag_s=self.sync.timeout_s / 2 if self.sync.overload == "drop_oldest" else None)
         self.head_tracker = HeadTracker(self.head_config) if self.inputs.head_source == "exo" else None
         self.last_head: HeadEstimate | None = None
         self.head_counts: Counter = Counter()            # measured / held / not_visible / depth_rejected
@@ -322,7 +325,9 @@ class EgoEngine:
     def _on_person(self, stamp_ns: int, observation: PersonObservation, error: str | None) -> None:
         """The person detector finished an image (its thread): report the mask, hand the image to the depth
         models with the person left out of their alignment fit, and let frames waiting for it complete."""
-        if error is not None:
+        if error is not None and error.startswith("skipped"):
+            self.note("person_detector_skipped", f"image at {stamp_ns * 1e-9:.3f} s: {error}", log=False)
+        elif error is not None:
             self.note("person_detector_failed", f"person detector failed at {stamp_ns * 1e-9:.3f} s: {error}")
         pending = self.frames.pending(stamp_ns)
         if pending is not None and self.depth_from_model():

@@ -100,15 +100,23 @@ class AsyncPersonDetector:
     """Runs a detector on a worker thread over every submitted image, in stamp order.
 
     Unlike depth (where an older estimate will do), a mask and a head pose belong to exactly one image, so every
-    image is detected; at most `capacity` images wait (the oldest is skipped beyond, and its result is an empty
-    observation with ``skipped`` counted). Results are kept for the newest `keep` stamps. Thread-safe.
-    on_result(stamp_ns, observation, error) runs on the worker thread after each image; it must not block long.
+    image is detected when the detector keeps up; at most `capacity` images wait (the oldest is skipped beyond).
+    Live (``max_lag_s`` set: sync.overload 'drop_oldest'), a queued image more than ``max_lag_s`` older (stamps)
+    than the newest submitted one is skipped too, so a detector slower than the camera keeps pace instead of
+    letting frames time out (``person_missing``). A skipped image's result holds the mask of the newest detected
+    image if that is at most ``max_lag_s`` older, else it has no mask; its head is None (the head tracker holds the
+    pose). Skips are counted (``skipped``). Results are kept for the newest `keep` stamps. Thread-safe.
+    on_result(stamp_ns, observation, error) runs on the worker thread after each image (error 'skipped: ...' for a
+    skipped one, on the submitting thread); it must not block long.
     """
 
     def __init__(self, detector: PersonDetector, capacity: int = 64, keep: int = 128,
-                 on_result: Callable[[int, PersonObservation, str | None], None] | None = None):
+                 on_result: Callable[[int, PersonObservation, str | None], None] | None = None,
+                 max_lag_s: float | None = None):
         self.detector = detector
         self.capacity, self.keep = capacity, keep
+        self.max_lag_ns = None if max_lag_s is None else int(max_lag_s * 1e9)
+        self._newest_detected: tuple[int, np.ndarray] | None = None     # (stamp_ns, mask) of the newest with a mask
         self.on_result = on_result
         self._queue: deque[tuple[int, np.ndarray]] = deque()
         self._results: OrderedDict[int, PersonObservation] = OrderedDict()
@@ -124,16 +132,27 @@ class AsyncPersonDetector:
 
     def submit(self, stamp_ns: int, rgb: np.ndarray) -> None:
         """Queue an exo image (H, W, 3) uint8; stamps increase between resets."""
-        skipped = None
+        skipped = []
         with self._cond:
             self._queue.append((stamp_ns, rgb))
-            if len(self._queue) > self.capacity:
-                skipped = self._queue.popleft()[0]
+            while len(self._queue) > self.capacity or (
+                    self.max_lag_ns is not None and stamp_ns - self._queue[0][0] > self.max_lag_ns):
+                old_ns = self._queue.popleft()[0]
                 self.skipped += 1
-                self._store(skipped, PersonObservation(mask=None, head=None))
+                observation = PersonObservation(mask=self._held_mask(old_ns), head=None)
+                self._store(old_ns, observation)
+                skipped.append((old_ns, observation))
             self._cond.notify_all()
-        if skipped is not None and self.on_result is not None:
-            self.on_result(skipped, PersonObservation(mask=None, head=None), "skipped: the detector fell behind")
+        if self.on_result is not None:
+            for old_ns, observation in skipped:
+                self.on_result(old_ns, observation, "skipped: the detector fell behind")
+
+    def _held_mask(self, stamp_ns: int) -> np.ndarray | None:
+        """The newest detected mask for a skipped image, if it is at most max_lag_s older (lock held)."""
+        if self._newest_detected is None or self.max_lag_ns is None:
+            return None
+        detected_ns, mask = self._newest_detected
+        return mask if 0 <= stamp_ns - detected_ns <= self.max_lag_ns else None
 
     def result_for(self, stamp_ns: int) -> PersonObservation | None:
         """The observation of the image with this stamp, or None while it is not done."""
@@ -149,6 +168,7 @@ class AsyncPersonDetector:
         with self._cond:
             self._queue.clear()
             self._results.clear()
+            self._newest_detected = None
             self._generation += 1
 
     def stats(self) -> dict[str, str]:
@@ -195,6 +215,8 @@ class AsyncPersonDetector:
             with self._cond:
                 if generation == self._generation:      # else reset meanwhile: discard
                     self._store(stamp_ns, observation)
+                    if observation.mask is not None:
+                        self._newest_detected = (stamp_ns, observation.mask)
                     self.detected += 1
                     self.found += int(observation.found)
                     self.last_ms = elapsed_ms

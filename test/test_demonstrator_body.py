@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.demonstrator.estimate import MIN_HUMAN_SCALE, measure_body_head, measure_person_head
+from egox_ros.core.demonstrator.estimate import (MIN_HUMAN_SCALE, is_person_sized, measure_body_head,
+                                                 measure_person_head)
 from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
 from egox_ros.core.demonstrator.landmarks import BODY_INDEX, BodyLandmarks
 
@@ -192,3 +193,23 @@ def test_without_a_face_a_big_head_turns_with_the_shoulders(hips_z_m, expected_f
     assert error == pytest.approx(0.0 if expected_from == "shoulders" else 20.0, abs=0.5)
     seen = measure_body_head(turned, CAMERA, None, HeadPoseConfig(), face_seen=True, world_T_exo=WORLD_T_EXO)
     assert _heading_deg(seen.exo_T_head[:3, 2], forward) == pytest.approx(40.0, abs=0.5)    # the face's own
+
+
+def test_a_detection_far_smaller_than_a_person_keeps_no_mask():
+    """The engine keeps a detection's mask only when the depth does not show it far smaller than a person (the same
+    rule as the head's): a teddy bear at 0.3 of an adult's size is not the demonstrator; without depth, or with a
+    tall person (1.2) or depth that reads the background (2.5), the mask stands."""
+    from egox_ros.core.demonstrator.landmarks import PersonObservation
+    body, _, _ = _body(30.0)
+    mask = np.zeros((CAMERA.height, CAMERA.width), bool)
+    mask[10:20, 10:20] = True
+    observation = PersonObservation(mask=mask, head=None, body=body)
+    config = HeadPoseConfig()
+    assert is_person_sized(observation, CAMERA, None, config)
+    for scale, person in ((0.3, False), (1.2, True), (2.5, True)):
+        depth = np.full((CAMERA.height, CAMERA.width), np.nan, np.float32)
+        for name in ("nose", "left_eye", "right_eye", "left_ear", "right_ear"):
+            i = BODY_INDEX[name]
+            u, v = np.round(body.uv_px[i]).astype(int)
+            depth[v - 4:v + 5, u - 4:u + 5] = (body.body_m[i] + np.array([0.3, 0.5, 3.0]))[2] * scale
+        assert is_person_sized(observation, CAMERA, depth, config) is person, scale

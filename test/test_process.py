@@ -95,14 +95,15 @@ def test_process_takes_a_realsense_bag_with_compressed_images(both, tmp_path):
     from egox_ros.tools.rewrite_bag import REALSENSE_RENAMES, rewrite_bag
     bag = tmp_path / "realsense_jpeg"
     rewrite_bag(SAMPLE, bag, rename=REALSENSE_RENAMES, compress=True)
-    result = process(bag, tmp_path / "out", PARAMS, preset="realsense", progress_bar=False)
+    result = process(bag, tmp_path / "out", PARAMS, ["person.source:=none"], preset="realsense", progress_bar=False)
     run, summary = result.metrics["run"], result.metrics["summary"]
     assert summary["frames_published"] == 50 and run["exo_topic"] == "/camera/camera/color/image_raw/compressed"
     assert "inputs.exo_transport:=compressed" in run["parameters_set_by_process"]
-    raw = both[0].metrics["summary"]
-    # The depth PNG is lossless, but the person masks (on by default) come from the JPEG colours: measured 0.005
-    # apart. test_replay_inputs compares the geometry of both transports exactly, with masks off.
-    assert summary["mean_coverage"] == pytest.approx(raw["mean_coverage"], abs=0.01)
+    raw = process(SAMPLE, tmp_path / "raw", PARAMS, ["person.source:=none"], progress_bar=False).metrics["summary"]
+    # A transport test, so person masks are off: the detector's output on JPEG'd colours is another question (on
+    # this desk sequence JPEG artefacts make it take desk objects for a person in more frames). The depth PNG is
+    # lossless to the millimetre: the same coverage.
+    assert summary["mean_coverage"] == pytest.approx(raw["mean_coverage"], abs=1e-3)
     assert abs(summary["mean_masked_psnr_db"] - raw["mean_masked_psnr_db"]) < 0.5      # JPEG colour, quality 95
 
 

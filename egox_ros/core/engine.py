@@ -25,7 +25,7 @@ import transforms3d
 from egox_ros.core.camera import CameraModel, PinholeCamera
 from egox_ros.core.config import InputsConfig, OutputsConfig, RuntimeConfig
 from egox_ros.core.demonstrator.detector import AsyncPersonDetector, make_person_detector, resolve_person_source
-from egox_ros.core.demonstrator.estimate import measure_person_head
+from egox_ros.core.demonstrator.estimate import is_person_sized, measure_person_head
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
 from egox_ros.core.demonstrator.landmarks import PersonObservation
 from egox_ros.core.depth.estimator import make_depth_estimator
@@ -172,7 +172,7 @@ class EgoEngine:
             sources=SyncSources(
                 model_depth=None if self.depth_estimator is None else self._model_depth,
                 model_depth_active=self.depth_from_model,
-                person=None if self.person_detector is None else self.person_detector.result_for,
+                person=None if self.person_detector is None else self._person_observation,
                 head=None if self.head_tracker is None else self._estimate_head,
                 on_reset=lambda stamp_ns: self.window.clear()),
             clock=clock, lock=self.lock)
@@ -336,6 +336,20 @@ class EgoEngine:
         if observation.mask is not None and pending is not None:
             self.events.person_mask(stamp_ns, observation.mask, pending.frame_id)
         self.resolve()
+
+    def _person_observation(self, stamp_ns: int, depth_m: np.ndarray | None,
+                            camera: CameraModel) -> PersonObservation | None:
+        """The detector's observation of a frame whose depth is known (lock held), None while pending: a
+        detection the depth shows to be far smaller or larger than a person (demonstrator/estimate.py
+        is_person_sized) is no person: no mask, no head (counted as the note 'not_a_person')."""
+        observation = self.person_detector.result_for(stamp_ns)
+        if observation is None or not observation.found:
+            return observation
+        if is_person_sized(observation, camera, depth_m, self.head_config):
+            return observation
+        self.note("not_a_person", f"detection at {stamp_ns * 1e-9:.3f} s is not person-sized in the depth",
+                  log=False)
+        return PersonObservation(mask=None, head=None, detector_ms=observation.detector_ms)
 
     def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
                        camera: CameraModel, world_T_exo: np.ndarray) -> np.ndarray | None:

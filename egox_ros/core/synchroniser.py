@@ -94,14 +94,15 @@ class SyncSources:
 
     model_depth: stamp_ns -> (depth_m (H, W) float32 m, stamp_ns of the image it was estimated from) or None while
         there is none within the model's lag; model_depth_active: whether frames take depth from it now.
-    person: stamp_ns -> the person detector's observation (with ``.mask`` (H, W) bool or None) or None while pending.
+    person: (stamp_ns, depth_m (H, W) or None, camera) -> the person detector's observation (with ``.mask`` (H, W)
+        bool or None) as the depth lets it stand, or None while pending.
     head: (stamp_ns, observation, depth_m, camera, world_T_exo (4, 4)) -> world_T_head (4, 4) or None when the head
         is not visible; replaces the head TF lookup.
     on_reset: called with the new timeline's first stamp when a time jump back is confirmed (lock held).
     """
     model_depth: Callable[[int], tuple[np.ndarray, int] | None] | None = None
     model_depth_active: Callable[[], bool] = lambda: False
-    person: Callable[[int], object | None] | None = None
+    person: Callable[[int, np.ndarray | None, CameraModel], object | None] | None = None
     head: Callable[..., np.ndarray | None] | None = None
     on_reset: Callable[[int], None] = lambda stamp_ns: None
 
@@ -383,7 +384,7 @@ class FrameSynchroniser:
                 return ("depth_mismatch", f"depth is {depth_m.shape[1]}x{depth_m.shape[0]}, image is {w}x{h}")
         observation, person_mask = None, None
         if self.sources.person is not None:
-            observation = self.sources.person(p.stamp_ns)
+            observation = self.sources.person(p.stamp_ns, depth_m, self.camera)
             if observation is None:
                 p.waiting_for = ("person_missing", "the person detector's result")
                 return None

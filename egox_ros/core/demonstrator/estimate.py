@@ -13,7 +13,9 @@ ankles; a head and shoulders alone say far less, ``PARTIAL_BODY_SIGMA``; the dep
 ``head.depth_sigma_per_m`` per metre, as depth models' errors grow with distance), rescales the placed body
 about the camera centre (projections unchanged) when it lies within ``DEPTH_VS_MODEL_RATIO`` ('depth'), else
 the depth is not believed (``depth_rejected``). A scale below ``MIN_HUMAN_SCALE`` means the "person" is far
-smaller than a person (a teddy bear is 0.3 m tall): no measurement. The head origin is the midpoint of the placed
+smaller than a person (a teddy bear is 0.3 m tall): no measurement, and the engine drops the detection's mask too
+(:func:`is_person_sized`). A large scale is not such evidence: it is what a head patch that reads the background
+behind the head gives, so there the depth is not believed and the body's size stands. The head origin is the midpoint of the placed
 body's eyes, whether the face is visible or not (the body model knows where the eyes are
 behind a back view).
 
@@ -136,6 +138,47 @@ def _head_rotation(body: BodyLandmarks, placed: np.ndarray, face_seen: bool, dow
     return np.stack([x, y, z], axis=1)
 
 
+def _place_on_landmarks(body: BodyLandmarks, camera: CameraModel) -> tuple[np.ndarray, float] | None:
+    """The metric body (33, 3) [m, exo camera frame] placed on the head and shoulder landmarks' rays, and the
+    placement's misfit; None with too few landmarks seen (both eyes or both ears, the nose, and 4 of the head and
+    shoulder ones) or when the placement fails."""
+    if body.body_m is None:
+        raise ValueError("placing the body needs the metric body (BodyLandmarks.body_m)")
+    seen = body.visibility > _SEEN
+    use = np.zeros(len(seen), bool)
+    for name in _PLACEMENT_LANDMARKS:
+        use[BODY_INDEX[name]] = seen[BODY_INDEX[name]]
+    eyes_seen = body.seen("left_eye") and body.seen("right_eye")
+    ears_seen = body.seen("left_ear") and body.seen("right_ear")
+    if int(use.sum()) < 4 or not (eyes_seen or ears_seen) or not body.seen("nose", 0.1):
+        return None
+    rays = _unproject_rays(camera, body.uv_px)
+    use &= np.isfinite(rays).all(axis=1)
+    if int(use.sum()) < 4:
+        return None
+    placement = _place_body(body, rays, use)
+    if placement is None:
+        return None
+    t, misfit = placement
+    return body.body_m + t, misfit
+
+
+def is_person_sized(observation: PersonObservation, camera: CameraModel, depth_m: np.ndarray | None,
+                    config: HeadPoseConfig) -> bool:
+    """False when the depth shows that what the detector took for a person is far smaller than one (below
+    MIN_HUMAN_SCALE of an adult placed on its landmarks: a toy, a jug on a desk); True otherwise, including whenever
+    there is nothing to measure (no depth, no metric body, too few landmarks): the evidence must speak against a
+    person. The same rule as measure_body_head's, so the mask and the head agree."""
+    body = observation.body
+    if depth_m is None or body is None or body.body_m is None:
+        return True
+    placement = _place_on_landmarks(body, camera)
+    if placement is None:
+        return True
+    scale = _depth_scale(body, placement[0], np.asarray(depth_m), observation.mask, config)
+    return scale is None or scale >= MIN_HUMAN_SCALE
+
+
 def measure_body_head(body: BodyLandmarks, camera: CameraModel, depth_m: np.ndarray | None,
                       config: HeadPoseConfig, mask: np.ndarray | None = None, face_seen: bool = False,
                       world_T_exo: np.ndarray | None = None) -> HeadMeasurement | None:
@@ -146,26 +189,10 @@ def measure_body_head(body: BodyLandmarks, camera: CameraModel, depth_m: np.ndar
     Returns None with too few landmarks seen (both eyes or both ears, and 4 of the head and shoulder ones),
     when the placement fails, or when the depth shows something much smaller than a person.
     """
-    if body.body_m is None:
-        raise ValueError("measure_body_head needs the metric body (BodyLandmarks.body_m)")
-    seen = body.visibility > _SEEN
-    use = np.zeros(len(seen), bool)
-    for name in _PLACEMENT_LANDMARKS:
-        use[BODY_INDEX[name]] = seen[BODY_INDEX[name]]
-    eyes_seen = body.seen("left_eye") and body.seen("right_eye")
-    ears_seen = body.seen("left_ear") and body.seen("right_ear")
-    if int(use.sum()) < 4 or not (eyes_seen or ears_seen) or not body.seen("nose", 0.1):
-        return None
-    rays = _unproject_rays(camera, body.uv_px)
-    ok = np.isfinite(rays).all(axis=1)
-    use &= ok
-    if int(use.sum()) < 4:
-        return None
-    placement = _place_body(body, rays, use)
+    placement = _place_on_landmarks(body, camera)
     if placement is None:
         return None
-    t, misfit = placement
-    placed = body.body_m + t
+    placed, misfit = placement
     whole_body = all(body.seen(n) for n in _WHOLE_BODY)
     body_sigma = BODY_SIZE_SIGMA if whole_body else PARTIAL_BODY_SIGMA
     position_source, depth_rejected, scale, relative_sigma = "body", False, 1.0, body_sigma

@@ -102,6 +102,7 @@ class _Publish(EngineEvents):
 
     def __init__(self, node: "EgoxNode"):
         self.node = node
+        self.person_masks = self.head_poses = 0     # published (NodeProgress): a recorder knows what to wait for
 
     def dropped(self, drop: Drop) -> None:
         self.node.get_logger().warning(f"dropped {len(drop.stamps_ns)} frame(s) [{drop.code}]: {drop.detail}",
@@ -118,9 +119,13 @@ class _Publish(EngineEvents):
 
     def person_mask(self, stamp_ns: int, mask: np.ndarray, frame_id: str) -> None:
         self.node.publish(self.node.messages.person_mask(stamp_ns, mask, frame_id))
+        with self.node.engine.lock:
+            self.person_masks += 1
 
     def head(self, stamp_ns: int, estimate: HeadEstimate) -> None:
         self.node.publish(self.node.messages.head(stamp_ns, estimate))
+        with self.node.engine.lock:
+            self.head_poses += 1
 
     def note(self, code: str, detail: str, count: int = 1) -> None:
         self.node.get_logger().warning(detail, throttle_duration_sec=1.0)
@@ -154,7 +159,8 @@ class EgoxNode(Node):
         self.qos: QosConfig = configs["qos"]
         self.diag_config: DiagnosticsConfig = configs["diagnostics"]
         self._publishers_ready = False      # events before the publishers exist (none expected) are not published
-        self.engine = EgoEngine(configs, _Publish(self))   # loads depth / person models; raises on bad settings
+        self.events = _Publish(self)
+        self.engine = EgoEngine(configs, self.events)   # loads depth / person models; raises on bad settings
         e = self.engine
         self.messages = OutputMessages(self.inputs, self.outputs, e.ego_camera, lambda: e.generator,
                                        node_name=self.get_name())
@@ -262,7 +268,9 @@ class EgoxNode(Node):
             return NodeProgress(last_received_stamp=conv.ns_to_stamp(s.last_received_ns),
                                 frames_received=s.received, frames_published=s.published, frames_lost=s.lost,
                                 frames_dropped=sum(s.dropped.values()), frames_waiting=e.waiting(),
-                                frames_queued=e.queued(), queue_capacity=e.queue_capacity)
+                                frames_queued=e.queued(), queue_capacity=e.queue_capacity,
+                                person_masks_published=self.events.person_masks,
+                                head_poses_published=self.events.head_poses)
 
     def publish_progress(self) -> None:
         if not self._publishers_ready:

@@ -977,15 +977,22 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
         images_seen = images_sent - player.progress.frames_lost  # lost images never reached the node
         # Every output of every published frame: each topic has its own DDS reader, so the ClipMetadata (published
         # last) can be recorded before a mask or prior of the same frames.
-        per_frame = [t for t in PER_FRAME_TOPICS if recorder.counts[t] < player.progress.frames_published]
-        while recorder.frames_accounted() < images_seen or per_frame:
+        # The demonstrator's outputs likewise: as many as the node says it published.
+        def short() -> list[str]:
+            p = player.progress
+            expected = {t: p.frames_published for t in PER_FRAME_TOPICS}
+            expected.update({"/egox/person_mask": p.person_masks_published,
+                             "/egox/head_pose": p.head_poses_published})
+            return [f"{t} ({recorder.counts[t]} of {n})" for t, n in expected.items() if recorder.counts[t] < n]
+
+        missing = short()
+        while recorder.frames_accounted() < images_seen or missing:
             if time.monotonic() > deadline:
                 raise ReplayError(f"recorded outputs account for {recorder.frames_accounted()} of {images_seen} "
-                                  f"frames after the node finished" + (f"; fewer than its "
-                                  f"{player.progress.frames_published} published frames on {', '.join(per_frame)}"
-                                  if per_frame else ""))
+                                  f"frames after the node finished" + (f"; fewer messages than the node published "
+                                                                       f"on {', '.join(missing)}" if missing else ""))
             time.sleep(0.05)
-            per_frame = [t for t in PER_FRAME_TOPICS if recorder.counts[t] < player.progress.frames_published]
+            missing = short()
         progress = player.progress
     finally:  # whatever failed above, the node we started must not outlive the replay
         if recorder is not None:

@@ -168,9 +168,15 @@ needs_ros2 = pytest.mark.skipif(not ROS2.is_file(), reason="the ros2 tools are n
                                                           "installs them from ../shared/ros2-cli)")
 
 
-def _ros2_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    return {**env, "ROS2CLI_NO_DAEMON": "1", "ROS_HOME": str(tmp_path / "ros_home"),
-            "ROS_LOG_DIR": str(tmp_path / "ros_log")}
+@pytest.fixture
+def ros2_env(built, tmp_path):
+    """(workspace, environment) for the ros2 tools. They start the ros2 daemon as they do for a user (in this test's
+    isolated DDS environment); it is stopped afterwards, so no test leaves a process behind."""
+    ws, env = built
+    env = {**env, "ROS_HOME": str(tmp_path / "ros_home"), "ROS_LOG_DIR": str(tmp_path / "ros_log")}
+    yield ws, env
+    subprocess.run(["bash", "-c", "source install/setup.bash && ros2 daemon stop"], cwd=ws, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
 
 
 def _started(ws: Path, env: dict[str, str], command: str, log: Path) -> LoggedProcess:
@@ -187,11 +193,10 @@ def _wait_for_node(ws: Path, env: dict[str, str], name: str, started: LoggedProc
 
 
 @needs_ros2
-def test_ros2_launch_starts_the_installed_node_with_its_arguments(built, tmp_path):
+def test_ros2_launch_starts_the_installed_node_with_its_arguments(ros2_env, tmp_path):
     """The design card's command, `ros2 launch egox_ros egox.launch.py`, with real launch/launch_ros: the launch
     arguments are declared, the node is the installed executable, namespace, remap and params_file reach it."""
-    ws, env = built
-    env = _ros2_env(env, tmp_path)
+    ws, env = ros2_env
     shown = _sourced(ws, "ros2 launch egox_ros egox.launch.py --show-args", env)
     for argument in ("params_file", "namespace", "use_sim_time", "exo_image", "exo_camera_info", "exo_depth",
                      "head_pose"):
@@ -217,9 +222,8 @@ def test_ros2_launch_starts_the_installed_node_with_its_arguments(built, tmp_pat
 
 
 @needs_ros2
-def test_ros2_run_and_ros2_param_against_the_installed_node(built, tmp_path):
-    ws, env = built
-    env = _ros2_env(env, tmp_path)
+def test_ros2_run_and_ros2_param_against_the_installed_node(ros2_env, tmp_path):
+    ws, env = ros2_env
     node = _started(ws, env, "ros2 run egox_ros egox_node --ros-args -r __node:=egox_run "
                              "-p fusion.window_frames:=3", tmp_path / "run.log")
     try:

@@ -66,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
+from egox_ros.core.attention.directions import RELEASED_EGO_DISTORTION   # Aria's order k0..k5 p0 p1 s0..s3
 from egox_ros.core.camera import AriaFisheyeCamera, CameraModel, PinholeCamera, rotated_90_pose
 
 WORLD_FRAME = "world"
@@ -85,11 +86,6 @@ TOPIC_PRIOR_INFO = "/ego/released_prior/camera_info"
 # The released depth maps' geometry (see the module docstring).
 DEPTH_HALF_HEIGHT_PX = 224.0        # cy' of the released depth maps; fx' = fx * 224 / cy
 RELEASED_CROP_X0 = 6                # exo.mp4 = depth-map frame [:, 6:790]
-# The Aria coefficients hard-coded in the released infer.py (Aria's order k0..k5 p0 p1 s0..s3).
-RELEASED_ARIA_DISTORTION = (-0.02340373583137989, 0.09388021379709244, -0.06088035926222801, 0.0053304750472307205,
-                            0.003342868760228157, -0.0006356257363222539, 0.0005087381578050554,
-                            -0.0004747129278257489, -0.0011330085108056664, -0.00025734835071489215,
-                            0.00009328465239377692, 0.00009424977179151028)
 DEFAULT_FPS = 30.0
 DEFAULT_EXO_FOCAL_SCALE = 1.42      # the released exo focal length times this fits the videos (see above)
 
@@ -130,7 +126,7 @@ def ego_camera_from_meta(intrinsics, size_px: int) -> CameraModel:
         raise ClipError(f"ego_intrinsics must be a 3x3 K with positive focal length and cx, got {k.tolist()}")
     side = int(round(2 * (k[0, 2] + 0.5)))
     native = AriaFisheyeCamera(side, side, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]),
-                               RELEASED_ARIA_DISTORTION)
+                               RELEASED_EGO_DISTORTION)
     return native.with_size(size_px, size_px).rotated_90(clockwise=True)
 
 

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import yaml
 from rosbags.highlevel import AnyReader
 
-from conftest import SAMPLE_BAG, run_with_progress, wait_until
+from conftest import SAMPLE_BAG, LoggedProcess, run_with_progress, wait_until
 from egox_ros.ros.params import node_key_matches
 from egox_ros.ros.replay import PRESETS, make_plan, typestore_with_egox_msgs
 from egox_ros.ros.stamps import stamp_to_ns
@@ -368,24 +367,21 @@ def test_sigint_mid_replay_leaves_no_traceback_in_the_node_log(tmp_path):
     # Before: rclpy's SIGINT handler shut the context down while the generator thread still published progress:
     # "Exception in thread egox-generator ... publisher's context is invalid" in node.log.
     out = tmp_path / "out"
-    log = open(tmp_path / "replay.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "egox_ros.cli", "replay", str(SAMPLE_BAG), "-o", str(out),
-                             "--params-file", str(SAMPLE_PARAMS), "-p", "fusion.window_frames:=8"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    replay = LoggedProcess([sys.executable, "-m", "egox_ros.cli", "replay", str(SAMPLE_BAG), "-o", str(out),
+                            "--params-file", str(SAMPLE_PARAMS), "-p", "fusion.window_frames:=8"],
+                           tmp_path / "replay.log")
+    proc = replay.proc
 
     def frames_replayed() -> int:
-        found = re.findall(r"(\d+)/50", (tmp_path / "replay.log").read_text())
+        found = re.findall(r"(\d+)/50", replay.log())
         return int(found[-1]) if found else 0
     try:
         wait_until(lambda: frames_replayed() >= 3 or proc.poll() is not None, 180.0, "frames to be replayed")
         assert proc.poll() is None and frames_replayed() < FRAMES, "the replay ended before it could be stopped"
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGINT)       # the replay alone (not its session): it must stop its node itself
         code = proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        replay.stop()
     assert code == 128 + signal.SIGINT
     node_log = (out / "node.log").read_text()
     assert "egox ready" in node_log and "Traceback" not in node_log and "Exception in thread" not in node_log, \

@@ -1,7 +1,6 @@
 """`egox tiny-model DIR` never writes over a model folder that is already there, unless asked to (--force)."""
 import subprocess
 import sys
-from pathlib import Path
 
 
 def _tiny_model(*args: str) -> subprocess.CompletedProcess:

@@ -29,7 +29,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from egox_ros.ros.dds import DDS_ENV_KEYS, BackgroundSpin, apply_isolated_env
 from egox_ros.ros.stamps import ns_to_stamp, stamp_to_ns

@@ -328,6 +328,7 @@ def encode_image(array: np.ndarray, encoding: str) -> tuple[bytes, int]:
 DEPTH_PLAUSIBLE_MEDIAN_M = (0.02, 100.0)   # no depth camera or model reports a scene's median outside this
 DEPTH_MAX_ROUGHNESS = 0.25                 # median |neighbour difference| / median depth; real depth: about 0.01
 DEPTH_MAX_ONE_PARITY_SHARE = 0.9           # share of valid pixels on even (or odd) columns; real depth: about 0.5
+_DEPTH_ROW_STRIDE = 7                      # every 7th row is checked (odd: odd and even rows alike)
 
 
 def depth_implausible(depth_m: np.ndarray, encoding: str, min_valid: int = 256) -> str | None:
@@ -344,16 +345,18 @@ def depth_implausible(depth_m: np.ndarray, encoding: str, min_valid: int = 256) 
     readings on one parity of columns (or of the pixel index, for odd widths): more than
     DEPTH_MAX_ONE_PARITY_SHARE of the valid pixels on one parity is rejected.
     """
-    rows = depth_m[::7]
+    rows = depth_m[::_DEPTH_ROW_STRIDE]
     valid = np.isfinite(rows) & (rows > 0)
     values = rows[valid]
     if values.size < min_valid:
         return None
-    width = rows.shape[1]
-    column_odd = np.broadcast_to(np.arange(width) % 2 == 1, valid.shape)
-    index_odd = (np.arange(0, depth_m.shape[0], 7)[:, None] * width + np.arange(width)[None, :]) % 2 == 1
-    for odd in (column_odd, index_odd):
-        share_odd = float(np.count_nonzero(valid & odd)) / values.size
+    odd_counts = [np.count_nonzero(valid[:, 1::2])]                  # on odd columns
+    if rows.shape[1] % 2:
+        # Odd width: the pixel index's parity also flips from one row to the next (sampled row k is row 7k, of k's
+        # parity); for an even width it is the column's parity, checked above.
+        odd_counts.append(np.count_nonzero(valid[0::2, 1::2]) + np.count_nonzero(valid[1::2, 0::2]))
+    for n_odd in odd_counts:
+        share_odd = float(n_odd) / values.size
         if max(share_odd, 1.0 - share_odd) > DEPTH_MAX_ONE_PARITY_SHARE:
             return (f"{100 * max(share_odd, 1.0 - share_odd):.0f} % of the readings lie on every other pixel: the "
                     f"data do not read as {encoding} (4-byte values labelled as 2-byte ones?)")

@@ -116,8 +116,7 @@ class EgoEngine:
         self._worker: threading.Thread | None = None
         self.depth_estimator = self.person_detector = None
         self.person_config = configs["person"]
-        self.person_config.source = resolve_person_source(self.person_config, self.inputs.head_source,
-                                                          generator_config.name)
+        self.person_config.source = resolve_person_source(self.person_config)
         if self.inputs.head_source == "exo" and self.person_config.source != "mediapipe":
             raise ValueError(f"inputs.head_source 'exo' needs person.source 'mediapipe' (the head keypoints come "
                              f"from it); person.source is {self.person_config.source!r}")

@@ -774,8 +774,7 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     else:
         if person_source == "auto":   # as the node decides it
             from egox_ros.core.demonstrator.detector import PersonConfig, resolve_person_source
-            person_source = resolve_person_source(PersonConfig(source="auto"), head_source,
-                                                  params.get("generator.name"))
+            person_source = resolve_person_source(PersonConfig(source="auto"))
             person_source = f"'auto': {person_source}"
         plan.inputs.append(("person mask", f"not from the bag (person.source {person_source})"))
     # Every remap the user gave reaches the node, also for inputs this configuration does not take.

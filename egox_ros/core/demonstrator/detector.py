@@ -60,10 +60,10 @@ class PersonDetector(Protocol):
         ...
 
 
-def resolve_person_source(config: PersonConfig, head_source: str, generator: str) -> str:
+def resolve_person_source(config: PersonConfig) -> str:
     """config.source with 'auto' decided: 'mediapipe' whatever the head source and generator (the demonstrator
     stays out of every prior, as in the released ones; before issue 17 'auto' meant none for the prior generator
-    with a head TF). head_source and generator are kept for callers; they no longer change the answer."""
+    with a head TF)."""
     return "mediapipe" if config.source == "auto" else config.source
 
 

@@ -163,6 +163,18 @@ def _place_on_landmarks(body: BodyLandmarks, camera: CameraModel) -> tuple[np.nd
     return body.body_m + t, misfit
 
 
+def _place_with_depth(body: BodyLandmarks, camera: CameraModel, depth_m: np.ndarray | None,
+                      mask: np.ndarray | None, config: HeadPoseConfig) -> tuple[np.ndarray, float, float | None] | None:
+    """(placed body, misfit, depth scale or None without usable depth) as _place_on_landmarks places it and
+    _depth_scale measures it; None when the body cannot be placed."""
+    placement = _place_on_landmarks(body, camera)
+    if placement is None:
+        return None
+    placed, misfit = placement
+    scale = None if depth_m is None else _depth_scale(body, placed, np.asarray(depth_m), mask, config)
+    return placed, misfit, scale
+
+
 def is_person_sized(observation: PersonObservation, camera: CameraModel, depth_m: np.ndarray | None,
                     config: HeadPoseConfig) -> bool:
     """False when the depth shows that what the detector took for a person is far smaller than one (below
@@ -172,11 +184,8 @@ def is_person_sized(observation: PersonObservation, camera: CameraModel, depth_m
     body = observation.body
     if depth_m is None or body is None or body.body_m is None:
         return True
-    placement = _place_on_landmarks(body, camera)
-    if placement is None:
-        return True
-    scale = _depth_scale(body, placement[0], np.asarray(depth_m), observation.mask, config)
-    return scale is None or scale >= MIN_HUMAN_SCALE
+    placement = _place_with_depth(body, camera, depth_m, observation.mask, config)
+    return placement is None or placement[2] is None or placement[2] >= MIN_HUMAN_SCALE
 
 
 def measure_body_head(body: BodyLandmarks, camera: CameraModel, depth_m: np.ndarray | None,
@@ -189,27 +198,25 @@ def measure_body_head(body: BodyLandmarks, camera: CameraModel, depth_m: np.ndar
     Returns None with too few landmarks seen (both eyes or both ears, and 4 of the head and shoulder ones),
     when the placement fails, or when the depth shows something much smaller than a person.
     """
-    placement = _place_on_landmarks(body, camera)
+    placement = _place_with_depth(body, camera, depth_m, mask, config)
     if placement is None:
         return None
-    placed, misfit = placement
+    placed, misfit, depth_scale = placement
     whole_body = all(body.seen(n) for n in _WHOLE_BODY)
     body_sigma = BODY_SIZE_SIGMA if whole_body else PARTIAL_BODY_SIGMA
     position_source, depth_rejected, scale, relative_sigma = "body", False, 1.0, body_sigma
-    if depth_m is not None:
-        depth_scale = _depth_scale(body, placed, np.asarray(depth_m), mask, config)
-        if depth_scale is not None:
-            if depth_scale < MIN_HUMAN_SCALE:
-                return None                       # far smaller than a person: not a person
-            if 1.0 / DEPTH_VS_MODEL_RATIO <= depth_scale <= DEPTH_VS_MODEL_RATIO:
-                # inverse-variance mean of the two log distances (the body's is log 1 = 0)
-                depth_sigma = max(config.depth_sigma_per_m * float(placed[BODY_INDEX["nose"], 2]) * depth_scale,
-                                  1e-3)
-                weight = body_sigma**2 / (body_sigma**2 + depth_sigma**2)
-                scale, position_source = float(np.exp(weight * np.log(depth_scale))), "depth"
-                relative_sigma = float(np.sqrt(1.0 / (1.0 / body_sigma**2 + 1.0 / depth_sigma**2)))
-            else:
-                depth_rejected = True
+    if depth_scale is not None:
+        if depth_scale < MIN_HUMAN_SCALE:
+            return None                       # far smaller than a person: not a person
+        if 1.0 / DEPTH_VS_MODEL_RATIO <= depth_scale <= DEPTH_VS_MODEL_RATIO:
+            # inverse-variance mean of the two log distances (the body's is log 1 = 0)
+            depth_sigma = max(config.depth_sigma_per_m * float(placed[BODY_INDEX["nose"], 2]) * depth_scale,
+                              1e-3)
+            weight = body_sigma**2 / (body_sigma**2 + depth_sigma**2)
+            scale, position_source = float(np.exp(weight * np.log(depth_scale))), "depth"
+            relative_sigma = float(np.sqrt(1.0 / (1.0 / body_sigma**2 + 1.0 / depth_sigma**2)))
+        else:
+            depth_rejected = True
     placed = placed * scale
     eyes = 0.5 * (placed[BODY_INDEX["left_eye"]] + placed[BODY_INDEX["right_eye"]])
     if world_T_exo is not None:

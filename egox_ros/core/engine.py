@@ -20,7 +20,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import transforms3d
 
 from egox_ros.core.camera import CameraModel, PinholeCamera
 from egox_ros.core.config import InputsConfig, OutputsConfig, RuntimeConfig
@@ -80,8 +79,7 @@ class FrameAccounting:
 
 def head_to_ego(outputs: OutputsConfig) -> RigidTransform:
     """The ego optical frame in the head frame, from outputs.head_to_ego_xyz_m / _rpy_rad."""
-    quat_wxyz = transforms3d.euler.euler2quat(*outputs.head_to_ego_rpy_rad, axes="sxyz")
-    return RigidTransform(np.array(outputs.head_to_ego_xyz_m, float), np.roll(quat_wxyz, -1))
+    return RigidTransform.from_xyz_rpy(outputs.head_to_ego_xyz_m, outputs.head_to_ego_rpy_rad)
 
 
 class EgoEngine:

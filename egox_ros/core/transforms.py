@@ -135,6 +135,14 @@ class RigidTransform:
         return cls(np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
 
     @classmethod
+    def from_xyz_rpy(cls, xyz_m, rpy_rad) -> "RigidTransform":
+        """From a translation (3,) [m] and roll, pitch, yaw [rad] about fixed axes (x, then y, then z), as ROS
+        parameters and static_transform_publisher give a pose."""
+        import transforms3d
+        quat_wxyz = transforms3d.euler.euler2quat(*rpy_rad, axes="sxyz")
+        return cls(np.array(xyz_m, float), np.roll(quat_wxyz, -1))
+
+    @classmethod
     def from_matrix(cls, m4x4) -> "RigidTransform":
         """Build from a (4, 4) homogeneous matrix; raises ValueError if not rigid."""
         m = np.asarray(m4x4, dtype=np.float64)

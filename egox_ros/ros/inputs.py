@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-import transforms3d
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -18,8 +16,7 @@ from egox_ros.ros import conversions as conv
 def fixed_exo_pose(inputs) -> RigidTransform:
     """world_T_frame of a fixed exo camera's exo_pose_frame from inputs.exo_xyz_m / exo_rpy_rad (roll, pitch, yaw
     about fixed axes)."""
-    quat_wxyz = transforms3d.euler.euler2quat(*inputs.exo_rpy_rad, axes="sxyz")
-    return RigidTransform(np.array(inputs.exo_xyz_m, float), np.roll(quat_wxyz, -1))
+    return RigidTransform.from_xyz_rpy(inputs.exo_xyz_m, inputs.exo_rpy_rad)
 
 
 class EngineInputs:

@@ -35,7 +35,8 @@ from egox_ros.ros import conversions as conv
 from egox_ros.ros.config import DiagnosticsConfig, InputsConfig, OutputsConfig, QosConfig, parameter_sections
 from egox_ros.ros.inputs import EngineInputs
 from egox_ros.ros.outputs import OutputMessages
-from egox_ros.ros.params import declare_config, unknown_parameter_warnings
+from egox_ros.ros.params import (declare_config, override_type_problem, read_params_file,
+                                  unknown_parameter_warnings)
 from egox_ros.ros.pointcloud2 import cloud_to_pointcloud2
 
 
@@ -355,8 +356,6 @@ def _arguments_problem(args: list[str]) -> str | None:
     cannot parse (or that is empty; egox_ros.ros.params.read_params_file), or a `-p NAME:=VALUE` whose value has
     the wrong type (rcl keeps a params file's value without a word when a -p for the same name has another type).
     Ranges and combinations are checked by the node itself, with the params files' values (one FATAL line)."""
-    from egox_ros.ros.config import parameter_sections
-    from egox_ros.ros.params import override_type_problem, read_params_file
     ros, overrides = False, []
     for i, arg in enumerate(args):
         if arg == "--ros-args":

@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from egox_ros.ros.replay import OUTPUT_TOPICS, ReplayInputError, message_class, typestore_with_egox_msgs
+from egox_ros.ros.replay import (OUTPUT_TOPICS, ReplayError, ReplayInputError, message_class,
+                                 typestore_with_egox_msgs)
 
 # What `egox record` takes without topic arguments: the node's outputs (OUTPUT_TOPICS, relative to its namespace),
 # all of /tf (not only the ego frame, as the replay keeps), /tf_static and the node's progress.
@@ -130,7 +131,7 @@ def record(out_bag: Path, topics: list[str], duration_s: float | None = None, st
         context.try_shutdown()
     problem = read_back_problem(out_bag, counts)
     if problem is not None:
-        raise RuntimeError(problem)
+        raise ReplayError(problem)
     return counts
 
 

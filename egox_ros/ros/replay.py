@@ -523,9 +523,7 @@ def node_parameters(params_file: str | None, overrides: list[str]) -> tuple[dict
     import yaml
     from egox_ros.ros.launch_spec import default_params_file
     from egox_ros.ros.params import load_parameters
-    if params_file:
-        _load_params_file(params_file)   # one clear line for a missing or unreadable file
-    try:
+    try:       # a missing or unreadable params file: load_parameters' one line (read_params_file)
         values = load_parameters(default_params_file(), [], NODE_NAME)
         user = load_parameters(params_file, list(overrides), NODE_NAME)
     except (ValueError, OSError, yaml.YAMLError) as e:
@@ -624,13 +622,11 @@ class ReplayPlan:
         return "\n".join(lines)
 
 
-def _tf_parents(reader, needed: list[str], world: str) -> dict[str, tuple[str, str]]:
-    """child -> (parent, topic) of the bag's /tf and /tf_static (first seen), read until every needed frame
-    connects to `world` (a whole bag's TF when one does not)."""
-    conns = [c for c in reader.connections if c.topic in ("/tf", "/tf_static") and c.msgtype == TF_TYPE]
+def _tf_parents(reader, conns: list, needed: list[str], world: str) -> dict[str, tuple[str, str]]:
+    """child -> (parent, topic) of the bag's TF connections `conns` (not empty: rosbags reads connections=[] as
+    every connection), first seen, read until every needed frame connects to `world` (a whole bag's TF when one
+    does not)."""
     parents: dict[str, tuple[str, str]] = {}
-    if not conns:   # rosbags reads connections=[] as every connection
-        return parents
     for conn, _, raw in reader.messages(connections=conns):
         for t in reader.deserialize(raw, conn.msgtype).transforms:
             parents.setdefault(t.child_frame_id.lstrip("/"), (t.header.frame_id.lstrip("/"), conn.topic))
@@ -664,8 +660,6 @@ def _read(in_bag: Path, what: str, read):
     ReplayInputError naming it, not a traceback."""
     try:
         return read()
-    except ReplayError:
-        raise
     except Exception as e:  # noqa: BLE001 - rosbags and its decompressors raise many types for damaged bags
         raise ReplayInputError(f"cannot read {in_bag} ({what}): {type(e).__name__}: {e}; the bag is damaged "
                                "(a corrupt or truncated chunk?)".replace("\n", " ")) from e
@@ -811,15 +805,16 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
         head = str(params.get("inputs.head_frame") or "head").lstrip("/")
         frames.append(("head TF", head, "inputs.head_frame (inputs.head_source 'tf'; without a head TF, "
                                         "-p inputs.head_source:=exo estimates the head from the exo image)"))
-    tf_topics = [c.topic for c in reader.connections if c.topic in ("/tf", "/tf_static") and c.msgtype == TF_TYPE]
+    tf_conns = [c for c in reader.connections if c.topic in ("/tf", "/tf_static") and c.msgtype == TF_TYPE]
     parents: dict[str, tuple[str, str]] = {}
-    if frames and tf_topics:
-        parents = _read(in_bag, "/tf and /tf_static", lambda: _tf_parents(reader, [f for _, f, _ in frames], world))
+    if frames and tf_conns:
+        parents = _read(in_bag, "/tf and /tf_static",
+                        lambda: _tf_parents(reader, tf_conns, [f for _, f, _ in frames], world))
     if exo_frame and params.get("inputs.exo_pose_source") == "parameters":   # the node adds world -> this frame
         fixed = str(params.get("inputs.exo_pose_frame") or exo_frame).lstrip("/")
         parents[fixed] = (world, "inputs.exo_pose_source 'parameters'")
     unresolved = [(what, frame) for what, frame, _ in frames if frame not in parents]
-    if unresolved and not tf_topics:
+    if unresolved and not tf_conns:
         plan.problems.append(
             "no TF: the bag has no /tf or /tf_static (tf2_msgs/msg/TFMessage); the node needs "
             + " and ".join(f"{world} -> '{frame}' ({what})" for what, frame in unresolved)
@@ -828,7 +823,7 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
                dict(unresolved) else ""))
     for what, frame, why in frames:
         if frame not in parents:
-            if not tf_topics:
+            if not tf_conns:
                 plan.inputs.append((what, f"MISSING transform to '{frame}' (no TF in the bag)"))
                 continue
             children = sorted(parents)

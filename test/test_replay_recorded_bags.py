@@ -323,11 +323,9 @@ def test_a_bag_without_tf_is_one_line_everywhere(bags, tmp_path):
     # connections=[] as every connection) in replay, --dry-run and process.
     for command, extra in (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]),
                            ("process", ["-o", tmp_path / "p"])):
-        result = _cli(command, bags["no_tf"], *extra)
-        line = [x for x in result.stderr.strip().splitlines()]
-        assert result.returncode == 2 and len(line) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert "no TF: the bag has no /tf or /tf_static" in line[0] and "'exo_camera_optical'" in line[0] \
-            and "'head'" in line[0], line
+        line = _one_line(_cli(command, bags["no_tf"], *extra), "")
+        assert "no TF: the bag has no /tf or /tf_static" in line and "'exo_camera_optical'" in line \
+            and "'head'" in line, line
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
     # egox batch: each bad bag is one failure line (also the damaged one), the batch goes on, no traceback.
     result = _cli("batch", bags["no_tf"], bags["corrupt"], "-o", tmp_path / "batch", "--num-cpus", "1")
@@ -347,10 +345,8 @@ def test_a_bag_with_a_corrupt_chunk_is_one_line(bags, tmp_path):
     # Before: a 45-line ZstdError traceback from the plan stage (and from egox process' loop later in the bag).
     for command, extra in (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]),
                            ("process", ["-o", tmp_path / "p"])):
-        result = _cli(command, bags["corrupt"], *extra)
-        line = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(line) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert f"cannot read {bags['corrupt']}" in line[0] and "ZstdError" in line[0] and "damaged" in line[0], line
+        line = _one_line(_cli(command, bags["corrupt"], *extra), "")
+        assert f"cannot read {bags['corrupt']}" in line and "ZstdError" in line and "damaged" in line, line
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
     # A damaged chunk after the plan's reads: process stops there, keeps what it made (exit 1, one line).
     result = _cli("process", bags["corrupt_late"], "-o", tmp_path / "late", "--params-file", SAMPLE_PARAMS)

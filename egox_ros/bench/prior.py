@@ -189,7 +189,6 @@ def _speed(device: str, repeats: int) -> dict:
         out[f"{name}_path_fps"] = round(1000.0 / (out["fusion_ms"] + out[f"{name}_render_ms"]), 2)
         out[f"{name}_path_fps_cpu"] = round(1000.0 / (out["fusion_cpu_ms"] + out[f"{name}_render_cpu_ms"]), 2)
     out["soft_render_ms_min"] = round(float(np.min(wall["soft"])), 2)
-    out["soft_renders_per_s_cpu"] = round(1000.0 / out["soft_render_cpu_ms"], 1)
     out["load_average_1min"] = [round(x, 2) for x in load]   # before / after: other work on the machine slows it
     return out
 

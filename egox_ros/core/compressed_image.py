@@ -30,14 +30,11 @@ def _open(data: bytes, what: str, allowed: tuple[str, ...]) -> PILImage.Image:
     other format (TIFF, BMP, GIF, ... however it is labelled) is refused before any other parser sees it."""
     try:
         image = PILImage.open(io.BytesIO(bytes(data)), formats=allowed)
-    except PILImage.UnidentifiedImageError:
+        image.load()
+    except PILImage.UnidentifiedImageError:      # raised by open(): no allowed parser took the payload
         raise ImageDecodeError(f"{what}: the payload is not {' or '.join(allowed)} (the only formats this transport "
                                "carries)") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for corrupt data
-        raise ImageDecodeError(f"{what}: cannot decode the payload ({type(e).__name__}: {e})") from e
-    try:
-        image.load()
-    except Exception as e:  # noqa: BLE001
         raise ImageDecodeError(f"{what}: cannot decode the payload ({type(e).__name__}: {e})") from e
     return image
 

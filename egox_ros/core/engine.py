@@ -23,7 +23,8 @@ import torch
 
 from egox_ros.core.camera import CameraModel, PinholeCamera
 from egox_ros.core.config import InputsConfig, OutputsConfig, RuntimeConfig
-from egox_ros.core.demonstrator.detector import AsyncPersonDetector, make_person_detector, resolve_person_source
+from egox_ros.core.demonstrator.detector import (SKIPPED, AsyncPersonDetector, make_person_detector,
+                                                 resolve_person_source)
 from egox_ros.core.demonstrator.estimate import is_person_sized, measure_person_head
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
 from egox_ros.core.demonstrator.landmarks import PersonObservation
@@ -322,7 +323,7 @@ class EgoEngine:
     def _on_person(self, stamp_ns: int, observation: PersonObservation, error: str | None) -> None:
         """The person detector finished an image (its thread): report the mask, hand the image to the depth
         models with the person left out of their alignment fit, and let frames waiting for it complete."""
-        if error is not None and error.startswith("skipped"):
+        if error == SKIPPED:
             self.note("person_detector_skipped", f"image at {stamp_ns * 1e-9:.3f} s: {error}", log=False)
         elif error is not None:
             self.note("person_detector_failed", f"person detector failed at {stamp_ns * 1e-9:.3f} s: {error}")

@@ -90,6 +90,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from egox_ros.core import soft_kernel    # light: numba is imported on the kernel's first use
 from egox_ros.core.camera import CameraModel
 
 _INDEX_BITS = 32
@@ -407,7 +408,6 @@ def render_points_soft(
     u_pad = u_all.index_select(0, order) + pad
     v_pad = v_all.index_select(0, order) + pad
     if use_kernel:
-        from egox_ros.core import soft_kernel
         rgb, mask, index, depth = (torch.from_numpy(a) for a in soft_kernel.render(
             u_pad.numpy(), v_pad.numpy(), colors.numpy(), idx_sorted.to(torch.int32).numpy(), z_sorted.numpy(), n,
             radius, k_max, min_transmittance, h, w, pad))
@@ -491,7 +491,6 @@ def _soft_backend(backend: str, device: torch.device) -> bool:
         raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got {backend!r}")
     if backend == "torch":
         return False
-    from egox_ros.core import soft_kernel
     if backend == "kernel":
         if device.type != "cpu":
             raise ValueError(f"the soft splat kernel runs on the CPU only, the cloud is on {device}")

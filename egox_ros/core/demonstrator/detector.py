@@ -96,6 +96,9 @@ def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return out
 
 
+SKIPPED = "skipped: the detector fell behind"    # on_result's error for an image the detector skipped
+
+
 class AsyncPersonDetector:
     """Runs a detector on a worker thread over every submitted image, in stamp order.
 
@@ -145,7 +148,7 @@ class AsyncPersonDetector:
             self._cond.notify_all()
         if self.on_result is not None:
             for old_ns, observation in skipped:
-                self.on_result(old_ns, observation, "skipped: the detector fell behind")
+                self.on_result(old_ns, observation, SKIPPED)
 
     def _held_mask(self, stamp_ns: int) -> np.ndarray | None:
         """The newest detected mask for a skipped image, if it is at most max_lag_s older (lock held)."""

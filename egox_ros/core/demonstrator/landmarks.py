@@ -92,7 +92,7 @@ class PersonObservation:
     head: the head keypoints, or None when no head was found (no person, back view, occluded face).
     detector_ms: time the detector spent on this image [ms] (0 for masks from a topic).
     body: the whole-body landmarks, or None (no person, or a source without them).
-    face_seen: the face itself was found (face detector or face mesh), not only the body's head landmarks.
+    face_seen: the close-range face detector found a face on the head crop, not only the body's head landmarks.
     """
     mask: np.ndarray | None
     head: HeadLandmarks | None

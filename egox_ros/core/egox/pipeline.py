@@ -73,8 +73,6 @@ def _to_uint8(video: torch.Tensor, conversion: str = "truncate") -> np.ndarray:
     """(1, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8. As the released code: (x / 2 + 0.5) clamped to [0, 1] (the
     video processor's float frames), times 255, then 'truncate' (numpy's astype(uint8), the released code) or
     'round' (to the nearest level)."""
-    if conversion not in OUTPUT_UINT8:
-        raise ValueError(f"output_uint8 must be one of {list(OUTPUT_UINT8)}, got {conversion!r}")
     x = (video[0].float() / 2 + 0.5).clamp(0.0, 1.0) * 255.0
     if conversion == "round":
         x = x.round()

@@ -40,6 +40,11 @@ class _Replica:
         return self.generator.generate(request), self.generator.settings()
 
 
+def _why(error: Exception) -> str:
+    """'Type: first line of the message', for one-line failure reasons."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+
+
 def _lean(request: ClipRequest) -> ClipRequest:
     """The request without the frames' derived caches (lifted point clouds): only what a generator reads travels."""
     frames = [dataclasses.replace(f, cache={}) for f in request.frames]
@@ -135,7 +140,7 @@ class RayGeneratorPool(EgoGenerator):
             result, settings = ray.get(ref)
         except RayActorError as e:
             self._died(index)
-            first = f"replica {index} died: {type(e).__name__}: {str(e).splitlines()[0]}"
+            first = f"replica {index} died: {_why(e)}"
             try:
                 ref, index = self._send(request, avoid=index)
             except RuntimeError as none_left:
@@ -149,10 +154,10 @@ class RayGeneratorPool(EgoGenerator):
                 else:
                     self._done(index)
                 raise RuntimeError(f"{first}; sent again to replica {index}, which failed: "
-                                   f"{type(again).__name__}: {str(again).splitlines()[0]}") from again
+                                   f"{_why(again)}") from again
         except Exception as e:  # noqa: BLE001 - RayTaskError(...): generate raised; the same clip would again
             self._done(index)
-            raise RuntimeError(f"replica {index} failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+            raise RuntimeError(f"replica {index} failed: {_why(e)}") from e
         self._done(index)
         self._settings = settings
         return result

@@ -49,10 +49,12 @@ class HeadLandmarks:
         return self.uv_px[i], float(self.weight[i])
 
 
-# MediaPipe pose (BlazePose) landmark indices the body head estimate uses; "left" / "right" are the person's own.
-BODY_INDEX = {"nose": 0, "left_eye": 2, "right_eye": 5, "left_ear": 7, "right_ear": 8, "left_shoulder": 11,
-              "right_shoulder": 12, "left_wrist": 15, "right_wrist": 16, "left_index": 19, "right_index": 20,
-              "left_hip": 23, "right_hip": 24, "left_ankle": 27, "right_ankle": 28}
+# MediaPipe pose (BlazePose) landmark indices of the head keypoints and of what the body head estimate uses;
+# "left" / "right" are the person's own.
+BODY_INDEX = {"nose": 0, "left_eye_inner": 1, "left_eye": 2, "left_eye_outer": 3, "right_eye_inner": 4,
+              "right_eye": 5, "right_eye_outer": 6, "left_ear": 7, "right_ear": 8, "mouth_left": 9, "mouth_right": 10,
+              "left_shoulder": 11, "right_shoulder": 12, "left_hip": 23, "right_hip": 24, "left_ankle": 27,
+              "right_ankle": 28}
 BODY_LANDMARKS = 33
 
 

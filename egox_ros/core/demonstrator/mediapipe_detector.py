@@ -27,12 +27,9 @@ import cv2  # opencv-python-headless: installed with mediapipe, which needs it
 import numpy as np
 
 from egox_ros.core.demonstrator.detector import PersonConfig, dilate_mask
-from egox_ros.core.demonstrator.landmarks import BodyLandmarks, HEAD_KEYPOINTS, HeadLandmarks, PersonObservation
+from egox_ros.core.demonstrator.landmarks import (BODY_INDEX, BodyLandmarks, HEAD_KEYPOINTS, HeadLandmarks,
+                                                  PersonObservation)
 
-# MediaPipe pose landmark index of each head keypoint.
-_POSE_INDEX = {"nose": 0, "left_eye_inner": 1, "left_eye": 2, "left_eye_outer": 3, "right_eye_inner": 4,
-               "right_eye": 5, "right_eye_outer": 6, "left_ear": 7, "right_ear": 8, "mouth_left": 9,
-               "mouth_right": 10}
 # Face mesh (478 landmarks with irises) index of each head keypoint it has; the demonstrator's own left/right.
 _FACE_MESH_INDEX = {"nose": 1, "left_eye": 473, "right_eye": 468, "left_eye_inner": 362, "left_eye_outer": 263,
                     "right_eye_inner": 133, "right_eye_outer": 33, "mouth_left": 291, "mouth_right": 61}
@@ -296,8 +293,8 @@ class MediapipePersonDetector:
             mask &= body_region(pose_lm[:, :2], (h, w), pose_lm[:, 2])
         mask = dilate_mask(mask, self.config.dilate_px)
 
-        uv = np.array([pose_lm[_POSE_INDEX[k], :2] for k in HEAD_KEYPOINTS])
-        weight = np.array([pose_lm[_POSE_INDEX[k], 2] for k in HEAD_KEYPOINTS])
+        uv = np.array([pose_lm[BODY_INDEX[k], :2] for k in HEAD_KEYPOINTS])
+        weight = np.array([pose_lm[BODY_INDEX[k], 2] for k in HEAD_KEYPOINTS])
         source = "pose"
         mesh = self._face_mesh_in(rgb, pose_lm) if self._mesh is not None else None
         if mesh is not None:

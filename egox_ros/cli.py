@@ -82,17 +82,17 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from egox_ros.ros.replay import run
+    from egox_ros.ros.offline.replay import run
     return run(args)
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
-    from egox_ros.ros.process import run
+    from egox_ros.ros.offline.process import run
     return run(args)
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from egox_ros.ros.batch import run
+    from egox_ros.ros.offline.batch import run
     return run(args)
 
 
@@ -140,17 +140,17 @@ def main(argv: list[str] | None = None) -> int:
                        description=_launch_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arguments", nargs="*", metavar="NAME:=VALUE", help="launch arguments (above)")
     p.set_defaults(func=_cmd_launch)
-    from egox_ros.ros.replay import add_arguments
+    from egox_ros.ros.offline.replay import add_arguments
     p = sub.add_parser("replay", help="replay a rosbag2 bag through the node in lockstep; record outputs, "
                                       "contact sheet and metrics")
     add_arguments(p)
     p.set_defaults(func=_cmd_replay)
-    from egox_ros.ros.process import add_arguments as add_process_arguments
+    from egox_ros.ros.offline.process import add_arguments as add_process_arguments
     p = sub.add_parser("process", help="the node's pipeline over a bag in this process, without DDS: the same "
                                        "outputs as replay (bag/, contact_sheet.png, metrics.json)")
     add_process_arguments(p)
     p.set_defaults(func=_cmd_process)
-    from egox_ros.ros.batch import add_arguments as add_batch_arguments
+    from egox_ros.ros.offline.batch import add_arguments as add_batch_arguments
     p = sub.add_parser("batch", help="egox process over many bags on Ray, one bag per task/actor (a local Ray "
                                      "instance, or --address auto|ray://HOST:10001): OUT/<bag>/ per bag, batch.json")
     add_batch_arguments(p)

@@ -84,7 +84,8 @@ quiet_pip install -q --disable-pip-version-check --no-deps --no-build-isolation 
 "$venv/bin/python" -c "import egox_msgs.msg, tf2_msgs.msg, egox_ros" \
   || { log "installed packages do not import"; exit 1; }
 log "compiling the soft-splat and voxel kernels (numba, cached on disk)"
-"$venv/bin/python" -c "from egox_ros.core import soft_kernel, voxel_kernel; assert soft_kernel.warm_up() and voxel_kernel.warm_up()" \
+"$venv/bin/python" -c "from egox_ros.core.geometry import soft_kernel, voxel_kernel
+assert soft_kernel.warm_up() and voxel_kernel.warm_up()" \
   || { log "the soft-splat or voxel kernel does not compile"; exit 1; }
 echo "$want" > "$stamp"
 log "ready: $venv/bin/egox"

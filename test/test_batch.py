@@ -1,5 +1,5 @@
-"""`egox batch` (ros/batch.py) on a local Ray instance: several copies of the bundled sample and broken bags with
-the prior generator (tasks), compared bag by bag with `egox process`; the tiny random EgoX checkpoint on an actor
+"""`egox batch` (ros/offline/batch.py) on a local Ray instance: several copies of the bundled sample and broken bags
+with the prior generator (tasks), compared bag by bag with `egox process`; the tiny random EgoX checkpoint on an actor
 that loads it once for two bags; bad arguments. Real Ray, real bags, the real command line."""
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def prior_batch(tmp_path_factory):
     result = egox("batch", *bags, broken, missing, "-o", out, "--params-file", PARAMS, "--num-cpus", 2)
     reference = subprocess.run(
         [sys.executable, "-c",
-         "import sys, json; from egox_ros.ros.process import process; import egox_ros.cli, egox_ros.ros.batch; "
+         "import sys, json; from egox_ros.ros.offline.process import process; "
+         "import egox_ros.cli, egox_ros.ros.offline.batch; "
          "seen = []; "   # frame counts as a batch worker gets them: its own bar is disabled
          f"r = process({str(SAMPLE)!r}, {str(root / 'process')!r}, {PARAMS!r}, progress_bar=False, "
          "on_frames=lambda done, total: seen.append((done, total))); "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from egox_ros.core.camera import CameraModel, FisheyeCamera, PinholeCamera, camera_from_camera_info
+from egox_ros.core.geometry.cameras import CameraModel, FisheyeCamera, PinholeCamera, camera_from_camera_info
 
 # TUM RGB-D freiburg1 Kinect (see shared/data/tum_rgbd/README.md), OpenCV order k1 k2 p1 p2 k3.
 FR1_D = (0.2624, -0.9531, -0.0054, 0.0026, 1.1633)
@@ -503,7 +503,7 @@ def test_camera_info_message_round_trip():
 
 def test_ego_camera_config_models():
     from egox_ros.core.config import EgoCameraConfig
-    from egox_ros.core.pipeline import ego_camera_from_config
+    from egox_ros.core.runtime.pipeline import ego_camera_from_config
 
     default = ego_camera_from_config(EgoCameraConfig())
     assert type(default) is PinholeCamera and not default.has_distortion and default.width == 448
@@ -524,7 +524,7 @@ def test_ego_camera_config_models():
 
 
 def test_render_points_into_fisheye_camera():
-    from egox_ros.core.render import PointCloud, render_points
+    from egox_ros.core.geometry.render import PointCloud, render_points
 
     cam = FisheyeCamera(64, 48, 12.0, 12.0, 31.5, 23.5, (0.02, -0.003, 0.0, 0.0))
     # A dense 8 m x 8 m plane 2 m in front of the camera, and a red plane 1 m behind it that must not show.

@@ -14,15 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from egox_ros.core.camera import (
-    ARIA_DISTORTION_MODEL,
-    AriaFisheyeCamera,
-    CameraModel,
-    FisheyeCamera,
-    PinholeCamera,
-    camera_from_camera_info,
-    rotated_90_pose,
-)
+from egox_ros.core.geometry.cameras import (ARIA_DISTORTION_MODEL, AriaFisheyeCamera, CameraModel, FisheyeCamera,
+                                            PinholeCamera, camera_from_camera_info, rotated_90_pose)
 
 ARIA_D = (0.35, -0.12, 0.03, -0.004, 2e-4, -5e-6,      # k0..k5
           4e-4, -3e-4,                                   # p0 p1
@@ -305,7 +298,7 @@ def test_rotated_90_projects_to_the_rotated_pixels(cam, clockwise):
 
 
 def test_rotated_90_render_equals_rot90_of_the_render():
-    from egox_ros.core.render import PointCloud, render_points
+    from egox_ros.core.geometry.render import PointCloud, render_points
 
     cam = AriaFisheyeCamera(64, 48, 22.0, 22.0, 31.5, 23.5, ARIA_D)
     pose = _random_pose(5)
@@ -343,7 +336,7 @@ def test_rotated_90_pose_accepts_torch():
 
 def test_ego_camera_config_aria():
     from egox_ros.core.config import EgoCameraConfig
-    from egox_ros.core.pipeline import ego_camera_from_config
+    from egox_ros.core.runtime.pipeline import ego_camera_from_config
 
     config = EgoCameraConfig(model="aria", width=480, height=480, fx=200.0, fy=200.0, cx=239.2, cy=240.7,
                              distortion=list(ARIA_D))
@@ -364,7 +357,7 @@ def test_ego_camera_config_aria():
 
 
 def test_prior_renders_where_project_says():
-    from egox_ros.core.render import PointCloud, render_points
+    from egox_ros.core.geometry.render import PointCloud, render_points
 
     cam = AriaFisheyeCamera(96, 96, 40.0, 40.0, 47.3, 48.1, ARIA_D)
     pose = _random_pose(7)

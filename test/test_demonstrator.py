@@ -12,11 +12,11 @@ from egox_ros.core.demonstrator.detector import AsyncPersonDetector, PersonConfi
 from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
 from egox_ros.core.demonstrator.head_tracker import HeadTracker
 from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
-from egox_ros.core.frames import ExoFrame
-from egox_ros.core.fusion import FusionConfig
-from egox_ros.core.pipeline import PriorRenderer
-from egox_ros.core.render import PointCloud, render_points
-from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.frames import ExoFrame
+from egox_ros.core.geometry.fusion import FusionConfig
+from egox_ros.core.geometry.render import PointCloud, render_points
+from egox_ros.core.runtime.pipeline import PriorRenderer
 
 tum = pytest.importorskip("egox_ros.tools.tum")
 try:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.demonstrator.estimate import (MIN_HUMAN_SCALE, is_person_sized, measure_body_head,
-                                                 measure_person_head)
+from egox_ros.core.demonstrator.estimate import MIN_HUMAN_SCALE, is_person_sized, measure_body_head, measure_person_head
 from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
 from egox_ros.core.demonstrator.landmarks import BODY_INDEX, BodyLandmarks
+from egox_ros.core.geometry.cameras import PinholeCamera
 
 CAMERA = PinholeCamera(width=784, height=448, fx=363.0, fy=363.0, cx=392.0, cy=224.0)
 # A person's landmarks in their own frame (x their right, y down, z forward) [m], origin between the hips.

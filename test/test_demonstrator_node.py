@@ -11,7 +11,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
 from conftest import NodeProcess, wait_until
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.core.geometry.transforms import RigidTransform
 from egox_ros.ros import conversions as conv
 
 tum = pytest.importorskip("egox_ros.tools.tum")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from egox_ros.core.depth_alignment import (AffineFit, AlignedDepth, DepthAlignmentConfig, StreamingDepthAligner,
-                                           align_or_pass_through, fit_inverse_depth_affine)
+from egox_ros.core.geometry.depth_alignment import (AffineFit, AlignedDepth, DepthAlignmentConfig,
+                                                    StreamingDepthAligner, align_or_pass_through,
+                                                    fit_inverse_depth_affine)
 
 TUM = Path(__file__).resolve().parents[2] / "shared" / "data" / "tum_rgbd"
 DEPTH_DIR = TUM / "fr3_cabinet_keyframes" / "depth_imgs"

@@ -13,7 +13,7 @@ import pytest
 from egox_ros.core.depth.base import DepthMap, DepthSource
 from egox_ros.core.depth.estimator import AsyncDepthEstimator
 from egox_ros.core.depth.temporal import TemporalRelativeDepth
-from egox_ros.core.depth_alignment import DepthAlignmentConfig
+from egox_ros.core.geometry.depth_alignment import DepthAlignmentConfig
 
 H, W = 48, 64
 DEPTH_M = np.linspace(1.0, 4.0, W, dtype=np.float32)[None].repeat(H, 0)      # a plane slanting away, 1-4 m

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from egox_ros.core.depth.base import DepthMap, DepthSource
-from egox_ros.core.depth.temporal import (AffineFitConfig, TemporalDepthConfig, TemporalRelativeDepth,
-                                          VideoDepthModel, WindowedDepthConfig, WindowedVideoDepth,
-                                          WindowMedianModel, fit_affine_to_reference)
-from egox_ros.core.depth_alignment import DepthAlignmentConfig, StreamingDepthAligner, align_or_pass_through
+from egox_ros.core.depth.temporal import (AffineFitConfig, TemporalDepthConfig, TemporalRelativeDepth, VideoDepthModel,
+                                          WindowedDepthConfig, WindowedVideoDepth, WindowMedianModel,
+                                          fit_affine_to_reference)
+from egox_ros.core.geometry.depth_alignment import DepthAlignmentConfig, StreamingDepthAligner, align_or_pass_through
 
 H, W = 48, 64
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from egox_ros.core.camera import rotated_90_pose
-from egox_ros.core.image_codec import decode_depth_m, decode_rgb
+from egox_ros.core.geometry.cameras import rotated_90_pose
+from egox_ros.core.io.image_codec import decode_depth_m, decode_rgb
 from egox_ros.tools import egoexo4d
 
 cv2 = pytest.importorskip("cv2")
@@ -88,7 +88,7 @@ def _read(bag: Path) -> dict[str, list]:
 
 
 def _pose(t) -> np.ndarray:
-    from egox_ros.core.transforms import quat_to_matrix
+    from egox_ros.core.geometry.transforms import quat_to_matrix
     r = t.transform.rotation
     m = np.eye(4)
     m[:3, :3] = quat_to_matrix([r.x, r.y, r.z, r.w])

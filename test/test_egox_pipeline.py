@@ -17,10 +17,10 @@ from safetensors import safe_open
 from egox_ros.core.attention.directions import gga_tables_from_geometry
 from egox_ros.core.attention.gga import GgaTables, flex_attention_available
 from egox_ros.core.attention.processor import GgaAttnProcessor, GgaState
-from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.egox.pipeline import EgoxPipeline, _video_tensor
 from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model, tiny_transformer_config
 from egox_ros.core.egox.weights import LORA_KEY, WeightsError, check_lora_file
+from egox_ros.core.geometry.cameras import PinholeCamera
 
 FRAMES, H, W_EXO, W_EGO = 5, 32, 64, 32          # latent: 2 frames x 4 x (8 + 4); tokens: 2 x 2 x (4 + 2) = 24
 PROMPT = "[Exo view] a person picks up a cup [Ego view] the hands pick up a cup"
@@ -418,7 +418,7 @@ def test_the_flex_backend_gives_the_chunked_result_inside_the_model(pipe):
 
 def exo_frames(depth=True):
     """Five 160x120 exo frames of a textured wall 2 m away; the ego camera steps sideways."""
-    from egox_ros.core.frames import ExoFrame
+    from egox_ros.core.geometry.frames import ExoFrame
     cam = PinholeCamera(160, 120, 100.0, 100.0, 79.5, 59.5)
     rng = np.random.default_rng(1)
     frames = []

@@ -9,9 +9,9 @@ import threading
 import numpy as np
 
 from conftest import wait_until
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.engine import EgoEngine, EngineEvents
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.transforms import RigidTransform
+from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
 from egox_ros.ros.config import parameter_sections
 from egox_ros.ros.params import configs_from_parameters
 

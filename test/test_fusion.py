@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.fusion import (CameraMovedError, CloudFusion, ConcatFusion, FusionConfig, StaticCameraFusion,
-                                  VoxelFusion, make_fusion, reliable_depth)
-from egox_ros.core.render import render_points
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.fusion import (CameraMovedError, CloudFusion, ConcatFusion, FusionConfig,
+                                           StaticCameraFusion, VoxelFusion, make_fusion, reliable_depth)
+from egox_ros.core.geometry.render import render_points
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -356,7 +356,7 @@ def test_frames_evicted_by_the_point_budget_are_counted_and_max_points_0_follows
 
 def test_window_max_equals_max_pool2d():
     # The depth-edge filter's separable window max gives exactly max_pool2d's values (border clipped).
-    from egox_ros.core.fusion import _window_max
+    from egox_ros.core.geometry.fusion import _window_max
     generator = torch.Generator().manual_seed(0)
     for shape in [(48, 64), (7, 9), (31, 17)]:
         for k in (1, 3, 5, 7):
@@ -367,11 +367,11 @@ def test_window_max_equals_max_pool2d():
 
 
 def test_voxel_reduce_kernel_matches_torch():
-    # The compiled run-sum pass (core/voxel_kernel.py, numba) against torch.unique + index_add_: keys with many
+    # The compiled run-sum pass (core/geometry/voxel_kernel.py, numba) against torch.unique + index_add_: keys with many
     # duplicates in random order, including negative-offset keys and a single-key input. Keys, counts and colour
     # sums exact; offset sums within float32 rounding (2e-6 m: summed in another order).
-    from egox_ros.core import voxel_kernel
-    from egox_ros.core.fusion import _Voxels
+    from egox_ros.core.geometry import voxel_kernel
+    from egox_ros.core.geometry.fusion import _Voxels
     assert voxel_kernel.available()
     g = torch.Generator().manual_seed(0)
     for n, distinct in ((50_000, 3_000), (20_000, 19_000), (1, 1)):

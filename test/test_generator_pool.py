@@ -11,10 +11,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is optional; scripts/setup.sh installs it")
 
-from egox_ros.core.camera import PinholeCamera  # noqa: E402
 from egox_ros.core.egox.tiny import save_tiny_lora, save_tiny_model  # noqa: E402
-from egox_ros.core.engine import EgoEngine, EngineEvents  # noqa: E402
-from egox_ros.core.transforms import RigidTransform  # noqa: E402
+from egox_ros.core.geometry.cameras import PinholeCamera  # noqa: E402
+from egox_ros.core.geometry.transforms import RigidTransform  # noqa: E402
+from egox_ros.core.runtime.engine import EgoEngine, EngineEvents  # noqa: E402
 from egox_ros.ros.config import parameter_sections  # noqa: E402
 from egox_ros.ros.params import configs_from_parameters  # noqa: E402
 

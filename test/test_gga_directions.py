@@ -8,7 +8,7 @@ import torch
 
 from egox_ros.core.attention.directions import CanvasLayout, gga_tables_from_geometry, latent_frame_indices
 from egox_ros.core.attention.gga import gga_bias_dense
-from egox_ros.core.camera import PinholeCamera
+from egox_ros.core.geometry.cameras import PinholeCamera
 
 
 def test_latent_frames_and_canvas_layout():
@@ -85,7 +85,7 @@ def test_bad_geometry_raises_clear_errors():
 def test_ego_rays_outside_a_fisheye_image_circle_contribute_nothing():
     # An Aria ego camera whose image corners lie outside its image circle: the tables build, finite, and the corner
     # cells' query directions are shorter than unit (part of their pixels have no ray).
-    from egox_ros.core.camera import AriaFisheyeCamera
+    from egox_ros.core.geometry.cameras import AriaFisheyeCamera
     ego = AriaFisheyeCamera(width=64, height=64, fx=14.0, fy=14.0, cx=31.5, cy=31.5)
     exo = PinholeCamera(width=96, height=64, fx=80.0, fy=80.0, cx=47.5, cy=31.5)
     rays = ego.ray_grid()

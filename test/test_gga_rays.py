@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from egox_ros.core.attention.directions import gga_tables_from_geometry, latent_frame_indices
-from egox_ros.core.camera import AriaFisheyeCamera, PinholeCamera, rotated_90_pose
+from egox_ros.core.geometry.cameras import AriaFisheyeCamera, PinholeCamera, rotated_90_pose
 
 cv2 = pytest.importorskip("cv2")
 

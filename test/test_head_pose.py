@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.demonstrator.head_geometry import (HEAD_MODEL_M, HeadMeasurement, HeadPoseConfig,
-                                                      forward_angle_deg, head_model_m, measure_head,
-                                                      position_error_m, rotation_angle_deg, solve_pnp)
+from egox_ros.core.demonstrator.head_geometry import (HEAD_MODEL_M, HeadMeasurement, HeadPoseConfig, forward_angle_deg,
+                                                      head_model_m, measure_head, position_error_m, rotation_angle_deg,
+                                                      solve_pnp)
 from egox_ros.core.demonstrator.head_tracker import ConstantVelocityFilter, HeadTracker
 from egox_ros.core.demonstrator.landmarks import HEAD_KEYPOINTS, KEYPOINT_INDEX, HeadLandmarks
+from egox_ros.core.geometry.cameras import PinholeCamera
 
 CAM = PinholeCamera(width=640, height=480, fx=525.0, fy=525.0, cx=319.5, cy=239.5)
 # TUM RGB-D fr1-like plumb_bob distortion (k1 k2 p1 p2 k3).

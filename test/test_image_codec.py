@@ -1,18 +1,12 @@
-"""Tests for egox_ros.core.image_codec (pure-numpy cv_bridge replacement)."""
+"""Tests for egox_ros.core.io.image_codec (pure-numpy cv_bridge replacement)."""
 
 import array
 
 import numpy as np
 import pytest
 
-from egox_ros.core.image_codec import (
-    ImageDecodeError,
-    SUPPORTED_ENCODINGS,
-    decode_depth_m,
-    decode_image,
-    decode_rgb,
-    encode_image,
-)
+from egox_ros.core.io.image_codec import (ImageDecodeError, SUPPORTED_ENCODINGS, decode_depth_m, decode_image,
+                                          decode_rgb, encode_image)
 
 RNG = np.random.default_rng(1234)
 H, W = 5, 7
@@ -218,7 +212,7 @@ def _real_frame():
 
 
 def test_compressed_colour_round_trip_on_a_real_image():
-    from egox_ros.core.compressed_image import decode_compressed_rgb, encode_compressed_rgb
+    from egox_ros.core.io.compressed_image import decode_compressed_rgb, encode_compressed_rgb
     rgb = _real_frame().rgb
     data, fmt = encode_compressed_rgb(rgb, "png")
     assert fmt == "bgr8; png compressed bgr8"     # image_transport's label for a payload of the true colours
@@ -238,7 +232,7 @@ def test_compressed_colour_round_trip_on_a_real_image():
 
 @pytest.mark.parametrize("encoding,tolerance_m", [("16UC1", 0.0005), ("32FC1", None)])
 def test_compressed_depth_round_trip_on_real_depth(encoding, tolerance_m):
-    from egox_ros.core.compressed_image import decode_compressed_depth_m, encode_compressed_depth
+    from egox_ros.core.io.compressed_image import decode_compressed_depth_m, encode_compressed_depth
     depth_m = _real_frame().depth_m
     data, fmt = encode_compressed_depth(depth_m, encoding)
     assert fmt == f"{encoding}; compressedDepth png"
@@ -266,7 +260,7 @@ def test_uniform_32fc1_depth_labelled_16uc1_is_implausible(depth_m, width, step_
     half about 16.3 m, so no two neighbours are valid; the data must still be rejected (the node's `bad_depth`).
     The message's step is either the 32FC1 one (each row's first half of floats) or width * 2 (the floats read on
     across rows; with an odd width the empty pixels change column parity from row to row)."""
-    from egox_ros.core.image_codec import depth_implausible
+    from egox_ros.core.io.image_codec import depth_implausible
     height = 480
     floats = np.full((height, width), depth_m, np.float32).tobytes()
     step = width * 4 if step_floats else width * 2
@@ -279,7 +273,7 @@ def test_uniform_32fc1_depth_labelled_16uc1_is_implausible(depth_m, width, step_
 def test_sparse_and_dense_real_depth_stay_plausible():
     """The parity check must not reject real depth: a Kinect frame, the same frame with a random 5 % of its pixels
     (a projected lidar), and a uniform wall in whole millimetres."""
-    from egox_ros.core.image_codec import depth_implausible
+    from egox_ros.core.io.image_codec import depth_implausible
     depth_m = _real_frame().depth_m
     assert depth_implausible(depth_m, "16UC1") is None
     sparse = np.where(np.random.default_rng(3).random(depth_m.shape) < 0.05, depth_m, np.nan).astype(np.float32)
@@ -296,8 +290,8 @@ def test_compressed_payloads_of_other_formats_are_refused(container):
     decode it."""
     import io
     from PIL import Image as PILImage
-    from egox_ros.core.compressed_image import (DEPTH_HEADER, decode_compressed_depth_m, decode_compressed_rgb,
-                                                encode_compressed_rgb)
+    from egox_ros.core.io.compressed_image import (DEPTH_HEADER, decode_compressed_depth_m, decode_compressed_rgb,
+                                                   encode_compressed_rgb)
     rgb = SAMPLES["rgb8"]
     buf = io.BytesIO()
     PILImage.fromarray(rgb, "RGB").save(buf, container)

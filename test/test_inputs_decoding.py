@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sensor_msgs.msg import Image
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.engine import EgoEngine, EngineEvents
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.transforms import RigidTransform
+from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
 from egox_ros.ros.config import parameter_sections
 from egox_ros.ros.inputs import EngineInputs
 from egox_ros.ros.params import configs_from_parameters

@@ -142,7 +142,7 @@ def test_fixed_exo_pose_from_parameters_and_egox_record(peer, tmp_path):
     assert "Traceback" not in log, log
 
     from rosbags.highlevel import AnyReader
-    from egox_ros.ros.replay import typestore_with_egox_msgs
+    from egox_ros.ros.offline.plan import typestore_with_egox_msgs
     recorded: dict[str, list] = {}
     with AnyReader([out_bag], default_typestore=typestore_with_egox_msgs()) as reader:
         for conn, log_ns, raw in reader.messages():

@@ -21,7 +21,7 @@ from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from conftest import NodeProcess, wait_until
-from egox_ros.core.compressed_image import encode_compressed_depth, encode_compressed_rgb
+from egox_ros.core.io.compressed_image import encode_compressed_depth, encode_compressed_rgb
 from egox_ros.ros.conversions import image_to_depth_m, image_to_rgb
 from egox_ros.ros.node import PROGRESS_QOS
 

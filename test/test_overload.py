@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.engine import EgoEngine, EngineEvents
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.transforms import RigidTransform
+from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
 from egox_ros.ros.config import parameter_sections
 from egox_ros.ros.params import configs_from_parameters
 
@@ -94,7 +94,7 @@ def test_replay_and_process_keep_every_frame_unless_told_otherwise():
     # egox replay and egox process plan the node's parameters from the bag: a recording keeps every frame.
     from pathlib import Path
 
-    from egox_ros.ros.replay import make_plan
+    from egox_ros.ros.offline.plan import make_plan
     sample = Path(__file__).resolve().parents[1] / "sample" / "tum_fr1_rpy"
     plan = make_plan(sample)
     assert "sync.overload:=keep_all" in plan.replay_params and plan.configs["sync"].overload == "keep_all"

@@ -6,8 +6,8 @@ import torch
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import PointCloud2, PointField
 
-from egox_ros.core.pointcloud_io import read_ply, write_ply
-from egox_ros.core.render import PointCloud
+from egox_ros.core.geometry.pointcloud_io import read_ply, write_ply
+from egox_ros.core.geometry.render import PointCloud
 from egox_ros.ros.pointcloud2 import cloud_to_pointcloud2, pointcloud2_to_cloud
 
 
@@ -36,7 +36,7 @@ def test_ply_round_trip_and_header(tmp_path):
 
 
 def test_open3d_reads_our_ply(tmp_path):
-    from egox_ros.core.open3d_import import import_open3d
+    from egox_ros.core.io.open3d_import import import_open3d
 
     o3d = import_open3d()
     cloud = _random_cloud(500, seed=1)

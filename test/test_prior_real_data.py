@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from egox_ros.core.config import PriorConfig
-from egox_ros.core.evaluation import masked_psnr
-from egox_ros.core.frames import ExoFrame
-from egox_ros.core.fusion import FusionConfig
-from egox_ros.core.pipeline import PriorRenderer
+from egox_ros.core.geometry.frames import ExoFrame
+from egox_ros.core.geometry.fusion import FusionConfig
+from egox_ros.core.io.evaluation import masked_psnr
+from egox_ros.core.runtime.pipeline import PriorRenderer
 
 tum = pytest.importorskip("egox_ros.tools.tum")
 try:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from egox_ros.ros.process import process
-from egox_ros.ros.replay import replay
+from egox_ros.ros.offline.process import process
+from egox_ros.ros.offline.replay import replay
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample" / "tum_fr1_rpy"
@@ -22,7 +22,7 @@ PARAMS = str(ROOT / "sample" / "egox_sample.yaml")
 def outputs(bag: Path) -> dict[str, dict[int, object]]:
     """Topic -> header stamp [ns] -> message, from an output bag."""
     from rosbags.highlevel import AnyReader
-    from egox_ros.ros.replay import typestore_with_egox_msgs
+    from egox_ros.ros.offline.plan import typestore_with_egox_msgs
     store = typestore_with_egox_msgs()
     found: dict[str, dict[int, object]] = {}
     with AnyReader([bag], default_typestore=store) as reader:
@@ -108,7 +108,7 @@ def test_process_takes_a_realsense_bag_with_compressed_images(both, tmp_path):
 
 
 def test_process_checks_the_bag_first(tmp_path):
-    from egox_ros.ros.replay import ReplayInputError
+    from egox_ros.ros.offline.plan import ReplayInputError
     from egox_ros.tools.rewrite_bag import rewrite_bag
     bag = tmp_path / "no_head"
     rewrite_bag(SAMPLE, bag, drop_frames={"head"})
@@ -121,20 +121,20 @@ def test_report_step_uses_the_thread_setting_and_shows_progress(both, tmp_path, 
     """The report (metrics, contact sheet) runs torch with runtime.torch_threads, not every core (30-90 s under load
     before), gives the caller's setting back, and shows a bar over the images it reads."""
     import torch
-    from egox_ros.ros import replay_report
-    from egox_ros.ros.replay import typestore_with_egox_msgs
+    from egox_ros.ros.offline import report
+    from egox_ros.ros.offline.plan import typestore_with_egox_msgs
     processed, _ = both
     threads_seen = []
-    resample = replay_report.resample_into_camera
+    resample = report.resample_into_camera
 
     def observed(*args, **kwargs):     # the real resampling, with the thread count it ran under noted
         threads_seen.append(torch.get_num_threads())
         return resample(*args, **kwargs)
-    monkeypatch.setattr(replay_report, "resample_into_camera", observed)
+    monkeypatch.setattr(report, "resample_into_camera", observed)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        metrics = replay_report.write_report(SAMPLE, processed.out_bag, tmp_path, exo_topic="/exo/image_raw",
+        metrics = report.write_report(SAMPLE, processed.out_bag, tmp_path, exo_topic="/exo/image_raw",
                                              gt_topic="/ego/ground_truth/image_raw", typestore=typestore_with_egox_msgs(),
                                              torch_threads=1)
         assert torch.get_num_threads() == 2        # the caller's setting back

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from egox_ros.ros.process import process
+from egox_ros.ros.offline.process import process
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample" / "tum_fr1_rpy"
@@ -58,10 +58,10 @@ def test_bag_writer_serialises_writes_from_many_threads(tmp_path):
     takes concurrent writes and the bag reads back whole."""
     from egox_ros.core.config import InputsConfig, OutputsConfig
     from egox_ros.core.generators import PriorGenerator
-    from egox_ros.ros.bag_check import read_back_problem
-    from egox_ros.ros.bag_driver import BagWriter
+    from egox_ros.ros.offline.bag_check import read_back_problem
+    from egox_ros.ros.offline.bag_driver import BagWriter
+    from egox_ros.ros.offline.plan import typestore_with_egox_msgs
     from egox_ros.ros.outputs import OutputMessages
-    from egox_ros.ros.replay import typestore_with_egox_msgs
 
     writer = BagWriter(tmp_path / "bag", typestore_with_egox_msgs(), "ego_camera_optical")
     writer.messages = OutputMessages(InputsConfig(), OutputsConfig(), None, PriorGenerator)
@@ -89,7 +89,7 @@ def test_bag_writer_serialises_writes_from_many_threads(tmp_path):
 
 def test_read_back_check_names_a_damaged_bag(tmp_path):
     """The end-of-run check fails loudly: a bag with a damaged chunk, or with other counts than written."""
-    from egox_ros.ros.bag_check import read_back_problem
+    from egox_ros.ros.offline.bag_check import read_back_problem
     bag = tmp_path / "run" / "bag"
     result = process(SAMPLE, tmp_path / "run", PARAMS, progress_bar=False)
     written = {topic: n for topic, n in result.metrics["run"]["recorded_messages"].items() if n}

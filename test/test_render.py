@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.render import PointCloud, RenderedView, lift_depth, render_points
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.render import PointCloud, RenderedView, lift_depth, render_points
 from egox_ros.tools.tum import FR1_CAMERA, TumSequence, tum_root
 
 # ----------------------------------------------------------------------------- helpers
@@ -269,7 +269,7 @@ def test_real_frame_warped_to_a_later_pose_matches_the_real_image():
 
 
 def test_fisheye_exo_lifts_only_pixels_inside_its_image_circle():
-    from egox_ros.core.camera import FisheyeCamera
+    from egox_ros.core.geometry.cameras import FisheyeCamera
     # Equidistant, 100 px per radian: 90 degrees off-axis is 157 px from the centre, so the corners of a 400x400
     # image (283 px) lie outside the image circle and have no ray.
     cam = FisheyeCamera(400, 400, 100.0, 100.0, 199.5, 199.5, (0.0, 0.0, 0.0, 0.0))
@@ -286,7 +286,7 @@ def test_fisheye_exo_lifts_only_pixels_inside_its_image_circle():
 
 @needs_tum
 def test_rendering_in_chunks_gives_the_same_image(monkeypatch):
-    import egox_ros.core.render as render
+    import egox_ros.core.geometry.render as render
     rgb_i, depth_i, pose_i = _tum_frame(20)
     _, _, pose_j = _tum_frame(30)
     # Two copies of the cloud in different colours: equal depths everywhere, so each tie between chunks must go to

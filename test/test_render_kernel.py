@@ -1,4 +1,4 @@
-"""The compiled soft-splat kernel (core/soft_kernel.py) against the torch slab code it replaces on the CPU.
+"""The compiled soft-splat kernel (core/geometry/soft_kernel.py) against the torch slab code it replaces on the CPU.
 
 The torch code (render_points_soft(backend='torch')) is the reference: test/test_render_soft.py checks both against
 hand computations and an independent per-pixel loop. Here the two compositors render the same larger scenes, with
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from egox_ros.core import soft_kernel
-from egox_ros.core.camera import FisheyeCamera, PinholeCamera
-from egox_ros.core.render import PointCloud, render_points_soft
+from egox_ros.core.geometry import soft_kernel
+from egox_ros.core.geometry.cameras import FisheyeCamera, PinholeCamera
+from egox_ros.core.geometry.render import PointCloud, render_points_soft
 
 EYE = torch.eye(4, dtype=torch.float64)
 

@@ -1,8 +1,8 @@
 """Soft disc splats with front-to-back alpha compositing (render_points_soft), checked against hand computations.
 
-Conventions under test (egox_ros/core/render.py module docstring): alpha = 1 - d^2 / r^2 for pixel-centre distance
-d < r (pixels), the points_per_pixel nearest composited front to back over black, rgb truncated to uint8 after adding
-1e-3, center_offset_px shifting the disc centre to u - offset. Tolerance on hand-computed colours: 1 unit (uint8
+Conventions under test (egox_ros/core/geometry/render.py module docstring): alpha = 1 - d^2 / r^2 for pixel-centre
+distance d < r (pixels), the points_per_pixel nearest composited front to back over black, rgb truncated to uint8 after
+adding 1e-3, center_offset_px shifting the disc centre to u - offset. Tolerance on hand-computed colours: 1 unit (uint8
 truncation of float32 sums).
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.render import PointCloud, render_points, render_points_soft
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.render import PointCloud, render_points, render_points_soft
 
 F = 100.0
 

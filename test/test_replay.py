@@ -16,7 +16,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from pathlib import Path
 
 from conftest import SAMPLE_BAG, wait_until
-from egox_ros.ros.replay import ReplayError, ReplayInputError, replay, typestore_with_egox_msgs
+from egox_ros.ros.offline.plan import ReplayError, ReplayInputError, typestore_with_egox_msgs
+from egox_ros.ros.offline.replay import replay
 from egox_ros.tools import make_sample_bag as msb
 
 FRAMES = 50  # exo frames in the sample bag
@@ -168,9 +169,9 @@ def test_replay_estimates_the_head_on_a_bag_without_head_tf(tmp_path):
 
 def test_report_head_errors_against_a_reference_tf():
     import numpy as np
-    from egox_ros.core.tf_buffer import TfBufferCore
-    from egox_ros.core.transforms import RigidTransform
-    from egox_ros.ros.replay_report import _head_errors
+    from egox_ros.core.geometry.transforms import RigidTransform
+    from egox_ros.core.runtime.tf_buffer import TfBufferCore
+    from egox_ros.ros.offline.report import _head_errors
     tf = TfBufferCore(cache_time_s=100.0)
     tf.set_transform("world", "head", 10, RigidTransform(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 0.0, 1.0])))
     c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
@@ -321,7 +322,7 @@ def test_replay_refuses_a_domain_with_another_egox_node():
     # The decision on what the replay's graph shows: one NodeProgress publisher per egox node. (Whether a node in the
     # same domain is discovered at all is Fast DDS's part: see the report of issue 12 item 5.)
     from types import SimpleNamespace
-    from egox_ros.ros.replay import _refuse_other_egox_nodes
+    from egox_ros.ros.offline.replay import _refuse_other_egox_nodes
 
     class Graph:
         def __init__(self, names):

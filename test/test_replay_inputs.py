@@ -13,8 +13,9 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from conftest import SAMPLE_BAG
-from egox_ros.ros.replay import (ReplayError, ReplayInputError, check_report, make_plan, replay,
-                                 typestore_with_egox_msgs)
+from egox_ros.ros.offline.plan import ReplayError, ReplayInputError, make_plan, typestore_with_egox_msgs
+from egox_ros.ros.offline.replay import replay
+from egox_ros.ros.offline.report import check_report
 from egox_ros.tools.rewrite_bag import REALSENSE_RENAMES, main as rewrite_main, rewrite_bag
 
 SAMPLE_PARAMS = SAMPLE_BAG.parent / "egox_sample.yaml"
@@ -167,8 +168,8 @@ def test_report_matches_frames_by_header_stamp_when_log_times_differ(bags, tmp_p
 
 # ------------------------------------------------------------------------------ RealSense-style and compressed (E)
 def test_rewrite_bag_compresses_as_image_transport_does(bags):
-    from egox_ros.core.compressed_image import decode_compressed_depth_m, decode_compressed_rgb
-    from egox_ros.core.image_codec import decode_depth_m, decode_rgb
+    from egox_ros.core.io.compressed_image import decode_compressed_depth_m, decode_compressed_rgb
+    from egox_ros.core.io.image_codec import decode_depth_m, decode_rgb
     store = typestore_with_egox_msgs()
     with AnyReader([SAMPLE_BAG], default_typestore=store) as reader:
         raw = {}

@@ -18,8 +18,8 @@ import yaml
 from rosbags.highlevel import AnyReader
 
 from conftest import SAMPLE_BAG, LoggedProcess, run_with_progress, wait_until
+from egox_ros.ros.offline.plan import PRESETS, make_plan, typestore_with_egox_msgs
 from egox_ros.ros.params import node_key_matches
-from egox_ros.ros.replay import PRESETS, make_plan, typestore_with_egox_msgs
 from egox_ros.ros.stamps import stamp_to_ns
 from egox_ros.tools.rewrite_bag import main as rewrite_main, preset_renames, rewrite_bag
 
@@ -157,9 +157,9 @@ def test_replay_of_a_bag_logged_at_receive_time_drops_nothing_process_keeps(bags
 def test_recorder_logs_messages_stamped_zero_at_the_input_start(peer, tmp_path):
     # Before: /diagnostics published under use_sim_time before the first /clock (stamp 0) were logged at 1970.
     from diagnostic_msgs.msg import DiagnosticArray
-    from egox_ros.ros.replay import _Recorder
+    from egox_ros.ros.offline.player import OutputRecorder
     start_ns = 1305031235529738000
-    recorder = _Recorder(peer.node, tmp_path / "bag", typestore_with_egox_msgs(), "ego_camera_optical", start_ns)
+    recorder = OutputRecorder(peer.node, tmp_path / "bag", typestore_with_egox_msgs(), "ego_camera_optical", start_ns)
     pub = peer.publisher(DiagnosticArray, "/diagnostics")
     wait_until(lambda: pub.get_subscription_count() > 0, 20, "the recorder to subscribe to /diagnostics")
     stamped = DiagnosticArray()
@@ -198,8 +198,8 @@ def _image_transport_decode(data: bytes, fmt: str) -> np.ndarray:
 
 def test_rewrite_bag_jpeg_shows_true_colours_in_image_transport_and_in_egox(tmp_path):
     # Before: 'rgb8; jpeg compressed rgb8' with a normal JPEG: image_transport showed red and blue swapped.
-    from egox_ros.core.compressed_image import decode_compressed_rgb
-    from egox_ros.core.image_codec import decode_rgb
+    from egox_ros.core.io.compressed_image import decode_compressed_rgb
+    from egox_ros.core.io.image_codec import decode_rgb
     rewrite_bag(SAMPLE_BAG, tmp_path / "jpeg", compress=True, max_frames=2)
     store = typestore_with_egox_msgs()
     with AnyReader([SAMPLE_BAG], default_typestore=store) as reader:

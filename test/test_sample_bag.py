@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from egox_ros.core.image_codec import decode_depth_m, decode_rgb
+from egox_ros.core.io.image_codec import decode_depth_m, decode_rgb
 from egox_ros.tools import make_sample_bag as msb
 
 BAG = Path(__file__).resolve().parents[1] / "sample" / "tum_fr1_rpy"

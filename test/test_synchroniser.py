@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.image_codec import depth_implausible
-from egox_ros.core.synchroniser import FrameSynchroniser, SyncConfig, SyncSources
-from egox_ros.core.transforms import RigidTransform, check_unit_quaternion
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.transforms import RigidTransform, check_unit_quaternion
+from egox_ros.core.io.image_codec import depth_implausible
+from egox_ros.core.runtime.synchroniser import FrameSynchroniser, SyncConfig, SyncSources
 
 SEC = 1_000_000_000
 T0 = 100 * SEC

@@ -5,20 +5,9 @@ import threading
 import numpy as np
 import pytest
 
-from egox_ros.core.tf_buffer import (
-    ConnectivityError,
-    ExtrapolationError,
-    FrameNotFoundError,
-    TfBufferCore,
-    TfError,
-)
-from egox_ros.core.transforms import (
-    RigidTransform,
-    interpolate,
-    matrix_to_quat,
-    quat_slerp,
-    quat_to_matrix,
-)
+from egox_ros.core.geometry.transforms import RigidTransform, interpolate, matrix_to_quat, quat_slerp, quat_to_matrix
+from egox_ros.core.runtime.tf_buffer import (ConnectivityError, ExtrapolationError, FrameNotFoundError, TfBufferCore,
+                                             TfError)
 
 S = 1_000_000_000  # ns per second
 
@@ -281,7 +270,7 @@ def test_clear_keeps_static_transforms():
     buf.set_transform("head", "cam", 0, RigidTransform.identity(), static=True)
     buf.set_transform("world", "head", 50 * S, RigidTransform.identity())
     assert buf.can_transform("world", "cam", 50 * S)
-    buf.clear()   # a time jump back (core/synchroniser.py decides when)
+    buf.clear()   # a time jump back (core/runtime/synchroniser.py decides when)
     assert not buf.can_transform("world", "cam", 50 * S)
     assert buf.can_transform("head", "cam", 0)
     assert buf.all_frames() == ["cam", "head"]

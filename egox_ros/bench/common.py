@@ -28,7 +28,7 @@ def machine_info() -> dict:
         mem_gb = None
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__}
     try:
-        from egox_ros.core.open3d_import import import_open3d
+        from egox_ros.core.io.open3d_import import import_open3d
         versions["open3d"] = import_open3d().__version__
     except ImportError:
         versions["open3d"] = None

@@ -15,6 +15,9 @@ frames 9-47 show no one (0-8 show part of another person at the top edge). Measu
 
 With --write-docs also docs/demonstrator.png: masks, keypoints and head directions on person frames, and the
 prior seen from the demonstrator's own (pitched-down) head without and with the person masks.
+
+Long on purpose (about 580 lines): the TUM and the Ego-Exo4D benchmarks of the demonstrator share its
+timers, statistics and table helpers.
 """
 from __future__ import annotations
 
@@ -164,9 +167,9 @@ def _prior_path(seq, stream: _Stream, pipelined: bool) -> dict:
     from egox_ros.core.demonstrator.estimate import measure_person_head
     from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
     from egox_ros.core.demonstrator.head_tracker import HeadTracker
-    from egox_ros.core.frames import ExoFrame
-    from egox_ros.core.fusion import FusionConfig
-    from egox_ros.core.pipeline import PriorRenderer, ego_camera_from_config
+    from egox_ros.core.geometry.frames import ExoFrame
+    from egox_ros.core.geometry.fusion import FusionConfig
+    from egox_ros.core.runtime.pipeline import PriorRenderer, ego_camera_from_config
     fusion_config, head_config = FusionConfig(), HeadPoseConfig()
     ego = ego_camera_from_config(EgoCameraConfig())
 
@@ -377,7 +380,7 @@ def _label(image, text: str):
 def _exo_panel(seq, k: int, obs, measurement):
     import torch
     from PIL import Image, ImageDraw
-    from egox_ros.core.contact_sheet import tint
+    from egox_ros.core.io.contact_sheet import tint
     rgb = seq[k].rgb if obs.mask is None else tint(seq[k].rgb, obs.mask)
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
@@ -405,9 +408,9 @@ def write_figure(path: Path = FIGURE) -> Path:
     from egox_ros.core.config import EgoCameraConfig, PriorConfig
     from egox_ros.core.demonstrator.estimate import measure_person_head
     from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
-    from egox_ros.core.frames import ExoFrame
-    from egox_ros.core.fusion import FusionConfig
-    from egox_ros.core.pipeline import PriorRenderer, ego_camera_from_config
+    from egox_ros.core.geometry.frames import ExoFrame
+    from egox_ros.core.geometry.fusion import FusionConfig
+    from egox_ros.core.runtime.pipeline import PriorRenderer, ego_camera_from_config
     from egox_ros.tools.tum import TumSequence
     seq = TumSequence("fr1_rpy_60")
     detector = _detector()
@@ -476,9 +479,9 @@ def _angle_stats(values) -> dict:
 def _egoexo4d_clip(clip, use_depth: bool = True) -> dict:
     """One released clip through the node's demonstrator path, frame by frame as the engine runs it (detector,
     head measurement with the clip's depth, tracker), against the recorded head camera."""
+    from egox_ros.core.demonstrator.estimate import measure_person_head
     from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, forward_angle_deg, position_error_m
     from egox_ros.core.demonstrator.head_tracker import HeadTracker
-    from egox_ros.core.demonstrator.estimate import measure_person_head
     config = HeadPoseConfig()
     tracker = HeadTracker(config)
     detector = _detector()

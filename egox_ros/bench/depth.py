@@ -58,7 +58,7 @@ def run_all(quick: bool = False, device: str = "cpu", progress=None) -> dict:
     from egox_ros.core.depth.hf_model import HfDepthModel, HfDepthModelConfig
     from egox_ros.core.depth.temporal import TemporalDepthConfig, TemporalRelativeDepth
     from egox_ros.core.depth.tiny import save_tiny_depth_model
-    from egox_ros.core.image_codec import decode_depth_m, encode_image
+    from egox_ros.core.io.image_codec import decode_depth_m, encode_image
     repeats = 2 if quick else 5
     rgb, depth, data = _frames(4)
     result = {"benchmark": SECTION, "quick": quick, "machine": machine_info(), "device": device, "frames": data,

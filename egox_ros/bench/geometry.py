@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from egox_ros.bench.common import machine_info, median_ms
-from egox_ros.core.camera import PinholeCamera
 from egox_ros.core.config import EgoCameraConfig, PriorConfig
-from egox_ros.core.evaluation import masked_mae, masked_psnr
-from egox_ros.core.fusion import FusionConfig, make_fusion
-from egox_ros.core.pipeline import ego_camera_from_config
-from egox_ros.core.render import PointCloud, lift_depth, render_points
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.fusion import FusionConfig, make_fusion
+from egox_ros.core.geometry.render import PointCloud, lift_depth, render_points
+from egox_ros.core.io.evaluation import masked_mae, masked_psnr
+from egox_ros.core.runtime.pipeline import ego_camera_from_config
 from egox_ros.tools.tum import SEQUENCES, TumSequence
 
 GAPS = (5, 10, 20)
@@ -61,7 +61,7 @@ def _score(rgb: np.ndarray, mask: np.ndarray, reference: np.ndarray) -> dict:
 
 def _open3d_render(cloud: PointCloud, camera: PinholeCamera, world_T_camera: np.ndarray):
     """open3d's z-buffered projection of the cloud: (rgb (H, W, 3) uint8, mask (H, W) bool, depth_m (H, W))."""
-    from egox_ros.core.open3d_import import import_open3d
+    from egox_ros.core.io.open3d_import import import_open3d
     o3d = import_open3d()
     pcd = o3d.t.geometry.PointCloud()
     pcd.point.positions = o3d.core.Tensor(cloud.points_world.cpu().numpy())
@@ -153,7 +153,7 @@ def speed(device: str = "cpu", repeats: int = 20, stride: int = 1, mode: str = "
               "fusion": mode, "window_frames": window_frames, "point_radius_px": POINT_RADIUS_PX}
     # Alignment: the streaming aligner fed a relative inverse depth (an affine map of the real inverse depth, as a
     # video depth model gives) and the real depth as the metric source.
-    from egox_ros.core.depth_alignment import DepthAlignmentConfig, StreamingDepthAligner
+    from egox_ros.core.geometry.depth_alignment import DepthAlignmentConfig, StreamingDepthAligner
     aligner = StreamingDepthAligner(DepthAlignmentConfig())
     relative_inv = 3.0 / depth + 0.2
     result["alignment_fit_stride"] = aligner.config.fit_stride

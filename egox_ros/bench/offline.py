@@ -23,8 +23,8 @@ def _load() -> float:
 
 
 def run_all(quick: bool = False, device: str = "cpu", progress=None) -> dict:
-    from egox_ros.ros.process import process
-    from egox_ros.ros.replay import replay
+    from egox_ros.ros.offline.process import process
+    from egox_ros.ros.offline.replay import replay
     repeats = 1 if quick else 3
     overrides = [] if device == "cpu" else [f"generator.device:={device}"]
     runs: dict[str, list[dict]] = {"process": [], "replay": []}

@@ -20,10 +20,10 @@ import torch
 
 from egox_ros.bench.common import machine_info
 from egox_ros.core.config import EgoCameraConfig, PriorConfig
-from egox_ros.core.evaluation import masked_psnr
-from egox_ros.core.fusion import FusionConfig, make_fusion
-from egox_ros.core.pipeline import ego_camera_from_config
-from egox_ros.core.render import PointCloud, pose_float64, render_points, render_points_soft, transform_points
+from egox_ros.core.geometry.fusion import FusionConfig, make_fusion
+from egox_ros.core.geometry.render import PointCloud, pose_float64, render_points, render_points_soft, transform_points
+from egox_ros.core.io.evaluation import masked_psnr
+from egox_ros.core.runtime.pipeline import ego_camera_from_config
 from egox_ros.tools.tum import SEQUENCES, TumSequence
 
 SECTION = "prior"

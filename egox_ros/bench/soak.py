@@ -15,6 +15,9 @@ machine (shared memory only, localhost discovery, a private domain id).
 `--write-docs` keeps one row per case label (--label; default from --busy, -p and --node-env) in its section of
 docs/benchmarks.md; each case's numbers are stored in that section as a JSON comment, so cases run one by one end up
 in one table.
+
+Long on purpose (about 800 lines): one benchmark end to end (sample stream, peer, node process, accounting,
+docs table); nothing in it is used elsewhere.
 """
 from __future__ import annotations
 

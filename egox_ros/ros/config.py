@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from egox_ros.core.config import InputsConfig, OutputsConfig, RuntimeConfig, param, validate  # noqa: F401
-from egox_ros.core.synchroniser import SyncConfig  # noqa: F401 - node sections, defined with their components
+from egox_ros.core.runtime.synchroniser import SyncConfig  # noqa: F401 - node sections, defined with their components
 
 
 @dataclass
@@ -35,8 +35,8 @@ def parameter_sections() -> dict[str, type]:
                                       WindowConfig)
     from egox_ros.core.demonstrator.detector import PersonConfig
     from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
-    from egox_ros.core.depth_alignment import DepthAlignmentConfig
-    from egox_ros.core.fusion import FusionConfig
+    from egox_ros.core.geometry.depth_alignment import DepthAlignmentConfig
+    from egox_ros.core.geometry.fusion import FusionConfig
     return {"inputs": InputsConfig, "outputs": OutputsConfig, "qos": QosConfig, "sync": SyncConfig,
             "runtime": RuntimeConfig, "diagnostics": DiagnosticsConfig, "depth": DepthConfig, "depth_alignment": DepthAlignmentConfig,
             "person": PersonConfig, "head": HeadPoseConfig,

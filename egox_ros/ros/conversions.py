@@ -6,10 +6,10 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, Transform, TransformStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from egox_ros.core.camera import CameraModel, camera_from_camera_info
-from egox_ros.core.compressed_image import decode_compressed_depth_m, decode_compressed_rgb
-from egox_ros.core.image_codec import ImageDecodeError, decode_depth_m, decode_image, decode_rgb, encode_image
-from egox_ros.core.transforms import RigidTransform, check_unit_quaternion
+from egox_ros.core.geometry.cameras import CameraModel, camera_from_camera_info
+from egox_ros.core.geometry.transforms import RigidTransform, check_unit_quaternion
+from egox_ros.core.io.compressed_image import decode_compressed_depth_m, decode_compressed_rgb
+from egox_ros.core.io.image_codec import ImageDecodeError, decode_depth_m, decode_image, decode_rgb, encode_image
 from egox_ros.ros.stamps import ns_to_stamp, stamp_to_ns  # noqa: F401 - part of this module's interface
 
 

@@ -7,9 +7,9 @@ from typing import Callable
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from egox_ros.core.engine import EgoEngine
-from egox_ros.core.transforms import RigidTransform
-from egox_ros.core.image_codec import ImageDecodeError, depth_implausible
+from egox_ros.core.geometry.transforms import RigidTransform
+from egox_ros.core.io.image_codec import ImageDecodeError, depth_implausible
+from egox_ros.core.runtime.engine import EgoEngine
 from egox_ros.ros import conversions as conv
 
 

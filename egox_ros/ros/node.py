@@ -1,4 +1,4 @@
-"""The egox node: exo camera + head pose in, ego view out. A thin ROS shell over egox_ros.core.engine.EgoEngine.
+"""The egox node: exo camera + head pose in, ego view out. A thin ROS shell over egox_ros.core.runtime.engine.EgoEngine.
 
 The node declares the parameters (one typed config per section), decodes messages into the engine's inputs, and
 publishes the engine's events (ros/outputs.py builds the messages): clips, one ClipMetadata per dropped frame with
@@ -28,15 +28,14 @@ from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate
-from egox_ros.core.engine import EgoEngine, EngineEvents
-from egox_ros.core.pipeline import ClipOutput
-from egox_ros.core.synchroniser import Drop
+from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
+from egox_ros.core.runtime.pipeline import ClipOutput
+from egox_ros.core.runtime.synchroniser import Drop
 from egox_ros.ros import conversions as conv
 from egox_ros.ros.config import DiagnosticsConfig, InputsConfig, OutputsConfig, QosConfig, parameter_sections
 from egox_ros.ros.inputs import EngineInputs
 from egox_ros.ros.outputs import OutputMessages
-from egox_ros.ros.params import (declare_config, override_type_problem, read_params_file,
-                                  unknown_parameter_warnings)
+from egox_ros.ros.params import declare_config, override_type_problem, read_params_file, unknown_parameter_warnings
 from egox_ros.ros.pointcloud2 import cloud_to_pointcloud2
 
 

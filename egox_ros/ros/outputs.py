@@ -16,9 +16,9 @@ from tf2_msgs.msg import TFMessage
 from egox_ros.core.config import InputsConfig, OutputsConfig
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate
 from egox_ros.core.generators import EgoGenerator
-from egox_ros.core.pipeline import ClipOutput
-from egox_ros.core.synchroniser import Drop
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.core.geometry.transforms import RigidTransform
+from egox_ros.core.runtime.pipeline import ClipOutput
+from egox_ros.core.runtime.synchroniser import Drop
 from egox_ros.ros import conversions as conv
 
 CLIP_TOPICS = ("ego/image_raw", "ego/camera_info", "ego/prior/image_raw", "ego/prior/mask", "ego/prior/camera_info",

@@ -11,7 +11,7 @@ import torch
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import PointCloud2, PointField
 
-from egox_ros.core.render import PointCloud
+from egox_ros.core.geometry.render import PointCloud
 
 _POINT_DTYPE = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "<f4", "<u4"],
                          "offsets": [0, 4, 8, 12], "itemsize": 16})

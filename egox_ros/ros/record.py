@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from egox_ros.ros.replay import (OUTPUT_TOPICS, ReplayError, ReplayInputError, message_class,
-                                 typestore_with_egox_msgs)
+from egox_ros.ros.offline.plan import (OUTPUT_TOPICS, ReplayError, ReplayInputError, message_class,
+                                       typestore_with_egox_msgs)
 
 # What `egox record` takes without topic arguments: the node's outputs (OUTPUT_TOPICS, relative to its namespace),
 # all of /tf (not only the ego frame, as the replay keeps), /tf_static and the node's progress.
@@ -96,8 +96,8 @@ def record(out_bag: Path, topics: list[str], duration_s: float | None = None, st
     exists (nothing is overwritten) or cannot be created."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from egox_ros.ros.bag_check import read_back_problem
     from egox_ros.ros.dds import BackgroundSpin
+    from egox_ros.ros.offline.bag_check import read_back_problem
     out_bag = Path(out_bag)
     if out_bag.exists() or out_bag.is_symlink():
         raise ReplayInputError(f"{out_bag} exists; egox record never writes over anything: give a new path")

@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:     # the camera models load torch: imported where used, so the egox command line starts fast
-    from egox_ros.core.camera import CameraModel, PinholeCamera
+    from egox_ros.core.geometry.cameras import CameraModel, PinholeCamera
 
 WORLD_FRAME = "world"
 EXO_FRAME = "exo_camera_optical"
@@ -110,7 +110,7 @@ def _pose_from_extrinsic(extrinsic) -> np.ndarray:
 
 def exo_camera_from_meta(intrinsics, width: int, height: int, focal_scale: float = 1.0) -> PinholeCamera:
     """The exo camera of the released video (width x height, normally 784 x 448) from meta's 3840x2160 K."""
-    from egox_ros.core.camera import PinholeCamera
+    from egox_ros.core.geometry.cameras import PinholeCamera
     k = np.asarray(intrinsics, np.float64)
     if k.shape != (3, 3) or k[0, 0] <= 0 or k[1, 2] <= 0:
         raise ClipError(f"camera_intrinsics must be a 3x3 K with positive focal length and cy, got {k.tolist()}")
@@ -124,7 +124,7 @@ def ego_camera_from_meta(intrinsics, size_px: int) -> CameraModel:
     2 (c + 0.5)) scaled to size_px, with the released Aria coefficients, turned upright (see the module
     docstring; an approximation of the take's own calibration)."""
     from egox_ros.core.attention.directions import RELEASED_EGO_DISTORTION   # Aria order k0..k5 p0 p1 s0..s3
-    from egox_ros.core.camera import AriaFisheyeCamera
+    from egox_ros.core.geometry.cameras import AriaFisheyeCamera
     k = np.asarray(intrinsics, np.float64)
     if k.shape != (3, 3) or k[0, 0] <= 0 or k[0, 2] <= 0:
         raise ClipError(f"ego_intrinsics must be a 3x3 K with positive focal length and cx, got {k.tolist()}")
@@ -232,7 +232,7 @@ def resolve_clip(path: Path, clip: str | None) -> tuple[Path, str]:
 
 def load_clip(root: Path, clip: str, exo_focal_scale: float = DEFAULT_EXO_FOCAL_SCALE) -> EgoExoClip:
     """Read one clip (see the module docstring for the conventions). Raises ClipError saying what is wrong."""
-    from egox_ros.core.camera import rotated_90_pose
+    from egox_ros.core.geometry.cameras import rotated_90_pose
     root = Path(root)
     entry = next((e for e in _meta_entries(root) if _entry_name(e) == clip), None)
     if entry is None:
@@ -293,7 +293,7 @@ def write_bag(clip: EgoExoClip, output: Path, fps: float = DEFAULT_FPS, start_s:
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from egox_ros.core.transforms import matrix_to_quat
+    from egox_ros.core.geometry.transforms import matrix_to_quat
     from egox_ros.tools.make_sample_bag import _MessageFactory, dir_size
 
     typestore = get_typestore(Stores.ROS2_KILTED)

@@ -191,7 +191,7 @@ class _MessageFactory:
         )
 
     def image(self, stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str):
-        from egox_ros.core.image_codec import encode_image
+        from egox_ros.core.io.image_codec import encode_image
 
         data, step = encode_image(array, encoding)
         return self.Image(

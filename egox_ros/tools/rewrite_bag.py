@@ -30,7 +30,7 @@ from pathlib import Path
 def preset_renames(preset: str) -> dict[str, str]:
     """A driver's raw topics for the sample's inputs: `egox replay --preset NAME` without the compressed variants
     (--compress appends image_transport's suffixes to the renamed topics)."""
-    from egox_ros.ros.replay import PRESETS
+    from egox_ros.ros.offline.plan import PRESETS
     return {"/" + src: dst for src, dst in PRESETS[preset].items()
             if not src.endswith(("/compressed", "/compressedDepth"))}
 
@@ -57,7 +57,7 @@ def rewrite_bag(src: Path, dst: Path, rename: dict[str, str] | None = None, drop
     log time. Returns the message count per written topic."""
     from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import StoragePlugin, Writer
-    from egox_ros.ros.replay import typestore_with_egox_msgs
+    from egox_ros.ros.offline.plan import typestore_with_egox_msgs
     rename, drop_topics, drop_frames = dict(rename or {}), set(drop_topics), set(drop_frames)
     store = typestore_with_egox_msgs()
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
@@ -132,8 +132,8 @@ class _Delays:
 def _compress(store, msg, colour: bool, jpeg_quality: int) -> bytes:
     """CDR of a CompressedImage for an Image message: JPEG colour, or compressedDepth PNG in the depth's encoding."""
     import numpy as np
-    from egox_ros.core.compressed_image import encode_compressed_depth, encode_compressed_rgb
-    from egox_ros.core.image_codec import decode_depth_m, decode_rgb
+    from egox_ros.core.io.compressed_image import encode_compressed_depth, encode_compressed_rgb
+    from egox_ros.core.io.image_codec import decode_depth_m, decode_rgb
     args = (msg.data, msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
     if colour:   # a JPEG with the image's true colours, labelled as compressed_image_transport labels it
         payload, fmt = encode_compressed_rgb(decode_rgb(*args), "jpeg", quality=jpeg_quality)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src", type=Path, help="input bag")
     p.add_argument("dst", type=Path, help="output bag directory (must not exist)")
     p.add_argument("--rename", action="append", default=[], metavar="FROM:=TO", help="rename a topic (repeatable)")
-    from egox_ros.ros.replay import PRESET_HELP
+    from egox_ros.ros.offline.plan import PRESET_HELP
     p.add_argument("--preset", choices=sorted(PRESET_HELP),
                    help="rename the exo topics to a driver's, as `egox replay --preset` reads them: "
                         + "; ".join(f"{k} = {v}" for k, v in PRESET_HELP.items()))

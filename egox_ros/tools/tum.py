@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.transforms import quat_to_matrix
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.transforms import quat_to_matrix
 
 DEPTH_UNITS_PER_M = 5000.0  # TUM depth PNG: metres = value / 5000, 0 = no reading
 

@@ -1,1 +1,2 @@
-"""Attention with a geometry-guided bias (GGA): the bias computed from small direction tables, never as L x L."""
+"""Attention with a geometry-guided bias (GGA): the bias computed from small direction tables, never as L x L.
+Imports core.config and core.geometry only."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from egox_ros.core.attention.gga import GgaTables
-from egox_ros.core.camera import CameraModel
+from egox_ros.core.geometry.cameras import CameraModel
 
 TEMPORAL_STRIDE = 4     # VAE: video frames per latent frame (after the first)
 CELL_PX = 16            # VAE /8 and 2x2 patches: pixels per token side

@@ -67,15 +67,6 @@ def resolve_person_source(config: PersonConfig) -> str:
     return "mediapipe" if config.source == "auto" else config.source
 
 
-def make_person_detector(config: PersonConfig) -> PersonDetector | None:
-    """The detector for config.source ('mediapipe'), or None ('none', 'topic': nothing to run; resolve 'auto'
-    first with resolve_person_source)."""
-    if config.source != "mediapipe":
-        return None
-    from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
-    return MediapipePersonDetector(config)
-
-
 def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
     """(H, W) bool grown by a square of radius_px; the work covers only the mask's bounding box."""
     if radius_px <= 0 or not mask.any():

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from egox_ros.core.camera import CameraModel
 from egox_ros.core.demonstrator.head_geometry import (DEPTH_VS_MODEL_RATIO, HeadMeasurement, HeadPoseConfig,
                                                       _patch_depth_m, _unproject_rays, measure_head)
 from egox_ros.core.demonstrator.landmarks import BODY_INDEX, BodyLandmarks, PersonObservation
+from egox_ros.core.geometry.cameras import CameraModel
 
 MIN_HUMAN_SCALE = 0.45          # depth / body-model distance below this: not a person (a child is about 0.6)
 BODY_SIZE_SIGMA = 0.10          # relative error of the distance from the body's size, the whole body seen (1 sigma)

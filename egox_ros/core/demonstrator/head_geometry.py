@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from egox_ros.core.camera import CameraModel
 from egox_ros.core.config import param, validate
 from egox_ros.core.demonstrator.landmarks import HEAD_KEYPOINTS, KEYPOINT_INDEX, HeadLandmarks
+from egox_ros.core.geometry.cameras import CameraModel
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from egox_ros.core.demonstrator.head_geometry import HeadMeasurement, HeadPoseConfig
-from egox_ros.core.transforms import matrix_to_quat, quat_slerp, quat_to_matrix
+from egox_ros.core.geometry.transforms import matrix_to_quat, quat_slerp, quat_to_matrix
 
 # Nominal growth of the orientation uncertainty while a pose is held (a head turns at up to ~1 rad/s) [rad/s].
 _HELD_ROTATION_RATE_RADPS = 1.0

@@ -1,6 +1,6 @@
 """The depth-source interface: exo images in, one depth map per image out, each saying what kind of depth it is.
 
-Kinds (what the alignment in egox_ros.core.depth_alignment needs to know):
+Kinds (what the alignment in egox_ros.core.geometry.depth_alignment needs to know):
 - ``metric``: metres along the optical axis (z), NaN where there is no estimate;
 - ``relative_inverse``: inverse depth known only up to an unknown affine map (larger = nearer; e.g. disparity),
   NaN or <= 0 where there is no estimate. It becomes metric only by alignment to a metric source.

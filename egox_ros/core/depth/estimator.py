@@ -2,8 +2,8 @@
 
 The node submits every exo image; the worker always takes the newest one not yet estimated (older ones it had no
 time for are counted as skipped), runs the metric source and, if configured, the relative source, aligns the
-relative inverse depth to the metric depth (egox_ros.core.depth_alignment, momentum-smoothed) and keeps the last
-few results. A frame then uses the estimate nearest to its stamp that exists: its own when the model keeps up, an
+relative inverse depth to the metric depth (egox_ros.core.geometry.depth_alignment, momentum-smoothed) and keeps the
+last few results. A frame then uses the estimate nearest to its stamp that exists: its own when the model keeps up, an
 older frame's when the model is slower than the camera (the frame goes on at the camera rate; the lag is reported);
 only an estimate more than `max_lag_s` away makes it wait. Images are estimated one at a time, the newest first
 (batching serves offline use of DepthSource.estimate). The alignment fit uses every valid pixel: no dynamic-object
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from egox_ros.core.depth.base import DepthSource
-from egox_ros.core.depth_alignment import AlignedDepth, DepthAlignmentConfig, align_or_pass_through, \
-    StreamingDepthAligner
+from egox_ros.core.geometry.depth_alignment import (AlignedDepth, DepthAlignmentConfig, align_or_pass_through,
+                                                    StreamingDepthAligner)
 
 
 @dataclass

@@ -42,7 +42,7 @@ import torch
 
 from egox_ros.core.config import param, validate
 from egox_ros.core.depth.base import DEPTH_KINDS, DepthKind, DepthMap, DepthSource
-from egox_ros.core.folder_listing import describe_folder
+from egox_ros.core.io.folder_listing import describe_folder
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Temporally stable relative inverse depth from the exo stream (the `video` depth source, EgoX method section 2).
 
 EgoX aligns a flickering per-frame *metric* depth D_m to a temporally smooth *relative inverse* depth D_v from a
-video depth model (alpha, beta per frame, smoothed with momentum; egox_ros.core.depth_alignment). The momentum only
-works if D_v itself does not flicker: its affine ambiguity must stay (nearly) the same from frame to frame. This
+video depth model (alpha, beta per frame, smoothed with momentum; egox_ros.core.geometry.depth_alignment). The momentum
+only works if D_v itself does not flicker: its affine ambiguity must stay (nearly) the same from frame to frame. This
 module provides such a D_v in two ways, both :class:`~egox_ros.core.depth.base.DepthSource` of kind
 ``relative_inverse``:
 
@@ -11,7 +11,7 @@ relative model such as Depth Anything V2 relative). A per-frame model is right a
 but fixes its affine ambiguity anew in every frame: its output is ``a_t / D + b_t`` with ``a_t, b_t`` jumping from
 frame to frame. Each new frame ``r_t`` is mapped by its own affine ``s_t * r_t + c_t``, fitted in inverse-depth space
 to the previous stabilised frame on the pixels valid in both and inside the quantile bounds of both (the fit of
-egox_ros.core.depth_alignment, :func:`fit_inverse_depth_affine`). The first frame after construction or
+egox_ros.core.geometry.depth_alignment, :func:`fit_inverse_depth_affine`). The first frame after construction or
 :meth:`~TemporalRelativeDepth.reset` is passed through unchanged: it anchors the scale of the whole sequence.
 Optionally the mapped frame is blended per pixel with the previous output (exponential smoothing, weight
 ``smoothing``), which also averages per-pixel noise but leaves a trail behind anything that moves.
@@ -56,7 +56,7 @@ import torch
 
 from egox_ros.core.config import param, validate
 from egox_ros.core.depth.base import DepthKind, DepthMap, DepthSource
-from egox_ros.core.depth_alignment import fit_inverse_depth_affine
+from egox_ros.core.geometry.depth_alignment import fit_inverse_depth_affine
 
 __all__ = [
     "AffineFitConfig",

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from egox_ros.core.folder_listing import describe_folder
+from egox_ros.core.io.folder_listing import describe_folder
 
 BASE_REPO = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 LORA_REPO = "DAVIAN-Robotics/EgoX"

@@ -1,4 +1,5 @@
-"""Generators behind one small interface; `make_generator` picks one by name."""
+"""Generators behind one small interface (base.py); `make_generator` picks one by name; pool.py runs them on
+threads or Ray actors (ray_runtime.py starts Ray). Imports every part of the core below the runtime."""
 from __future__ import annotations
 
 from egox_ros.core.config import EgoxConfig, GeneratorConfig

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.frames import ExoFrame
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.frames import ExoFrame
 
 
 @dataclass

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from egox_ros.core.camera import CameraModel
 from egox_ros.core.config import EgoxConfig
 from egox_ros.core.generators.base import ClipRequest, ClipResult, EgoGenerator
+from egox_ros.core.geometry.cameras import CameraModel
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

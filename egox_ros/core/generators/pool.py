@@ -1,7 +1,7 @@
 """A pool of generator replicas on Ray (`generator.backend: ray`): each replica is a Ray actor that builds the
 configured generator once (the model loads once per replica, on its own GPU with a CUDA device) and generates the
 clips it is sent. The engine renders priors in order on its own thread, keeps at most one clip in flight per replica
-and publishes results in stamp order as they return (core/engine.py); a full pool back-pressures into the
+and publishes results in stamp order as they return (core/runtime/engine.py); a full pool back-pressures into the
 generator queue, so frames beyond it are dropped as generator_busy, never queued without bound.
 
 A replica whose process dies is taken out of the pool at once: clips go only to live replicas (the pool's capacity
@@ -95,7 +95,7 @@ class RayGeneratorPool(EgoGenerator):
 
     def prepare(self) -> None:
         """Start (or join) Ray and the replicas, and load the model on each; raises if any cannot."""
-        from egox_ros.core.ray_runtime import init_ray
+        from egox_ros.core.generators.ray_runtime import init_ray
         try:
             import ray
         except ImportError as e:

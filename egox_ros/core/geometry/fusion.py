@@ -20,6 +20,9 @@ Frames are identified by an integer key, normally the stamp in nanoseconds; keys
 
 Dynamic pixels are never averaged: they are lifted per frame and kept with that frame (while it is in the
 window); :meth:`CloudFusion.frame_cloud` returns the fused background plus one frame's dynamic points.
+
+Long on purpose (about 700 lines): the three strategies share the frame lifting (_FrameInput), the store of
+dynamic points and the window bookkeeping (_FusionBase) defined here, and each is read against the others.
 """
 from __future__ import annotations
 
@@ -30,10 +33,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from egox_ros.core import voxel_kernel
-from egox_ros.core.camera import CameraModel
 from egox_ros.core.config import param, validate
-from egox_ros.core.render import PointCloud, pose_float64, transform_points
+from egox_ros.core.geometry import voxel_kernel
+from egox_ros.core.geometry.cameras import CameraModel
+from egox_ros.core.geometry.render import PointCloud, pose_float64, transform_points
 
 FUSION_MODES = ("static", "moving", "concat")
 
@@ -455,8 +458,8 @@ class _Voxels:
 
     @staticmethod
     def reduce(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor) -> "_Voxels":
-        """Sum rows with equal keys (any order) into sorted unique voxels (on the CPU with core/voxel_kernel.py's
-        compiled pass when numba is there)."""
+        """Sum rows with equal keys (any order) into sorted unique voxels (on the CPU with
+        core/geometry/voxel_kernel.py's compiled pass when numba is there)."""
         if keys.device.type == "cpu" and voxel_kernel.available():
             return _Voxels(*voxel_kernel.voxel_sums(keys, offset, color, count))
         return _Voxels.reduce_torch(keys, offset, color, count)

@@ -1,23 +1,26 @@
-"""Metrics JSON and contact-sheet PNG of a replay, computed from the input bag and the recorded output bag."""
+"""The report of an offline run (`egox replay`, `egox process`): metrics.json and contact_sheet.png, computed from the
+input bag and the recorded output bag, and the run's result and last line."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from egox_ros.core.camera import PinholeCamera
-from egox_ros.core.compressed_image import decode_compressed_rgb
+from egox_ros.core.demonstrator.head_geometry import forward_angle_deg, position_error_m
+from egox_ros.core.geometry.cameras import PinholeCamera
+from egox_ros.core.geometry.transforms import RigidTransform
+from egox_ros.core.io.compressed_image import decode_compressed_rgb
+from egox_ros.core.io.contact_sheet import contact_sheet, tint
+from egox_ros.core.io.evaluation import masked_psnr, resample_into_camera
+from egox_ros.core.io.image_codec import decode_image
+from egox_ros.core.runtime.tf_buffer import TfBufferCore, TfError
 from egox_ros.ros.conversions import camera_info_to_camera as _camera
 from egox_ros.ros.conversions import image_to_rgb as _rgb
 from egox_ros.ros.conversions import stamp_to_ns as _ns
 from egox_ros.ros.conversions import transform_msg_to_rigid as _rigid
-from egox_ros.core.contact_sheet import contact_sheet, tint
-from egox_ros.core.evaluation import masked_psnr, resample_into_camera
-from egox_ros.core.image_codec import decode_image
-from egox_ros.core.demonstrator.head_geometry import forward_angle_deg, position_error_m
-from egox_ros.core.tf_buffer import TfBufferCore, TfError
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.ros.offline.plan import ReplayError
 
 STATUS_NAMES = {0: "ok", 1: "failed", 2: "dropped"}
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -218,3 +221,50 @@ def _evaluate(p: dict, stamp: int, ego_camera, gt_camera, tf: TfBufferCore, meta
     result["masked_psnr_db"] = None if psnr is None else round(psnr, 3)
     result["evaluated_pixels"] = int((p["mask"] & gt_valid).sum())
     return result
+
+
+@dataclass
+class ReplayResult:
+    """What `egox replay` and `egox process` return: exo images played, the output paths, the metrics."""
+    images_sent: int
+    out_bag: Path
+    metrics_path: Path
+    contact_sheet_path: Path
+    metrics: dict = field(default_factory=dict)
+
+
+def report(in_bag: Path, out_bag: Path, out_dir: Path, **kwargs) -> dict:
+    """write_report; an input bag that cannot be read again (a damaged chunk after the frames played) is a
+    ReplayError naming it, the outputs written so far stay."""
+    try:
+        return write_report(in_bag, out_bag, out_dir, **kwargs)
+    except Exception as e:  # noqa: BLE001 - rosbags and its decompressors raise many types for damaged bags
+        raise ReplayError(f"the report could not read {in_bag} again ({type(e).__name__}: {e}); the outputs "
+                          f"written so far are in {out_bag}".replace("\n", " ")) from e
+
+
+def check_report(metrics: dict, exo_topic: str, metrics_path: Path) -> None:
+    """Never a silent zero: raise ReplayError (one line) when the report matched fewer exo frames to outputs than
+    the node says it published."""
+    published, matched = metrics["run"]["frames_published"], metrics["summary"]["frames_published"]
+    if matched < published:
+        raise ReplayError(f"the node published {published} frames but the report found outputs for only {matched} "
+                          f"of the exo images on {exo_topic} (matched by header stamp); see {metrics_path}")
+
+
+def outcome_line(metrics: dict) -> str:
+    """The last line of a replay: every frame published, or how many were not and why (never only a count in the
+    middle of the output)."""
+    run, summary = metrics["run"], metrics.get("summary", {})
+    images = run["images_sent"]
+    missing = images - run["frames_published"]
+    if not missing and not run.get("input_truncated"):
+        return f"done: all {images} exo frames published"
+    reasons = dict(summary.get("frames_dropped_by_reason") or {})
+    if run.get("frames_lost_before_node"):
+        reasons["lost_before_node"] = run["frames_lost_before_node"]
+    text = f"WARNING: {missing} of {images} exo frames not published"
+    text += f" ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))})" if reasons else ""
+    if run.get("input_truncated"):
+        text += f"; the input bag ended early ({run['input_truncated']})"
+    return text + "; see metrics.json"

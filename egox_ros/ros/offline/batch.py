@@ -1,7 +1,7 @@
 """`egox batch BAG... -o OUT_DIR`: `egox process` over many bags at once, one bag per Ray task or actor.
 
-Each bag runs the node's whole pipeline in one worker process exactly as `egox process` runs it (ros/process.py) and
-writes OUT_DIR/<bag name>/ (bag/, contact_sheet.png, metrics.json); equal bag names get -2, -3, ... in argument
+Each bag runs the node's whole pipeline in one worker process exactly as `egox process` runs it (ros/offline/process.py)
+and writes OUT_DIR/<bag name>/ (bag/, contact_sheet.png, metrics.json); equal bag names get -2, -3, ... in argument
 order. OUT_DIR/batch.json collects every bag's outcome (frames, published, dropped by reason, wall time, status and
 the one-line reason of a failure) and the batch's totals; the same table is printed at the end.
 
@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from egox_ros.ros.replay import ReplayError, ReplayInputError
+from egox_ros.ros.offline.plan import ReplayError, ReplayInputError
 
 BATCH_JSON = "batch.json"
 GT_TOPIC = "/ego/ground_truth/image_raw"
@@ -105,7 +105,7 @@ def _throttled(report, interval_s: float = 0.25):
 def run_bag(job: BagJob, settings: BatchSettings, report=None, generator=None) -> dict:
     """`egox process` on one bag in this process; never raises for a bad bag: the record says what went wrong in
     one line. `report(done, total)` gets frame counts while it runs; `generator`: a generator to reuse."""
-    from egox_ros.ros.process import process
+    from egox_ros.ros.offline.process import process
     started = time.monotonic()
     record = _record(job, "failed")
     try:
@@ -225,7 +225,7 @@ def ray_session(address: str | None, num_cpus: int | None):
     empty, else a connection to the cluster at `address` ('auto', 'ray://host:port'). Yields (ray, info)."""
     started = time.monotonic()
     try:
-        from egox_ros.core.ray_runtime import init_ray
+        from egox_ros.core.generators.ray_runtime import init_ray
         ray = init_ray(address or "", num_cpus)
     except ImportError as e:
         raise ReplayInputError(f"egox batch needs Ray (scripts/setup.sh installs it from requirements-ray.txt): "

@@ -15,7 +15,7 @@ import struct
 import numpy as np
 from PIL import Image as PILImage
 
-from egox_ros.core.image_codec import ImageDecodeError
+from egox_ros.core.io.image_codec import ImageDecodeError
 
 DEPTH_HEADER = struct.Struct("<iff")        # compression format (0 = PNG), depthQuantA, depthQuantB
 DEPTH_QUANT_A = 100.0                       # image_transport's defaults (depth_quantization, depth_max 10 m)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egox_ros.core.render import PointCloud
+from egox_ros.core.geometry.render import PointCloud
 
 _VERTEX_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
                           ("red", "u1"), ("green", "u1"), ("blue", "u1")])

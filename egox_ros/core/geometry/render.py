@@ -61,8 +61,8 @@ opaque point keeps its exact colour), with all-channels-below-2.55 pixels set
 to black, as there.
 
 Implementation: points are projected, culled and ranked once by their key (depth, ties to the lowest index) in
-torch.  On the CPU the compiled kernel of core/soft_kernel.py (numba) then composites them one after the other into
-per-pixel accumulators, visiting only pixels still live (a bitmask per row): about 24 ms of CPU per render of the
+torch.  On the CPU the compiled kernel of core/geometry/soft_kernel.py (numba) then composites them one after the other
+into per-pixel accumulators, visiting only pixels still live (a bitmask per row): about 24 ms of CPU per render of the
 cloud below in all, on one thread (`egox bench prior`).  The torch code that follows is the reference it is tested against, and what runs
 on CUDA (and on the CPU without numba): the ranked points are cut, in that order, into
 slabs of ``_SOFT_SLAB_POINTS`` (1024); slabs are composited one after the other into per-pixel accumulators
@@ -90,8 +90,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from egox_ros.core import soft_kernel    # light: numba is imported on the kernel's first use
-from egox_ros.core.camera import CameraModel
+from egox_ros.core.geometry import soft_kernel    # light: numba is imported on the kernel's first use
+from egox_ros.core.geometry.cameras import CameraModel
 
 _INDEX_BITS = 32
 _MAX_POINTS = (1 << 31) - 1  # the index half of a key is read back as int32
@@ -351,8 +351,8 @@ def render_points_soft(
     ``min_transmittance``: a pixel whose remaining transmittance is at or below it takes no further points (they
     could add at most 255 * min_transmittance, 0.06 units at the default, before truncation to uint8; 0 disables
     this and composites all K). ``backend``: how the ranked points are composited: 'kernel' (the compiled CPU
-    kernel of core/soft_kernel.py, numba; CPU tensors only), 'torch' (the slab code below, any device: the reference,
-    and the CUDA path), 'auto' (the kernel for a CPU cloud when numba is installed, else torch).
+    kernel of core/geometry/soft_kernel.py, numba; CPU tensors only), 'torch' (the slab code below, any device: the
+    reference, and the CUDA path), 'auto' (the kernel for a CPU cloud when numba is installed, else torch).
     """
     radius = float(radius_px)
     if not (math.isfinite(radius) and radius > 0.0):

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from egox_ros.core.camera import CameraModel
+from egox_ros.core.geometry.cameras import CameraModel
 
 
 def masked_psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float | None:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from egox_ros.core.camera import CameraModel
 from egox_ros.core.config import WindowConfig
+from egox_ros.core.geometry.cameras import CameraModel
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """`egox process IN_BAG -o OUT_DIR`: the node's whole pipeline in this process, without DDS.
 
 The bag is read with rosbags in log-time order; each message is decoded exactly as the node decodes it and handed
-to the same core engine (egox_ros.core.engine.EgoEngine), whose clock is the bag's time. After every message the
+to the same core engine (egox_ros.core.runtime.engine.EgoEngine), whose clock is the bag's time. After every message the
 engine's workers (person detector, depth models) are waited for and ready clips are generated on this thread, so a
 run is deterministic. Outputs are built by the node's own message builder (ros/outputs.py) and written to OUT/bag
-with the replay's topics and header-stamp log times; the contact sheet and metrics come from the replay's report.
+with the replay's topics and header-stamp log times; the contact sheet and metrics come from report.py, as a
+replay's do.
 `egox replay` (a live node over DDS) stays the integration path; both agree frame for frame on the sample.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from egox_ros.ros.replay import (PRESETS, ReplayError, ReplayInputError, ReplayResult, check_output, check_report,
-                                 make_plan, message_class, prepare_output, report, typestore_with_egox_msgs,
-                                 until_damaged)
+from egox_ros.ros.offline.plan import (PRESETS, ReplayError, ReplayInputError, check_output, make_plan, message_class,
+                                       open_bag, prepare_output, typestore_with_egox_msgs, until_damaged)
+from egox_ros.ros.offline.report import ReplayResult, check_report, report
+
 
 def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrides: list[str] | None = None,
             exo_topic: str | None = None, gt_topic: str = "/ego/ground_truth/image_raw", overwrite: bool = False,
@@ -25,17 +27,16 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
             preset: str | None = None, gt_info_topic: str | None = None, generator=None,
             on_frames=None) -> ReplayResult:
     """Run the pipeline over a bag; see the module docstring. The bag is checked and its topics mapped exactly as
-    `egox replay` does (egox_ros.ros.replay.make_plan: remaps, presets, compressed transports, one line per missing
-    input). Raises ReplayInputError (bad input, settings or output path; nothing written) or ReplayError.
+    `egox replay` does (plan.make_plan: remaps, presets, compressed transports, one line per missing input). Raises
+    ReplayInputError (bad input, settings or output path; nothing written) or ReplayError.
     generator: an EgoGenerator to use instead of building one from the parameters (a caller running many bags
     keeps its loaded model); on_frames(done, total): called after each exo image."""
     from rclpy.serialization import deserialize_message
-    from rosbags.highlevel import AnyReader
     from tqdm import tqdm
 
-    from egox_ros.core.engine import ENGINE_SECTIONS, EgoEngine
-    from egox_ros.ros.bag_check import read_back_problem
-    from egox_ros.ros.bag_driver import NODE_NAME, BagInputs, BagWriter, wait_for_workers
+    from egox_ros.core.runtime.engine import ENGINE_SECTIONS, EgoEngine
+    from egox_ros.ros.offline.bag_check import read_back_problem
+    from egox_ros.ros.offline.bag_driver import NODE_NAME, BagInputs, BagWriter, wait_for_workers
     from egox_ros.ros.outputs import OutputMessages
 
     in_bag, out_dir = Path(in_bag), Path(out_dir)
@@ -50,12 +51,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
     configs = plan.configs             # built and checked by the plan, as the node builds them
     for line in plan.warnings:
         print(f"egox process: {line}", file=sys.stderr)
-    try:
-        reader = AnyReader([in_bag])
-        reader.open()
-    except Exception as e:  # noqa: BLE001 - rosbags raises several types for broken bags
-        raise ReplayInputError(f"cannot open {in_bag} as a rosbag2 bag (sqlite3 or MCAP): "
-                               f"{type(e).__name__}: {e}".replace("\n", " ")) from e
+    reader = open_bag(in_bag, typestore)
     bag_time_s = [0.0]
     writer = engine = None
     try:

@@ -20,7 +20,7 @@ import bisect
 import threading
 from dataclasses import dataclass, field
 
-from egox_ros.core.transforms import RigidTransform, interpolate
+from egox_ros.core.geometry.transforms import RigidTransform, interpolate
 
 _NS_PER_S = 1_000_000_000
 _MAX_LISTED_FRAMES = 20

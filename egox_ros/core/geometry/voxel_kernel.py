@@ -5,7 +5,8 @@ Here the keys are sorted by torch (a stable radix sort) and one pass sums the ru
 colour sums and the offsets summed in the same order. For a window's ~140 k keys (2-core Xeon, one thread, load
 ~10): 3.2 vs 5.0 ms of CPU, 5 vs 26 ms wall (torch.unique suffers more from the competing load). A k-way merge of
 the window's already sorted per-frame records was slower still (6.2 ms CPU).
-Compiled on first use and cached like core/soft_kernel.py; ``available()`` False (no numba) keeps the torch code.
+Compiled on first use and cached like core/geometry/soft_kernel.py; ``available()`` False (no numba) keeps the torch
+code.
 """
 from __future__ import annotations
 

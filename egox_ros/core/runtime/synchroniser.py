@@ -33,11 +33,11 @@ from typing import Callable
 
 import numpy as np
 
-from egox_ros.core.camera import CameraModel
 from egox_ros.core.config import param, validate
-from egox_ros.core.frames import ExoFrame
-from egox_ros.core.tf_buffer import ExtrapolationError, TfBufferCore, TfError
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.core.geometry.cameras import CameraModel
+from egox_ros.core.geometry.frames import ExoFrame
+from egox_ros.core.geometry.transforms import RigidTransform
+from egox_ros.core.runtime.tf_buffer import ExtrapolationError, TfBufferCore, TfError
 
 
 @dataclass

@@ -1,14 +1,17 @@
 """The egox engine: every component of the node wired together, without ROS (no rclpy).
 
 Inputs (decoded images, depth, camera, transforms, person masks) go in with their stamps; the engine synchronises
-them (core/synchroniser.py), runs the person detector and the depth models on their own workers, estimates the head
-from the exo image when asked to, keeps the rolling window, renders priors and runs the generator clip by clip, and
+them (core/runtime/synchroniser.py), runs the person detector and the depth models on their own workers, estimates the
+head from the exo image when asked to, keeps the rolling window, renders priors and runs the generator clip by clip, and
 reports everything through an ``EngineEvents`` object: clips, drops with their reason, person masks, head
 estimates, input problems. The ROS node (ros/node.py) is a thin shell over it that decodes messages and publishes
 events; ``egox process`` drives it from a bag without DDS.
 
 Two ways to run the generator: ``start()`` runs it on the engine's own worker thread (the live node), or the caller
 runs ``generate_ready()`` itself (offline, deterministic).
+
+Long on purpose (about 600 lines): it is one object, EgoEngine, whose state (window, queues, workers, head
+tracker, frame accounting) every input and every output path touches.
 """
 from __future__ import annotations
 
@@ -21,20 +24,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from egox_ros.core.camera import CameraModel, PinholeCamera
 from egox_ros.core.config import InputsConfig, OutputsConfig, RuntimeConfig
-from egox_ros.core.demonstrator.detector import (SKIPPED, AsyncPersonDetector, make_person_detector,
-                                                 resolve_person_source)
+from egox_ros.core.demonstrator import make_person_detector
+from egox_ros.core.demonstrator.detector import SKIPPED, AsyncPersonDetector, resolve_person_source
 from egox_ros.core.demonstrator.estimate import is_person_sized, measure_person_head
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
 from egox_ros.core.demonstrator.landmarks import PersonObservation
 from egox_ros.core.depth.estimator import make_depth_estimator
 from egox_ros.core.egox.weights import WeightsError
-from egox_ros.core.frames import ExoFrame, FrameWindow
 from egox_ros.core.generators import EgoGenerator, PriorGenerator, make_generator
-from egox_ros.core.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_camera_from_config
-from egox_ros.core.synchroniser import Drop, FrameSynchroniser, ImageResult, SyncSources
-from egox_ros.core.transforms import RigidTransform
+from egox_ros.core.geometry.cameras import CameraModel, PinholeCamera
+from egox_ros.core.geometry.frames import ExoFrame, FrameWindow
+from egox_ros.core.geometry.transforms import RigidTransform
+from egox_ros.core.runtime.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_camera_from_config
+from egox_ros.core.runtime.synchroniser import Drop, FrameSynchroniser, ImageResult, SyncSources
 
 ENGINE_SECTIONS = ("inputs", "outputs", "sync", "runtime", "depth", "depth_alignment", "person", "head",
                    "ego_camera", "window", "fusion", "prior", "generator", "egox")

@@ -1,5 +1,5 @@
 """The core engine driven from a bag (for `egox process`): bag messages decoded as the node decodes them, engine
-events written into an output bag as the node's messages. Imports torch; egox_ros/ros/process.py loads it only
+events written into an output bag as the node's messages. Imports torch; egox_ros/ros/offline/process.py loads it only
 when a run starts, so `egox --help` and argument errors stay fast."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 from rclpy.serialization import serialize_message
 
-from egox_ros.core.engine import EgoEngine, EngineEvents
+from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
 from egox_ros.ros import conversions as conv
 from egox_ros.ros.inputs import EngineInputs
+from egox_ros.ros.offline.plan import OUTPUT_TOPICS, ReplayError
 from egox_ros.ros.outputs import OutputMessages
-from egox_ros.ros.replay import OUTPUT_TOPICS, ReplayError
 
 NODE_NAME = "egox"
 

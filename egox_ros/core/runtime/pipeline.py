@@ -7,12 +7,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from egox_ros.core.camera import AriaFisheyeCamera, CameraModel, FisheyeCamera, PinholeCamera
 from egox_ros.core.config import EgoCameraConfig, PriorConfig
-from egox_ros.core.frames import ExoFrame
 from egox_ros.core.generators import ClipRequest, ClipResult, EgoGenerator, Prior
-from egox_ros.core.fusion import CameraMovedError, CloudFusion, FusionConfig, make_fusion
-from egox_ros.core.render import render_points, render_points_soft
+from egox_ros.core.geometry.cameras import AriaFisheyeCamera, CameraModel, FisheyeCamera, PinholeCamera
+from egox_ros.core.geometry.frames import ExoFrame
+from egox_ros.core.geometry.fusion import CameraMovedError, CloudFusion, FusionConfig, make_fusion
+from egox_ros.core.geometry.render import render_points, render_points_soft
 
 
 def ego_camera_from_config(config: EgoCameraConfig) -> CameraModel:

@@ -72,12 +72,17 @@ def _std(points: list[np.ndarray]) -> list[float] | None:
     return [round(float(s), 4) for s in np.std(np.asarray(points), axis=0)] if len(points) >= 2 else None
 
 
+def _tum_head_config():
+    """head.* for TUM's depth, a sensor's (a Kinect): no depth-model scale error (depth_sigma_relative 0)."""
+    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
+    return HeadPoseConfig(depth_sigma_relative=0.0)
+
+
 def _detect_and_head(seq, empty_frames: tuple[int, ...], repeats: int) -> tuple[dict, dict]:
     """Sections 1-4. Returns (result, person observations by frame)."""
     from egox_ros.core.demonstrator.estimate import measure_person_head
-    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
     from egox_ros.core.demonstrator.head_tracker import HeadTracker
-    config = HeadPoseConfig()
+    config = _tum_head_config()
     detector = _detector()
     try:
         _warm(detector, seq[PERSON_FRAMES[0]].rgb)
@@ -162,12 +167,11 @@ def _prior_path(seq, stream: _Stream, pipelined: bool) -> dict:
     from egox_ros.core.config import EgoCameraConfig, PriorConfig
     from egox_ros.core.demonstrator.detector import AsyncPersonDetector
     from egox_ros.core.demonstrator.estimate import measure_person_head
-    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
     from egox_ros.core.demonstrator.head_tracker import HeadTracker
     from egox_ros.core.frames import ExoFrame
     from egox_ros.core.fusion import FusionConfig
     from egox_ros.core.pipeline import PriorRenderer, ego_camera_from_config
-    fusion_config, head_config = FusionConfig(), HeadPoseConfig()
+    fusion_config, head_config = FusionConfig(), _tum_head_config()
     ego = ego_camera_from_config(EgoCameraConfig())
 
     def fresh():
@@ -404,7 +408,6 @@ def write_figure(path: Path = FIGURE) -> Path:
 
     from egox_ros.core.config import EgoCameraConfig, PriorConfig
     from egox_ros.core.demonstrator.estimate import measure_person_head
-    from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig
     from egox_ros.core.frames import ExoFrame
     from egox_ros.core.fusion import FusionConfig
     from egox_ros.core.pipeline import PriorRenderer, ego_camera_from_config
@@ -415,7 +418,7 @@ def write_figure(path: Path = FIGURE) -> Path:
         observations = {k: detector.detect(seq[k].rgb) for k in PERSON_FRAMES}
     finally:
         detector.close()
-    config = HeadPoseConfig()
+    config = _tum_head_config()
     measured = {k: measure_person_head(o, seq.camera, seq[k].depth_m, config, seq[k].world_T_camera)
                 for k, o in observations.items()}
     panels = [_exo_panel(seq, k, observations[k], measured[k]) for k in FIGURE_FRAMES]

@@ -76,8 +76,8 @@ def test_detector_finds_the_seated_person_and_no_one_in_empty_frames(seq, observ
 
 
 def test_desk_objects_at_the_sample_size_are_not_taken_for_a_person(seq):
-    """At the bundled sample's size (320x240, 2x2 area averaging) the whole-image pose search took a red bag and a mug
-    on the desk for a person in frames 29, 30, 39 and 40 (and 3); a whole-image find must now be found again in the
+    """At the bundled sample's size (320x240, 2x2 area averaging) the whole-image pose search took a red object on the
+    desk for a person in frames 29, 39 and 40 (30: tracked on; and 3); a whole-image find must now be found again in the
     region it would be tracked in, which none of them is. Streamed as the node runs it, the seated person (found by
     his face, then tracked) is still found in 48-59."""
     import cv2

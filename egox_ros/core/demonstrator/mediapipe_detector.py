@@ -265,7 +265,7 @@ class MediapipePersonDetector:
     def _confirmed(self, rgb: np.ndarray, found):
         """A whole-image find (no face anchors it) kept only when the pose model finds a person again in the region
         it would be tracked in, at the tracker's scale: a second look. On the TUM fr1_rpy frames at 320x240 the
-        whole-image pass took desk objects (a red bag, a mug) for a person in frames 3, 29, 30, 39 and 40, and the
+        whole-image pass took a red object on the desk for a person in frames 3, 29, 39 and 40 (30: tracked on), and the
         second look found nobody in any of them; it found the people of the three Ego-Exo4D development clips in
         every frame tried. About one more pose run (20-30 ms), only on a new whole-image find."""
         if found is None:

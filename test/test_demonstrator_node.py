@@ -22,7 +22,8 @@ except Exception:  # noqa: BLE001
 
 PARAMS = {"inputs.head_source": "exo", "person.source": "mediapipe", "sync.timeout_s": 20.0,
           "qos.input_reliability": "reliable", "qos.input_depth": 100, "sync.queue_capacity": 100,
-          "head.hold_s": 0.2, "fusion.window_frames": 2}
+          "head.hold_s": 0.2, "fusion.window_frames": 2,
+          "head.depth_sigma_relative": 0.0}        # TUM's depth is a sensor's (a Kinect), not a depth model's
 
 
 class TumRig:

@@ -9,8 +9,8 @@ the camera by least squares over the visible landmarks' rays (the translation th
 that alone gives the distance from the body's size ('body'). With a depth image, each visible head landmark's
 depth (median of a patch on the person mask) over its z in the placed body gives a scale; their median, weighed
 against the body's own size (people differ by ``BODY_SIZE_SIGMA`` = 10 % when the whole body is seen, hips to
-ankles; a head and shoulders alone say far less, ``PARTIAL_BODY_SIGMA``; the depth errs by
-``head.depth_sigma_per_m`` per metre, as depth models' errors grow with distance), rescales the placed body
+ankles; a head and shoulders alone say far less, ``PARTIAL_BODY_SIGMA``; the depth errs by ``head.depth_sigma_relative``
+at any distance, a depth model's scale error, and ``head.depth_sigma_per_m`` more per metre), rescales the placed body
 about the camera centre (projections unchanged) when it lies within ``DEPTH_VS_MODEL_RATIO`` ('depth'), else
 the depth is not believed (``depth_rejected``). A scale below ``MIN_HUMAN_SCALE`` means the "person" is far
 smaller than a person (a teddy bear is 0.3 m tall): no measurement, and the engine drops the detection's mask too
@@ -48,10 +48,11 @@ _FACE_CHECK_MIN_PX = 20.0       # heads at least this big (landmark extent) show
 _HEAD_LANDMARKS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
 _PLACEMENT_LANDMARKS = _HEAD_LANDMARKS + ("left_shoulder", "right_shoulder")   # hips: often behind a table
 # Nominal 1-sigma errors. Position: the distance times the relative error of the fused distance (depth and body
-# size, as weighed below) plus the offset between the eyes and a head-mounted camera; on the development clips this
-# gives 0.07 m (cooking, measured median 0.05), 0.07 m (covid, 0.19: its released depth is 20 % too far, which no
-# weighting can see) and 0.41 m (soccer at 4 m, 0.30). Orientation: the forward error with and without the face
-# seen (cooking 13 deg; covid 20, soccer 13). See docs/benchmarks.md.
+# size, as weighed below) plus the offset between the eyes and a head-mounted camera; on the development clips with
+# the default depth errors this gives a median of 0.17 m (cooking, measured per frame 0.03), 0.21 m (covid, 0.21:
+# its released depth reads the head 25 % too far and the body's size 33 %, which no weighting can see) and 0.39 m
+# (soccer at 4 m, 0.26). Orientation: the forward error with and without the face seen (cooking 13 deg; covid 20,
+# soccer 13). See docs/benchmarks.md.
 _HEAD_CAMERA_OFFSET_M = 0.05
 _ROTATION_SIGMA_FACE_RAD = np.deg2rad(12.0)
 _ROTATION_SIGMA_BODY_RAD = np.deg2rad(20.0)
@@ -210,8 +211,8 @@ def measure_body_head(body: BodyLandmarks, camera: CameraModel, depth_m: np.ndar
             return None                       # far smaller than a person: not a person
         if 1.0 / DEPTH_VS_MODEL_RATIO <= depth_scale <= DEPTH_VS_MODEL_RATIO:
             # inverse-variance mean of the two log distances (the body's is log 1 = 0)
-            depth_sigma = max(config.depth_sigma_per_m * float(placed[BODY_INDEX["nose"], 2]) * depth_scale,
-                              1e-3)
+            depth_sigma = max(float(np.hypot(config.depth_sigma_relative, config.depth_sigma_per_m
+                                             * float(placed[BODY_INDEX["nose"], 2]) * depth_scale)), 1e-3)
             weight = body_sigma**2 / (body_sigma**2 + depth_sigma**2)
             scale, position_source = float(np.exp(weight * np.log(depth_scale))), "depth"
             relative_sigma = float(np.sqrt(1.0 / (1.0 / body_sigma**2 + 1.0 / depth_sigma**2)))

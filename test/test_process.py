@@ -100,9 +100,8 @@ def test_process_takes_a_realsense_bag_with_compressed_images(both, tmp_path):
     assert summary["frames_published"] == 50 and run["exo_topic"] == "/camera/camera/color/image_raw/compressed"
     assert "inputs.exo_transport:=compressed" in run["parameters_set_by_process"]
     raw = process(SAMPLE, tmp_path / "raw", PARAMS, ["person.source:=none"], progress_bar=False).metrics["summary"]
-    # A transport test, so person masks are off: the detector's output on JPEG'd colours is another question (on
-    # this desk sequence JPEG artefacts make it take desk objects for a person in more frames). The depth PNG is
-    # lossless to the millimetre: the same coverage.
+    # A transport test, so person masks are off (the detector on JPEG'd colours is the demonstrator tests' and
+    # README's question). The depth PNG is lossless to the millimetre: the same coverage.
     assert summary["mean_coverage"] == pytest.approx(raw["mean_coverage"], abs=1e-3)
     assert abs(summary["mean_masked_psnr_db"] - raw["mean_masked_psnr_db"]) < 0.5      # JPEG colour, quality 95
 

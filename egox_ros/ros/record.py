@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from egox_ros.ros.mcap_bag import McapBag
 from egox_ros.ros.offline.plan import (OUTPUT_TOPICS, ReplayError, ReplayInputError, message_class,
                                        typestore_with_egox_msgs)
 
@@ -34,14 +35,8 @@ class Recorder:
     """Subscribes (raw) to `topics` on `node` as they appear in the graph and writes them to an MCAP bag."""
 
     def __init__(self, node, out_bag: Path, topics: list[str], log=print):
-        from rosbags.rosbag2 import StoragePlugin, Writer
         self.node, self.topics, self.log = node, list(dict.fromkeys(topics)), log
-        self.typestore = typestore_with_egox_msgs()
-        self.writer = Writer(out_bag, version=8, storage_plugin=StoragePlugin.MCAP)
-        self.writer.open()
-        self.lock = threading.Lock()
-        self.connections: dict[str, object] = {}
-        self.counts: dict[str, int] = {}
+        self.bag = McapBag(out_bag, typestore_with_egox_msgs())
         self.subscriptions: dict[str, object] = {}
         self.skipped: dict[str, str] = {}         # topic -> why it is not recorded
 
@@ -54,14 +49,11 @@ class Recorder:
             type_name = types[topic][0]
             try:
                 msg_class = message_class(type_name)
-                connection = self.writer.add_connection(topic, type_name, typestore=self.typestore)
+                self.bag.add_topic(topic, type_name)
             except Exception as e:  # noqa: BLE001 - a type without Python bindings or rosbags definition
                 self.skipped[topic] = f"{type_name}: {e}"
                 self.log(f"egox record: not recording {topic} ({type_name}: {e})")
                 continue
-            with self.lock:
-                self.connections[topic] = connection
-                self.counts[topic] = 0
             self.subscriptions[topic] = self.node.create_subscription(
                 msg_class, topic, lambda raw, t=topic: self._on(t, raw), self._qos(topic), raw=True)
 
@@ -75,18 +67,11 @@ class Recorder:
                           durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
     def _on(self, topic: str, raw: bytes) -> None:
-        with self.lock:
-            if self.writer is not None:
-                self.writer.write(self.connections[topic], time.time_ns(), bytes(raw))
-                self.counts[topic] += 1
+        self.bag.write(topic, time.time_ns(), raw)
 
     def close(self) -> dict[str, int]:
         """Close the bag; messages written per topic."""
-        with self.lock:
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
-            return dict(self.counts)
+        return self.bag.close()
 
 
 def record(out_bag: Path, topics: list[str], duration_s: float | None = None, stop: threading.Event | None = None,
@@ -118,8 +103,7 @@ def record(out_bag: Path, topics: list[str], duration_s: float | None = None, st
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             recorder.discover()
             stop.wait(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
-            with recorder.lock:
-                counts = dict(recorder.counts)
+            counts = recorder.bag.counts_now()
             if counts != shown and time.monotonic() - shown_at >= status_period_s:   # a live count
                 log(f"egox record: {sum(counts.values())} messages so far; "
                     + ", ".join(f"{t} {n}" for t, n in counts.items()))

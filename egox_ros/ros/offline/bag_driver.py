@@ -12,6 +12,7 @@ from rclpy.serialization import serialize_message
 from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
 from egox_ros.ros import conversions as conv
 from egox_ros.ros.inputs import EngineInputs
+from egox_ros.ros.mcap_bag import McapBag
 from egox_ros.ros.offline.plan import OUTPUT_TOPICS, ReplayError
 from egox_ros.ros.outputs import OutputMessages
 
@@ -23,41 +24,37 @@ class BagWriter(EngineEvents):
     recorder writes them). Also counts what it wrote and remembers warnings for the log.
 
     Thread-safe: the engine reports from its worker threads too (person masks, head estimates and drops from the
-    person detector's thread, clips from the caller's), and rosbags' MCAP writer is not, so every write, count and
-    log line goes under one lock (concurrent writes interleaved inside a chunk and left the bag unreadable)."""
+    person detector's thread, clips from the caller's); McapBag serialises the writes, a lock the log lines."""
 
     def __init__(self, out_bag: Path, typestore, ego_frame: str):
-        from rosbags.rosbag2 import StoragePlugin, Writer
-        self.writer = Writer(out_bag, version=8, storage_plugin=StoragePlugin.MCAP)
-        self.writer.open()
-        self.connections = {topic: self.writer.add_connection(topic, type_name, typestore=typestore)
-                            for topic, type_name in OUTPUT_TOPICS.items()}
-        self.counts = {topic: 0 for topic in OUTPUT_TOPICS}
+        self.bag = McapBag(out_bag, typestore)
+        for topic, type_name in OUTPUT_TOPICS.items():
+            self.bag.add_topic(topic, type_name)
         self.ego_frame = ego_frame
         self.messages: OutputMessages | None = None     # set once the engine exists
         self.log_lines: list[str] = []
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()                    # guards log_lines
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Messages written per output topic."""
+        return self.bag.counts
 
     def write(self, messages: list[tuple[str, object]]) -> None:
-        with self.lock:
-            if self.writer is None:
+        """The node's output messages ((topic as the node names it, message)) into the bag; raises RuntimeError once
+        it is closed."""
+        for topic, msg in messages:
+            name = f"/{NODE_NAME}/{topic[2:]}" if topic.startswith("~/") else "/" + topic.lstrip("/")
+            if name not in OUTPUT_TOPICS:
+                continue
+            if name == "/tf":
+                if not any(t.child_frame_id == self.ego_frame for t in msg.transforms):
+                    continue            # as recorded by the replay: only the node's ego frame
+                stamp = msg.transforms[0].header.stamp
+            else:
+                stamp = msg.header.stamp
+            if not self.bag.write(name, conv.stamp_to_ns(stamp), serialize_message(msg)):
                 raise RuntimeError("the output bag is closed")
-            for topic, msg in messages:
-                self._write_one(topic, msg)
-
-    def _write_one(self, topic: str, msg) -> None:
-        """Lock held."""
-        name = f"/{NODE_NAME}/{topic[2:]}" if topic.startswith("~/") else "/" + topic.lstrip("/")
-        if name not in self.connections:
-            return
-        if name == "/tf":
-            if not any(t.child_frame_id == self.ego_frame for t in msg.transforms):
-                return              # as recorded by the replay: only the node's ego frame
-            stamp = msg.transforms[0].header.stamp
-        else:
-            stamp = msg.header.stamp
-        self.writer.write(self.connections[name], conv.stamp_to_ns(stamp), serialize_message(msg))
-        self.counts[name] += 1
 
     def dropped(self, drop) -> None:
         self.write(self.messages.drop(drop))
@@ -81,10 +78,7 @@ class BagWriter(EngineEvents):
 
     def close(self) -> None:
         """Close the bag (idempotent); a write after this raises."""
-        with self.lock:
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
+        self.bag.close()
 
 
 class BagInputs(EngineInputs):

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from egox_ros.ros.mcap_bag import McapBag
 from egox_ros.ros.offline.plan import OUTPUT_TOPICS, ReplayError, message_class, until_damaged
 from egox_ros.ros.stamps import ns_to_stamp, stamp_to_ns
 
@@ -28,21 +29,16 @@ class OutputRecorder:
 
     def __init__(self, node, out_bag: Path, typestore, ego_frame: str, start_ns: int):
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from rosbags.rosbag2 import StoragePlugin, Writer
         self.typestore = typestore
         self.ego_frame = ego_frame
         self.start_ns = start_ns
-        self.writer = Writer(out_bag, version=8, storage_plugin=StoragePlugin.MCAP)
-        self.writer.open()
-        self.lock = threading.Lock()
-        self.connections = {}
-        self.counts: dict[str, int] = {}
+        self.bag = McapBag(out_bag, typestore)
+        self.lock = threading.Lock()           # guards metadata
         self.metadata: list = []   # deserialised ClipMetadata
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         self.subscriptions = []
         for topic, type_name in OUTPUT_TOPICS.items():
-            self.connections[topic] = self.writer.add_connection(topic, type_name, typestore=typestore)
-            self.counts[topic] = 0
+            self.bag.add_topic(topic, type_name)
             self.subscriptions.append(node.create_subscription(
                 message_class(type_name), topic, lambda raw, t=topic, n=type_name: self._on(t, n, raw), qos,
                 raw=True))
@@ -55,23 +51,21 @@ class OutputRecorder:
             stamp = msg.transforms[0].header.stamp
         else:
             stamp = msg.header.stamp
-        with self.lock:
-            if self.writer is None:
-                return
-            self.writer.write(self.connections[topic], stamp_to_ns(stamp) or self.start_ns, bytes(raw))
-            self.counts[topic] += 1
-            if topic == "/ego/clip_metadata":
+        if self.bag.write(topic, stamp_to_ns(stamp) or self.start_ns, raw) and topic == "/ego/clip_metadata":
+            with self.lock:
                 self.metadata.append(msg)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Messages recorded per output topic."""
+        return self.bag.counts
 
     def frames_accounted(self) -> int:
         with self.lock:
             return sum(len(m.source_stamps) for m in self.metadata)
 
     def close(self) -> None:
-        with self.lock:
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
+        self.bag.close()
 
 
 class BagPlayer:

@@ -267,3 +267,21 @@ def test_the_ego_camera_draws_where_the_released_renderer_does(root: Path):
             for k, (col, row) in enumerate(expected):
                 disc = (cols - col) ** 2 + (rows - row) ** 2 < 25.0
                 assert disc.sum() > 60 and np.count_nonzero(disc != (index == k)) <= 1, k
+
+
+def test_the_printed_parameters_give_the_node_that_camera():
+    """The `-p ego_camera.*` the converter prints, read as the node reads parameters, build the same camera."""
+    from egox_ros.core.runtime.pipeline import ego_camera_from_config
+    from egox_ros.ros.config import parameter_sections
+    from egox_ros.ros.params import configs_from_parameters, load_parameters
+
+    camera = egoexo4d.released_prior_camera()
+    overrides = egoexo4d.ego_camera_parameters(camera)
+    assert all(" " not in p for p in overrides)          # each one shell word, as printed after -p
+    configs, warnings = configs_from_parameters(load_parameters(None, overrides), parameter_sections())
+    assert warnings == []
+    built = ego_camera_from_config(configs["ego_camera"])
+    assert type(built) is type(camera) and (built.width, built.height) == (448, 448)
+    assert np.allclose([built.fx, built.fy, built.cx, built.cy], [camera.fx, camera.fy, camera.cx, camera.cy],
+                       atol=1e-12)
+    assert np.allclose(built.distortion, camera.distortion, atol=1e-15)

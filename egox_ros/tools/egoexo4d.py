@@ -153,9 +153,9 @@ def released_prior_camera(size_px: int = RELEASED_PRIOR_SIZE_PX) -> AriaFisheyeC
 
 def ego_camera_parameters(camera: AriaFisheyeCamera) -> list[str]:
     """``-p NAME:=VALUE`` node parameters that make the node's ego camera ``camera`` (egox replay / process)."""
+    distortion = "[" + ",".join(repr(float(c)) for c in camera.distortion) + "]"     # one shell word
     values = {"model": "aria", "width": camera.width, "height": camera.height, "fx": camera.fx, "fy": camera.fy,
-              "cx": camera.cx, "cy": camera.cy, "distortion": "[" + ",".join(repr(float(c)) for c in
-                                                                            camera.distortion) + "]"}
+              "cx": camera.cx, "cy": camera.cy, "distortion": distortion}
     return [f"ego_camera.{name}:={value}" for name, value in values.items()]
 
 

@@ -285,3 +285,27 @@ def test_the_printed_parameters_give_the_node_that_camera():
     assert np.allclose([built.fx, built.fy, built.cx, built.cy], [camera.fx, camera.fy, camera.cx, camera.cy],
                        atol=1e-12)
     assert np.allclose(built.distortion, camera.distortion, atol=1e-15)
+
+
+def test_the_exo_camera_lifts_the_depth_where_the_released_vipe_path_does(root: Path):
+    """load_clip's cropped depth, lifted with its exo camera and pose, gives the points the released renderer builds
+    from the full depth map: ViPE's pinhole iproj ((u - cx) / fx, (v - cy) / fy) * depth at pixel indices u, v of the
+    W x H map, with ViPE's GTIntrinsicsProcessor intrinsics (fx * (H / 2) / cy of meta's K, c = (W / 2, H / 2)), moved
+    to the world with the inverse of meta's exo extrinsic."""
+    import torch
+
+    from egox_ros.core.geometry.render import lift_depth
+
+    clip = egoexo4d.load_clip(root, CLIP)
+    full = np.load(root / "depth_maps" / CLIP / "00000.npy").astype(np.float64)
+    h, w = full.shape
+    f = K_BIG[0][0] * (h / 2) / K_BIG[1][2]
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    cam = np.stack([(u - w / 2) / f * full, (v - h / 2) / f * full, full], axis=-1)[:, 6:6 + EXO_W].reshape(-1, 3)
+    e = np.eye(4)
+    e[:3] = EXO_E
+    expected = cam @ np.linalg.inv(e)[:3, :3].T + np.linalg.inv(e)[:3, 3]
+    cloud = lift_depth(torch.as_tensor(clip.exo_rgb[0]), torch.as_tensor(clip.depth_m[0]), clip.exo_camera,
+                       torch.as_tensor(clip.world_T_exo), stride=1)
+    assert len(cloud) == EXO_W * EXO_H
+    assert np.abs(cloud.points_world.numpy() - expected).max() < 1e-5

@@ -155,14 +155,16 @@ def test_clip_becomes_a_bag_with_the_released_geometry(root: Path, tmp_path: Pat
         native_pose = np.linalg.inv(native)
         assert np.allclose(world_T_head[:3, 0], -native_pose[:3, 1], atol=1e-9)
         assert np.allclose(world_T_head[:3, 1], native_pose[:3, 0], atol=1e-9)
-    # ground truth and released prior: the released priors' Aria camera scaled from 448 to the ego video's 32 px,
-    # upright, frame 'head' (test_the_ego_camera_draws_where_the_released_renderer_does pins where it projects)
+    # ground truth and released prior: the released priors' Aria camera (an Aria RGB calibration at 2880 px) scaled
+    # to the ego video's 32 px, upright, frame 'head' (test_the_ego_camera_draws_where_the_released_renderer_does
+    # pins where it projects)
     for topic in (egoexo4d.TOPIC_GT_INFO, egoexo4d.TOPIC_PRIOR_INFO):
         info = msgs[topic][0]
         assert info.header.frame_id == "head" and (info.width, info.height) == (EGO, EGO)
         assert info.distortion_model == "fisheye_rad_tan_thin_prism" and len(info.d) == 12
-        s = EGO / 448
-        assert np.allclose([info.k[0], info.k[2], info.k[5]], [215.1 * s, (448 - 227.1) * s, 225.2 * s], atol=1e-9)
+        s = EGO / 2880
+        assert np.allclose([info.k[0], info.k[2], info.k[5]], [1220.592182729911 * s, EGO - 1464.618192267255 * s,
+                                                               1442.370245962395 * s], atol=1e-9)
     assert "-p ego_camera.model:=aria" in result.stdout and "-p ego_camera.fx:=" in result.stdout
 
 
@@ -223,19 +225,20 @@ def _released_pixels(points_world: np.ndarray, w2c_native: np.ndarray, f: float,
 
 def test_the_ego_camera_draws_where_the_released_renderer_does(root: Path):
     """load_clip's head pose + ego camera, splatted by render_points_soft as the prior generator does, cover exactly
-    the pixels the released renderer gives each point (within the 5 px disc of its projection), for its native
-    calibration f, cx, cy scaled to the prior (here the values fitted on the development clips)."""
+    the pixels the released renderer gives each point (within the 5 px disc of its projection), for its native Aria
+    calibration (f, cx, cy at 2880 px scaled to the prior, 12 coefficients)."""
     import torch
 
-    from egox_ros.core.attention.directions import RELEASED_EGO_DISTORTION
     from egox_ros.core.geometry.render import PointCloud, render_points_soft
+
+    calibration = egoexo4d.RELEASED_PRIOR_ARIA_CALIBRATION
 
     rng = np.random.default_rng(3)
     for size in (EGO, 448):
         clip = egoexo4d.load_clip(root, CLIP)
         camera = clip.ego_camera if size == EGO else egoexo4d.released_prior_camera(448)
         assert (camera.width, camera.height) == (size, size)
-        scale = size / 448
+        f, cx, cy = (v * size / 2880 for v in calibration[:3])
         for i in range(N_DEPTH):
             w2c = np.eye(4)
             w2c[:3] = _ego_extrinsic(i)
@@ -243,8 +246,7 @@ def test_the_ego_camera_draws_where_the_released_renderer_does(root: Path):
             z = rng.uniform(1.0, 3.0, 400)
             native = np.stack([rng.uniform(-1.2, 1.2, 400) * z, rng.uniform(-1.2, 1.2, 400) * z, z], axis=1)
             world = native @ np.linalg.inv(w2c)[:3, :3].T + np.linalg.inv(w2c)[:3, 3]
-            expected = _released_pixels(world, w2c, 215.1 * scale, 227.1 * scale, 225.2 * scale,
-                                        RELEASED_EGO_DISTORTION, size)
+            expected = _released_pixels(world, w2c, f, cx, cy, calibration[3:], size)
             head = clip.world_T_head[i]
             cam_pts = (world - head[:3, 3]) @ head[:3, :3]
             uv, valid = camera.project(torch.as_tensor(cam_pts, dtype=torch.float32))
@@ -261,7 +263,7 @@ def test_the_ego_camera_draws_where_the_released_renderer_does(root: Path):
             cloud = PointCloud(torch.as_tensor(world, dtype=torch.float32),
                                torch.full((len(world), 3), 200, dtype=torch.uint8))
             view = render_points_soft(cloud, camera, torch.as_tensor(clip.world_T_head[1]), radius_px=5.0)
-            expected = _released_pixels(world, w2c, 215.1, 227.1, 225.2, RELEASED_EGO_DISTORTION, 448)
+            expected = _released_pixels(world, w2c, f, cx, cy, calibration[3:], 448)
             rows, cols = np.mgrid[0:448, 0:448]
             index = view.point_index.numpy()
             for k, (col, row) in enumerate(expected):

@@ -28,19 +28,19 @@ Facts of the released data and code this module relies on (see issue 17):
 * the ego camera, as released: the released renderer (EgoX-EgoPriorRenderer ``scripts/render_vipe_pointcloud.py``,
   ``render_points_fisheye``, run by ``data_preprocess/scripts/infer_vipe_all_takes.sh`` with the take's
   ``online_calibration.jsonl``) takes the Aria RGB calibration's f, cx, cy (at 2880 px) scaled to the 448 px
-  prior, hands them to PyTorch3D's ``FishEyeCameras`` in NDC (``2 f / W``, ``2 cx / W - 1``, ``1 - 2 cy / H``)
-  with a world -> view rotation that turns the native camera a quarter clockwise and flips x and y, and renders
-  the upright image directly. The principal point is not turned with the camera: a native point lands at
-  column ``W - cx + f x_d`` and row ``cy + f y_d`` of the upright image (OpenCV coordinates, pixel centres at
-  i + 0.5), where ``(x_d, y_d)`` is the fisheye projection of the upright ray; the tangential and thin-prism
-  terms act in PyTorch3D's flipped frame, i.e. with their signs negated in the upright one. The takes'
-  calibrations are not shipped; fitted on the three development clips (mask IoU against ``ego_Prior.mp4``; per
-  clip f 212.6-216.9 px, cx 227.3-230.1 px, cy 220.4-226.0 px), the shared camera is ``RELEASED_PRIOR_EGO_F_PX``,
-  ``RELEASED_PRIOR_EGO_CX_PX``, ``RELEASED_PRIOR_EGO_CY_PX`` (native, on the 448 px prior) with the coefficients
-  the released code falls back to (``RELEASED_EGO_DISTORTION``). :func:`released_prior_camera` is that camera,
-  upright; both ego camera infos carry it (the real head camera's own calibration is not shipped either). Meta's
-  ``ego_intrinsics`` (f 150, c 255.5, which the released renderer uses only without a calibration file) are not
-  what these priors were rendered with. docs/benchmarks.md has the evidence.
+  prior and its 12 coefficients, hands them to PyTorch3D's ``FishEyeCameras`` (f, c in NDC: ``2 f / W``,
+  ``2 cx / W - 1``, ``1 - 2 cy / H``) with a world -> view rotation that turns the native camera a quarter
+  clockwise and flips x and y, and renders the upright image directly. The principal point is not turned with
+  the camera: a native point lands at column ``W - cx + f x_d`` and row ``cy + f y_d`` of the upright image
+  (OpenCV coordinates, pixel centres at i + 0.5), where ``(x_d, y_d)`` is the fisheye projection of the upright
+  ray; the tangential and thin-prism terms act in PyTorch3D's flipped frame, i.e. with their signs negated in the
+  upright one. The takes' calibrations are not shipped; the calibration the renderer repository ships as its
+  example (``RELEASED_PRIOR_ARIA_CALIBRATION``) reproduces the released priors of all three development clips
+  best (mask IoU against ``ego_Prior.mp4`` 0.80, against 0.78 for f, cx, cy fitted with the released
+  coefficients of infer.py and 0.45-0.52 for meta's ``ego_intrinsics``, f 150, c 255.5, which the released
+  renderer uses only without a calibration file), and f, cx, cy fitted with its coefficients land within 0.7 px
+  of it. :func:`released_prior_camera` is that camera, upright; both ego camera infos carry it (the real head
+  camera's own calibration is not shipped either). docs/benchmarks.md has the evidence.
 
 Output bag (MCAP, zstd), frames stamped ``--start-s + i / --fps``:
 
@@ -100,12 +100,16 @@ DEPTH_HALF_HEIGHT_PX = 224.0        # cy' of the released depth maps; fx' = fx *
 RELEASED_CROP_X0 = 6                # exo.mp4 = depth-map frame [:, 6:790]
 DEFAULT_FPS = 30.0
 DEFAULT_EXO_FOCAL_SCALE = 1.0       # the released exo camera, with which the released priors were lifted (see above)
-# The native (sideways) Aria camera the released priors were rendered with, on the 448 px prior: fitted on the
-# development clips (see above and docs/benchmarks.md), the takes' online calibrations not being shipped.
-RELEASED_PRIOR_SIZE_PX = 448
-RELEASED_PRIOR_EGO_F_PX = 215.1
-RELEASED_PRIOR_EGO_CX_PX = 227.1
-RELEASED_PRIOR_EGO_CY_PX = 225.2
+# The native (sideways) Aria RGB camera the released priors were rendered with (see above): the camera-rgb
+# FisheyeRadTanThinPrism calibration (f, cx, cy at 2880 px, then k0..k5 p0 p1 s0..s3) that EgoX-EgoPriorRenderer
+# ships as its example (data_preprocess/example/takes/cmu_bike08_2/trajectory/online_calibration.jsonl, first line);
+# fitted f, cx, cy on the development clips agree with it within 0.7 px at 448 (docs/benchmarks.md).
+ARIA_RGB_CALIBRATION_SIZE_PX = 2880
+RELEASED_PRIOR_ARIA_CALIBRATION = (
+    1220.592182729911, 1464.618192267255, 1442.370245962395,
+    0.4143793791836057, -0.4859785980738274, 0.1384912170175902, 1.146000597558113, -1.66762626342011,
+    0.6300994877479119, 0.0007903390814906743, -0.0003460749279699183, -0.001078250965388323,
+    7.704910825386041e-05, 0.0005214350246391408, -0.0001066039798202996)
 
 
 class ClipError(ValueError):
@@ -136,19 +140,18 @@ def exo_camera_from_meta(intrinsics, width: int, height: int, focal_scale: float
                          width / 2.0, height / 2.0)
 
 
-def released_prior_camera(size_px: int = RELEASED_PRIOR_SIZE_PX) -> AriaFisheyeCamera:
-    """The upright camera of the released priors (see the module docstring), for a size_px x size_px image (448:
-    as released; other sizes scale f and the principal point by size_px / 448, as the released ``scale_intrinsics``
-    does). Rendered with ``render_points_soft``'s default ``center_offset_px`` 0.5 (PyTorch3D's pixel centres at
+def released_prior_camera(size_px: int = 448) -> AriaFisheyeCamera:
+    """The upright camera of the released priors (see the module docstring) for a size_px x size_px prior (448 as
+    released): the Aria calibration's f, cx, cy scaled by size_px / 2880 as the released ``scale_intrinsics`` does,
+    the principal point at (W - cx, cy) (not turned with the camera), the tangential and thin-prism coefficients
+    negated. Rendered with ``render_points_soft``'s default ``center_offset_px`` 0.5 (PyTorch3D's pixel centres at
     i + 0.5), it puts every point where the released renderer does."""
-    from egox_ros.core.attention.directions import RELEASED_EGO_DISTORTION   # Aria order k0..k5 p0 p1 s0..s3
     from egox_ros.core.geometry.cameras import AriaFisheyeCamera
-    s = size_px / RELEASED_PRIOR_SIZE_PX
-    # the principal point is not turned with the camera: (W - cx, cy); tangential and thin-prism terms negated
-    distortion = tuple(RELEASED_EGO_DISTORTION[:6]) + tuple(-c for c in RELEASED_EGO_DISTORTION[6:])
-    return AriaFisheyeCamera(size_px, size_px, RELEASED_PRIOR_EGO_F_PX * s, RELEASED_PRIOR_EGO_F_PX * s,
-                             (RELEASED_PRIOR_SIZE_PX - RELEASED_PRIOR_EGO_CX_PX) * s, RELEASED_PRIOR_EGO_CY_PX * s,
-                             distortion)
+    s = size_px / ARIA_RGB_CALIBRATION_SIZE_PX
+    f, cx, cy = (v * s for v in RELEASED_PRIOR_ARIA_CALIBRATION[:3])
+    coeffs = RELEASED_PRIOR_ARIA_CALIBRATION[3:]
+    distortion = tuple(coeffs[:6]) + tuple(-c for c in coeffs[6:])
+    return AriaFisheyeCamera(size_px, size_px, f, f, size_px - cx, cy, distortion)
 
 
 def ego_camera_parameters(camera: AriaFisheyeCamera) -> list[str]:

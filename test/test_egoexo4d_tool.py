@@ -115,11 +115,11 @@ def test_clip_becomes_a_bag_with_the_released_geometry(root: Path, tmp_path: Pat
     stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in msgs[egoexo4d.TOPIC_EXO_IMAGE]]
     assert np.allclose(np.diff(stamps), 1 / 30, atol=1e-6)      # 30 fps, whatever the mp4 header says (20)
 
-    # exo camera: K at 3840x2160 -> fx' = fx * 224 / cy at 448 px (here 48 px), times 1.42 (the fit to the
-    # videos); the centre of the video
+    # exo camera: K at 3840x2160 -> fx' = fx * 224 / cy at 448 px (here 48 px), the released camera (the released
+    # priors were lifted with it); the centre of the video
     info = msgs[egoexo4d.TOPIC_EXO_INFO][0]
     assert (info.width, info.height) == (EXO_W, EXO_H)
-    f = 1200.0 * 24 / 1080 * 1.42
+    f = 1200.0 * 24 / 1080
     assert np.allclose(info.k, [f, 0, 48.0, 0, f, 24.0, 0, 0, 1], atol=1e-9)
     # depth: 32FC1 metres, the centre crop [:, 6:102] of the released map
     for i, msg in enumerate(msgs[egoexo4d.TOPIC_EXO_DEPTH]):
@@ -155,20 +155,26 @@ def test_clip_becomes_a_bag_with_the_released_geometry(root: Path, tmp_path: Pat
         native_pose = np.linalg.inv(native)
         assert np.allclose(world_T_head[:3, 0], -native_pose[:3, 1], atol=1e-9)
         assert np.allclose(world_T_head[:3, 1], native_pose[:3, 0], atol=1e-9)
-    # ground truth and released prior: the Aria camera scaled from 512 to the ego video's 32 px, frame 'head'
-    gt_info = msgs[egoexo4d.TOPIC_GT_INFO][0]
-    assert gt_info.header.frame_id == "head" and (gt_info.width, gt_info.height) == (EGO, EGO)
-    assert gt_info.distortion_model == "fisheye_rad_tan_thin_prism" and len(gt_info.d) == 12
-    assert np.allclose([gt_info.k[0], gt_info.k[2], gt_info.k[5]], [150.0 / 16, 15.5, 15.5], atol=1e-9)
+    # ground truth and released prior: the released priors' Aria camera (an Aria RGB calibration at 2880 px) scaled
+    # to the ego video's 32 px, upright, frame 'head' (test_the_ego_camera_draws_where_the_released_renderer_does
+    # pins where it projects)
+    for topic in (egoexo4d.TOPIC_GT_INFO, egoexo4d.TOPIC_PRIOR_INFO):
+        info = msgs[topic][0]
+        assert info.header.frame_id == "head" and (info.width, info.height) == (EGO, EGO)
+        assert info.distortion_model == "fisheye_rad_tan_thin_prism" and len(info.d) == 12
+        s = EGO / 2880
+        assert np.allclose([info.k[0], info.k[2], info.k[5]], [1220.592182729911 * s, EGO - 1464.618192267255 * s,
+                                                               1442.370245962395 * s], atol=1e-9)
+    assert "-p ego_camera.model:=aria" in result.stdout and "-p ego_camera.fx:=" in result.stdout
 
 
 def test_the_bag_passes_the_replay_pre_check(root: Path, tmp_path: Path):
     """Everything the node needs is in the bag: exo image, info, depth, exo TF, head TF (egox replay --dry-run)."""
     out = tmp_path / "bag"
-    # the clip's own folder; the released camera as it is
-    assert _egox(str(root / "videos" / CLIP), "-o", str(out), "--exo-focal-scale", "1").returncode == 0
+    # the clip's own folder; the exo focal length of the 2D fit to the videos
+    assert _egox(str(root / "videos" / CLIP), "-o", str(out), "--exo-focal-scale", "1.42").returncode == 0
     info = _read(out)[egoexo4d.TOPIC_EXO_INFO][0]
-    assert info.k[0] == pytest.approx(1200.0 * 24 / 1080, abs=1e-9)
+    assert info.k[0] == pytest.approx(1200.0 * 24 / 1080 * 1.42, abs=1e-9)
     result = subprocess.run([sys.executable, "-m", "egox_ros.cli", "replay", str(out), "--dry-run"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -190,3 +196,118 @@ def test_refusals_are_one_line_and_exit_2(root: Path, tmp_path: Path):
     assert result.returncode == 2 and "no depth maps" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
+
+
+def _released_pixels(points_world: np.ndarray, w2c_native: np.ndarray, f: float, cx: float, cy: float,
+                     coeffs, size: int) -> np.ndarray:
+    """Where the released renderer (EgoX-EgoPriorRenderer scripts/render_vipe_pointcloud.py, render_points_fisheye)
+    draws world points in its size x size prior, written from its code and PyTorch3D's conventions, float64:
+    R = R_cv^T C, T = C^T t_cv with C = diag(-1, -1, 1) @ [[0, 1, 0], [-1, 0, 0], [0, 0, 1]] (its two coordinate
+    changes) and X_view = X_world R + T (PyTorch3D's row vectors); FishEyeCameras' projection (radial in theta^2 ..
+    theta^12, then tangential 2 (x.p) x + |x|^2 p, then thin prism) times 2 f / W plus (2 cx / W - 1, 1 - 2 cy / H);
+    then the rasteriser's NDC, +x left and +y up, pixel i's centre at 1 - (2 i + 1) / W. Returns (N, 2) (col, row),
+    pixel centres at integers."""
+    c = np.diag([-1.0, -1.0, 1.0]) @ np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    view = points_world @ (w2c_native[:3, :3].T @ c) + c.T @ w2c_native[:3, 3]
+    ab = view[:, :2] / view[:, 2:]
+    r = np.linalg.norm(ab, axis=1)
+    th = np.arctan(r)
+    radial = 1.0 + sum(k * th ** (2 * (i + 1)) for i, k in enumerate(coeffs[:6]))
+    xr = (radial * th / r)[:, None] * ab
+    r2 = (xr ** 2).sum(axis=1)
+    p, s = np.asarray(coeffs[6:8]), np.asarray(coeffs[8:12])
+    uv = xr + (2.0 * xr @ p)[:, None] * xr + r2[:, None] * p
+    uv[:, 0] += s[0] * r2 + s[1] * r2 ** 2
+    uv[:, 1] += s[2] * r2 + s[3] * r2 ** 2
+    ndc = uv * (2.0 * f / size) + np.array([2.0 * cx / size - 1.0, 1.0 - 2.0 * cy / size])
+    return (size * (1.0 - ndc) - 1.0) / 2.0
+
+
+def test_the_ego_camera_draws_where_the_released_renderer_does(root: Path):
+    """load_clip's head pose + ego camera, splatted by render_points_soft as the prior generator does, cover exactly
+    the pixels the released renderer gives each point (within the 5 px disc of its projection), for its native Aria
+    calibration (f, cx, cy at 2880 px scaled to the prior, 12 coefficients)."""
+    import torch
+
+    from egox_ros.core.geometry.render import PointCloud, render_points_soft
+
+    calibration = egoexo4d.RELEASED_PRIOR_ARIA_CALIBRATION
+
+    rng = np.random.default_rng(3)
+    for size in (EGO, 448):
+        clip = egoexo4d.load_clip(root, CLIP)
+        camera = clip.ego_camera if size == EGO else egoexo4d.released_prior_camera(448)
+        assert (camera.width, camera.height) == (size, size)
+        f, cx, cy = (v * size / 2880 for v in calibration[:3])
+        for i in range(N_DEPTH):
+            w2c = np.eye(4)
+            w2c[:3] = _ego_extrinsic(i)
+            # points in front of the native camera, up to about 50 degrees off its axis, into the world
+            z = rng.uniform(1.0, 3.0, 400)
+            native = np.stack([rng.uniform(-1.2, 1.2, 400) * z, rng.uniform(-1.2, 1.2, 400) * z, z], axis=1)
+            world = native @ np.linalg.inv(w2c)[:3, :3].T + np.linalg.inv(w2c)[:3, 3]
+            expected = _released_pixels(world, w2c, f, cx, cy, calibration[3:], size)
+            head = clip.world_T_head[i]
+            cam_pts = (world - head[:3, 3]) @ head[:3, :3]
+            uv, valid = camera.project(torch.as_tensor(cam_pts, dtype=torch.float32))
+            assert valid.all()
+            # render_points_soft draws a point at its projection minus 0.5 px (PyTorch3D's pixel centres)
+            assert np.abs(uv.numpy().astype(np.float64) - 0.5 - expected).max() < 2e-3
+        # the whole path at the released size: well-separated points, each disc exactly where the released one is
+        if size == 448:
+            grid = np.stack(np.meshgrid(np.linspace(-0.9, 0.9, 6), np.linspace(-0.9, 0.9, 6)), -1).reshape(-1, 2)
+            native = np.concatenate([grid * 2.0, np.full((len(grid), 1), 2.0)], axis=1)
+            w2c = np.eye(4)
+            w2c[:3] = _ego_extrinsic(1)
+            world = native @ np.linalg.inv(w2c)[:3, :3].T + np.linalg.inv(w2c)[:3, 3]
+            cloud = PointCloud(torch.as_tensor(world, dtype=torch.float32),
+                               torch.full((len(world), 3), 200, dtype=torch.uint8))
+            view = render_points_soft(cloud, camera, torch.as_tensor(clip.world_T_head[1]), radius_px=5.0)
+            expected = _released_pixels(world, w2c, f, cx, cy, calibration[3:], 448)
+            rows, cols = np.mgrid[0:448, 0:448]
+            index = view.point_index.numpy()
+            for k, (col, row) in enumerate(expected):
+                disc = (cols - col) ** 2 + (rows - row) ** 2 < 25.0
+                assert disc.sum() > 60 and np.count_nonzero(disc != (index == k)) <= 1, k
+
+
+def test_the_printed_parameters_give_the_node_that_camera():
+    """The `-p ego_camera.*` the converter prints, read as the node reads parameters, build the same camera."""
+    from egox_ros.core.runtime.pipeline import ego_camera_from_config
+    from egox_ros.ros.config import parameter_sections
+    from egox_ros.ros.params import configs_from_parameters, load_parameters
+
+    camera = egoexo4d.released_prior_camera()
+    overrides = egoexo4d.ego_camera_parameters(camera)
+    assert all(" " not in p for p in overrides)          # each one shell word, as printed after -p
+    configs, warnings = configs_from_parameters(load_parameters(None, overrides), parameter_sections())
+    assert warnings == []
+    built = ego_camera_from_config(configs["ego_camera"])
+    assert type(built) is type(camera) and (built.width, built.height) == (448, 448)
+    assert np.allclose([built.fx, built.fy, built.cx, built.cy], [camera.fx, camera.fy, camera.cx, camera.cy],
+                       atol=1e-12)
+    assert np.allclose(built.distortion, camera.distortion, atol=1e-15)
+
+
+def test_the_exo_camera_lifts_the_depth_where_the_released_vipe_path_does(root: Path):
+    """load_clip's cropped depth, lifted with its exo camera and pose, gives the points the released renderer builds
+    from the full depth map: ViPE's pinhole iproj ((u - cx) / fx, (v - cy) / fy) * depth at pixel indices u, v of the
+    W x H map, with ViPE's GTIntrinsicsProcessor intrinsics (fx * (H / 2) / cy of meta's K, c = (W / 2, H / 2)), moved
+    to the world with the inverse of meta's exo extrinsic."""
+    import torch
+
+    from egox_ros.core.geometry.render import lift_depth
+
+    clip = egoexo4d.load_clip(root, CLIP)
+    full = np.load(root / "depth_maps" / CLIP / "00000.npy").astype(np.float64)
+    h, w = full.shape
+    f = K_BIG[0][0] * (h / 2) / K_BIG[1][2]
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    cam = np.stack([(u - w / 2) / f * full, (v - h / 2) / f * full, full], axis=-1)[:, 6:6 + EXO_W].reshape(-1, 3)
+    e = np.eye(4)
+    e[:3] = EXO_E
+    expected = cam @ np.linalg.inv(e)[:3, :3].T + np.linalg.inv(e)[:3, 3]
+    cloud = lift_depth(torch.as_tensor(clip.exo_rgb[0]), torch.as_tensor(clip.depth_m[0]), clip.exo_camera,
+                       torch.as_tensor(clip.world_T_exo), stride=1)
+    assert len(cloud) == EXO_W * EXO_H
+    assert np.abs(cloud.points_world.numpy() - expected).max() < 1e-5

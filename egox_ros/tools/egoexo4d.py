@@ -10,26 +10,37 @@ Input layout (the released ``example/egoexo4D/`` folder, "ROOT")::
 
 Facts of the released data and code this module relies on (see issue 17):
 
-* meta ``camera_intrinsics`` are given at 3840x2160. The released depth maps were made at 796x448 with
-  ``fx' = fx * 224 / cy``, ``cx' = 398``, ``cy' = 224`` (the released GGA code rescales them so), and ``exo.mp4``
-  is the centre crop ``[:, 6:790]`` of those frames, so at 784x448 the released camera is ``fx'``, ``cx = 392``,
-  ``cy = 224``; the depth is cropped the same way. That focal length does not fit the videos: about 1.42 times it
-  does (a 2D fit on the video; the recorded head camera then projects onto the person's head, and the depth
-  lifted there lies 1-2 cm from it on the cooking clip, 7 cm with the released one). The bag's camera info uses
-  ``DEFAULT_EXO_FOCAL_SCALE`` = 1.42 times the released focal length: on the cooking clip the prior from the
-  recorded head then scores 12.20 dB against the real head camera's video (the released prior 12.01 dB, ours with
-  the released focal length 11.60 dB), and the head estimate from the exo image needs the true camera.
-  ``--exo-focal-scale 1`` writes the released camera (what the released renderer lifted the depth with).
+* meta ``camera_intrinsics`` are given at 3840x2160. The released depth maps (ViPE's, 796x448) were made with
+  ``fx' = fx * 224 / cy``, ``cx' = 398``, ``cy' = 224`` (ViPE's ``GTIntrinsicsProcessor`` scales a given K so;
+  the released GGA code rescales it the same way), and ``exo.mp4`` is the centre crop ``[:, 6:790]`` of those
+  frames, so at 784x448 the released camera is ``fx'``, ``cx = 392``, ``cy = 224``; the depth is cropped the same
+  way. The released priors were lifted with exactly that camera: with the ego camera below, the mask IoU
+  against the released priors peaks at 1.00 times ``fx'`` (0.80; 0.98 and 1.02: 0.79), so the bag's camera info is
+  the released camera (``DEFAULT_EXO_FOCAL_SCALE`` = 1). A 2D fit on the videos alone prefers about 1.42 times it (the
+  recorded head camera then projects onto the person's head; the released depth is consistent with the released
+  camera, not with that one): ``--exo-focal-scale 1.42`` writes it.
 * every extrinsic is world -> camera (3x4), OpenCV axes, world z up. The exo camera is static.
 * ego extrinsics are the Aria RGB camera in its native (sideways) orientation; the released renderer turns it 90
   degrees clockwise about the optical axis (upright x = -native y, upright y = native x), as ``ego_GT.mp4`` is
   upright. The bag's head frame is that upright camera (OpenCV axes), so ``outputs.head_to_ego_*`` stay identity.
 * 49 depth maps and ego poses per clip; the mp4 files have 50 frames (the last repeats) and are played at 30 fps
   (their header says 20). The bag has one frame per depth map.
-* the ego camera: the released code carries ``ego_intrinsics`` (f = 150 px, c = 255.5 px: a 512 px image) and 12
-  hard-coded Aria FisheyeRadTanThinPrism coefficients (infer.py), not the take's own calibration. The ground-truth
-  camera info is that model scaled to the ego video's size (448: f = 131.25, c = 223.5) and turned upright: an
-  approximation, documented as such.
+* the ego camera, as released: the released renderer (EgoX-EgoPriorRenderer ``scripts/render_vipe_pointcloud.py``,
+  ``render_points_fisheye``, run by ``data_preprocess/scripts/infer_vipe_all_takes.sh`` with the take's
+  ``online_calibration.jsonl``) takes the Aria RGB calibration's f, cx, cy (at 2880 px) scaled to the 448 px
+  prior and its 12 coefficients, hands them to PyTorch3D's ``FishEyeCameras`` (f, c in NDC: ``2 f / W``,
+  ``2 cx / W - 1``, ``1 - 2 cy / H``) with a world -> view rotation that turns the native camera a quarter
+  clockwise and flips x and y, and renders the upright image directly. The principal point is not turned with
+  the camera: a native point lands at column ``W - cx + f x_d`` and row ``cy + f y_d`` of the upright image
+  (OpenCV coordinates, pixel centres at i + 0.5), where ``(x_d, y_d)`` is the fisheye projection of the upright
+  ray; the tangential and thin-prism terms act in PyTorch3D's flipped frame, i.e. with their signs negated in the
+  upright one. The takes' calibrations are not shipped; the calibration the renderer repository ships as its
+  example (``RELEASED_PRIOR_ARIA_CALIBRATION``) reproduces the released priors of all three development clips
+  best (mask IoU against ``ego_Prior.mp4`` 0.80, against 0.78 for f, cx, cy fitted with the released
+  coefficients of infer.py and 0.45-0.52 for meta's ``ego_intrinsics``, f 150, c 255.5, which the released
+  renderer uses only without a calibration file), and f, cx, cy fitted with its coefficients land within 0.8 px
+  of it. :func:`released_prior_camera` is that camera, upright; both ego camera infos carry it (the real head
+  camera's own calibration is not shipped either). docs/benchmarks.md has the evidence.
 
 Output bag (MCAP, zstd), frames stamped ``--start-s + i / --fps``:
 
@@ -68,7 +79,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:     # the camera models load torch: imported where used, so the egox command line starts fast
-    from egox_ros.core.geometry.cameras import CameraModel, PinholeCamera
+    from egox_ros.core.geometry.cameras import AriaFisheyeCamera, CameraModel, PinholeCamera
 
 WORLD_FRAME = "world"
 EXO_FRAME = "exo_camera_optical"
@@ -88,7 +99,17 @@ TOPIC_PRIOR_INFO = "/ego/released_prior/camera_info"
 DEPTH_HALF_HEIGHT_PX = 224.0        # cy' of the released depth maps; fx' = fx * 224 / cy
 RELEASED_CROP_X0 = 6                # exo.mp4 = depth-map frame [:, 6:790]
 DEFAULT_FPS = 30.0
-DEFAULT_EXO_FOCAL_SCALE = 1.42      # the released exo focal length times this fits the videos (see above)
+DEFAULT_EXO_FOCAL_SCALE = 1.0       # the released exo camera, with which the released priors were lifted (see above)
+# The native (sideways) Aria RGB camera the released priors were rendered with (see above): the camera-rgb
+# FisheyeRadTanThinPrism calibration (f, cx, cy at 2880 px, then k0..k5 p0 p1 s0..s3) that EgoX-EgoPriorRenderer
+# ships as its example (data_preprocess/example/takes/cmu_bike08_2/trajectory/online_calibration.jsonl, first line);
+# fitted f, cx, cy on the development clips agree with it within 0.8 px at 448 (docs/benchmarks.md).
+ARIA_RGB_CALIBRATION_SIZE_PX = 2880
+RELEASED_PRIOR_ARIA_CALIBRATION = (
+    1220.592182729911, 1464.618192267255, 1442.370245962395,
+    0.4143793791836057, -0.4859785980738274, 0.1384912170175902, 1.146000597558113, -1.66762626342011,
+    0.6300994877479119, 0.0007903390814906743, -0.0003460749279699183, -0.001078250965388323,
+    7.704910825386041e-05, 0.0005214350246391408, -0.0001066039798202996)
 
 
 class ClipError(ValueError):
@@ -119,19 +140,26 @@ def exo_camera_from_meta(intrinsics, width: int, height: int, focal_scale: float
                          width / 2.0, height / 2.0)
 
 
-def ego_camera_from_meta(intrinsics, size_px: int) -> CameraModel:
-    """The upright ego camera of a size_px x size_px ego video: meta's ego K (for a square image of side
-    2 (c + 0.5)) scaled to size_px, with the released Aria coefficients, turned upright (see the module
-    docstring; an approximation of the take's own calibration)."""
-    from egox_ros.core.attention.directions import RELEASED_EGO_DISTORTION   # Aria order k0..k5 p0 p1 s0..s3
+def released_prior_camera(size_px: int = 448) -> AriaFisheyeCamera:
+    """The upright camera of the released priors (see the module docstring) for a size_px x size_px prior (448 as
+    released): the Aria calibration's f, cx, cy scaled by size_px / 2880 as the released ``scale_intrinsics`` does,
+    the principal point at (W - cx, cy) (not turned with the camera), the tangential and thin-prism coefficients
+    negated. Rendered with ``render_points_soft``'s default ``center_offset_px`` 0.5 (PyTorch3D's pixel centres at
+    i + 0.5), it puts every point where the released renderer does."""
     from egox_ros.core.geometry.cameras import AriaFisheyeCamera
-    k = np.asarray(intrinsics, np.float64)
-    if k.shape != (3, 3) or k[0, 0] <= 0 or k[0, 2] <= 0:
-        raise ClipError(f"ego_intrinsics must be a 3x3 K with positive focal length and cx, got {k.tolist()}")
-    side = int(round(2 * (k[0, 2] + 0.5)))
-    native = AriaFisheyeCamera(side, side, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]),
-                               RELEASED_EGO_DISTORTION)
-    return native.with_size(size_px, size_px).rotated_90(clockwise=True)
+    s = size_px / ARIA_RGB_CALIBRATION_SIZE_PX
+    f, cx, cy = (v * s for v in RELEASED_PRIOR_ARIA_CALIBRATION[:3])
+    coeffs = RELEASED_PRIOR_ARIA_CALIBRATION[3:]
+    distortion = tuple(coeffs[:6]) + tuple(-c for c in coeffs[6:])
+    return AriaFisheyeCamera(size_px, size_px, f, f, size_px - cx, cy, distortion)
+
+
+def ego_camera_parameters(camera: AriaFisheyeCamera) -> list[str]:
+    """``-p NAME:=VALUE`` node parameters that make the node's ego camera ``camera`` (egox replay / process)."""
+    distortion = "[" + ",".join(repr(float(c)) for c in camera.distortion) + "]"     # one shell word
+    values = {"model": "aria", "width": camera.width, "height": camera.height, "fx": camera.fx, "fy": camera.fy,
+              "cx": camera.cx, "cy": camera.cy, "distortion": distortion}
+    return [f"ego_camera.{name}:={value}" for name, value in values.items()]
 
 
 def _read_video(path: Path, frames: int) -> list[np.ndarray]:
@@ -161,7 +189,7 @@ class EgoExoClip:
     name: the clip's folder name. exo_rgb / gt_rgb / prior_rgb: F lists of (H, W, 3) uint8 RGB.
     depth_m: F arrays (448, 784) float32 [m, z], cropped as the exo video. exo_camera: the exo video's pinhole camera.
     world_T_exo: (4, 4) float64, static. world_T_head: (F, 4, 4) float64, the upright head (Aria RGB) camera.
-    ego_camera: the ground truth's (approximate) Aria camera, upright.
+    ego_camera: the released priors' camera, upright (:func:`released_prior_camera` at the ego video's size).
     """
     name: str
     exo_rgb: list[np.ndarray]
@@ -237,7 +265,7 @@ def load_clip(root: Path, clip: str, exo_focal_scale: float = DEFAULT_EXO_FOCAL_
     entry = next((e for e in _meta_entries(root) if _entry_name(e) == clip), None)
     if entry is None:
         raise ClipError(f"clip {clip!r} is not in {root}/meta.json")
-    for key in ("camera_intrinsics", "camera_extrinsics", "ego_intrinsics", "ego_extrinsics"):
+    for key in ("camera_intrinsics", "camera_extrinsics", "ego_extrinsics"):
         if key not in entry:
             raise ClipError(f"{root}/meta.json entry {clip!r} has no {key}")
     depth_dir = root / "depth_maps" / clip
@@ -269,7 +297,7 @@ def load_clip(root: Path, clip: str, exo_focal_scale: float = DEFAULT_EXO_FOCAL_
     return EgoExoClip(name=clip, exo_rgb=exo, depth_m=depths, gt_rgb=gt, prior_rgb=prior,
                       exo_camera=exo_camera_from_meta(entry["camera_intrinsics"], w, h, exo_focal_scale),
                       world_T_exo=_pose_from_extrinsic(entry["camera_extrinsics"]), world_T_head=world_T_head,
-                      ego_camera=ego_camera_from_meta(entry["ego_intrinsics"], gt[0].shape[0]))
+                      ego_camera=released_prior_camera(gt[0].shape[0]))
 
 
 # --------------------------------------------------------------------------- bag
@@ -349,8 +377,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                   "clips' rate)")
     p.add_argument("--start-s", type=float, default=1.0, help="stamp of the first frame [s] (default: 1)")
     p.add_argument("--exo-focal-scale", type=float, default=DEFAULT_EXO_FOCAL_SCALE,
-                   help="the released exo focal length times this (default 1.42: fits the videos; 1: the released "
-                        "camera, with which the released priors were rendered)")
+                   help="the released exo focal length times this (default 1: the released camera, with which "
+                        "the released priors were lifted; 1.42: a 2D fit on the videos alone)")
     p.add_argument("--no-head-tf", action="store_true",
                    help="leave the recorded head out of /tf (a recording without a head tracker)")
 
@@ -388,6 +416,8 @@ def run(args: argparse.Namespace) -> int:
         summary = write_bag(clip, out, fps=args.fps, start_s=args.start_s, head_tf=not args.no_head_tf)
         print(f"wrote {out}: {summary['frames']} frames of {name}, {len(summary['topics'])} topics, "
               f"{summary['size_bytes'] / 1e6:.1f} MB (Ego-Exo4D licence: do not publish)")
+    print("the released priors' ego camera (replay / process with it to compare with them): "
+          + " ".join(f"-p {p}" for p in ego_camera_parameters(clips[0][0].ego_camera)))
     return 0
 
 

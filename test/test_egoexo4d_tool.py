@@ -116,10 +116,10 @@ def test_clip_becomes_a_bag_with_the_released_geometry(root: Path, tmp_path: Pat
     assert np.allclose(np.diff(stamps), 1 / 30, atol=1e-6)      # 30 fps, whatever the mp4 header says (20)
 
     # exo camera: K at 3840x2160 -> fx' = fx * 224 / cy at 448 px (here 48 px), the released camera (the released
-    # priors were lifted with it); the centre of the video
+    # priors were lifted with it), times 1.42 (the fit to the videos: the default); the centre of the video
     info = msgs[egoexo4d.TOPIC_EXO_INFO][0]
     assert (info.width, info.height) == (EXO_W, EXO_H)
-    f = 1200.0 * 24 / 1080
+    f = 1200.0 * 24 / 1080 * 1.42
     assert np.allclose(info.k, [f, 0, 48.0, 0, f, 24.0, 0, 0, 1], atol=1e-9)
     # depth: 32FC1 metres, the centre crop [:, 6:102] of the released map
     for i, msg in enumerate(msgs[egoexo4d.TOPIC_EXO_DEPTH]):
@@ -171,10 +171,10 @@ def test_clip_becomes_a_bag_with_the_released_geometry(root: Path, tmp_path: Pat
 def test_the_bag_passes_the_replay_pre_check(root: Path, tmp_path: Path):
     """Everything the node needs is in the bag: exo image, info, depth, exo TF, head TF (egox replay --dry-run)."""
     out = tmp_path / "bag"
-    # the clip's own folder; the exo focal length of the 2D fit to the videos
-    assert _egox(str(root / "videos" / CLIP), "-o", str(out), "--exo-focal-scale", "1.42").returncode == 0
+    # the clip's own folder; the released exo camera
+    assert _egox(str(root / "videos" / CLIP), "-o", str(out), "--exo-focal-scale", "1").returncode == 0
     info = _read(out)[egoexo4d.TOPIC_EXO_INFO][0]
-    assert info.k[0] == pytest.approx(1200.0 * 24 / 1080 * 1.42, abs=1e-9)
+    assert info.k[0] == pytest.approx(1200.0 * 24 / 1080, abs=1e-9)
     result = subprocess.run([sys.executable, "-m", "egox_ros.cli", "replay", str(out), "--dry-run"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -293,12 +293,12 @@ def test_the_exo_camera_lifts_the_depth_where_the_released_vipe_path_does(root: 
     """load_clip's cropped depth, lifted with its exo camera and pose, gives the points the released renderer builds
     from the full depth map: ViPE's pinhole iproj ((u - cx) / fx, (v - cy) / fy) * depth at pixel indices u, v of the
     W x H map, with ViPE's GTIntrinsicsProcessor intrinsics (fx * (H / 2) / cy of meta's K, c = (W / 2, H / 2)), moved
-    to the world with the inverse of meta's exo extrinsic."""
+    to the world with the inverse of meta's exo extrinsic (the released camera: --exo-focal-scale 1)."""
     import torch
 
     from egox_ros.core.geometry.render import lift_depth
 
-    clip = egoexo4d.load_clip(root, CLIP)
+    clip = egoexo4d.load_clip(root, CLIP, exo_focal_scale=1.0)
     full = np.load(root / "depth_maps" / CLIP / "00000.npy").astype(np.float64)
     h, w = full.shape
     f = K_BIG[0][0] * (h / 2) / K_BIG[1][2]

@@ -15,10 +15,13 @@ Facts of the released data and code this module relies on (see issue 17):
   the released GGA code rescales it the same way), and ``exo.mp4`` is the centre crop ``[:, 6:790]`` of those
   frames, so at 784x448 the released camera is ``fx'``, ``cx = 392``, ``cy = 224``; the depth is cropped the same
   way. The released priors were lifted with exactly that camera: with the ego camera below, the mask IoU
-  against the released priors peaks at 1.00 times ``fx'`` (0.80; 0.98 and 1.02: 0.79), so the bag's camera info is
-  the released camera (``DEFAULT_EXO_FOCAL_SCALE`` = 1). A 2D fit on the videos alone prefers about 1.42 times it (the
-  recorded head camera then projects onto the person's head; the released depth is consistent with the released
-  camera, not with that one): ``--exo-focal-scale 1.42`` writes it.
+  against the released priors peaks at 1.00 times ``fx'`` (0.80; 0.98 and 1.02: 0.79); ``--exo-focal-scale 1``
+  writes it. But it does not fit the videos: about 1.42 times it does (a 2D fit on the video; the recorded head
+  camera then projects onto the person's head), so the bag's camera info is that camera
+  (``DEFAULT_EXO_FOCAL_SCALE`` = 1.42), as a robot's calibrated exo camera would be. The head estimated from the
+  exo image needs it (with the released camera the soccer player's head is 1.1 m off and the covid clip's is not
+  found at all), and the prior from the recorded head then matches the real head camera's video better than the
+  released prior does, at a lower IoU with the released prior (docs/benchmarks.md has both).
 * every extrinsic is world -> camera (3x4), OpenCV axes, world z up. The exo camera is static.
 * ego extrinsics are the Aria RGB camera in its native (sideways) orientation; the released renderer turns it 90
   degrees clockwise about the optical axis (upright x = -native y, upright y = native x), as ``ego_GT.mp4`` is
@@ -99,7 +102,7 @@ TOPIC_PRIOR_INFO = "/ego/released_prior/camera_info"
 DEPTH_HALF_HEIGHT_PX = 224.0        # cy' of the released depth maps; fx' = fx * 224 / cy
 RELEASED_CROP_X0 = 6                # exo.mp4 = depth-map frame [:, 6:790]
 DEFAULT_FPS = 30.0
-DEFAULT_EXO_FOCAL_SCALE = 1.0       # the released exo camera, with which the released priors were lifted (see above)
+DEFAULT_EXO_FOCAL_SCALE = 1.42      # the camera that fits the videos; 1: the released one the priors were lifted with
 # The native (sideways) Aria RGB camera the released priors were rendered with (see above): the camera-rgb
 # FisheyeRadTanThinPrism calibration (f, cx, cy at 2880 px, then k0..k5 p0 p1 s0..s3) that EgoX-EgoPriorRenderer
 # ships as its example (data_preprocess/example/takes/cmu_bike08_2/trajectory/online_calibration.jsonl, first line);
@@ -377,8 +380,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                   "clips' rate)")
     p.add_argument("--start-s", type=float, default=1.0, help="stamp of the first frame [s] (default: 1)")
     p.add_argument("--exo-focal-scale", type=float, default=DEFAULT_EXO_FOCAL_SCALE,
-                   help="the released exo focal length times this (default 1: the released camera, with which "
-                        "the released priors were lifted; 1.42: a 2D fit on the videos alone)")
+                   help="the released exo focal length times this (default 1.42: the camera that fits the videos; "
+                        "1: the released camera, with which the released priors were lifted)")
     p.add_argument("--no-head-tf", action="store_true",
                    help="leave the recorded head out of /tf (a recording without a head tracker)")
 

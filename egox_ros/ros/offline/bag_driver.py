@@ -13,10 +13,8 @@ from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
 from egox_ros.ros import conversions as conv
 from egox_ros.ros.inputs import EngineInputs
 from egox_ros.ros.mcap_bag import McapBag
-from egox_ros.ros.offline.plan import OUTPUT_TOPICS, ReplayError
+from egox_ros.ros.offline.plan import NODE_NAME, OUTPUT_TOPICS, ReplayError
 from egox_ros.ros.outputs import OutputMessages
-
-NODE_NAME = "egox"
 
 
 class BagWriter(EngineEvents):

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from egox_ros.ros.offline.plan import (PRESETS, ReplayError, ReplayInputError, check_output, make_plan, message_class,
-                                       open_bag, prepare_output, typestore_with_egox_msgs, until_damaged)
+from egox_ros.ros.offline.plan import (NODE_NAME, PRESETS, ReplayError, ReplayInputError, check_output, make_plan,
+                                       message_class, open_bag, prepare_output, typestore_with_egox_msgs, until_damaged)
 from egox_ros.ros.offline.report import ReplayResult, check_report, report
 
 
@@ -36,7 +36,7 @@ def process(in_bag: Path, out_dir: Path, params_file: str | None = None, overrid
 
     from egox_ros.core.runtime.engine import ENGINE_SECTIONS, EgoEngine
     from egox_ros.ros.offline.bag_check import read_back_problem
-    from egox_ros.ros.offline.bag_driver import NODE_NAME, BagInputs, BagWriter, wait_for_workers
+    from egox_ros.ros.offline.bag_driver import BagInputs, BagWriter, wait_for_workers
     from egox_ros.ros.outputs import OutputMessages
 
     in_bag, out_dir = Path(in_bag), Path(out_dir)

@@ -74,6 +74,13 @@ def test_unknown_depth_and_no_landmarks_leave_the_mask_as_it_is():
     assert refine_mask_by_depth(mask, depth, body, 0.0, 4) is mask
     with pytest.raises(ValueError, match="differ in size"):
         refine_mask_by_depth(mask, depth[:-1], body, 0.25, 4)
+    # A landmark far off the image (a model's guess) costs no more than the image's size; a broken one (NaN)
+    # leaves the mask alone.
+    far_off, broken = body.uv_px.copy(), body.uv_px.copy()
+    far_off[27], broken[27] = [1e9, 1e9], [np.nan, np.nan]
+    refined = refine_mask_by_depth(mask, depth, BodyLandmarks(far_off, body.visibility), 0.25, 4)
+    assert refined[person].mean() > 0.99 and not refined[mask & ~dilate_mask(person, 4)].any()
+    assert refine_mask_by_depth(mask, depth, BodyLandmarks(broken, body.visibility), 0.25, 4) is mask
 
 
 def test_the_tolerance_grows_with_the_distance():

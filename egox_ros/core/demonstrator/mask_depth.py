@@ -89,7 +89,7 @@ def skeleton_depth(mask: np.ndarray, depth_m: np.ndarray, body: BodyLandmarks) -
         if da is None and db is None:
             continue
         da, db = (db if da is None else da), (da if db is None else db)
-        n = int(np.ceil(np.linalg.norm(lm[b] - lm[a]))) + 1
+        n = min(int(np.ceil(np.linalg.norm(lm[b] - lm[a]))) + 1, 4 * (h + w))   # a landmark far off the image
         t = np.linspace(0.0, 1.0, max(n, 2))
         uv = np.round(lm[a][None] + t[:, None] * (lm[b] - lm[a])[None]).astype(np.int64)
         on = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
@@ -105,13 +105,14 @@ def refine_mask_by_depth(mask: np.ndarray, depth_m: np.ndarray, body: BodyLandma
     """The person mask without what the depth shows is not the person.
 
     mask: (H, W) bool person mask (True on the person); depth_m: (H, W) float32 [m] of the same exo frame (NaN or
-    <= 0: unknown); body: the person's whole-body landmarks in that image (None: the mask is returned as it is).
+    <= 0: unknown); body: the person's whole-body landmarks in that image (None or not finite: the mask is
+    returned as it is).
     Each mask pixel is compared with the skeleton's depth at its nearest skeleton pixel (skeleton_depth); it stays
     when it is within tolerance_m + 5 % of that depth, or its depth is unknown. What stays is grown by grow_px
     (the detector's dilation: depth edges around a person smear) and kept inside the original mask, so the
     person's own rim stays and only regions farther than grow_px from any person pixel leave. tolerance_m <= 0:
     the mask as it is. Returns a new (H, W) bool array (or `mask` itself when nothing applies)."""
-    if tolerance_m <= 0 or body is None or not mask.any():
+    if tolerance_m <= 0 or body is None or not mask.any() or not np.isfinite(body.uv_px).all():
         return mask
     if depth_m.shape != mask.shape:
         raise ValueError(f"depth {depth_m.shape} and mask {mask.shape} differ in size")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import cv2  # opencv-python-headless: installed with mediapipe
 import numpy as np
 
 from egox_ros.core.demonstrator.detector import PersonConfig, dilate_mask
@@ -59,6 +58,7 @@ def skeleton_depth(mask: np.ndarray, depth_m: np.ndarray, body: BodyLandmarks) -
     """The person's own depth along their skeleton: (core (H, W) bool, core_depth_m (H, W) float32 [m], valid
     where core). Limbs are lines between seen landmarks (visibility > 0.5) with the depth interpolated between their
     ends; the torso polygon and a head disc take the median depth over the mask inside them."""
+    import cv2  # opencv-python-headless (requirements.txt); imported here: the engine imports this module
     h, w = mask.shape
     valid = mask & np.isfinite(depth_m) & (depth_m > 0)
     lm, seen = body.uv_px, body.visibility > _SEEN
@@ -120,6 +120,7 @@ def refine_mask_by_depth(mask: np.ndarray, depth_m: np.ndarray, body: BodyLandma
     core, core_depth = skeleton_depth(mask, depth_m, body)
     if not core.any():
         return mask
+    import cv2
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     sub_core = core[y0:y1, x0:x1]
     # Each pixel's nearest skeleton pixel: labels of the zero pixels of the source, one per pixel in raster order.

@@ -166,6 +166,26 @@ def test_person_points_never_reach_the_prior_seen_from_the_demonstrators_eyes(se
     assert masked.coverage > 0.1                     # the desk is still there (18 %)
 
 
+def test_depth_keeps_the_seated_persons_mask_and_drops_the_wall_behind_him(seq, observations):
+    """person.depth_tolerance_m on the real Kinect depth: the seated person's own mask stays (median 91 % of it at
+    0.25 m: the rest is hair and shoulder edges whose depth reads the wall), and the wall behind him, added to the
+    mask around him as a 2D outline would take it, leaves beyond the grown rim."""
+    from egox_ros.core.demonstrator.mask_depth import refine_mask_by_depth
+    kept = []
+    for k in range(49, 60):
+        obs, depth = observations[k], seq[k].depth_m
+        valid = np.isfinite(depth) & (depth > 0)
+        rows, cols = np.flatnonzero(obs.mask.any(axis=1)), np.flatnonzero(obs.mask.any(axis=0))
+        around = np.zeros_like(obs.mask)
+        around[max(rows[0] - 30, 0):rows[-1] + 31, max(cols[0] - 30, 0):cols[-1] + 31] = True
+        wall = around & ~obs.mask & valid & (depth > np.median(depth[obs.mask & valid]) + 0.8)
+        assert wall.sum() > 5000, k
+        refined = refine_mask_by_depth(obs.mask | wall, depth, obs.body, tolerance_m=0.25, grow_px=4)
+        assert not refined[wall & ~dilate_mask(obs.mask, 4)].any(), k
+        kept.append(refined[obs.mask].mean())
+    assert np.median(kept) >= 0.88 and min(kept) >= 0.85, kept
+
+
 def test_render_leaves_out_points_near_the_camera():
     cloud = PointCloud(torch.tensor([[0.0, 0.0, 0.2], [0.1, 0.0, 0.5]]), torch.tensor([[255, 0, 0], [0, 255, 0]],
                                                                                       dtype=torch.uint8))

@@ -36,6 +36,12 @@ class PersonConfig:
     body_region: bool = param(True, "keep the mask to the body's outline around its skeleton (limbs, torso, "
                                     "head): the segmentation also covers what the person holds out and the table "
                                     "under their hands, which belong in the prior")
+    depth_tolerance_m: float = param(0.0, "where the exo frame's depth is known, mask pixels farther than this "
+                                          "(plus 5 % of the distance) in front of or behind the person's skeleton "
+                                          "leave the mask (a counter or floor behind the person, a monitor in "
+                                          "front); 0: off, the default (on the Ego-Exo4D development clips what "
+                                          "the mask takes beyond the person lies at the person's own depth; 0.1-"
+                                          "0.25 gave no better prior, see docs/benchmarks.md) [m]", (0.0, 10.0))
     min_detection_confidence: float = param(0.5, "MediaPipe person / face detection threshold", (0.0, 1.0))
     face_mesh: bool = param(False, "refine the head keypoints with MediaPipe's face mesh when the face is visible "
                                    "(5-13 ms per frame; only the face fit uses them, which the head from the whole "

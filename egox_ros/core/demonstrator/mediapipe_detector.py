@@ -30,6 +30,7 @@ import numpy as np
 from egox_ros.core.demonstrator.detector import PersonConfig, dilate_mask
 from egox_ros.core.demonstrator.landmarks import (BODY_INDEX, BodyLandmarks, HEAD_KEYPOINTS, HeadLandmarks,
                                                   PersonObservation)
+from egox_ros.core.demonstrator.mask_depth import shoulder_width_px
 
 # Face mesh (478 landmarks with irises) index of each head keypoint it has; the demonstrator's own left/right.
 _FACE_MESH_INDEX = {"nose": 1, "left_eye": 473, "right_eye": 468, "left_eye_inner": 362, "left_eye_outer": 263,
@@ -107,10 +108,7 @@ def body_region(landmarks_uv: np.ndarray, shape: tuple[int, int],
     h, w = shape
     lm = np.asarray(landmarks_uv, np.float64)
     seen = np.ones(len(lm), bool) if visibility is None else np.asarray(visibility) > 0.5
-    shoulder_px = float(np.linalg.norm(lm[11] - lm[12]))
-    ears_px = float(np.linalg.norm(lm[7] - lm[8]))
-    torso_px = float(np.linalg.norm(0.5 * (lm[11] + lm[12]) - 0.5 * (lm[23] + lm[24])))
-    sw = max(shoulder_px, 2.2 * ears_px, 0.6 * torso_px, 4.0)   # a side view shows the shoulders foreshortened
+    sw = shoulder_width_px(lm)                              # a side view shows the shoulders foreshortened
     scale = 4                                               # sub-pixel drawing: cv2 takes integer points
     region = np.zeros((h, w), np.uint8)
     pts = np.round(lm * scale).astype(np.int64)

@@ -30,6 +30,7 @@ from egox_ros.core.demonstrator.detector import SKIPPED, AsyncPersonDetector, re
 from egox_ros.core.demonstrator.estimate import is_person_sized, measure_person_head
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate, HeadTracker
 from egox_ros.core.demonstrator.landmarks import PersonObservation
+from egox_ros.core.demonstrator.mask_depth import refine_observation
 from egox_ros.core.depth.estimator import make_depth_estimator
 from egox_ros.core.egox.weights import WeightsError
 from egox_ros.core.generators import EgoGenerator, PriorGenerator, make_generator
@@ -342,12 +343,13 @@ class EgoEngine:
                             camera: CameraModel) -> PersonObservation | None:
         """The detector's observation of a frame whose depth is known (lock held), None while pending: a
         detection the depth shows to be far smaller or larger than a person (demonstrator/estimate.py
-        is_person_sized) is no person: no mask, no head (counted as the note 'not_a_person')."""
+        is_person_sized) is no person: no mask, no head (counted as the note 'not_a_person'). The mask loses what
+        the depth shows is not the person (person.depth_tolerance_m, demonstrator/mask_depth.py)."""
         observation = self.person_detector.result_for(stamp_ns)
         if observation is None or not observation.found:
             return observation
         if is_person_sized(observation, camera, depth_m, self.head_config):
-            return observation
+            return refine_observation(observation, depth_m, self.person_config)
         self.note("not_a_person", f"detection at {stamp_ns * 1e-9:.3f} s is not person-sized in the depth",
                   log=False)
         return PersonObservation(mask=None, head=None, detector_ms=observation.detector_ms)

@@ -36,6 +36,9 @@ from egox_ros.core.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_c
 from egox_ros.core.synchroniser import Drop, FrameSynchroniser, ImageResult, SyncSources
 from egox_ros.core.transforms import RigidTransform
 
+HELD_FRAMES = 256   # frames between person detections remembered until they complete (8.5 s at 30 Hz)
+FUSED_CLIPS = 1     # start(): fused clips waiting for the draw stage (one keeps both stages busy, and latency low)
+
 ENGINE_SECTIONS = ("inputs", "outputs", "sync", "runtime", "depth", "depth_alignment", "person", "head",
                    "ego_camera", "window", "fusion", "prior", "generator", "egox")
 
@@ -76,6 +79,28 @@ class FrameAccounting:
     last_received_ns: int = 0
     received_times: deque = field(default_factory=lambda: deque(maxlen=1000))    # engine-clock arrival times [s]
     published_times: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+def propagate_mask(mask: np.ndarray, previous: np.ndarray, steps: float) -> np.ndarray:
+    """A person mask (H, W) bool carried ``steps`` detection intervals ahead along the track from ``previous`` (the
+    detection before it): shifted by steps times the move of the mask's centroid between the two (whole pixels),
+    joined with the mask itself (the person is on the way between). The mask unchanged when either is empty or
+    the move is more than a quarter of the image (a new person, not a track)."""
+    ys, xs = np.nonzero(mask)
+    ys0, xs0 = np.nonzero(previous)
+    if not len(ys) or not len(ys0):
+        return mask
+    h, w = mask.shape
+    move_y, move_x = ys.mean() - ys0.mean(), xs.mean() - xs0.mean()
+    if abs(move_y) > h / 4 or abs(move_x) > w / 4:
+        return mask
+    dy, dx = int(round(move_y * steps)), int(round(move_x * steps))
+    if dy == 0 and dx == 0:
+        return mask
+    out = mask.copy()
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= mask[max(-dy, 0):h + min(-dy, 0),
+                                                                     max(-dx, 0):w + min(-dx, 0)]
+    return out
 
 
 def head_to_ego(outputs: OutputsConfig) -> RigidTransform:
@@ -136,6 +161,12 @@ class EgoEngine:
         self.person_detector = None if detector is None else AsyncPersonDetector(
             detector, capacity=self.sync.max_waiting, on_result=self._on_person,
             max_lag_s=self.sync.timeout_s / 2 if self.sync.overload == "drop_oldest" else None)
+        # runtime.person_stride: the detector sees every n-th accepted image; the others hold (_held_observation).
+        self.person_stride = runtime.person_stride or (3 if self.sync.overload == "drop_oldest" else 1)
+        self._since_detected = 0                         # accepted images since the last one submitted
+        self._submitted: deque[int] = deque(maxlen=8)    # stamps submitted to the detector, oldest first
+        self._held: dict[int, int] = {}                  # stamp of a frame not submitted -> the stamp it holds
+        self._not_a_person: deque[int] = deque(maxlen=8)  # detections whose frame found them not person-sized
         self.head_tracker = HeadTracker(self.head_config) if self.inputs.head_source == "exo" else None
         self.last_head: HeadEstimate | None = None
         self.head_counts: Counter = Counter()            # measured / held / not_visible / depth_rejected
@@ -178,6 +209,8 @@ class EgoEngine:
         self._in_generator = 0                           # frames taken from the queue, not yet out
         self._replaced: list[int] = []                   # stamps dropped from the full queue for newer frames
         self._in_flight: deque = deque()                 # pool backend: (handle, rendered clip, started), oldest first
+        self._fused: deque = deque()                     # start(): (prepared clip, started) for the draw stage
+        self._fusion_worker: threading.Thread | None = None
         self._flush_requested = False
         self._running = True
         self.stats = FrameAccounting()
@@ -246,12 +279,17 @@ class EgoEngine:
             for worker in (self.depth_estimator, self.person_detector, self.head_tracker):
                 if worker is not None:
                     worker.reset()
+            with self.lock:
+                self._since_detected = 0
+                self._submitted.clear()
+                self._held.clear()
+                self._not_a_person.clear()
             self.events.log("warning", f"time jumped back to {result.accepted[0].stamp_ns * 1e-9:.3f} s (confirmed "
                                        f"by {self.sync.time_jump_confirm_frames} exo images): TF, window and sync "
                                        "reset")
             self.note("time_jump_back", "time jump back", log=False)
         for frame in result.accepted:   # accepted frames only, in stamp order; depth follows the person result
-            if self.person_detector is not None:
+            if self.person_detector is not None and self._detect_next(frame.stamp_ns):
                 self.person_detector.submit(frame.stamp_ns, frame.rgb)
             elif self.depth_from_model():
                 self.depth_estimator.submit(frame.stamp_ns, frame.rgb)
@@ -335,19 +373,55 @@ class EgoEngine:
             self.events.person_mask(stamp_ns, observation.mask, pending.frame_id)
         self.resolve()
 
+    def _detect_next(self, stamp_ns: int) -> bool:
+        """Whether the detector gets this accepted image (every person_stride-th, the first after a reset); if not,
+        the frame will hold the observation of the newest image submitted before it."""
+        with self.lock:
+            if self._since_detected % self.person_stride == 0 or not self._submitted:
+                self._since_detected = 1
+                self._submitted.append(stamp_ns)
+                return True
+            self._since_detected += 1
+            self._held[stamp_ns] = self._submitted[-1]
+            if len(self._held) > HELD_FRAMES:      # frames dropped before they completed (stamp order: oldest first)
+                del self._held[next(iter(self._held))]
+            return False
+
     def _person_observation(self, stamp_ns: int, depth_m: np.ndarray | None,
                             camera: CameraModel) -> PersonObservation | None:
         """The detector's observation of a frame whose depth is known (lock held), None while pending: a
         detection the depth shows to be far smaller or larger than a person (demonstrator/estimate.py
-        is_person_sized) is no person: no mask, no head (counted as the note 'not_a_person')."""
+        is_person_sized) is no person: no mask, no head (counted as the note 'not_a_person'). A frame the
+        detector did not get (runtime.person_stride) holds the observation of the image submitted before it."""
+        source_ns = self._held.get(stamp_ns)
+        if source_ns is not None:
+            return self._held_observation(stamp_ns, source_ns)
         observation = self.person_detector.result_for(stamp_ns)
         if observation is None or not observation.found:
             return observation
         if is_person_sized(observation, camera, depth_m, self.head_config):
             return observation
+        self._not_a_person.append(stamp_ns)
         self.note("not_a_person", f"detection at {stamp_ns * 1e-9:.3f} s is not person-sized in the depth",
                   log=False)
         return PersonObservation(mask=None, head=None, detector_ms=observation.detector_ms)
+
+    def _held_observation(self, stamp_ns: int, source_ns: int) -> PersonObservation | None:
+        """The observation of a frame the detector skipped by stride (lock held): the mask of the image submitted
+        before it (None while that is pending), moved along the person's track and joined with where it was, so
+        that it still covers a moving person; no head (the head tracker holds it). A detection its own frame
+        found not person-sized gives no mask here either."""
+        source = self.person_detector.result_for(source_ns)
+        if source is None:
+            return None
+        if source.mask is None or source_ns in self._not_a_person:
+            return PersonObservation(mask=None, head=None)
+        mask = source.mask
+        earlier = [s for s in self._submitted if s < source_ns]
+        before = self.person_detector.result_for(earlier[-1]) if earlier else None
+        if source.detector_ms > 0 and before is not None and before.detector_ms > 0 and before.mask is not None:
+            mask = propagate_mask(mask, before.mask, (stamp_ns - source_ns) / (source_ns - earlier[-1]))
+        return PersonObservation(mask=mask, head=None)
 
     def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
                        camera: CameraModel, world_T_exo: np.ndarray) -> np.ndarray | None:
@@ -421,8 +495,11 @@ class EgoEngine:
         self.events.log("info", f"generator '{self.generator.name}' ready after {time.monotonic() - started:.1f} s")
 
     def start(self) -> None:
-        """Run the generator on the engine's own worker thread (it loads the models first); with a pool of
-        replicas a second thread publishes their results in order."""
+        """Run the generator on the engine's own worker threads (the models load first). Two stages, so that two
+        cores work on successive clips: a fusion thread takes clips from the queue, oldest first, and fuses them
+        (PriorRenderer.prepare), a draw thread splats their priors, runs the generator and publishes; at most
+        FUSED_CLIPS fused clips wait between them. With a pool of replicas, clips are rendered on one thread and
+        sent to the pool, and a second thread publishes the results in order."""
         self._worker = threading.Thread(target=self._work, name="egox-generator", daemon=True)
         self._worker.start()
 
@@ -446,6 +523,11 @@ class EgoEngine:
         self.prepare_generator()
         if self._pooled():
             threading.Thread(target=self._collect, name="egox-pool-results", daemon=True).start()
+        else:
+            self._fusion_worker = threading.Thread(target=self._fuse_clips, name="egox-fusion", daemon=True)
+            self._fusion_worker.start()
+            self._draw_clips()
+            return
         while True:
             with self.lock:
                 self.lock.wait_for(lambda: not self._running or (
@@ -460,6 +542,48 @@ class EgoEngine:
                     self._submit(clip)
                 else:
                     self._generate(clip)
+
+    def _fuse_clips(self) -> None:
+        """The fusion stage of start(): clips from the queue, oldest first, fused and handed to the draw stage
+        (which has room for FUSED_CLIPS of them; the queue fills behind, then back-pressures or drops the oldest
+        as sync.overload says)."""
+        while True:
+            with self.lock:
+                self.lock.wait_for(lambda: not self._running or (
+                    (len(self._queue) >= self.generator.clip_frames or self._flush_requested)
+                    and len(self._fused) < FUSED_CLIPS))
+                if not self._running:
+                    return
+                clip = self._take_clip()
+            if not clip:
+                continue
+            self.resolve()                         # complete frames that waited for room in the queue
+            frames = [f for f, _ in clip]
+            started = time.monotonic()
+            try:
+                prepared = self.pipeline.prepare(frames, [c for _, c in clip])
+            except Exception as e:  # noqa: BLE001 - a failing clip must not take the node down
+                self._failed(frames, e)
+                continue
+            with self.lock:
+                self._fused.append((prepared, started))
+                self.lock.notify_all()
+
+    def _draw_clips(self) -> None:
+        """The draw stage of start(): fused clips in order, their priors splatted, generated and published."""
+        while True:
+            with self.lock:
+                self.lock.wait_for(lambda: not self._running or self._fused)
+                if not self._running:
+                    return
+                prepared, started = self._fused.popleft()
+                self.lock.notify_all()             # room for the fusion stage
+            try:
+                output = self.pipeline.run_prepared(prepared)
+            except Exception as e:  # noqa: BLE001 - a failing generator must not take the node down
+                self._failed(prepared.frames, e)
+                continue
+            self._emit(output, started)
 
     def _submit(self, clip: list[tuple[ExoFrame, list[ExoFrame]]]) -> None:
         """Pool backend: render the clip's priors here (in order), send it to a free replica."""
@@ -578,8 +702,9 @@ class EgoEngine:
             self._running = False
             self.lock.notify_all()
             left = self.frames.waiting() + len(self._queue)
-        if self._worker is not None:
-            self._worker.join(timeout=5.0)
+        for worker in (self._worker, self._fusion_worker):
+            if worker is not None:
+                worker.join(timeout=5.0)
         if hasattr(self.generator, "close"):       # a pool of replicas
             self.generator.close()
         for worker in (self.depth_estimator, self.person_detector):

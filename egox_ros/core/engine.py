@@ -166,6 +166,7 @@ class EgoEngine:
         self._since_detected = 0                         # accepted images since the last one submitted
         self._submitted: deque[int] = deque(maxlen=8)    # stamps submitted to the detector, oldest first
         self._held: dict[int, int] = {}                  # stamp of a frame not submitted -> the stamp it holds
+        self._held_masks: dict[int, PersonObservation] = {}   # the newest held observations made
         self._not_a_person: deque[int] = deque(maxlen=8)  # detections whose frame found them not person-sized
         self.head_tracker = HeadTracker(self.head_config) if self.inputs.head_source == "exo" else None
         self.last_head: HeadEstimate | None = None
@@ -283,6 +284,7 @@ class EgoEngine:
                 self._since_detected = 0
                 self._submitted.clear()
                 self._held.clear()
+                self._held_masks.clear()
                 self._not_a_person.clear()
             self.events.log("warning", f"time jumped back to {result.accepted[0].stamp_ns * 1e-9:.3f} s (confirmed "
                                        f"by {self.sync.time_jump_confirm_frames} exo images): TF, window and sync "
@@ -395,7 +397,14 @@ class EgoEngine:
         detector did not get (runtime.person_stride) holds the observation of the image submitted before it."""
         source_ns = self._held.get(stamp_ns)
         if source_ns is not None:
-            return self._held_observation(stamp_ns, source_ns)
+            if stamp_ns not in self._held_masks:   # asked again while the frame waits for other inputs: kept
+                observation = self._held_observation(stamp_ns, source_ns)
+                if observation is None:
+                    return None
+                self._held_masks[stamp_ns] = observation
+                while len(self._held_masks) > 16:
+                    del self._held_masks[next(iter(self._held_masks))]
+            return self._held_masks[stamp_ns]
         observation = self.person_detector.result_for(stamp_ns)
         if observation is None or not observation.found:
             return observation

@@ -454,11 +454,12 @@ class _Voxels:
         return _Voxels(self.keys[idx], self.offset_sum[idx], self.color_sum[idx], self.count[idx])
 
     @staticmethod
-    def reduce(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor) -> "_Voxels":
-        """Sum rows with equal keys (any order) into sorted unique voxels (on the CPU with core/voxel_kernel.py's
-        compiled pass when numba is there)."""
+    def reduce(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor,
+               sorted_runs: bool = False) -> "_Voxels":
+        """Sum rows with equal keys (any order; ``sorted_runs``: a few ascending runs, which sort faster) into sorted
+        unique voxels (on the CPU with core/voxel_kernel.py's compiled pass when numba is there)."""
         if keys.device.type == "cpu" and voxel_kernel.available():
-            return _Voxels(*voxel_kernel.voxel_sums(keys, offset, color, count))
+            return _Voxels(*voxel_kernel.voxel_sums(keys, offset, color, count, sorted_runs=sorted_runs))
         return _Voxels.reduce_torch(keys, offset, color, count)
 
     @staticmethod
@@ -626,7 +627,8 @@ class VoxelFusion(_PerFrameFusion):
                 if not self.incremental:
                     rs = list(self._records.values())
                     grid = _Voxels.reduce(torch.cat([r.keys for r in rs]), torch.cat([r.offset_sum for r in rs]),
-                                          torch.cat([r.color_sum for r in rs]), torch.cat([r.count for r in rs]))
+                                          torch.cat([r.color_sum for r in rs]), torch.cat([r.count for r in rs]),
+                                          sorted_runs=True)     # each record's keys are sorted
                 self._cache = _voxel_cloud(grid, self.config.voxel_size_m)
         return self._cache
 

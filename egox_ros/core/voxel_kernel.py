@@ -56,14 +56,24 @@ def available() -> bool:
     return _KERNEL is not None
 
 
-def voxel_sums(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor):
+def voxel_sums(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor,
+               sorted_runs: bool = False):
     """Rows with equal keys summed, keys ascending: (keys (M,) int64, offset (M, 3) float32, color (M, 3) int32,
     count (M,) int32) as CPU tensors, from keys (N,) int64, offset (N, 3) float32, color (N, 3) int32, count (N,)
-    int32 on the CPU, in any order (equal keys are summed in their input order)."""
+    int32 on the CPU, in any order (equal keys are summed in their input order).
+    ``sorted_runs``: the keys are a few ascending runs (the window's voxel records one after the other): numpy's
+    stable argsort (a timsort, which merges the runs) then orders them in 1.4 ms instead of torch's 3.8 ms for
+    4 x 35 k keys (one thread); for keys in no order torch's radix sort is the faster (0.6 vs 2.4 ms for 40 k).
+    Both are stable, so the result is the same."""
     if not available():
         raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
-    sorted_keys, perm = torch.sort(keys, stable=True)
-    out = _KERNEL(sorted_keys.numpy(), perm.numpy(), offset.contiguous().numpy(), color.contiguous().numpy(),
+    if sorted_runs:
+        key_array = keys.numpy()
+        perm = np.argsort(key_array, kind="stable")
+        sorted_keys = key_array[perm]
+    else:
+        sorted_keys, perm = (t.numpy() for t in torch.sort(keys, stable=True))
+    out = _KERNEL(sorted_keys, perm, offset.contiguous().numpy(), color.contiguous().numpy(),
                   count.contiguous().numpy())
     return tuple(torch.from_numpy(a) for a in out)
 

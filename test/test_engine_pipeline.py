@@ -15,6 +15,7 @@ from egox_ros.core.demonstrator.detector import PersonConfig
 from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
 from egox_ros.core.engine import EgoEngine, EngineEvents, propagate_mask
 from egox_ros.core.generators import PriorGenerator
+from egox_ros.core.pipeline import PriorRenderer
 from egox_ros.core.transforms import RigidTransform
 from egox_ros.ros.config import parameter_sections
 from egox_ros.ros.params import configs_from_parameters
@@ -143,6 +144,33 @@ def test_the_two_stages_publish_what_the_sequential_path_does(seq):
     for a, b in zip(offline, live):
         assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.mask, b.mask)
         assert np.allclose(a.depth_m, b.depth_m, rtol=0, atol=1e-6)
+
+
+def test_under_overload_the_fusion_lifts_only_frames_that_are_published(seq):
+    """sync.overload 'drop_oldest' with the queue overflowing (10 frames, room for 4, the worker started only
+    then): frames 1-6 are replaced (generator_busy) and 7-10 published. Their priors are fused from published
+    frames only, exactly as a renderer fed those alone draws them; before, frame 7's window also lifted the
+    replaced frames 4-6, so the fusion worked at the camera's rate however few frames came out."""
+    frames = list(_stream(seq, 10))
+    engine, events, now = _engine({"person.source": "none", "sync.overload": "drop_oldest",
+                                   "sync.queue_capacity": 4}, seq.camera)
+    try:
+        for f in frames:
+            _feed(engine, now, *f)
+        engine.start()
+        engine.flush()
+        wait_until(lambda: len(events.stamps()) == 4, 60, "the four queued frames to be published")
+        assert events.stamps() == [f[0] for f in frames[6:]]
+        assert engine.stats.dropped == {"generator_busy": 6}
+        renderer = engine.pipeline.renderer
+        reference = PriorRenderer(renderer.config, renderer.fusion_config, renderer.ego_camera)
+    finally:
+        engine.close()
+    published = [fr for o in events.outputs for fr in o.request.frames]
+    priors = [p for o in events.outputs for p in o.request.priors]
+    for i, (frame, prior) in enumerate(zip(published, priors)):
+        expected = reference.render(frame, published[max(0, i - 3):i + 1])
+        assert np.array_equal(prior.rgb, expected.rgb) and np.array_equal(prior.mask, expected.mask), i
 
 
 def _moving_person(seq, shift_px: int) -> np.ndarray:

@@ -35,7 +35,7 @@ def seq():
 
 class Recorder(EngineEvents):
     def __init__(self):
-        self.outputs, self.drops = [], []
+        self.outputs, self.drops, self.masks = [], [], {}
         self.lock = threading.Lock()
 
     def dropped(self, drop) -> None:
@@ -45,6 +45,10 @@ class Recorder(EngineEvents):
     def clip(self, output, latency_s: float) -> None:
         with self.lock:
             self.outputs.append(output)
+
+    def person_mask(self, stamp_ns: int, mask, frame_id: str) -> None:
+        with self.lock:
+            self.masks[stamp_ns] = mask
 
     def stamps(self) -> list[int]:
         with self.lock:
@@ -202,6 +206,9 @@ def test_person_stride_holds_masks_moved_along_the_track(seq):
     finally:
         engine.close()
     assert all(m is not None and m.any() for m in masks), [m is not None and int(m.sum()) for m in masks]
+    stamps = [(k + 1) * PERIOD_NS for k in range(len(images))]
+    assert sorted(events.masks) == stamps                     # ~/person_mask for every frame, held ones too
+    assert all(np.array_equal(events.masks[s], m) for s, m in zip(stamps, masks))
     truth = {}
     for k in (4, 5):                                    # each image on its own (a fresh search, no track)
         detector = MediapipePersonDetector(PersonConfig())

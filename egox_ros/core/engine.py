@@ -167,6 +167,7 @@ class EgoEngine:
         self._submitted: deque[int] = deque(maxlen=8)    # stamps submitted to the detector, oldest first
         self._held: dict[int, int] = {}                  # stamp of a frame not submitted -> the stamp it holds
         self._held_masks: dict[int, PersonObservation] = {}   # the newest held observations made
+        self._held_reports: list[tuple[int, np.ndarray, str]] = []   # their masks, for events.person_mask
         self._not_a_person: deque[int] = deque(maxlen=8)  # detections whose frame found them not person-sized
         self.head_tracker = HeadTracker(self.head_config) if self.inputs.head_source == "exo" else None
         self.last_head: HeadEstimate | None = None
@@ -410,6 +411,9 @@ class EgoEngine:
                 self._held_masks[stamp_ns] = observation
                 while len(self._held_masks) > 16:
                     del self._held_masks[next(iter(self._held_masks))]
+                pending = self.frames.pending(stamp_ns)
+                if observation.mask is not None and pending is not None:    # reported by resolve(), unlocked
+                    self._held_reports.append((stamp_ns, observation.mask, pending.frame_id))
             return self._held_masks[stamp_ns]
         observation = self.person_detector.result_for(stamp_ns)
         if observation is None or not observation.found:
@@ -466,6 +470,9 @@ class EgoEngine:
                 self._replaced = []
             self._count_drops(drops)
             admitted = len(self._queue) != queued
+            held_masks, self._held_reports = self._held_reports, []
+        for stamp_ns, mask, frame_id in held_masks:
+            self.events.person_mask(stamp_ns, mask, frame_id)
         self._report_drops(drops)
         if admitted and not drops:
             self.events.progress()

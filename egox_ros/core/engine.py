@@ -211,7 +211,7 @@ class EgoEngine:
         self._in_generator = 0                           # frames taken from the queue, not yet out
         self._replaced: list[int] = []                   # stamps dropped from the full queue for newer frames
         self._replaced_recent: set[int] = set()          # such stamps still in the window, kept out of contexts
-        self._in_flight: deque = deque()                 # pool backend: (handle, rendered clip, started), oldest first
+        self._in_flight: deque = deque()                 # pool: ((handle, rendered clip), started), oldest first
         self._fused: deque = deque()                     # start(): (prepared clip, started) for the draw stage
         self._fusion_worker: threading.Thread | None = None
         self._flush_requested = False
@@ -538,6 +538,15 @@ class EgoEngine:
         self._worker = threading.Thread(target=self._work, name="egox-generator", daemon=True)
         self._worker.start()
 
+    def _wait_until(self, ready: Callable[[], bool]) -> bool:
+        """Wait (lock held) until ready() or the engine closes; False when it closed."""
+        self.lock.wait_for(lambda: not self._running or ready())
+        return self._running
+
+    def _clip_ready(self) -> bool:
+        """A whole clip is queued, or a flush asks for the last, partial one (lock held)."""
+        return len(self._queue) >= self.generator.clip_frames or self._flush_requested
+
     def _pooled(self) -> bool:
         return hasattr(self.generator, "submit")
 
@@ -565,10 +574,8 @@ class EgoEngine:
             return
         while True:
             with self.lock:
-                self.lock.wait_for(lambda: not self._running or (
-                    (len(self._queue) >= self.generator.clip_frames or self._flush_requested)
-                    and not (self._pooled() and len(self._in_flight) >= self.generator.capacity)))
-                if not self._running:
+                if not self._wait_until(lambda: self._clip_ready() and not (
+                        self._pooled() and len(self._in_flight) >= self.generator.capacity)):
                     return
                 clip = self._take_clip()
             if clip:
@@ -584,32 +591,19 @@ class EgoEngine:
         as sync.overload says)."""
         while True:
             with self.lock:
-                self.lock.wait_for(lambda: not self._running or (
-                    (len(self._queue) >= self.generator.clip_frames or self._flush_requested)
-                    and len(self._fused) < FUSED_CLIPS))
-                if not self._running:
+                if not self._wait_until(lambda: self._clip_ready() and len(self._fused) < FUSED_CLIPS):
                     return
                 clip = self._take_clip()
             if not clip:
                 continue
             self.resolve()                         # complete frames that waited for room in the queue
-            frames = [f for f, _ in clip]
-            started = time.monotonic()
-            try:
-                prepared = self.pipeline.prepare(frames, [c for _, c in clip])
-            except Exception as e:  # noqa: BLE001 - a failing clip must not take the node down
-                self._failed(frames, e)
-                continue
-            with self.lock:
-                self._fused.append((prepared, started))
-                self.lock.notify_all()
+            self._hand_on(clip, self.pipeline.prepare, self._fused)
 
     def _draw_clips(self) -> None:
         """The draw stage of start(): fused clips in order, their priors splatted, generated and published."""
         while True:
             with self.lock:
-                self.lock.wait_for(lambda: not self._running or self._fused)
-                if not self._running:
+                if not self._wait_until(lambda: bool(self._fused)):
                     return
                 prepared, started = self._fused.popleft()
                 self.lock.notify_all()             # room for the fusion stage
@@ -620,28 +614,34 @@ class EgoEngine:
                 continue
             self._emit(output, started)
 
-    def _submit(self, clip: list[tuple[ExoFrame, list[ExoFrame]]]) -> None:
-        """Pool backend: render the clip's priors here (in order), send it to a free replica."""
+    def _hand_on(self, clip: list[tuple[ExoFrame, list[ExoFrame]]], work, to: deque) -> None:
+        """A stage's work on a clip taken from the queue: work(frames, contexts)'s result goes onto ``to`` for the
+        next stage, with the time the clip was taken; if it raises, the clip's frames fail."""
         frames = [f for f, _ in clip]
         started = time.monotonic()
         try:
-            rendered = self.pipeline.render(frames, [c for _, c in clip])
-            handle = self.generator.submit(rendered.padded)
+            result = work(frames, [c for _, c in clip])
         except Exception as e:  # noqa: BLE001 - a failing clip must not take the node down
             self._failed(frames, e)
             return
         with self.lock:
-            self._in_flight.append((handle, rendered, started))
+            to.append((result, started))
             self.lock.notify_all()
+
+    def _submit(self, clip: list[tuple[ExoFrame, list[ExoFrame]]]) -> None:
+        """Pool backend: render the clip's priors here (in order), send it to a free replica."""
+        def render_and_submit(frames, contexts):
+            rendered = self.pipeline.render(frames, contexts)
+            return self.generator.submit(rendered.padded), rendered
+        self._hand_on(clip, render_and_submit, self._in_flight)
 
     def _collect(self) -> None:
         """Pool backend: publish the replicas' results in submission (stamp) order."""
         while True:
             with self.lock:
-                self.lock.wait_for(lambda: not self._running or self._in_flight)
-                if not self._running:
+                if not self._wait_until(lambda: bool(self._in_flight)):
                     return
-                handle, rendered, started = self._in_flight[0]
+                (handle, rendered), started = self._in_flight[0]
             waited_from = time.monotonic()
             try:
                 result = self.generator.wait(handle)

@@ -1,6 +1,7 @@
-"""core/voxel_kernel.voxel_sums(sorted_runs=True): the window's records (each sorted, keys shared between them) reduced
-through numpy's run-merging stable sort give exactly what the default torch sort gives (both stable: equal keys are
-summed in the same order), for the cloud the moving fusion builds every frame."""
+"""The moving fusion's per-frame cloud on the CPU: core/voxel_kernel.voxel_sums(sorted_runs=True) (the window's records,
+each sorted, keys shared between them, reduced through numpy's run-merging stable sort) gives exactly what the default
+torch sort gives (both stable: equal keys are summed in the same order), and voxel_means exactly the torch code's
+points and colours."""
 from __future__ import annotations
 
 import torch
@@ -23,3 +24,16 @@ def test_sorted_runs_reduce_exactly_as_the_default_sort():
     assert len(fast[0]) < n                                      # the runs share keys: sums really happen
     for a, b in zip(fast, ref):
         assert torch.equal(a, b)
+
+
+def test_voxel_means_match_the_torch_code_exactly():
+    from egox_ros.core.fusion import _voxel_cloud, _voxel_cloud_torch, _voxelize
+    from egox_ros.core.render import PointCloud
+    g = torch.Generator().manual_seed(2)
+    points = (torch.rand((60_000, 3), generator=g) - 0.5) * torch.tensor([8.0, 3.0, 5.0])    # negative keys too
+    colors = torch.randint(0, 256, (60_000, 3), generator=g, dtype=torch.uint8)
+    for voxel_size_m in (0.01, 0.05):
+        grid = _voxelize(PointCloud(points, colors), voxel_size_m)
+        assert int(grid.count.max()) > 1                        # means of several points, rounding really happens
+        fast, ref = _voxel_cloud(grid, voxel_size_m), _voxel_cloud_torch(grid, voxel_size_m)
+        assert torch.equal(fast.points_world, ref.points_world) and torch.equal(fast.colors, ref.colors)

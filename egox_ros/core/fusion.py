@@ -524,7 +524,16 @@ def _merge(grid: _Voxels | None, record: _Voxels) -> _Voxels:
 
 
 def _voxel_cloud(v: _Voxels, voxel_size_m: float) -> PointCloud:
-    """Mean position and colour of each voxel."""
+    """Mean position and colour of each voxel (core/voxel_kernel.py's compiled pass on the CPU with numba: the same
+    float32 arithmetic as the torch code below)."""
+    if v.keys.device.type == "cpu" and voxel_kernel.available():
+        return PointCloud(*voxel_kernel.voxel_means(v.keys, v.offset_sum, v.color_sum, v.count, voxel_size_m,
+                                                    _AXIS_BITS, _AXIS_OFFSET))
+    return _voxel_cloud_torch(v, voxel_size_m)
+
+
+def _voxel_cloud_torch(v: _Voxels, voxel_size_m: float) -> PointCloud:
+    """_voxel_cloud with torch only (any device)."""
     q = torch.stack([(v.keys >> (2 * _AXIS_BITS)) & _AXIS_MASK, (v.keys >> _AXIS_BITS) & _AXIS_MASK,
                      v.keys & _AXIS_MASK], dim=1) - _AXIS_OFFSET
     n = v.count.to(torch.float32).unsqueeze(1)

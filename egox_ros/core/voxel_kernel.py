@@ -1,4 +1,5 @@
-"""Compiled CPU kernel (numba) of the voxel fusion's reduction: sum the rows of equal keys into sorted unique voxels.
+"""Compiled CPU kernels (numba) of the voxel fusion: sum the rows of equal keys into sorted unique voxels, and their
+mean points and colours (``voxel_means``).
 
 ``fusion._Voxels.reduce`` did this with ``torch.unique(sorted=True, return_inverse=True)`` and three ``index_add_``.
 Here the keys are sorted by torch (a stable radix sort) and one pass sums the runs, with the same keys, counts and
@@ -42,7 +43,22 @@ def _build():
             count_sum[j] += count[p]
         return keys, offset_sum, color_sum, count_sum
 
-    return run_sums
+    @numba.njit(cache=True, nogil=True)
+    def means(keys, offset_sum, color_sum, count, voxel_size, bits, offset):
+        m = keys.shape[0]
+        points = np.empty((m, 3), np.float32)
+        colors = np.empty((m, 3), np.uint8)
+        mask = (1 << bits) - 1
+        for j in range(m):
+            key = keys[j]
+            q = ((key >> (2 * bits)) & mask, (key >> bits) & mask, key & mask)
+            n = np.float32(count[j])
+            for c in range(3):
+                points[j, c] = np.float32(q[c] - offset) * voxel_size + offset_sum[j, c] / n
+                colors[j, c] = np.uint8(min(max(np.rint(np.float32(color_sum[j, c]) / n), 0.0), 255.0))
+        return points, colors
+
+    return run_sums, means
 
 
 def available() -> bool:
@@ -73,15 +89,29 @@ def voxel_sums(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, co
         sorted_keys = key_array[perm]
     else:
         sorted_keys, perm = (t.numpy() for t in torch.sort(keys, stable=True))
-    out = _KERNEL(sorted_keys, perm, offset.contiguous().numpy(), color.contiguous().numpy(),
-                  count.contiguous().numpy())
+    out = _KERNEL[0](sorted_keys, perm, offset.contiguous().numpy(), color.contiguous().numpy(),
+                     count.contiguous().numpy())
     return tuple(torch.from_numpy(a) for a in out)
+
+
+def voxel_means(keys: torch.Tensor, offset_sum: torch.Tensor, color_sum: torch.Tensor, count: torch.Tensor,
+                voxel_size_m: float, axis_bits: int, axis_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One point per voxel, as fusion._voxel_cloud computes it in torch (the same float32 operations in the same
+    order: corner + offset_sum / count; colour rounded half to even, clamped, uint8): points (M, 3) float32 and
+    colors (M, 3) uint8 CPU tensors from the sums of reduce(). 0.3 vs 2-3 ms for 140 k voxels (one thread)."""
+    if not available():
+        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
+    points, colors = _KERNEL[1](keys.contiguous().numpy(), offset_sum.contiguous().numpy(),
+                                color_sum.contiguous().numpy(), count.contiguous().numpy(),
+                                np.float32(voxel_size_m), axis_bits, axis_offset)
+    return torch.from_numpy(points), torch.from_numpy(colors)
 
 
 def warm_up() -> bool:
     """Compile the kernel now (first use otherwise); False without numba."""
     if not available():
         return False
-    voxel_sums(torch.tensor([3, 1, 3]), torch.zeros((3, 3)), torch.zeros((3, 3), dtype=torch.int32),
-               torch.ones(3, dtype=torch.int32))
+    sums = voxel_sums(torch.tensor([3, 1, 3]), torch.zeros((3, 3)), torch.zeros((3, 3), dtype=torch.int32),
+                      torch.ones(3, dtype=torch.int32))
+    voxel_means(*sums, 0.01, 21, 1 << 20)
     return True

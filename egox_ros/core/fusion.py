@@ -134,15 +134,19 @@ def _pose_change(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return translation, math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
-def reliable_depth(depth_m: torch.Tensor, window_px: int, ratio: float, stride: int = 1) -> torch.Tensor:
+def reliable_depth(depth_m: torch.Tensor, window_px: int, ratio: float, stride: int = 1,
+                   compiled: bool = True) -> torch.Tensor:
     """Pixels away from depth discontinuities: (max - min) / mean of the depth in a window_px x window_px window
     below ``ratio``, and a valid reading (finite, > 0). The released EgoX tools keep only such pixels when they
     lift depth (window 5, ratio 0.1); like them, missing readings count as 0 m (so pixels next to a hole go too)
     and the window is clipped at the image border for max / min while the mean counts the outside as 0.
 
     depth_m: (H, W) float [m], NaN or <= 0 = no reading. Returns (ceil(H / stride), ceil(W / stride)) bool: the
-    mask at every stride-th pixel, computed from the full-resolution depth.
+    mask at every stride-th pixel, computed from the full-resolution depth. ``compiled``: on the CPU with numba,
+    core/voxel_kernel.py's compiled pass (the same result; False: the torch code, its reference).
     """
+    if compiled and window_px > 1 and depth_m.device.type == "cpu" and voxel_kernel.available():
+        return voxel_kernel.reliable_depth(depth_m.to(torch.float32), window_px, ratio, stride)
     d = torch.nan_to_num(depth_m.to(torch.float32), nan=0.0).clamp_(min=0.0)
     if window_px <= 1:
         return (d > 0)[::stride, ::stride]

@@ -7,8 +7,9 @@ reports everything through an ``EngineEvents`` object: clips, drops with their r
 estimates, input problems. The ROS node (ros/node.py) is a thin shell over it that decodes messages and publishes
 events; ``egox process`` drives it from a bag without DDS.
 
-Two ways to run the generator: ``start()`` runs it on the engine's own worker thread (the live node), or the caller
-runs ``generate_ready()`` itself (offline, deterministic).
+Two ways to run the generator: ``start()`` runs it on the engine's own worker threads (the live node: the fusion of
+the next clip beside the splat, generator and publishing of this one), or the caller runs ``generate_ready()`` itself
+(offline, deterministic; the same priors, one clip after the other).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Compiled CPU kernels (numba) of the voxel fusion: sum the rows of equal keys into sorted unique voxels, and their
-mean points and colours (``voxel_means``).
+"""Compiled CPU kernels (numba) of the voxel fusion: sum the rows of equal keys into sorted unique voxels, their mean
+points and colours (``voxel_means``), and the depth-edge test before lifting (``reliable_depth``).
 
 ``fusion._Voxels.reduce`` did this with ``torch.unique(sorted=True, return_inverse=True)`` and three ``index_add_``.
 Here the keys are sorted by torch (a stable radix sort) and one pass sums the runs, with the same keys, counts and
@@ -146,7 +146,7 @@ def voxel_means(keys: torch.Tensor, offset_sum: torch.Tensor, color_sum: torch.T
 def reliable_depth(depth_m: torch.Tensor, window_px: int, ratio: float, stride: int) -> torch.Tensor:
     """fusion.reliable_depth on the CPU in one compiled pass over the stride pixels (float32 as there: window sums in
     avg_pool2d's order), for window_px >= 2: (ceil(H / stride), ceil(W / stride)) bool from (H, W) float32 [m].
-    About 0.5 vs 3.5 ms at 640x480, window 5, stride 2 (one thread)."""
+    About 1.9 vs 3.4 ms of CPU at 640x480, window 5, stride 2 (one thread)."""
     if not available():
         raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
     return torch.from_numpy(_KERNEL[2](depth_m.contiguous().numpy(), int(window_px), np.float32(ratio), int(stride)))

@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from egox_ros.core.demonstrator.detector import PersonConfig
 from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
@@ -137,6 +138,8 @@ def test_the_two_stages_publish_what_the_sequential_path_does(seq):
                 _feed(engine, now, *f)
                 if not live:
                     engine.generate_ready()
+                    fused = engine.pipeline.renderer.fusion.cloud()      # what ~/prior/cloud publishes
+                    assert torch.equal(events.outputs[-1].background.points_world, fused.points_world)
             wait_until(lambda: len(events.stamps()) == len(frames), 120, "every frame to be published")
             results[live] = events.outputs
             assert engine.stats.published == len(frames) and not engine.stats.dropped
@@ -148,6 +151,8 @@ def test_the_two_stages_publish_what_the_sequential_path_does(seq):
     for a, b in zip(offline, live):
         assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.mask, b.mask)
         assert np.allclose(a.depth_m, b.depth_m, rtol=0, atol=1e-6)
+    for a, b in zip(results[False], results[True]):     # the fused cloud of each clip's newest frame, not a later one
+        assert torch.equal(a.background.points_world, b.background.points_world)
 
 
 def test_under_overload_the_fusion_lifts_only_frames_that_are_published(seq):

@@ -138,6 +138,13 @@ class SplatJob:
     dynamic_points: int
     world_T_ego: np.ndarray
 
+    @property
+    def background(self) -> PointCloud | None:
+        """The fused window alone (the cloud without the frame's dynamic points); None: nothing fused yet."""
+        if self.cloud is None or not self.dynamic_points:
+            return self.cloud
+        return PointCloud(self.cloud.points_world[self.dynamic_points:], self.cloud.colors[self.dynamic_points:])
+
 
 @dataclass
 class ClipOutput:
@@ -147,6 +154,7 @@ class ClipOutput:
     prior_time_s: float
     generation_time_s: float
     padded_frames: int = 0      # copies of the last frame added to fill the generator's clip, then discarded
+    background: PointCloud | None = None    # the fused window drawn for the newest frame (world frame; None: empty)
 
 
 @dataclass
@@ -165,6 +173,7 @@ class RenderedClip:
     padded: ClipRequest
     padded_frames: int
     prior_time_s: float
+    background: PointCloud | None = None    # the fused window drawn for the newest frame
 
 
 class EgoPipeline:
@@ -213,7 +222,7 @@ class EgoPipeline:
         padded = request if not pad else ClipRequest(frames=frames + [frames[-1]] * pad,
                                                      priors=priors + [priors[-1]] * pad,
                                                      ego_camera=request.ego_camera)
-        return RenderedClip(request, padded, pad, prior_time_s)
+        return RenderedClip(request, padded, pad, prior_time_s, prepared.jobs[-1].background)
 
     def finish(self, clip: "RenderedClip", result: ClipResult, generation_time_s: float) -> ClipOutput:
         """The output of a rendered clip from the generator's result for its padded request (padding dropped)."""
@@ -225,4 +234,5 @@ class EgoPipeline:
             keep = len(clip.request.frames)
             result = ClipResult(rgb=result.rgb[:keep], valid=result.valid[:keep])
         return ClipOutput(request=clip.request, result=result, prior_time_s=clip.prior_time_s,
-                          generation_time_s=generation_time_s, padded_frames=clip.padded_frames)
+                          generation_time_s=generation_time_s, padded_frames=clip.padded_frames,
+                          background=clip.background)

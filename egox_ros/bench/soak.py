@@ -68,11 +68,13 @@ class SampleStream:
     frames: list[SampleFrame]
 
 
-def load_sample(bag: Path = SAMPLE_BAG, upscale: int = 2) -> SampleStream:
-    """The sample bag's exo frames, each pixel repeated upscale x upscale times (intrinsics scaled to match)."""
+def load_sample(bag: Path = SAMPLE_BAG, upscale: int = 2, crop: tuple[int, int] | None = None) -> SampleStream:
+    """The sample bag's exo frames, each pixel repeated upscale x upscale times (intrinsics scaled to match), then
+    cropped about the centre to crop = (width, height) if given (e.g. 1280x720 from x4's 1280x960)."""
     from rosbags.highlevel import AnyReader
     if upscale < 1:
         raise SoakError(f"--upscale must be at least 1, got {upscale}")
+    x0 = y0 = 0
     by_stamp: dict[int, dict] = {}
     info = None
     with AnyReader([Path(bag)]) as reader:
@@ -95,13 +97,15 @@ def load_sample(bag: Path = SAMPLE_BAG, upscale: int = 2) -> SampleStream:
                 if msg.encoding != "16UC1":
                     raise SoakError(f"sample depth is {msg.encoding}, expected 16UC1")
                 d = np.frombuffer(bytes(msg.data), "<u2").reshape(msg.height, msg.step // 2)[:, :msg.width]
-                entry["depth"] = np.ascontiguousarray(d.repeat(upscale, 0).repeat(upscale, 1)).astype("<u2").tobytes()
+                d, x0, y0 = _upscaled(d, upscale, crop)
+                entry["depth"] = np.ascontiguousarray(d).astype("<u2").tobytes()
             else:
                 if msg.encoding != "rgb8":
                     raise SoakError(f"sample image is {msg.encoding}, expected rgb8")
                 a = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)[:, :msg.width * 3]
                 a = a.reshape(msg.height, msg.width, 3)
-                entry["rgb"] = np.ascontiguousarray(a.repeat(upscale, 0).repeat(upscale, 1)).tobytes()
+                a, x0, y0 = _upscaled(a, upscale, crop)
+                entry["rgb"] = np.ascontiguousarray(a).tobytes()
                 entry["frame_id"] = msg.header.frame_id
     frames = [SampleFrame(e["rgb"], e["depth"], e["tf"]) for _, e in sorted(by_stamp.items())
               if {"rgb", "depth", "tf"} <= set(e)]
@@ -110,15 +114,29 @@ def load_sample(bag: Path = SAMPLE_BAG, upscale: int = 2) -> SampleStream:
     s = float(upscale)
     k = np.asarray(info.k, float).copy()
     k[0], k[4] = k[0] * s, k[4] * s
-    k[2], k[5] = (k[2] + 0.5) * s - 0.5, (k[5] + 0.5) * s - 0.5
+    k[2], k[5] = (k[2] + 0.5) * s - 0.5 - x0, (k[5] + 0.5) * s - 0.5 - y0
     p = np.asarray(info.p, float).copy()
     p[0], p[5] = p[0] * s, p[5] * s
-    p[2], p[6] = (p[2] + 0.5) * s - 0.5, (p[6] + 0.5) * s - 0.5
+    p[2], p[6] = (p[2] + 0.5) * s - 0.5 - x0, (p[6] + 0.5) * s - 0.5 - y0
     frame_id = next(e["frame_id"] for _, e in sorted(by_stamp.items()) if "frame_id" in e)
-    return SampleStream(width=info.width * upscale, height=info.height * upscale, frame_id=frame_id,
+    width, height = crop or (info.width * upscale, info.height * upscale)
+    return SampleStream(width=width, height=height, frame_id=frame_id,
                         info={"d": [float(v) for v in info.d], "k": k.tolist(), "p": p.tolist(),
                               "distortion_model": info.distortion_model},
                         frames=frames)
+
+
+def _upscaled(a: np.ndarray, upscale: int, crop: tuple[int, int] | None) -> tuple[np.ndarray, int, int]:
+    """Each pixel of an (H, W[, C]) image repeated upscale x upscale times, then the central crop (width, height):
+    the image and the crop's left / top offset [px]."""
+    a = a.repeat(upscale, 0).repeat(upscale, 1)
+    if crop is None:
+        return a, 0, 0
+    w, h = crop
+    if not (0 < w <= a.shape[1] and 0 < h <= a.shape[0]):
+        raise SoakError(f"--crop {w}x{h} does not fit the {a.shape[1]}x{a.shape[0]} frames of --upscale {upscale}")
+    x0, y0 = (a.shape[1] - w) // 2, (a.shape[0] - h) // 2
+    return a[y0:y0 + h, x0:x0 + w], x0, y0
 
 
 def ping_pong(k: int, n: int) -> int:
@@ -393,7 +411,8 @@ def default_label(busy: int, params: list[str], node_env: dict[str, str]) -> str
 
 def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0, busy: int = 0,
          params: list[str] | None = None, node_env: dict[str, str] | None = None,
-         params_file: str | None = str(SAMPLE_PARAMS), upscale: int = 2, drain_timeout_s: float = 20.0,
+         params_file: str | None = str(SAMPLE_PARAMS), upscale: int = 2, crop: tuple[int, int] | None = None,
+         drain_timeout_s: float = 20.0,
          domain_id: int | None = None, label: str | None = None, report_every_s: float = 10.0,
          log=None, node_log: Path | None = None) -> dict:
     """Run one soak case and return its result dict (see the module docstring). log: callable(str) for progress."""
@@ -406,7 +425,7 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
     log = log or (lambda _s: None)
     if duration_s <= 0 or rate_hz <= 0 or warmup_s < 0 or busy < 0:
         raise SoakError("need --duration > 0, --rate > 0, --warmup >= 0 and --busy >= 0")
-    stream = load_sample(upscale=upscale)
+    stream = load_sample(upscale=upscale, crop=crop)
     machine = machine_info()
     machine["versions"]["rclpy"] = _dist_version("ros-rclpy") or _dist_version("rclpy")
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -547,7 +566,8 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
         "config": {"duration_s": duration_s, "warmup_s": warmup_s, "rate_hz": rate_hz, "busy_processes": busy,
                    "params_file": _rel(params_file), "node_params": params, "node_env": node_env,
                    "input": f"sample/tum_fr1_rpy exo frames ({len(stream.frames)}, played forwards and backwards) "
-                            f"pixel-doubled x{upscale} to {stream.width}x{stream.height} rgb8 + 16UC1 depth + "
+                            f"pixel-doubled x{upscale}{' and cropped' if crop else ''} to "
+                            f"{stream.width}x{stream.height} rgb8 + 16UC1 depth + "
                             "camera info + /tf world->exo, world->head; wall-clock stamps",
                    "image_size": [stream.width, stream.height], "drain_timeout_s": drain_timeout_s},
         "node": {"match_s": round(match_s, 2), "exit_code": node_code}, "code": _code_version(),
@@ -744,6 +764,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="node parameter YAML (default: sample/egox_sample.yaml; '' for the node's defaults)")
     p.add_argument("--upscale", type=int, default=2, help="pixel repeat of the 320x240 sample frames (default 2: "
                                                           "640x480)")
+    p.add_argument("--crop", metavar="WxH", help="central crop of the upscaled frames, e.g. 1280x720 with --upscale 4")
     p.add_argument("--drain-timeout", type=float, default=20.0,
                    help="seconds the node gets after the stream to finish what it holds (default 20)")
     p.add_argument("--label", help="case name in the docs table (default: from --busy, -p and --node-env)")
@@ -759,6 +780,15 @@ def run_cli(args: argparse.Namespace) -> int:
             return 2
         key, value = item.split("=", 1)
         node_env[key] = value
+    crop = None
+    if args.crop:
+        try:
+            crop = tuple(int(v) for v in args.crop.lower().split("x"))
+        except ValueError:
+            crop = ()
+        if len(crop) != 2:
+            print(f"egox bench soak: error: --crop wants WIDTHxHEIGHT, got {args.crop!r}", file=sys.stderr)
+            return 2
     params = list(args.param)
     if args.device != "cpu":
         params.append(f"generator.device:={args.device}")
@@ -766,7 +796,7 @@ def run_cli(args: argparse.Namespace) -> int:
     log = (lambda _s: None) if args.json else (lambda s: print(f"[soak] {s}", file=sys.stderr, flush=True))
     try:
         result = soak(duration_s=duration, rate_hz=args.rate, warmup_s=warmup, busy=args.busy, params=params,
-                      node_env=node_env, params_file=args.params_file or None, upscale=args.upscale,
+                      node_env=node_env, params_file=args.params_file or None, upscale=args.upscale, crop=crop,
                       drain_timeout_s=args.drain_timeout, domain_id=args.domain_id, label=args.label, log=log,
                       node_log=args.node_log)
     except SoakError as e:

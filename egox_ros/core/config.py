@@ -296,6 +296,12 @@ class RuntimeConfig:
     torch_threads: int = param(1, "CPU threads for torch (fusion, rendering, depth and person models, the generator "
                                   "on CPU); 0 = torch's default (all cores). 1 keeps 30 Hz on a busy 2-core machine "
                                   "(docs/benchmarks.md, soak)", (0, 1024))
+    person_stride: int = param(0, "run the person detector (person.source 'mediapipe') on every n-th exo image; the "
+                                  "images between take the mask of the newest detected one, moved along the "
+                                  "person's track, and the head tracker holds the head. MediaPipe costs 30-40 ms of "
+                                  "CPU per 640x480 image, a whole core at 30 Hz. 0: 3 with sync.overload "
+                                  "'drop_oldest' (the live node), 1 (every image) with 'keep_all' (egox replay, "
+                                  "egox process)", (0, 30))
 
     def __post_init__(self) -> None:
         validate(self)

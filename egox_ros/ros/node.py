@@ -28,6 +28,7 @@ from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate
+from egox_ros.core.geometry.render import PointCloud
 from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
 from egox_ros.core.runtime.pipeline import ClipOutput
 from egox_ros.core.runtime.synchroniser import Drop
@@ -112,9 +113,10 @@ class _Publish(EngineEvents):
     def clip(self, output: ClipOutput, latency_s: float) -> None:
         node = self.node
         node.publish(node.messages.clip(output, latency_s))
-        if node.pub_cloud is not None:   # the fusion as it was for the clip's newest frame
-            node.pub_cloud.publish(cloud_to_pointcloud2(node.engine.pipeline.renderer.fusion.cloud(),
-                                                        node.inputs.world_frame,
+        if node.pub_cloud is not None:   # the fused window drawn for the clip's newest frame (not the fusion's own
+            # state: with two stages it may be on the next clip already)
+            cloud = output.background if output.background is not None else PointCloud.empty()
+            node.pub_cloud.publish(cloud_to_pointcloud2(cloud, node.inputs.world_frame,
                                                         conv.ns_to_stamp(output.request.frames[-1].stamp_ns)))
 
     def person_mask(self, stamp_ns: int, mask: np.ndarray, frame_id: str) -> None:

@@ -137,15 +137,19 @@ def _pose_change(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return translation, math.degrees(math.acos(min(1.0, max(-1.0, cos))))
 
 
-def reliable_depth(depth_m: torch.Tensor, window_px: int, ratio: float, stride: int = 1) -> torch.Tensor:
+def reliable_depth(depth_m: torch.Tensor, window_px: int, ratio: float, stride: int = 1,
+                   compiled: bool = True) -> torch.Tensor:
     """Pixels away from depth discontinuities: (max - min) / mean of the depth in a window_px x window_px window
     below ``ratio``, and a valid reading (finite, > 0). The released EgoX tools keep only such pixels when they
     lift depth (window 5, ratio 0.1); like them, missing readings count as 0 m (so pixels next to a hole go too)
     and the window is clipped at the image border for max / min while the mean counts the outside as 0.
 
     depth_m: (H, W) float [m], NaN or <= 0 = no reading. Returns (ceil(H / stride), ceil(W / stride)) bool: the
-    mask at every stride-th pixel, computed from the full-resolution depth.
+    mask at every stride-th pixel, computed from the full-resolution depth. ``compiled``: on the CPU with numba,
+    core/geometry/voxel_kernel.py's compiled pass (the same result; False: the torch code, its reference).
     """
+    if compiled and window_px > 1 and depth_m.device.type == "cpu" and voxel_kernel.available():
+        return voxel_kernel.reliable_depth(depth_m.to(torch.float32), window_px, ratio, stride)
     d = torch.nan_to_num(depth_m.to(torch.float32), nan=0.0).clamp_(min=0.0)
     if window_px <= 1:
         return (d > 0)[::stride, ::stride]
@@ -457,11 +461,12 @@ class _Voxels:
         return _Voxels(self.keys[idx], self.offset_sum[idx], self.color_sum[idx], self.count[idx])
 
     @staticmethod
-    def reduce(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor) -> "_Voxels":
-        """Sum rows with equal keys (any order) into sorted unique voxels (on the CPU with
-        core/geometry/voxel_kernel.py's compiled pass when numba is there)."""
+    def reduce(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor,
+               sorted_runs: bool = False) -> "_Voxels":
+        """Sum rows with equal keys (any order; ``sorted_runs``: a few ascending runs, which sort faster) into sorted
+        unique voxels (on the CPU with core/geometry/voxel_kernel.py's compiled pass when numba is there)."""
         if keys.device.type == "cpu" and voxel_kernel.available():
-            return _Voxels(*voxel_kernel.voxel_sums(keys, offset, color, count))
+            return _Voxels(*voxel_kernel.voxel_sums(keys, offset, color, count, sorted_runs=sorted_runs))
         return _Voxels.reduce_torch(keys, offset, color, count)
 
     @staticmethod
@@ -526,7 +531,16 @@ def _merge(grid: _Voxels | None, record: _Voxels) -> _Voxels:
 
 
 def _voxel_cloud(v: _Voxels, voxel_size_m: float) -> PointCloud:
-    """Mean position and colour of each voxel."""
+    """Mean position and colour of each voxel (core/geometry/voxel_kernel.py's compiled pass on the CPU with numba: the
+    same float32 arithmetic as the torch code below)."""
+    if v.keys.device.type == "cpu" and voxel_kernel.available():
+        return PointCloud(*voxel_kernel.voxel_means(v.keys, v.offset_sum, v.color_sum, v.count, voxel_size_m,
+                                                    _AXIS_BITS, _AXIS_OFFSET))
+    return _voxel_cloud_torch(v, voxel_size_m)
+
+
+def _voxel_cloud_torch(v: _Voxels, voxel_size_m: float) -> PointCloud:
+    """_voxel_cloud with torch only (any device)."""
     q = torch.stack([(v.keys >> (2 * _AXIS_BITS)) & _AXIS_MASK, (v.keys >> _AXIS_BITS) & _AXIS_MASK,
                      v.keys & _AXIS_MASK], dim=1) - _AXIS_OFFSET
     n = v.count.to(torch.float32).unsqueeze(1)
@@ -629,7 +643,8 @@ class VoxelFusion(_PerFrameFusion):
                 if not self.incremental:
                     rs = list(self._records.values())
                     grid = _Voxels.reduce(torch.cat([r.keys for r in rs]), torch.cat([r.offset_sum for r in rs]),
-                                          torch.cat([r.color_sum for r in rs]), torch.cat([r.count for r in rs]))
+                                          torch.cat([r.color_sum for r in rs]), torch.cat([r.count for r in rs]),
+                                          sorted_runs=True)     # each record's keys are sorted
                 self._cache = _voxel_cloud(grid, self.config.voxel_size_m)
         return self._cache
 

@@ -7,10 +7,11 @@ reports everything through an ``EngineEvents`` object: clips, drops with their r
 estimates, input problems. The ROS node (ros/node.py) is a thin shell over it that decodes messages and publishes
 events; ``egox process`` drives it from a bag without DDS.
 
-Two ways to run the generator: ``start()`` runs it on the engine's own worker thread (the live node), or the caller
-runs ``generate_ready()`` itself (offline, deterministic).
+Two ways to run the generator: ``start()`` runs it on the engine's own worker threads (the live node: the fusion of
+the next clip beside the splat, generator and publishing of this one), or the caller runs ``generate_ready()`` itself
+(offline, deterministic; the same priors, one clip after the other).
 
-Long on purpose (about 600 lines): it is one object, EgoEngine, whose state (window, queues, workers, head
+Long on purpose (about 750 lines): it is one object, EgoEngine, whose state (window, queues, workers, head
 tracker, frame accounting) every input and every output path touches.
 """
 from __future__ import annotations
@@ -39,6 +40,9 @@ from egox_ros.core.geometry.frames import ExoFrame, FrameWindow
 from egox_ros.core.geometry.transforms import RigidTransform
 from egox_ros.core.runtime.pipeline import ClipOutput, EgoPipeline, PriorRenderer, ego_camera_from_config
 from egox_ros.core.runtime.synchroniser import Drop, FrameSynchroniser, ImageResult, SyncSources
+
+HELD_FRAMES = 256   # frames between person detections remembered until they complete (8.5 s at 30 Hz)
+FUSED_CLIPS = 1     # start(): fused clips waiting for the draw stage (one keeps both stages busy, and latency low)
 
 ENGINE_SECTIONS = ("inputs", "outputs", "sync", "runtime", "depth", "depth_alignment", "person", "head",
                    "ego_camera", "window", "fusion", "prior", "generator", "egox")
@@ -80,6 +84,28 @@ class FrameAccounting:
     last_received_ns: int = 0
     received_times: deque = field(default_factory=lambda: deque(maxlen=1000))    # engine-clock arrival times [s]
     published_times: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+def propagate_mask(mask: np.ndarray, previous: np.ndarray, steps: float) -> np.ndarray:
+    """A person mask (H, W) bool carried ``steps`` detection intervals ahead along the track from ``previous`` (the
+    detection before it): shifted by steps times the move of the mask's centroid between the two (whole pixels),
+    joined with the mask itself (the person is on the way between). The mask unchanged when either is empty or
+    the move is more than a quarter of the image (a new person, not a track)."""
+    ys, xs = np.nonzero(mask)
+    ys0, xs0 = np.nonzero(previous)
+    if not len(ys) or not len(ys0):
+        return mask
+    h, w = mask.shape
+    move_y, move_x = ys.mean() - ys0.mean(), xs.mean() - xs0.mean()
+    if abs(move_y) > h / 4 or abs(move_x) > w / 4:
+        return mask
+    dy, dx = int(round(move_y * steps)), int(round(move_x * steps))
+    if dy == 0 and dx == 0:
+        return mask
+    out = mask.copy()
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= mask[max(-dy, 0):h + min(-dy, 0),
+                                                                     max(-dx, 0):w + min(-dx, 0)]
+    return out
 
 
 def head_to_ego(outputs: OutputsConfig) -> RigidTransform:
@@ -140,6 +166,14 @@ class EgoEngine:
         self.person_detector = None if detector is None else AsyncPersonDetector(
             detector, capacity=self.sync.max_waiting, on_result=self._on_person,
             max_lag_s=self.sync.timeout_s / 2 if self.sync.overload == "drop_oldest" else None)
+        # runtime.person_stride: the detector sees every n-th accepted image; the others hold (_held_observation).
+        self.person_stride = runtime.person_stride or (3 if self.sync.overload == "drop_oldest" else 1)
+        self._since_detected = 0                         # accepted images since the last one submitted
+        self._submitted: deque[int] = deque(maxlen=8)    # stamps submitted to the detector, oldest first
+        self._held: dict[int, int] = {}                  # stamp of a frame not submitted -> the stamp it holds
+        self._held_masks: dict[int, PersonObservation] = {}   # the newest held observations made
+        self._held_reports: list[tuple[int, np.ndarray, str]] = []   # their masks, for events.person_mask
+        self._not_a_person: deque[int] = deque(maxlen=8)  # detections whose frame found them not person-sized
         self.head_tracker = HeadTracker(self.head_config) if self.inputs.head_source == "exo" else None
         self.last_head: HeadEstimate | None = None
         self.head_counts: Counter = Counter()            # measured / held / not_visible / depth_rejected
@@ -176,16 +210,24 @@ class EgoEngine:
                 model_depth_active=self.depth_from_model,
                 person=None if self.person_detector is None else self._person_observation,
                 head=None if self.head_tracker is None else self._estimate_head,
-                on_reset=lambda stamp_ns: self.window.clear()),
+                on_reset=self._on_reset),
             clock=clock, lock=self.lock)
         self._queue: deque[tuple[ExoFrame, list[ExoFrame]]] = deque()   # frame, its fusion context
         self._in_generator = 0                           # frames taken from the queue, not yet out
         self._replaced: list[int] = []                   # stamps dropped from the full queue for newer frames
-        self._in_flight: deque = deque()                 # pool backend: (handle, rendered clip, started), oldest first
+        self._replaced_recent: set[int] = set()          # such stamps still in the window, kept out of contexts
+        self._in_flight: deque = deque()                 # pool: ((handle, rendered clip), started), oldest first
+        self._fused: deque = deque()                     # start(): (prepared clip, started) for the draw stage
+        self._fusion_worker: threading.Thread | None = None
         self._flush_requested = False
         self._running = True
         self.stats = FrameAccounting()
         self.notes: Counter = Counter()                  # non-frame events (bad depth, ...) for diagnostics
+
+    def _on_reset(self, _stamp_ns: int) -> None:
+        """A confirmed time jump back (lock held): the window starts over."""
+        self.window.clear()
+        self._replaced_recent.clear()
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -250,12 +292,18 @@ class EgoEngine:
             for worker in (self.depth_estimator, self.person_detector, self.head_tracker):
                 if worker is not None:
                     worker.reset()
+            with self.lock:
+                self._since_detected = 0
+                self._submitted.clear()
+                self._held.clear()
+                self._held_masks.clear()
+                self._not_a_person.clear()
             self.events.log("warning", f"time jumped back to {result.accepted[0].stamp_ns * 1e-9:.3f} s (confirmed "
                                        f"by {self.sync.time_jump_confirm_frames} exo images): TF, window and sync "
                                        "reset")
             self.note("time_jump_back", "time jump back", log=False)
         for frame in result.accepted:   # accepted frames only, in stamp order; depth follows the person result
-            if self.person_detector is not None:
+            if self.person_detector is not None and self._detect_next(frame.stamp_ns):
                 self.person_detector.submit(frame.stamp_ns, frame.rgb)
             elif self.depth_from_model():
                 self.depth_estimator.submit(frame.stamp_ns, frame.rgb)
@@ -339,20 +387,66 @@ class EgoEngine:
             self.events.person_mask(stamp_ns, observation.mask, pending.frame_id)
         self.resolve()
 
+    def _detect_next(self, stamp_ns: int) -> bool:
+        """Whether the detector gets this accepted image (every person_stride-th, the first after a reset); if not,
+        the frame will hold the observation of the newest image submitted before it."""
+        with self.lock:
+            if self._since_detected % self.person_stride == 0 or not self._submitted:
+                self._since_detected = 1
+                self._submitted.append(stamp_ns)
+                return True
+            self._since_detected += 1
+            self._held[stamp_ns] = self._submitted[-1]
+            if len(self._held) > HELD_FRAMES:      # frames dropped before they completed (stamp order: oldest first)
+                del self._held[next(iter(self._held))]
+            return False
+
     def _person_observation(self, stamp_ns: int, depth_m: np.ndarray | None,
                             camera: CameraModel) -> PersonObservation | None:
         """The detector's observation of a frame whose depth is known (lock held), None while pending: a
         detection the depth shows to be far smaller or larger than a person (demonstrator/estimate.py
         is_person_sized) is no person: no mask, no head (counted as the note 'not_a_person'). The mask loses what
-        the depth shows is not the person (person.depth_tolerance_m, demonstrator/mask_depth.py)."""
+        the depth shows is not the person (person.depth_tolerance_m, demonstrator/mask_depth.py). A frame the
+        detector did not get (runtime.person_stride) holds the observation of the image submitted before it."""
+        source_ns = self._held.get(stamp_ns)
+        if source_ns is not None:
+            if stamp_ns not in self._held_masks:   # asked again while the frame waits for other inputs: kept
+                observation = self._held_observation(stamp_ns, source_ns)
+                if observation is None:
+                    return None
+                self._held_masks[stamp_ns] = observation
+                while len(self._held_masks) > 16:
+                    del self._held_masks[next(iter(self._held_masks))]
+                pending = self.frames.pending(stamp_ns)
+                if observation.mask is not None and pending is not None:    # reported by resolve(), unlocked
+                    self._held_reports.append((stamp_ns, observation.mask, pending.frame_id))
+            return self._held_masks[stamp_ns]
         observation = self.person_detector.result_for(stamp_ns)
         if observation is None or not observation.found:
             return observation
         if is_person_sized(observation, camera, depth_m, self.head_config):
             return refine_observation(observation, depth_m, self.person_config)
+        self._not_a_person.append(stamp_ns)
         self.note("not_a_person", f"detection at {stamp_ns * 1e-9:.3f} s is not person-sized in the depth",
                   log=False)
         return PersonObservation(mask=None, head=None, detector_ms=observation.detector_ms)
+
+    def _held_observation(self, stamp_ns: int, source_ns: int) -> PersonObservation | None:
+        """The observation of a frame the detector skipped by stride (lock held): the mask of the image submitted
+        before it (None while that is pending), moved along the person's track and joined with where it was, so
+        that it still covers a moving person; no head (the head tracker holds it). A detection its own frame
+        found not person-sized gives no mask here either."""
+        source = self.person_detector.result_for(source_ns)
+        if source is None:
+            return None
+        if source.mask is None or source_ns in self._not_a_person:
+            return PersonObservation(mask=None, head=None)
+        mask = source.mask
+        earlier = [s for s in self._submitted if s < source_ns]
+        before = self.person_detector.result_for(earlier[-1]) if earlier else None
+        if source.detector_ms > 0 and before is not None and before.detector_ms > 0 and before.mask is not None:
+            mask = propagate_mask(mask, before.mask, (stamp_ns - source_ns) / (source_ns - earlier[-1]))
+        return PersonObservation(mask=mask, head=None)
 
     def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
                        camera: CameraModel, world_T_exo: np.ndarray) -> np.ndarray | None:
@@ -382,6 +476,9 @@ class EgoEngine:
                 self._replaced = []
             self._count_drops(drops)
             admitted = len(self._queue) != queued
+            held_masks, self._held_reports = self._held_reports, []
+        for stamp_ns, mask, frame_id in held_masks:
+            self.events.person_mask(stamp_ns, mask, frame_id)
         self._report_drops(drops)
         if admitted and not drops:
             self.events.progress()
@@ -395,10 +492,23 @@ class EgoEngine:
                 return False
             old, _ = self._queue.popleft()
             self._replaced.append(old.stamp_ns)
+            self._replaced_recent.add(old.stamp_ns)
         self.window.append(frame)
-        self._queue.append((frame, self.window.newest(self.fusion_frames, up_to_ns=frame.stamp_ns)))
+        context = self.window.newest(self.window.config.max_frames, up_to_ns=frame.stamp_ns)
+        self._queue.append((frame, self._published_context(context)))
         self.lock.notify_all()
         return True
+
+    def _published_context(self, context: list[ExoFrame]) -> list[ExoFrame]:
+        """The newest fusion.window_frames of ``context`` (oldest first) that were not replaced in the full queue
+        (lock held): under overload the fusion lifts only frames that are published, so that its work falls with
+        the output rate instead of staying at the camera's (each frame lifted costs about 11 ms of CPU at 640x480).
+        Without replaced frames (sync.overload 'keep_all', or no overload) simply the newest window_frames."""
+        if self._replaced_recent:
+            context = [f for f in context if f.stamp_ns not in self._replaced_recent]
+            oldest = context[0].stamp_ns if context else 0
+            self._replaced_recent = {ns for ns in self._replaced_recent if ns >= oldest}
+        return context[-self.fusion_frames:]
 
     # ------------------------------------------------------------------ generation
     def _fall_back(self, name: str, error: Exception | str) -> EgoGenerator:
@@ -426,10 +536,22 @@ class EgoEngine:
         self.events.log("info", f"generator '{self.generator.name}' ready after {time.monotonic() - started:.1f} s")
 
     def start(self) -> None:
-        """Run the generator on the engine's own worker thread (it loads the models first); with a pool of
-        replicas a second thread publishes their results in order."""
+        """Run the generator on the engine's own worker threads (the models load first). Two stages, so that two
+        cores work on successive clips: a fusion thread takes clips from the queue, oldest first, and fuses them
+        (PriorRenderer.prepare), a draw thread splats their priors, runs the generator and publishes; at most
+        FUSED_CLIPS fused clips wait between them. With a pool of replicas, clips are rendered on one thread and
+        sent to the pool, and a second thread publishes the results in order."""
         self._worker = threading.Thread(target=self._work, name="egox-generator", daemon=True)
         self._worker.start()
+
+    def _wait_until(self, ready: Callable[[], bool]) -> bool:
+        """Wait (lock held) until ready() or the engine closes; False when it closed."""
+        self.lock.wait_for(lambda: not self._running or ready())
+        return self._running
+
+    def _clip_ready(self) -> bool:
+        """A whole clip is queued, or a flush asks for the last, partial one (lock held)."""
+        return len(self._queue) >= self.generator.clip_frames or self._flush_requested
 
     def _pooled(self) -> bool:
         return hasattr(self.generator, "submit")
@@ -445,18 +567,21 @@ class EgoEngine:
             self._flush_requested = False
         clip = [self._queue.popleft() for _ in range(min(clip_frames, len(self._queue)))]
         self._in_generator += len(clip)
-        return clip
+        return [(f, self._published_context(c)) for f, c in clip]    # without frames replaced since admission
 
     def _work(self) -> None:
         self.prepare_generator()
         if self._pooled():
             threading.Thread(target=self._collect, name="egox-pool-results", daemon=True).start()
+        else:
+            self._fusion_worker = threading.Thread(target=self._fuse_clips, name="egox-fusion", daemon=True)
+            self._fusion_worker.start()
+            self._draw_clips()
+            return
         while True:
             with self.lock:
-                self.lock.wait_for(lambda: not self._running or (
-                    (len(self._queue) >= self.generator.clip_frames or self._flush_requested)
-                    and not (self._pooled() and len(self._in_flight) >= self.generator.capacity)))
-                if not self._running:
+                if not self._wait_until(lambda: self._clip_ready() and not (
+                        self._pooled() and len(self._in_flight) >= self.generator.capacity)):
                     return
                 clip = self._take_clip()
             if clip:
@@ -466,28 +591,63 @@ class EgoEngine:
                 else:
                     self._generate(clip)
 
-    def _submit(self, clip: list[tuple[ExoFrame, list[ExoFrame]]]) -> None:
-        """Pool backend: render the clip's priors here (in order), send it to a free replica."""
+    def _fuse_clips(self) -> None:
+        """The fusion stage of start(): clips from the queue, oldest first, fused and handed to the draw stage
+        (which has room for FUSED_CLIPS of them; the queue fills behind, then back-pressures or drops the oldest
+        as sync.overload says)."""
+        while True:
+            with self.lock:
+                if not self._wait_until(lambda: self._clip_ready() and len(self._fused) < FUSED_CLIPS):
+                    return
+                clip = self._take_clip()
+            if not clip:
+                continue
+            self.resolve()                         # complete frames that waited for room in the queue
+            self._hand_on(clip, self.pipeline.prepare, self._fused)
+
+    def _draw_clips(self) -> None:
+        """The draw stage of start(): fused clips in order, their priors splatted, generated and published."""
+        while True:
+            with self.lock:
+                if not self._wait_until(lambda: bool(self._fused)):
+                    return
+                prepared, started = self._fused.popleft()
+                self.lock.notify_all()             # room for the fusion stage
+            try:
+                output = self.pipeline.run_prepared(prepared)
+            except Exception as e:  # noqa: BLE001 - a failing generator must not take the node down
+                self._failed(prepared.frames, e)
+                continue
+            self._emit(output, started)
+
+    def _hand_on(self, clip: list[tuple[ExoFrame, list[ExoFrame]]], work, to: deque) -> None:
+        """A stage's work on a clip taken from the queue: work(frames, contexts)'s result goes onto ``to`` for the
+        next stage, with the time the clip was taken; if it raises, the clip's frames fail."""
         frames = [f for f, _ in clip]
         started = time.monotonic()
         try:
-            rendered = self.pipeline.render(frames, [c for _, c in clip])
-            handle = self.generator.submit(rendered.padded)
+            result = work(frames, [c for _, c in clip])
         except Exception as e:  # noqa: BLE001 - a failing clip must not take the node down
             self._failed(frames, e)
             return
         with self.lock:
-            self._in_flight.append((handle, rendered, started))
+            to.append((result, started))
             self.lock.notify_all()
+
+    def _submit(self, clip: list[tuple[ExoFrame, list[ExoFrame]]]) -> None:
+        """Pool backend: render the clip's priors here (in order), send it to a free replica."""
+        def render_and_submit(frames, contexts):
+            rendered = self.pipeline.render(frames, contexts)
+            return self.generator.submit(rendered.padded), rendered
+        self._hand_on(clip, render_and_submit, self._in_flight)
 
     def _collect(self) -> None:
         """Pool backend: publish the replicas' results in submission (stamp) order."""
         while True:
             with self.lock:
-                self.lock.wait_for(lambda: not self._running or self._in_flight)
-                if not self._running:
+                if not self._wait_until(lambda: bool(self._in_flight)):
                     return
-                handle, rendered, started = self._in_flight[0]
+                (handle, rendered), started = self._in_flight[0]
             waited_from = time.monotonic()
             try:
                 result = self.generator.wait(handle)
@@ -583,8 +743,9 @@ class EgoEngine:
             self._running = False
             self.lock.notify_all()
             left = self.frames.waiting() + len(self._queue)
-        if self._worker is not None:
-            self._worker.join(timeout=5.0)
+        for worker in (self._worker, self._fusion_worker):
+            if worker is not None:
+                worker.join(timeout=5.0)
         if hasattr(self.generator, "close"):       # a pool of replicas
             self.generator.close()
         for worker in (self.depth_estimator, self.person_detector):

@@ -134,6 +134,10 @@ def test_fixed_exo_pose_from_parameters_and_egox_record(peer, tmp_path):
         wanted = len(peer.messages("/ego/clip_metadata"))
         wait_until(lambda: recorded_count(tmp_path / "record.log", "/ego/clip_metadata") >= wanted, 30,
                    f"egox record to count {wanted} clip metadata messages")
+        # and both latched parts of the tree (the node's and the driver's): a late joiner gets them when it matches,
+        # which under load can come after the frames
+        wait_until(lambda: recorded_count(tmp_path / "record.log", "/tf_static") >= 2, 30,
+                   "egox record to count both /tf_static messages")
     finally:
         code = recording.stop()
         node.stop()

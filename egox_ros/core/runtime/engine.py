@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -170,6 +170,10 @@ class EgoEngine:
         self.person_stride = runtime.person_stride or (3 if self.sync.overload == "drop_oldest" else 1)
         self._since_detected = 0                         # accepted images since the last one submitted
         self._submitted: deque[int] = deque(maxlen=8)    # stamps submitted to the detector, oldest first
+        # The exo frame id of each image submitted to the detector, for its mask: the frame may be complete (and
+        # no longer pending) by the time the detector's callback runs, since resolve() on another thread can take
+        # the result as soon as it is stored.
+        self._detector_frame_ids: OrderedDict[int, str] = OrderedDict()
         self._held: dict[int, int] = {}                  # stamp of a frame not submitted -> the stamp it holds
         self._held_masks: dict[int, PersonObservation] = {}   # the newest held observations made
         self._held_reports: list[tuple[int, np.ndarray, str]] = []   # their masks, for events.person_mask
@@ -304,6 +308,9 @@ class EgoEngine:
             self.note("time_jump_back", "time jump back", log=False)
         for frame in result.accepted:   # accepted frames only, in stamp order; depth follows the person result
             if self.person_detector is not None and self._detect_next(frame.stamp_ns):
+                self._detector_frame_ids[frame.stamp_ns] = frame.frame_id
+                while len(self._detector_frame_ids) > 4 * self.sync.max_waiting:
+                    self._detector_frame_ids.popitem(last=False)
                 self.person_detector.submit(frame.stamp_ns, frame.rgb)
             elif self.depth_from_model():
                 self.depth_estimator.submit(frame.stamp_ns, frame.rgb)
@@ -383,8 +390,9 @@ class EgoEngine:
         if pending is not None and self.depth_from_model():
             static = None if observation.mask is None else ~observation.mask
             self.depth_estimator.submit(stamp_ns, pending.rgb, static_mask=static)
-        if observation.mask is not None and pending is not None:
-            self.events.person_mask(stamp_ns, observation.mask, pending.frame_id)
+        frame_id = self._detector_frame_ids.pop(stamp_ns, None)
+        if observation.mask is not None and frame_id is not None:
+            self.events.person_mask(stamp_ns, observation.mask, frame_id)
         self.resolve()
 
     def _detect_next(self, stamp_ns: int) -> bool:

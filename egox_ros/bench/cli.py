@@ -8,6 +8,8 @@ import re
 import sys
 from pathlib import Path
 
+from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE
+
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
 
@@ -51,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="instead: the released EgoX example/egoexo4D folder (meta.json, videos/, "
                                 "depth_maps/; development clips only): per clip frames with a head, head position "
                                 "and forward-direction error against the recorded head camera, person masks, time")
-            p.add_argument("--exo-focal-scale", type=float, default=1.42,
+            p.add_argument("--exo-focal-scale", type=float, default=DEFAULT_EXO_FOCAL_SCALE,
                            help="with --egoexo4d: the released exo focal length times this (default 1.42: fits the "
                                 "videos, as egox tools egoexo4d writes it; 1: the released camera)")
         if name in OWN_CLI:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from egox_ros.bench.common import machine_info
+from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE, clip_names, load_clip
 
 SECTION = "demonstrator"
 PERSON_FRAMES = tuple(range(48, 60))
@@ -563,10 +564,9 @@ def _egoexo4d_clip(clip, use_depth: bool = True) -> dict:
             "ms_per_frame": _stats(ms), "detect_ms": _stats(detect_ms)}
 
 
-def run_egoexo4d(root, exo_focal_scale: float = 1.42, progress=None) -> dict:
+def run_egoexo4d(root, exo_focal_scale: float = DEFAULT_EXO_FOCAL_SCALE, progress=None) -> dict:
     """Every clip of a released example/egoexo4D folder (development clips only; see issue 17), with the released
     depth and without depth (the position from the body's size alone)."""
-    from egox_ros.tools.egoexo4d import clip_names, load_clip
     machine = machine_info()
     import mediapipe
     machine["versions"]["mediapipe"] = mediapipe.__version__

@@ -237,10 +237,10 @@ def _load_params_file(params_file: str) -> dict:
         raise ReplayInputError(str(e)) from e
 
 
-def node_parameters(params_file: str | None, overrides: list[str]) -> tuple[dict, set[str]]:
+def node_parameters(params_file: str | None, overrides: list[str]) -> tuple[dict, dict]:
     """The egox node's effective parameters as the replay starts it, dotted names -> values: config/egox.yaml's
     defaults, then the params file's sections for the node, then the `-p NAME:=VALUE` overrides (YAML values, as
-    ROS reads them; egox_ros.ros.params.load_parameters); and the names the user set (file or -p)."""
+    ROS reads them; egox_ros.ros.params.load_parameters); and the values the user set (file or -p)."""
     import yaml
     from egox_ros.ros.launch_spec import default_params_file
     from egox_ros.ros.params import load_parameters
@@ -250,7 +250,7 @@ def node_parameters(params_file: str | None, overrides: list[str]) -> tuple[dict
     except (ValueError, OSError, yaml.YAMLError) as e:
         raise ReplayInputError(f"{e}".replace("\n", " ")) from e
     values.update(user)
-    return values, set(user)
+    return values, user
 
 
 def _replay_section(params_file: str | None) -> dict:
@@ -376,14 +376,16 @@ def _tf_root(parents: dict, frame: str) -> str:
     return frame
 
 
-def _check_parameters(params_file: str | None, overrides: list[str]) -> tuple[dict, list[str]]:
-    """Every section's config built from the params file and overrides exactly as the node builds it (types,
-    ranges); a bad value is a ReplayInputError (one line) before anything starts. Returns (configs, warnings for
-    unknown names)."""
+def _check_parameters(user: dict, replay_params: list[str]) -> tuple[dict, list[str]]:
+    """Every section's config built from the values the user set (node_parameters: the params file and
+    overrides, read once) and the replay's own `-p NAME:=VALUE` exactly as the node builds it (types, ranges); a
+    bad value is a ReplayInputError (one line) before anything starts. Returns (configs, warnings for unknown
+    names)."""
     from egox_ros.ros.config import parameter_sections
     from egox_ros.ros.params import configs_from_parameters, load_parameters
     try:
-        return configs_from_parameters(load_parameters(params_file, overrides, NODE_NAME), parameter_sections())
+        values = {**user, **load_parameters(None, replay_params, NODE_NAME)}
+        return configs_from_parameters(values, parameter_sections())
     except ValueError as e:
         raise ReplayInputError(f"bad parameters: {e}".replace("\n", " ")) from e
 
@@ -395,7 +397,8 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     (preset, then the params file's egox_replay remap, then --remap; --exo-topic is the exo/image_raw remap),
     compressed transports detected from the bag's types, and one problem line per missing input."""
     overrides = list(overrides or [])
-    params, user_set = node_parameters(params_file, overrides)
+    params, user = node_parameters(params_file, overrides)
+    user_set = set(user)
     section = _replay_section(params_file)
     preset = preset or section.get("preset")
     if preset is not None and preset not in PRESETS:
@@ -504,7 +507,7 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     if params.get("sync.overload") is not None and "sync.overload" not in user_set:
         plan.replay_params.append("sync.overload:=keep_all")    # a recording: every frame, none dropped for room
         params["sync.overload"] = "keep_all"
-    plan.configs, plan.warnings = _check_parameters(params_file, overrides + plan.replay_params)
+    plan.configs, plan.warnings = _check_parameters(user, plan.replay_params)
 
     # TF: transforms to the exo camera frame and (head_source 'tf') the head frame, connected to the world frame.
     world = str(params.get("inputs.world_frame") or "world").lstrip("/")

@@ -105,3 +105,13 @@ class PersonObservation:
     @property
     def found(self) -> bool:
         return self.head is not None or self.body is not None or (self.mask is not None and bool(self.mask.any()))
+
+
+def shoulder_width_px(landmarks_uv: np.ndarray) -> float:
+    """The body's scale in pixels from its 33 landmark pixels: the shoulder width, or from the ears and the torso
+    when the shoulders are foreshortened (a side view); at least 4 px."""
+    lm = np.asarray(landmarks_uv, np.float64)
+    shoulder_px = float(np.linalg.norm(lm[11] - lm[12]))
+    ears_px = float(np.linalg.norm(lm[7] - lm[8]))
+    torso_px = float(np.linalg.norm(0.5 * (lm[11] + lm[12]) - 0.5 * (lm[23] + lm[24])))
+    return max(shoulder_px, 2.2 * ears_px, 0.6 * torso_px, 4.0)

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from egox_ros.core.demonstrator.detector import PersonConfig, dilate_mask
-from egox_ros.core.demonstrator.landmarks import BodyLandmarks, PersonObservation
+from egox_ros.core.demonstrator.landmarks import BodyLandmarks, PersonObservation, shoulder_width_px
 
 # The skeleton whose depth the person's pixels are compared with: arms, hands, legs, feet (pairs of BlazePose
 # landmarks), the torso polygon and the head. A landmark's depth is the median over the mask within
@@ -29,16 +29,6 @@ _SEEN = 0.5
 # Ego-Exo4D development clips the released depth at the head read 0.75-1.19 of the true distance, steady in a clip,
 # so the relative error within one body is much smaller).
 _RELATIVE_TOLERANCE = 0.05
-
-
-def shoulder_width_px(landmarks_uv: np.ndarray) -> float:
-    """The body's scale in pixels from its 33 landmark pixels: the shoulder width, or from the ears and the torso
-    when the shoulders are foreshortened (a side view); at least 4 px."""
-    lm = np.asarray(landmarks_uv, np.float64)
-    shoulder_px = float(np.linalg.norm(lm[11] - lm[12]))
-    ears_px = float(np.linalg.norm(lm[7] - lm[8]))
-    torso_px = float(np.linalg.norm(0.5 * (lm[11] + lm[12]) - 0.5 * (lm[23] + lm[24])))
-    return max(shoulder_px, 2.2 * ears_px, 0.6 * torso_px, 4.0)
 
 
 def _disc_median(depth_m: np.ndarray, valid: np.ndarray, uv: np.ndarray, radius_px: float) -> float | None:

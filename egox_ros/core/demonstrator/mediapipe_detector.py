@@ -29,8 +29,7 @@ import numpy as np
 
 from egox_ros.core.demonstrator.detector import PersonConfig, dilate_mask
 from egox_ros.core.demonstrator.landmarks import (BODY_INDEX, BodyLandmarks, HEAD_KEYPOINTS, HeadLandmarks,
-                                                  PersonObservation)
-from egox_ros.core.demonstrator.mask_depth import shoulder_width_px
+                                                  PersonObservation, shoulder_width_px)
 
 # Face mesh (478 landmarks with irises) index of each head keypoint it has; the demonstrator's own left/right.
 _FACE_MESH_INDEX = {"nose": 1, "left_eye": 473, "right_eye": 468, "left_eye_inner": 362, "left_eye_outer": 263,

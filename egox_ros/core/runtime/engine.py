@@ -196,7 +196,7 @@ class EgoEngine:
                                               runtime.torch_threads)
         fusion_config, window_config = configs["fusion"], configs["window"]
         self.pipeline = EgoPipeline(PriorRenderer(configs["prior"], fusion_config, self.ego_camera,
-                                                  generator_config.device, generator=self.generator.name),
+                                                  generator_config.device),
                                     self.generator)
         self.fusion_frames = min(fusion_config.window_frames, window_config.max_frames)
         self.window = FrameWindow(window_config)

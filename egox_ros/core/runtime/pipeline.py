@@ -34,13 +34,12 @@ class PriorRenderer:
     own dynamic points. A context older than what the fusion holds (a time jump back) restarts the fusion.
     Person masks keep the demonstrator out of the background: their pixels are not lifted (prior.person_points
     'none') or become the frame's dynamic points ('per_frame'); nothing within prior.min_distance_m of the ego
-    camera is drawn. ``generator``: the generator's name (kept for callers; every generator gets prior.splat).
+    camera is drawn.
     """
 
     def __init__(self, config: PriorConfig, fusion_config: FusionConfig, ego_camera: CameraModel,
-                 device: str = "cpu", generator: str = "prior"):
+                 device: str = "cpu"):
         self.config = config
-        self.splat = config.splat
         self.fusion_config = fusion_config
         self.ego_camera = ego_camera
         self.device = torch.device(device)
@@ -117,7 +116,7 @@ class PriorRenderer:
             return Prior(rgb=np.zeros((h, w, 3), np.uint8), mask=np.zeros((h, w), bool),
                          depth_m=np.zeros((h, w), np.float32))
         pose = torch.from_numpy(job.world_T_ego)
-        if self.splat == "soft":
+        if self.config.splat == "soft":
             view = render_points_soft(cloud, self.ego_camera, pose, radius_px=self.config.splat_radius_px,
                                       points_per_pixel=self.config.points_per_pixel,
                                       min_distance_m=self.config.min_distance_m)

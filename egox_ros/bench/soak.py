@@ -199,7 +199,8 @@ def _machine_cpu_s() -> float:
 
 
 class RssSampler(threading.Thread):
-    """VmRSS (MB) and CPU seconds of a process once a second, as (seconds since start, MB, cpu_s)."""
+    """VmRSS (MB) and CPU seconds of a process once a second and once more when stopped (the end of the run,
+    whatever its phase against the second), as (seconds since start, MB, cpu_s)."""
 
     def __init__(self, pid: int, t0: float, period_s: float = 1.0):
         super().__init__(daemon=True)
@@ -209,12 +210,17 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         next_t = time.monotonic()
-        while not self._halt.is_set():
-            rss = _proc_rss_mb(self.pid)
-            if rss is not None:
-                self.samples.append((round(time.monotonic() - self.t0, 3), round(rss, 2), _proc_cpu_s(self.pid)))
+        while True:
+            self._sample()
             next_t += self.period_s
-            self._halt.wait(max(0.0, next_t - time.monotonic()))
+            if self._halt.wait(max(0.0, next_t - time.monotonic())):
+                break
+        self._sample()
+
+    def _sample(self) -> None:
+        rss = _proc_rss_mb(self.pid)
+        if rss is not None:
+            self.samples.append((round(time.monotonic() - self.t0, 3), round(rss, 2), _proc_cpu_s(self.pid)))
 
     def stop(self) -> None:
         self._halt.set()

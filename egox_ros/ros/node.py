@@ -387,7 +387,9 @@ def _interrupt(_signum, _frame):
 def main(args: list[str] | None = None) -> None:
     """Run the node; bad arguments or parameters: one line on stderr, exit code 2. SIGINT and SIGTERM stop it
     cleanly: rclpy's own handlers would shut the ROS context down at once, while the generator thread may still
-    publish (a traceback); here they interrupt the executor, and the context goes down after the engine is closed."""
+    publish (a traceback); here they stop the executor, and the context goes down after the engine is closed. While
+    the node starts they interrupt it (KeyboardInterrupt); once it spins they only set a flag that the spin loop
+    checks: raised inside rclpy's C++ take of a message, the KeyboardInterrupt came out as a RuntimeError traceback."""
     import sys
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1 <pid>`: every thread's stack to stderr
     argv = list(sys.argv if args is None else args)
@@ -419,7 +421,11 @@ def main(args: list[str] | None = None) -> None:
         # callbacks waiting for seconds behind the image callbacks (measured with input_delay_max_ms).
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -177,3 +177,35 @@ def test_egox_record_never_writes_over_anything(tmp_path):
         assert done.returncode == 2 and says in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert [p.name for p in existing.iterdir()] == ["keep.txt"] and not (tmp_path / "new").exists()
+
+
+def test_egox_record_waits_for_a_publisher_to_choose_the_qos_and_so_gets_latched_messages(peer, tmp_path):
+    """A topic the graph first knows from a subscriber (the node's TF listener on /tf_static, say) is not subscribed
+    until a publisher is seen: subscribed then as transient local, it gets what the latched publisher sent before the
+    recorder matched (subscribed volatile from the subscriber alone, it never would: the race CI once hit)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import String
+    from egox_ros.ros.dds import BackgroundSpin
+    from egox_ros.ros.record import Recorder
+    topic = "/egox_test/latched"
+    peer.collect(String, topic, STATIC_QOS)                 # a subscriber only, as a TF listener on /tf_static
+    node = rclpy.create_node("egox_test_recorder")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spin = BackgroundSpin(executor, name="egox-test-recorder")
+    recorder = Recorder(node, tmp_path / "bag", [topic], log=lambda line: None)
+    try:
+        wait_until(lambda: topic in dict(node.get_topic_names_and_types()), 20, f"{topic} in the recorder's graph")
+        recorder.discover()
+        assert topic not in recorder.subscriptions        # known from a subscriber only: no QoS to follow yet
+        pub = peer.publisher(String, topic, STATIC_QOS)
+        pub.publish(String(data="sent before the recorder matched"))
+        wait_until(lambda: recorder.discover() or topic in recorder.subscriptions, 20, "the recorder to subscribe")
+        assert recorder.subscriptions[topic].qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+        wait_until(lambda: recorder.bag.counts_now().get(topic, 0) >= 1, 20, "the latched message to be recorded")
+    finally:
+        spin.stop()
+        counts = recorder.close()
+        node.destroy_node()
+    assert counts == {topic: 1}, counts

@@ -41,10 +41,13 @@ class Recorder:
         self.skipped: dict[str, str] = {}         # topic -> why it is not recorded
 
     def discover(self) -> None:
-        """Subscribe to every wanted topic that now has a publisher (call it periodically)."""
+        """Subscribe to every wanted topic that now has a publisher (call it periodically). A topic the graph knows
+        only from its subscribers waits: its QoS follows its publishers, and a latched topic subscribed as volatile
+        (before the publisher was known) would never get what was published before it matched."""
         types = dict(self.node.get_topic_names_and_types())
         for topic in self.topics:
-            if topic in self.subscriptions or topic in self.skipped or topic not in types:
+            if (topic in self.subscriptions or topic in self.skipped or topic not in types
+                    or self.node.count_publishers(topic) == 0):
                 continue
             type_name = types[topic][0]
             try:

@@ -146,7 +146,7 @@ def test_prior_bench_speed_run_times_the_kernel_and_its_reference_on_one_thread(
     threads = torch.get_num_threads()
     sp = prior.speed("cpu", repeats=1)
     assert torch.get_num_threads() == threads and sp["torch_threads"] == 1
-    for name in ("soft", "soft_torch", "hard_r1", "hard_r2"):
+    for name in ("soft", "soft_2threads", "soft_torch", "hard_r1", "hard_r2"):
         assert sp[f"{name}_render_ms"] > 0 and sp[f"{name}_render_cpu_ms"] > 0
     assert sp["window_points"] > 50_000 and sp["fusion_cpu_ms"] > 0
     result = {"machine": {"date": "d", "cpu": "c", "cpu_cores": 2, "torch_threads": 2, "memory_gb": 1, "gpu": None,
@@ -158,3 +158,5 @@ def test_prior_bench_speed_run_times_the_kernel_and_its_reference_on_one_thread(
         "reference_check": {"crop": [40, 32], "same_nearest_point_fraction": 1.0, "max_abs_color_diff": 0}}}})
     assert f"| {sp['window_points']} (wall) |" in table and f"| {sp['window_points']} (CPU) |" in table
     assert "torch threads 1" in table
+    assert f"The kernel on 2 threads (`runtime.splat_threads`, the live node's default; the wall time counts): " \
+           f"{sp['soft_2threads_render_ms']} ms per render" in table

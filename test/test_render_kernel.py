@@ -6,6 +6,8 @@ radii whose disc rows span one, two and three 64-pixel words of the kernel's liv
 edge, many equal depths, both pixel-centre conventions, K limits and transmittance cut-offs. Tolerances: mask,
 nearest point and its depth identical; colours within 1 unit (float32 transmittance as a running product in the
 kernel, as sums of float64 logs in the torch code, before truncation to uint8), and on at most 0.1 % of pixels.
+The kernel on several threads (bands of rows) against itself on one: identical, as every pixel takes the same
+float32 operations in the same order whichever thread owns its row.
 """
 
 import numpy as np
@@ -61,6 +63,23 @@ def test_kernel_matches_torch(radius, k_max, cut, offset):
     out = render_points_soft(cloud, cam, EYE, backend="kernel", **kw)
     assert ref.mask.any() and not ref.mask.all()
     _same(out, ref)
+
+
+@pytest.mark.parametrize("radius,k_max", [(5.0, 20), (1.0, 1), (32.0, 8)])
+def test_kernel_on_several_threads_draws_the_same_image(radius, k_max):
+    """Discs that cross the bands' edges (radius 32: up to 65 rows), points beyond every edge."""
+    cloud, cam = _scene(20000, 150, 90, seed=7, margin=int(radius) + 3)
+    kw = dict(radius_px=radius, points_per_pixel=k_max, backend="kernel")
+    one = render_points_soft(cloud, cam, EYE, threads=1, **kw)
+    for threads in (2, 3, 8):
+        many = render_points_soft(cloud, cam, EYE, threads=threads, **kw)
+        for name in ("rgb", "mask", "depth_m", "point_index"):
+            assert torch.equal(getattr(one, name), getattr(many, name)), (threads, name)
+    assert soft_kernel._row_bands(np.linspace(0, 100, 5000, dtype=np.float32), 120, 3) == [(0, 33), (33, 67),
+                                                                                             (67, 120)]
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="threads"):
+            render_points_soft(cloud, cam, EYE, threads=bad, **kw)
 
 
 def test_kernel_matches_torch_through_a_fisheye_and_a_pose():

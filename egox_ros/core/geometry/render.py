@@ -337,6 +337,7 @@ def render_points_soft(
     chunk_points: int | None = None,
     min_transmittance: float = 1.0 / 4096.0,
     backend: str = "auto",
+    threads: int = 1,
 ) -> RenderedView:
     """Soft disc splats with front-to-back alpha compositing, as the released EgoX prior renderer (module docstring).
 
@@ -353,6 +354,7 @@ def render_points_soft(
     this and composites all K). ``backend``: how the ranked points are composited: 'kernel' (the compiled CPU
     kernel of core/geometry/soft_kernel.py, numba; CPU tensors only), 'torch' (the slab code below, any device: the
     reference, and the CUDA path), 'auto' (the kernel for a CPU cloud when numba is installed, else torch).
+    ``threads``: CPU threads of the kernel (bands of rows at once; the result does not depend on it).
     """
     radius = float(radius_px)
     if not (math.isfinite(radius) and radius > 0.0):
@@ -410,7 +412,7 @@ def render_points_soft(
     if use_kernel:
         rgb, mask, index, depth = (torch.from_numpy(a) for a in soft_kernel.render(
             u_pad.numpy(), v_pad.numpy(), colors.numpy(), idx_sorted.to(torch.int32).numpy(), z_sorted.numpy(), n,
-            radius, k_max, min_transmittance, h, w, pad))
+            radius, k_max, min_transmittance, h, w, pad, threads))
         return RenderedView(rgb=rgb, mask=mask, depth_m=depth, point_index=index)
     col_near = torch.floor(u_pad + 0.5).to(torch.int32)     # nearest pixel, padded canvas
     row_near = torch.floor(v_pad + 0.5).to(torch.int32)

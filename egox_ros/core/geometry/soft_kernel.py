@@ -33,6 +33,7 @@ imports; without it the renderer uses the torch code.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -54,8 +55,10 @@ def _build():
         return x(x), codegen
 
     @numba.njit(cache=True, nogil=True)
-    def composite(u_pad, v_pad, colors, r2, reach, k_max, min_t, wp, live, acc, trans, count, first):
-        """Composite points 0..m-1 (rank order) into the padded canvas; arrays are updated in place.
+    def composite(u_pad, v_pad, colors, r2, reach, k_max, min_t, wp, live, acc, trans, count, first, row_lo,
+                  row_hi):
+        """Composite points 0..m-1 (rank order) into rows row_lo..row_hi-1 of the padded canvas; arrays are updated
+        in place (only those rows: calls on disjoint row bands can run at once, on other threads).
 
         u_pad, v_pad (m,) float32: disc centres in padded-canvas pixels; colors (m, 3) float32 0-255; r2 float32;
         reach: ceil(radius); live (hp, words) uint64: bit c of word j of row r set while pixel (r, 64 j + c) takes
@@ -76,7 +79,7 @@ def _build():
             c0 = colors[p, 0]
             c1 = colors[p, 1]
             c2 = colors[p, 2]
-            for row in range(rn - reach, rn + reach + 1):
+            for row in range(max(rn - reach, row_lo), min(rn + reach + 1, row_hi)):
                 dy = np.float32(row) - v
                 dy2 = dy * dy
                 if dy2 >= r2:
@@ -156,16 +159,18 @@ def available() -> bool:
 
 def render(u_pad: np.ndarray, v_pad: np.ndarray, colors: np.ndarray, index_sorted: np.ndarray,
            z_sorted: np.ndarray, n: int, radius: float, k_max: int, min_transmittance: float, h: int, w: int,
-           pad: int):
+           pad: int, threads: int = 1):
     """Composite ranked points onto an (h, w) image padded by ``pad`` pixels on every side, and crop.
 
     ``u_pad``, ``v_pad`` (m,) float32: disc centres in padded-canvas pixel coordinates (pixel centres at integers),
     in rank order (nearest first; every point's nearest pixel within ``pad - ceil(radius)`` of the image);
     ``colors`` (m, 3) float32 0-255, ``index_sorted`` (m,) int32 (cloud index) and ``z_sorted`` (m,) float32
-    (camera z) in the same order; ``n``: the cloud's length.  Returns the view's arrays as render_points_soft
-    defines them: ``rgb`` (h, w, 3) uint8 (truncated composite, near-black pixels black), ``mask`` (h, w) bool,
-    ``index`` (h, w) int32 (cloud index of the nearest point, ``n`` where empty), ``depth`` (h, w) float32 (its z,
-    0 where empty).
+    (camera z) in the same order; ``n``: the cloud's length.  ``threads``: the canvas is cut into this many bands
+    of rows holding about as many disc centres each, composited at once (the kernel releases the GIL); every pixel
+    still takes its points in rank order, so the result does not depend on it.  Returns the view's arrays as
+    render_points_soft defines them: ``rgb`` (h, w, 3) uint8 (truncated composite, near-black pixels black),
+    ``mask`` (h, w) bool, ``index`` (h, w) int32 (cloud index of the nearest point, ``n`` where empty), ``depth``
+    (h, w) float32 (its z, 0 where empty).
     """
     kernel = _kernel()
     if kernel is None:
@@ -174,6 +179,8 @@ def render(u_pad: np.ndarray, v_pad: np.ndarray, colors: np.ndarray, index_sorte
     reach = int(math.ceil(radius))
     if pad < 2 * reach:
         raise ValueError(f"pad must be at least 2 ceil(radius) = {2 * reach}, got {pad}")
+    if int(threads) != threads or threads < 1:
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
     m = int(u_pad.shape[0])
     hp, wp = h + 2 * pad, w + 2 * pad
     words = (wp + 63) // 64
@@ -185,9 +192,22 @@ def render(u_pad: np.ndarray, v_pad: np.ndarray, colors: np.ndarray, index_sorte
     trans = np.ones(hp * wp, dtype=np.float32)
     count = np.zeros(hp * wp, dtype=np.int32)
     first = np.full(hp * wp, m, dtype=np.int32)
-    composite_fn(np.ascontiguousarray(u_pad, dtype=np.float32), np.ascontiguousarray(v_pad, dtype=np.float32),
-                 np.ascontiguousarray(colors, dtype=np.float32), np.float32(radius * radius), reach, int(k_max),
-                 np.float32(min_transmittance), wp, live, acc, trans, count, first)
+    u_pad = np.ascontiguousarray(u_pad, dtype=np.float32)
+    v_pad = np.ascontiguousarray(v_pad, dtype=np.float32)
+    colors = np.ascontiguousarray(colors, dtype=np.float32)
+
+    def band(rows: tuple[int, int]) -> None:
+        composite_fn(u_pad, v_pad, colors, np.float32(radius * radius), reach, int(k_max),
+                     np.float32(min_transmittance), wp, live, acc, trans, count, first, rows[0], rows[1])
+
+    bands = _row_bands(v_pad, hp, int(threads))
+    if len(bands) == 1:
+        band(bands[0])
+    else:
+        others = [_pool(len(bands) - 1).submit(band, rows) for rows in bands[1:]]
+        band(bands[0])
+        for future in others:
+            future.result()
     rgb = np.zeros((h, w, 3), dtype=np.uint8)
     mask = np.zeros((h, w), dtype=bool)
     index = np.full((h, w), n, dtype=np.int32)
@@ -195,6 +215,33 @@ def render(u_pad: np.ndarray, v_pad: np.ndarray, colors: np.ndarray, index_sorte
     finish_fn(acc, count, first, np.ascontiguousarray(index_sorted, dtype=np.int32),
               np.ascontiguousarray(z_sorted, dtype=np.float32), n, h, w, pad, rgb, mask, index, depth)
     return rgb, mask, index, depth
+
+
+def _row_bands(v_pad: np.ndarray, rows: int, bands: int) -> list[tuple[int, int]]:
+    """``bands`` consecutive (first, end) row ranges covering 0..rows-1, cut at quantiles of the disc centres' rows
+    (so that each holds about as many points; fewer bands when points are few or share rows)."""
+    if bands <= 1 or v_pad.shape[0] < 1024:
+        return [(0, rows)]
+    cuts = np.quantile(v_pad, np.arange(1, bands) / bands).round().astype(np.int64).clip(0, rows)
+    edges = np.unique(np.concatenate([[0], cuts, [rows]]))
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+_POOL, _POOL_WORKERS = None, 0
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int):
+    """The process's thread pool for the extra bands, with at least ``workers`` threads (its threads wait while no
+    render runs)."""
+    global _POOL, _POOL_WORKERS
+    from concurrent.futures import ThreadPoolExecutor
+    with _POOL_LOCK:
+        if _POOL_WORKERS < workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)      # its running bands finish; new ones go to the larger pool
+            _POOL, _POOL_WORKERS = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egox-splat"), workers
+        return _POOL
 
 
 def warm_up() -> bool:

@@ -140,6 +140,7 @@ class EgoEngine:
         self.depth_config, self.head_config = configs["depth"], configs["head"]
         generator_config = configs["generator"]
         runtime: RuntimeConfig = configs["runtime"]
+        live = self.sync.overload == "drop_oldest"     # the live node; egox replay / process keep every frame
         if runtime.torch_threads:   # before any model loads; every core starves the callbacks on a busy machine
             torch.set_num_threads(runtime.torch_threads)
         self._worker: threading.Thread | None = None
@@ -167,7 +168,7 @@ class EgoEngine:
             detector, capacity=self.sync.max_waiting, on_result=self._on_person,
             max_lag_s=self.sync.timeout_s / 2 if self.sync.overload == "drop_oldest" else None)
         # runtime.person_stride: the detector sees every n-th accepted image; the others hold (_held_observation).
-        self.person_stride = runtime.person_stride or (3 if self.sync.overload == "drop_oldest" else 1)
+        self.person_stride = runtime.person_stride or (3 if live else 1)
         self._since_detected = 0                         # accepted images since the last one submitted
         self._submitted: deque[int] = deque(maxlen=8)    # stamps submitted to the detector, oldest first
         # The exo frame id of each image submitted to the detector, for its mask: the frame may be complete (and
@@ -196,7 +197,8 @@ class EgoEngine:
                                               runtime.torch_threads)
         fusion_config, window_config = configs["fusion"], configs["window"]
         self.pipeline = EgoPipeline(PriorRenderer(configs["prior"], fusion_config, self.ego_camera,
-                                                  generator_config.device),
+                                                  generator_config.device,
+                                                  splat_threads=runtime.splat_threads or (2 if live else 1)),
                                     self.generator)
         self.fusion_frames = min(fusion_config.window_frames, window_config.max_frames)
         self.window = FrameWindow(window_config)

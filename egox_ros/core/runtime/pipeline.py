@@ -38,8 +38,9 @@ class PriorRenderer:
     """
 
     def __init__(self, config: PriorConfig, fusion_config: FusionConfig, ego_camera: CameraModel,
-                 device: str = "cpu"):
+                 device: str = "cpu", splat_threads: int = 1):
         self.config = config
+        self.splat_threads = splat_threads      # CPU threads of the soft splat kernel (runtime.splat_threads)
         self.fusion_config = fusion_config
         self.ego_camera = ego_camera
         self.device = torch.device(device)
@@ -119,7 +120,7 @@ class PriorRenderer:
         if self.config.splat == "soft":
             view = render_points_soft(cloud, self.ego_camera, pose, radius_px=self.config.splat_radius_px,
                                       points_per_pixel=self.config.points_per_pixel,
-                                      min_distance_m=self.config.min_distance_m)
+                                      min_distance_m=self.config.min_distance_m, threads=self.splat_threads)
         else:
             view = render_points(cloud, self.ego_camera, pose, point_radius_px=self.config.point_radius_px,
                                  min_distance_m=self.config.min_distance_m)

@@ -16,7 +16,7 @@ import torch
 
 from egox_ros.core.geometry import soft_kernel
 from egox_ros.core.geometry.cameras import FisheyeCamera, PinholeCamera
-from egox_ros.core.geometry.render import PointCloud, render_points_soft
+from egox_ros.core.geometry.render import PointCloud, _project_for_soft, pose_float64, render_points_soft
 
 EYE = torch.eye(4, dtype=torch.float64)
 
@@ -80,6 +80,27 @@ def test_kernel_on_several_threads_draws_the_same_image(radius, k_max):
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="threads"):
             render_points_soft(cloud, cam, EYE, threads=bad, **kw)
+
+
+@pytest.mark.parametrize("offset,min_distance_m", [(0.5, 0.0), (0.0, 1.5), (0.25, 0.35)])
+def test_compiled_pinhole_projection_keeps_the_same_points_at_the_same_pixels(offset, min_distance_m):
+    """The kernel path's one-pass projection against the torch code it stands in for (undistorted pinhole): the
+    same points kept, the same float32 pixels and depths (the same operations in the same order), with a turned and
+    moved camera, points behind it, at its centre and beyond every edge."""
+    cloud, cam = _scene(20000, 150, 90, seed=3, margin=9)
+    extra = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.1, -1.0], [0.0, 0.0, 1e-7], [1e3, 1e3, 1e-3]])
+    cloud = PointCloud(torch.cat([cloud.points_world, extra]),
+                       torch.cat([cloud.colors, torch.zeros((4, 3), dtype=torch.uint8)]))
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, :3] = torch.tensor([[0.995, -0.0998, 0.0], [0.0998, 0.995, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    pose[:3, 3] = torch.tensor([0.05, -0.1, -0.3], dtype=torch.float64)
+    camera_T_world = torch.linalg.inv(pose_float64(pose))
+    ref = _project_for_soft(cloud, len(cloud), cam, camera_T_world, offset, 5.0, min_distance_m)
+    got = soft_kernel.project_pinhole(cloud.points_world.numpy(), camera_T_world.numpy(), cam.fx, cam.fy, cam.cx,
+                                      cam.cy, offset, 5.0, cam.width, cam.height, min_distance_m)
+    assert 1000 < len(got[0]) < len(cloud)
+    for name, a, b in zip(("index", "u", "v", "z"), ref, got):
+        assert torch.equal(a, torch.from_numpy(b)), name
 
 
 def test_kernel_matches_torch_through_a_fisheye_and_a_pose():

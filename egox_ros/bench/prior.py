@@ -248,8 +248,8 @@ def markdown(result: dict) -> str:
         lines += ["", f"Medians of {result.get('speed_repeats', 'the')} frames; wall: elapsed time, CPU: the thread's "
                       f"own CPU time (what one free core would take; less sensitive to other work on the machine). "
                       f"Fastest soft render {sp['soft_render_ms_min']} ms wall. "
-                      + (f"The kernel on 2 threads (`runtime.splat_threads`, the live node's default; the wall "
-                         f"time counts): {sp['soft_2threads_render_ms']} ms per render, prior path "
+                      + (f"The kernel on 2 threads (`runtime.splat_threads` 2; the wall time counts, the CPU "
+                         f"time is more than one thread's): {sp['soft_2threads_render_ms']} ms per render, prior path "
                          f"{sp['soft_2threads_path_fps']} frames/s. " if "soft_2threads_render_ms" in sp else "")
                       + f"1-minute load average before / after "
                       f"the speed run: {lo} / {hi} on {m['cpu_cores']} cores (above the core count, other work was "

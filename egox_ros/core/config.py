@@ -302,12 +302,11 @@ class RuntimeConfig:
                                   "CPU per 640x480 image, a whole core at 30 Hz. 0: 3 with sync.overload "
                                   "'drop_oldest' (the live node), 1 (every image) with 'keep_all' (egox replay, "
                                   "egox process)", (0, 30))
-    splat_threads: int = param(0, "CPU threads compositing each soft prior (prior.splat 'soft' on the CPU; bands of "
-                                  "rows at once, the same image for any count). On a 2-core machine 2 draws a "
-                                  "prior about 1.4 times sooner at some more CPU in all (live 640x480 @ 30 Hz: 88 % "
-                                  "of frames published instead of 82 %). 0: 2 with sync.overload 'drop_oldest' "
-                                  "(the live node, whose rate the splat sets), 1 with 'keep_all' (egox replay, "
-                                  "egox process, egox batch: bags side by side)", (0, 64))
+    splat_threads: int = param(1, "CPU threads compositing each soft prior (prior.splat 'soft' on the CPU; bands of "
+                                  "rows at once, the same image for any count). More than 1 draws a prior sooner "
+                                  "where cores are idle, at more CPU in all: on the 2-core test machine, whose "
+                                  "cores the live node keeps busy, 2 gained nothing at 640x480 @ 30 Hz "
+                                  "(docs/benchmarks.md)", (1, 64))
 
     def __post_init__(self) -> None:
         validate(self)

@@ -78,6 +78,9 @@ about 10 M candidate pairs must be tested whatever the order (each point's disc)
 composited; testing liveness per slab cuts the sorted pairs to about 1.9 M.  One sort over all 7 M in-disc pairs
 took about a second; repeated ``scatter_reduce(amin)`` passes were slower still; sorts below 32768 elements are
 padded to that size on the CPU, where torch switches to a radix sort.
+
+Long on purpose (about 530 lines): the lifting, the hard splat and the soft splat's torch code (the reference of
+soft_kernel.py, and the CUDA path) share the point cloud type, the projection, the keys and their checks.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ import numpy as np
 import torch
 
 from egox_ros.core.geometry import soft_kernel    # light: numba is imported on the kernel's first use
-from egox_ros.core.geometry.cameras import CameraModel
+from egox_ros.core.geometry.cameras import CameraModel, PinholeCamera
 
 _INDEX_BITS = 32
 _MAX_POINTS = (1 << 31) - 1  # the index half of a key is read back as int32
@@ -320,6 +323,35 @@ def render_points(
     return RenderedView(rgb=rgb.contiguous(), mask=mask, depth_m=depth, point_index=index)
 
 
+def _project_for_soft(cloud: "PointCloud", n: int, camera: CameraModel, camera_T_world: torch.Tensor,
+                      center_offset_px: float, radius: float, min_distance_m: float):
+    """Project every point once (in chunks, to keep the temporaries small); keep those in front of the camera, at
+    least min_distance_m from it, whose disc can reach the image. Returns their index (m,) int64 in index order,
+    u and v (m,) float32 [px] (minus center_offset_px) and camera z (m,) float32 [m]."""
+    h, w, device = camera.height, camera.width, cloud.device
+    keep_idx, keep_u, keep_v, keep_z = [], [], [], []
+    for start in range(0, n, _CHUNK_POINTS):
+        stop = min(n, start + _CHUNK_POINTS)
+        points_cam = transform_points(cloud.points_world[start:stop], camera_T_world)
+        uv, valid = camera.project(points_cam)
+        z = points_cam[:, 2]
+        u = uv[:, 0] - center_offset_px
+        v = uv[:, 1] - center_offset_px
+        valid = valid & torch.isfinite(z) & (z >= 0.0) & torch.isfinite(u) & torch.isfinite(v)
+        if min_distance_m > 0.0:
+            valid &= points_cam.square().sum(dim=-1) >= min_distance_m * min_distance_m
+        valid &= (u > -radius) & (u < w - 1 + radius) & (v > -radius) & (v < h - 1 + radius)
+        sel = torch.nonzero(valid).squeeze(1)
+        keep_idx.append(sel + start)
+        keep_u.append(u.index_select(0, sel))
+        keep_v.append(v.index_select(0, sel))
+        keep_z.append(z.index_select(0, sel).contiguous())
+    if not keep_idx:
+        empty = torch.zeros(0, dtype=torch.float32, device=device)
+        return torch.zeros(0, dtype=torch.int64, device=device), empty, empty, empty
+    return tuple(torch.cat(t) for t in (keep_idx, keep_u, keep_v, keep_z))
+
+
 _SOFT_SLAB_POINTS = 1024  # points per depth slab; 2-core Xeon (loaded), 88 k points, 448x448, median of 12 renders:
                           # 768 / 1024 / 1536 / 2048 points per slab: 273 / 257 / 259 / 273 ms
 _RADIX_SORT_MIN = 1 << 15
@@ -371,49 +403,35 @@ def render_points_soft(
     reach = int(math.ceil(radius))          # offsets -reach..reach around the nearest pixel
     r2 = radius * radius
 
-    # Project every point once (in chunks, to keep the temporaries small); keep those whose disc can reach the image.
-    keep_idx, keep_u, keep_v, keep_z = [], [], [], []
-    for start in range(0, n, _CHUNK_POINTS):
-        stop = min(n, start + _CHUNK_POINTS)
-        points_cam = transform_points(cloud.points_world[start:stop], camera_T_world)
-        uv, valid = camera.project(points_cam)
-        z = points_cam[:, 2]
-        u = uv[:, 0] - center_offset_px
-        v = uv[:, 1] - center_offset_px
-        valid = valid & torch.isfinite(z) & (z >= 0.0) & torch.isfinite(u) & torch.isfinite(v)
-        if min_distance_m > 0.0:
-            valid &= points_cam.square().sum(dim=-1) >= min_distance_m * min_distance_m
-        valid &= (u > -radius) & (u < w - 1 + radius) & (v > -radius) & (v < h - 1 + radius)
-        sel = torch.nonzero(valid).squeeze(1)
-        keep_idx.append(sel + start)
-        keep_u.append(u.index_select(0, sel))
-        keep_v.append(v.index_select(0, sel))
-        keep_z.append(z.index_select(0, sel).contiguous())
-    if keep_idx:
-        idx_all, u_all, v_all, z_all = (torch.cat(t) for t in (keep_idx, keep_u, keep_v, keep_z))
+    if use_kernel and isinstance(camera, PinholeCamera) and not camera.has_distortion:
+        # An undistorted pinhole camera on the kernel's path: one compiled pass, the same float32 operations.
+        idx_all, u_all, v_all, z_all = (torch.from_numpy(a) for a in soft_kernel.project_pinhole(
+            cloud.points_world[:n].numpy(), camera_T_world.numpy(), camera.fx, camera.fy, camera.cx, camera.cy,
+            center_offset_px, radius, w, h, min_distance_m))
     else:
-        idx_all = torch.zeros(0, dtype=torch.int64, device=device)
-        u_all = v_all = z_all = torch.zeros(0, dtype=torch.float32, device=device)
+        idx_all, u_all, v_all, z_all = _project_for_soft(cloud, n, camera, camera_T_world, center_offset_px, radius,
+                                                         min_distance_m)
 
     m = int(idx_all.shape[0])
     # Points in key order (depth, ties to the lowest index; z >= 0, whose IEEE bits order like the value): from here
     # on a point is its rank in that order, and "nearer" is "lower rank".
     _, order = torch.sort((z_all.view(torch.int32).to(torch.int64) << _INDEX_BITS) | idx_all)
-    z_sorted = z_all.index_select(0, order)
-    idx_sorted = idx_all.index_select(0, order)
-    colors = cloud.colors.index_select(0, idx_sorted).to(torch.float32)
     # The accumulators live on a canvas padded by 2 reach on every side, so that every candidate pixel of a point that
     # can reach the image has an address (the padding stays dead and is cropped at the end).
     pad = 2 * reach
+    if use_kernel:
+        ranked = soft_kernel.gather_ranked(order.numpy(), idx_all.numpy(), u_all.numpy(), v_all.numpy(),
+                                           z_all.numpy(), cloud.colors[:n].numpy(), pad)
+        rgb, mask, index, depth = (torch.from_numpy(a) for a in soft_kernel.render(
+            *ranked, n, radius, k_max, min_transmittance, h, w, pad, threads))
+        return RenderedView(rgb=rgb, mask=mask, depth_m=depth, point_index=index)
+    z_sorted = z_all.index_select(0, order)
+    idx_sorted = idx_all.index_select(0, order)
+    colors = cloud.colors.index_select(0, idx_sorted).to(torch.float32)
     hp, wp = h + 2 * pad, w + 2 * pad
     n_pix = hp * wp
     u_pad = u_all.index_select(0, order) + pad
     v_pad = v_all.index_select(0, order) + pad
-    if use_kernel:
-        rgb, mask, index, depth = (torch.from_numpy(a) for a in soft_kernel.render(
-            u_pad.numpy(), v_pad.numpy(), colors.numpy(), idx_sorted.to(torch.int32).numpy(), z_sorted.numpy(), n,
-            radius, k_max, min_transmittance, h, w, pad, threads))
-        return RenderedView(rgb=rgb, mask=mask, depth_m=depth, point_index=index)
     col_near = torch.floor(u_pad + 0.5).to(torch.int32)     # nearest pixel, padded canvas
     row_near = torch.floor(v_pad + 0.5).to(torch.int32)
     acc = torch.zeros((n_pix, 3), dtype=torch.float32, device=device)     # composited colour, 0-255 units

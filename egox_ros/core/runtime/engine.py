@@ -207,7 +207,7 @@ class EgoEngine:
         fusion_config, window_config = configs["fusion"], configs["window"]
         self.pipeline = EgoPipeline(PriorRenderer(configs["prior"], fusion_config, self.ego_camera,
                                                   generator_config.device,
-                                                  splat_threads=runtime.splat_threads or (2 if live else 1)),
+                                                  splat_threads=runtime.splat_threads),
                                     self.generator)
         self.fusion_frames = min(fusion_config.window_frames, window_config.max_frames)
         self.window = FrameWindow(window_config)

@@ -84,7 +84,7 @@ class PriorConfig:
     splat: str = param("soft", "'soft': discs of splat_radius_px with alpha 1 - d^2/r^2, the points_per_pixel "
                                "nearest alpha-composited front to back (the released EgoX prior renderer, PyTorch3D's "
                                "PointsRasterizer + AlphaCompositor, which the EgoX weights saw; a compiled kernel, "
-                               "about 30 ms per 448x448 prior on one CPU core); 'hard': z-buffered squares of "
+                               "about 20 ms per 448x448 prior on one CPU core); 'hard': z-buffered squares of "
                                "point_radius_px (8 ms, a third fewer pixels covered)", choices=("soft", "hard"))
     splat_radius_px: float = param(5.0, "soft disc radius in the ego image [px]; the released tool's point_size 5 "
                                         "is an NDC radius of 5 * 2 / max(W, H), i.e. 5 * min(W, H) / max(W, H) px: "

@@ -14,8 +14,8 @@ transmittance cut-off); testing each of them for "still live" costs a hard-to-pr
 for the plain per-point loop, and 31-34 ms with tiling or branch-free updates).  Here every row of the padded canvas
 keeps a bit per pixel that is still live; per point and row the bits of its (2 reach + 1) candidate columns are
 read at once and only the set ones are visited (count-trailing-zeros) and tested against the disc, so the work
-follows the live pairs (about 1.1 M composited) instead of the candidates (about 10 M): 15-19 ms of CPU (24 ms per
-render with the torch part; `egox bench prior`), with the same result bit for bit as the plain loop. (Computing each
+follows the live pairs (about 1.1 M composited) instead of the candidates (about 10 M): 15-19 ms of CPU (19-20 ms per
+render with the projection and ranking; `egox bench prior`), with the same result bit for bit as the plain loop. (Computing each
 row's exact span of inside columns first, with a square root, cost more than it saved: 36 vs 27 ms CPU per render in one
 run.)
 

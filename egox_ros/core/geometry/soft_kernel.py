@@ -14,10 +14,10 @@ transmittance cut-off); testing each of them for "still live" costs a hard-to-pr
 for the plain per-point loop, and 31-34 ms with tiling or branch-free updates).  Here every row of the padded canvas
 keeps a bit per pixel that is still live; per point and row the bits of its (2 reach + 1) candidate columns are
 read at once and only the set ones are visited (count-trailing-zeros) and tested against the disc, so the work
-follows the live pairs (about 1.1 M composited) instead of the candidates (about 10 M): 15-19 ms of CPU (19-20 ms per
-render with the projection and ranking; `egox bench prior`), with the same result bit for bit as the plain loop. (Computing each
-row's exact span of inside columns first, with a square root, cost more than it saved: 36 vs 27 ms CPU per render in one
-run.)
+follows the live pairs (about 1.1 M composited) instead of the candidates (about 10 M): 15-19 ms of CPU (19-20 ms
+per render with the projection and ranking; `egox bench prior`), with the same result bit for bit as the plain loop.
+(Computing each row's exact span of inside columns first, with a square root, cost more than it saved: 36 vs 27 ms
+CPU per render in one run.)
 
 Candidates, measured on the same cloud (CPU time of the compositing alone, one thread, load ~6): the plain per-point
 loop compiled by numba 0.68 37.8 ms, the same loop as an NVIDIA Warp 1.19 CPU kernel 28.7 ms (warp-lang is a 149 MB
@@ -267,7 +267,7 @@ def render(u_pad: np.ndarray, v_pad: np.ndarray, colors: np.ndarray, index_sorte
 
     def band(rows: tuple[int, int]) -> None:
         kernels.composite(u_pad, v_pad, colors, np.float32(radius * radius), reach, int(k_max),
-                     np.float32(min_transmittance), wp, live, acc, trans, count, first, rows[0], rows[1])
+                          np.float32(min_transmittance), wp, live, acc, trans, count, first, rows[0], rows[1])
 
     bands = _row_bands(v_pad, hp, int(threads))
     if len(bands) == 1:
@@ -282,7 +282,7 @@ def render(u_pad: np.ndarray, v_pad: np.ndarray, colors: np.ndarray, index_sorte
     index = np.full((h, w), n, dtype=np.int32)
     depth = np.zeros((h, w), dtype=np.float32)
     kernels.finish(acc, count, first, np.ascontiguousarray(index_sorted, dtype=np.int32),
-              np.ascontiguousarray(z_sorted, dtype=np.float32), n, h, w, pad, rgb, mask, index, depth)
+                   np.ascontiguousarray(z_sorted, dtype=np.float32), n, h, w, pad, rgb, mask, index, depth)
     return rgb, mask, index, depth
 
 

@@ -219,6 +219,15 @@ class _FrameInput:
         self.dynamic_valid = valid & dynamic
         self.pixels = int(valid.numel())      # stride pixels: the most points this frame can give
 
+    def voxel_records(self, select: torch.Tensor, voxel_size_m: float) -> "_Voxels":
+        """_voxelize(self.lift(select), voxel_size_m); on the CPU with numba in one compiled pass (the same
+        records)."""
+        if self.device.type == "cpu" and voxel_kernel.available():
+            keys, offset, colors = voxel_kernel.lift_voxel_records(self.depth, self.rays, select, self.rgb, self.pose,
+                                                                   voxel_size_m, _AXIS_BITS, _AXIS_OFFSET)
+            return _Voxels.reduce(keys, offset, colors, torch.ones(keys.shape, dtype=torch.int32))
+        return _voxelize(self.lift(select), voxel_size_m)
+
     def lift(self, select: torch.Tensor) -> PointCloud:
         """World points of the pixels where ``select`` (h', w') bool is True (they must have valid depth)."""
         keep = torch.nonzero(select.reshape(-1)).squeeze(1)
@@ -596,7 +605,7 @@ class VoxelFusion(_PerFrameFusion):
     def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
         key = _check_key(key, self._newest)
         frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
-        record = _voxelize(frame.lift(frame.static_valid), self.config.voxel_size_m)
+        record = frame.voxel_records(frame.static_valid, self.config.voxel_size_m)
         limit = self.point_budget(frame)
         if len(record) > limit:
             record = record.select(_even_subset(len(record), limit, record.keys.device))

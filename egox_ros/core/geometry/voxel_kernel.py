@@ -207,9 +207,12 @@ def lift_voxel_records(depth_m: torch.Tensor, rays: torch.Tensor, select: torch.
     size, offset within the voxel).  depth_m (h, w) float32 [m], rays (h, w, 3) float32 unit-z camera rays, select
     (h, w) bool (pixels with valid depth), rgb (h, w, 3) uint8, world_T_camera (4, 4) float64.  Returns, for the
     selected pixels in row-major order whose voxel lies inside the key range: keys (N,) int64, offsets (N, 3)
-    float32 [m] and colours (N, 3) int32, as CPU tensors.  About 0.3 ms for 77 k pixels instead of 3-4 ms."""
+    float32 [m] and colours (N, 3) int32, as CPU tensors.  The moving fusion takes about 1.5-2 ms less per 640x480
+    frame at stride 2 (one thread).  Inputs are made contiguous (the strided colour view is copied, 0.2 MB): one
+    compiled signature, the one scripts/setup.sh compiles ahead."""
     if not available():
         raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
+    depth_m, rays, select, rgb = (t.contiguous() for t in (depth_m, rays, select, rgb))
     out = _KERNEL[3](depth_m.numpy(), rays.numpy(), select.numpy(), rgb.numpy(),
                      world_T_camera.numpy().astype(np.float32), np.float32(voxel_size_m), int(axis_bits),
                      int(axis_offset))

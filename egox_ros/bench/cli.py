@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "depth_maps/; development clips only): per clip frames with a head, head position "
                                 "and forward-direction error against the recorded head camera, person masks, time")
             p.add_argument("--exo-focal-scale", type=float, default=DEFAULT_EXO_FOCAL_SCALE,
-                           help="with --egoexo4d: the released exo focal length times this (default 1.42: fits the "
-                                "videos, as egox tools egoexo4d writes it; 1: the released camera)")
+                           help="with --egoexo4d: the released exo focal length times this (default "
+                                f"{DEFAULT_EXO_FOCAL_SCALE}: fits the videos, as egox tools egoexo4d writes it; 1: the "
+                                "released camera)")
         if name in OWN_CLI:
             importlib.import_module(f"egox_ros.bench.{name}").add_arguments(p)
 

@@ -406,13 +406,12 @@ def render_points_soft(
     if use_kernel and isinstance(camera, PinholeCamera) and not camera.has_distortion:
         # An undistorted pinhole camera on the kernel's path: one compiled pass, the same float32 operations.
         idx_all, u_all, v_all, z_all = (torch.from_numpy(a) for a in soft_kernel.project_pinhole(
-            cloud.points_world[:n].numpy(), camera_T_world.numpy(), camera.fx, camera.fy, camera.cx, camera.cy,
+            cloud.points_world.numpy(), camera_T_world.numpy(), camera.fx, camera.fy, camera.cx, camera.cy,
             center_offset_px, radius, w, h, min_distance_m))
     else:
         idx_all, u_all, v_all, z_all = _project_for_soft(cloud, n, camera, camera_T_world, center_offset_px, radius,
                                                          min_distance_m)
 
-    m = int(idx_all.shape[0])
     # Points in key order (depth, ties to the lowest index; z >= 0, whose IEEE bits order like the value): from here
     # on a point is its rank in that order, and "nearer" is "lower rank".
     _, order = torch.sort((z_all.view(torch.int32).to(torch.int64) << _INDEX_BITS) | idx_all)
@@ -421,10 +420,11 @@ def render_points_soft(
     pad = 2 * reach
     if use_kernel:
         ranked = soft_kernel.gather_ranked(order.numpy(), idx_all.numpy(), u_all.numpy(), v_all.numpy(),
-                                           z_all.numpy(), cloud.colors[:n].numpy(), pad)
+                                           z_all.numpy(), cloud.colors.numpy(), pad)
         rgb, mask, index, depth = (torch.from_numpy(a) for a in soft_kernel.render(
             *ranked, n, radius, k_max, min_transmittance, h, w, pad, threads))
         return RenderedView(rgb=rgb, mask=mask, depth_m=depth, point_index=index)
+    m = int(idx_all.shape[0])
     z_sorted = z_all.index_select(0, order)
     idx_sorted = idx_all.index_select(0, order)
     colors = cloud.colors.index_select(0, idx_sorted).to(torch.float32)

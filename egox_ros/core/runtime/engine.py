@@ -175,7 +175,7 @@ class EgoEngine:
         # timeout, holding the newest mask, rather than letting their frames time out as person_missing.
         self.person_detector = None if detector is None else AsyncPersonDetector(
             detector, capacity=self.sync.max_waiting, on_result=self._on_person,
-            max_lag_s=self.sync.timeout_s / 2 if self.sync.overload == "drop_oldest" else None)
+            max_lag_s=self.sync.timeout_s / 2 if live else None)
         # runtime.person_stride: the detector sees every n-th accepted image; the others hold (_held_observation).
         self.person_stride = runtime.person_stride or (3 if live else 1)
         self._since_detected = 0                         # accepted images since the last one submitted

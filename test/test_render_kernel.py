@@ -136,3 +136,26 @@ def test_warm_up_compiles():
     # at alpha 1 - 1/2.25, diagonals at 1 - 2/2.25.
     assert mask.sum() == 9 and tuple(rgb[2, 2]) == (90, 60, 30) and index[2, 2] == 0 and depth[2, 2] == 2.0
     assert tuple(rgb[2, 3]) == tuple(int(c * (1 - 1 / 2.25) + 1e-3) for c in (90, 60, 30))
+
+
+def test_a_second_process_loads_the_kernels_from_the_disk_cache(tmp_path):
+    """Each process that compiles a kernel again adds an entry to numba's disk cache: a kernel whose cache key
+    changes from process to process (a closure's pickled cells) was compiled at every start and grew the cache by
+    75 kB each time.  Two processes warm both kernel modules up into an empty cache; the second adds nothing and
+    rewrites nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    code = ("from egox_ros.core.geometry import soft_kernel, voxel_kernel\n"
+            "assert soft_kernel.warm_up() and voxel_kernel.warm_up()\n")
+
+    def cache_files():
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    first = cache_files()
+    assert sum(p.suffix == ".nbc" for p in first) >= 8          # every kernel of both modules was cached
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    assert cache_files() == first

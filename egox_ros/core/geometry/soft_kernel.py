@@ -47,10 +47,15 @@ import numpy as np
 
 _KERNEL = None
 _IMPORT_ERROR: str | None = None
+# The cttz intrinsic, made by _build().  The kernels reach it as a module global, not as a variable of _build():
+# numba keys its disk cache on a closure's pickled cells, which pickle differently in every process, so a closure
+# over the intrinsic was compiled again in every process and added a cache entry each time (75 kB per start).
+_cttz = None
 
 
 def _build():
     """Compile (or load from numba's cache) the kernels."""
+    global _cttz
     import numba
     from llvmlite import ir
     from numba.extending import intrinsic
@@ -61,6 +66,8 @@ def _build():
         def codegen(context, builder, sig, args):
             return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
         return x(x), codegen
+
+    _cttz = cttz
 
     @numba.njit(cache=True, nogil=True)
     def composite(u_pad, v_pad, colors, r2, reach, k_max, min_t, wp, live, acc, trans, count, first, row_lo,
@@ -101,7 +108,7 @@ def _build():
                     b = min(c_hi - (word << 6), 63)
                     bits &= (np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(63 - b + a)) << np.uint64(a)
                     while bits:
-                        bit = cttz(bits)
+                        bit = _cttz(bits)
                         bits &= bits - np.uint64(1)
                         col = (word << 6) + np.int64(bit)
                         pix = base + col

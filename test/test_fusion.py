@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from egox_ros.core.geometry.cameras import PinholeCamera
-from egox_ros.core.geometry.fusion import (CameraMovedError, CloudFusion, ConcatFusion, FusionConfig,
+from egox_ros.core.geometry.fusion import (AutoFusion, CameraMovedError, CloudFusion, ConcatFusion, FusionConfig,
                                            StaticCameraFusion, VoxelFusion, make_fusion, reliable_depth)
 from egox_ros.core.geometry.render import render_points
 
@@ -84,7 +84,9 @@ def test_config_validation_and_factory():
         _config(min_depth_m=5.0, max_depth_m=1.0)
     with pytest.raises(ValueError, match="voxel_size_m"):
         _config(voxel_size_m=0.0)
-    for mode, cls in (("static", StaticCameraFusion), ("moving", VoxelFusion), ("concat", ConcatFusion)):
+    assert FusionConfig().mode == "auto"
+    for mode, cls in (("static", StaticCameraFusion), ("moving", VoxelFusion), ("concat", ConcatFusion),
+                      ("auto", AutoFusion)):
         fusion = make_fusion(_config(mode=mode))
         assert isinstance(fusion, cls) and isinstance(fusion, CloudFusion)
         assert len(fusion) == 0 and len(fusion.cloud()) == 0
@@ -107,7 +109,7 @@ def test_static_fusion_averages_depth_and_colour_noise():
     rgb, depth, pose = _tum(20)
     gen = torch.Generator().manual_seed(0)
     sigma_m, sigma_rgb, n = 0.01, 12.0, 16
-    fusion = StaticCameraFusion(_config(mode="static", window_frames=n))
+    fusion = StaticCameraFusion(_config(mode="static", window_frames=n, static_window_frames=n))
     single = None
     for k in range(n):
         noisy_d = depth + sigma_m * torch.randn(depth.shape, generator=gen)
@@ -133,7 +135,7 @@ def test_static_fusion_averages_depth_and_colour_noise():
 
 
 def test_static_dynamic_mask_keeps_people_out_of_the_background():
-    cfg = _config(mode="static", window_frames=8)
+    cfg = _config(mode="static", window_frames=8, static_window_frames=8)
     fusion = StaticCameraFusion(cfg)
     person = torch.zeros((SMALL.height, SMALL.width), dtype=torch.bool)
     for k in range(4):
@@ -162,7 +164,7 @@ def test_static_dynamic_mask_keeps_people_out_of_the_background():
 
 
 def test_static_memory_is_bounded_by_the_image_not_the_window():
-    fusion = StaticCameraFusion(_config(mode="static", window_frames=8))
+    fusion = StaticCameraFusion(_config(mode="static", window_frames=8, static_window_frames=8))
     sizes = []
     for k in range(200):
         rgb, depth = _flat(2.0 + 0.001 * (k % 7))
@@ -202,6 +204,53 @@ def test_static_detects_camera_motion():
     # remove_older_than clears only when every fused frame is older.
     assert resetting.remove_older_than(2) == 0 and len(resetting) == 1
     assert resetting.remove_older_than(3) == 1 and len(resetting.cloud()) == 0
+
+
+def _same_cloud(a, b) -> bool:
+    return torch.equal(a.points_world, b.points_world) and torch.equal(a.colors, b.colors)
+
+
+def test_auto_fusion_averages_while_still_turns_to_voxels_on_a_move_and_back_when_still():
+    """'auto' is the static average while the camera holds still, the voxel window from the frame that moves it on
+    (built from the newest window_frames frames), and a new static average once the newest window_frames frames
+    hold still again: each time the same cloud as the strategy it stands for, fed the same frames."""
+    cfg = _config(mode="auto", window_frames=3, static_window_frames=8, static_pose_tolerance_m=0.01,
+                  static_pose_tolerance_deg=0.5, voxel_size_m=0.01)
+    fusion = make_fusion(cfg)
+    person = torch.zeros((SMALL.height, SMALL.width), dtype=torch.bool)
+    person[10:20, 10:20] = True
+    poses = [_pose()] * 4 + [_pose((0.004, 0, 0))] + [_pose((0.05 * k, 0, 0), yaw_deg=k) for k in range(1, 4)] \
+        + [_pose((0.3, 0.1, 0))] * 4
+    frames = [(k, *_flat(2.0 + 0.01 * k, (10 * k, 100, 50)), SMALL, pose, person) for k, pose in enumerate(poses)]
+    for k, frame in enumerate(frames):
+        fusion.add(*frame)
+        if k <= 4:         # still (frame 4 moved 4 mm, within the tolerance): the static average of every frame
+            reference = StaticCameraFusion(cfg)
+            for f in frames[: k + 1]:
+                reference.add(*f)
+            assert fusion.still and fusion.moves == 0 and len(fusion) == k + 1
+        elif k <= 9:       # moving, and then still for fewer than window_frames frames: the voxel window
+            reference = VoxelFusion(cfg)
+            for f in frames[max(0, k - 3): k + 1]:
+                reference.add(*f)
+            assert not fusion.still and fusion.moves == 1 and len(fusion) == 3
+        else:              # frames 8-10 held still: a new static average of them, and of the still frames after
+            reference = StaticCameraFusion(cfg)
+            for f in frames[8: k + 1]:
+                reference.add(*f)
+            assert fusion.still and fusion.moves == 1 and len(fusion) == k - 7
+        assert _same_cloud(fusion.cloud(), reference.cloud()), k
+        assert _same_cloud(fusion.frame_cloud(k), reference.frame_cloud(k)) and fusion.dynamic_points(k) == 100
+    # A bad frame is refused as by every strategy (and is no move); new intrinsics count as a move.
+    rgb, depth = _flat(2.0)
+    with pytest.raises(ValueError, match="shape"):
+        fusion.add(19, rgb[:-1], depth[:-1], SMALL, poses[-1])
+    assert fusion.still and fusion.moves == 1
+    fusion.add(20, *_flat(2.0), PinholeCamera(64, 48, 61.0, 60.0, 31.5, 23.5), poses[-1])
+    assert not fusion.still and fusion.moves == 2
+    with pytest.raises(ValueError, match="shape"):
+        fusion.add(21, *_flat(2.0), PinholeCamera(32, 24, 30.0, 30.0, 15.5, 11.5), poses[-1])
+    assert fusion.remove_older_than(100) == 3 and len(fusion) == 0 and not fusion._recent
 
 
 # ----------------------------------------------------------------------------- moving camera: voxels

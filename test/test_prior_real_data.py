@@ -84,15 +84,18 @@ def test_a_static_camera_clip_shares_one_mean_background_and_a_moving_one_falls_
             depth[100:300, 200:400] = np.nan
         frames.append(ExoFrame(stamp_ns=k + 1, rgb=f.rgb, depth_m=depth, camera=seq.camera,
                                world_T_exo=f.world_T_camera, world_T_ego=ego.world_T_camera, exo_frame_id="exo"))
-    fusion = FusionConfig(mode="static", window_frames=4)
+    fusion = FusionConfig(mode="static", window_frames=4, static_window_frames=4)
     clip = PriorRenderer(PriorConfig(), fusion, seq.camera).render_clip(frames)
     causal = PriorRenderer(PriorConfig(), fusion, seq.camera).render(frames[0], frames[:1])
     assert clip is not None and len(clip) == 5
     assert clip[0].coverage > causal.coverage + 0.05, (clip[0].coverage, causal.coverage)
     assert all(np.array_equal(p.rgb, clip[0].rgb) for p in clip[1:])
     # Switched off, or a camera that moves within the clip (the real poses): no clip background.
-    off = FusionConfig(mode="static", window_frames=4, clip_background=False)
+    off = FusionConfig(mode="static", window_frames=4, static_window_frames=4, clip_background=False)
     assert PriorRenderer(PriorConfig(), off, seq.camera).render_clip(frames) is None
     moving = [exo_frame(seq, k, k + 5) for k in range(20, 25)]
     assert PriorRenderer(PriorConfig(), fusion, seq.camera).render_clip(moving) is None
-    assert PriorRenderer(PriorConfig(), FusionConfig(), seq.camera).render_clip(frames) is None   # 'moving' mode
+    assert PriorRenderer(PriorConfig(), FusionConfig(mode="moving"), seq.camera).render_clip(frames) is None
+    # 'auto' (the default) draws the static camera's clip over the mean background too, as 'static' does.
+    auto = PriorRenderer(PriorConfig(), FusionConfig(), seq.camera).render_clip(frames)
+    assert auto is not None and all(np.array_equal(a.rgb, c.rgb) for a, c in zip(auto, clip))

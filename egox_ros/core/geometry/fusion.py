@@ -1,10 +1,13 @@
 """Fuse the RGB-D frames of the rolling window into one bounded world point cloud.
 
-Three strategies share the small :class:`CloudFusion` interface (``make_fusion(config)`` picks one):
+Three strategies share the small :class:`CloudFusion` interface (``make_fusion(config)`` picks one, or the
+fourth, ``"auto"``, which picks between the first two as the camera holds still or moves):
 
 * ``"static"`` - :class:`StaticCameraFusion`, for an exo camera that does not move (what the method's released
   tools assume): a per-pixel running average of depth and colour of the *static* pixels, lifted to 3D once per
   change.  Memory is O(H * W) whatever the window length.
+* ``"auto"`` (the default) - :class:`AutoFusion`: the static average while the exo camera holds still, the voxel
+  grid of the newest frames while it moves.
 * ``"moving"`` - :class:`VoxelFusion`, for a moving exo camera: every frame's points (with its own pose) go into
   a voxel grid keyed by packed int64 voxel coordinates; each voxel holds the mean position and colour of the
   points of the window's frames that fell into it.  Frames leaving the window take their contribution with them.
@@ -21,14 +24,14 @@ Frames are identified by an integer key, normally the stamp in nanoseconds; keys
 Dynamic pixels are never averaged: they are lifted per frame and kept with that frame (while it is in the
 window); :meth:`CloudFusion.frame_cloud` returns the fused background plus one frame's dynamic points.
 
-Long on purpose (about 700 lines): the three strategies share the frame lifting (_FrameInput), the store of
+Long on purpose (about 800 lines): the strategies share the frame lifting (_FrameInput), the store of
 dynamic points and the window bookkeeping (_FusionBase) defined here, and each is read against the others.
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -38,16 +41,21 @@ from egox_ros.core.geometry import voxel_kernel
 from egox_ros.core.geometry.cameras import CameraModel
 from egox_ros.core.geometry.render import PointCloud, pose_float64, transform_points
 
-FUSION_MODES = ("static", "moving", "concat")
+FUSION_MODES = ("auto", "static", "moving", "concat")
 
 
 @dataclass
 class FusionConfig:
     """Point-cloud fusion over the rolling window of exo frames."""
-    mode: str = param("moving", "'static': per-pixel average for a fixed exo camera; 'moving': voxel grid for a "
-                      "moving exo camera; 'concat': per-frame clouds side by side", choices=FUSION_MODES)
-    window_frames: int = param(4, "newest window frames fused (static: effective length of the running average)",
-                               (1, 100000))
+    mode: str = param("auto", "'static': per-pixel running average for a fixed exo camera (as the released tools "
+                      "made the priors); 'moving': voxel grid of the newest window_frames for a moving exo camera; "
+                      "'auto': 'static' while the exo camera holds still (within static_pose_tolerance_*), "
+                      "'moving' while it moves; 'concat': per-frame clouds side by side", choices=FUSION_MODES)
+    window_frames: int = param(4, "newest window frames fused by 'moving' and 'concat' (and by 'auto' while the "
+                               "camera moves)", (1, 100000))
+    static_window_frames: int = param(49, "'static' (and 'auto' while the camera holds still): effective length of "
+                                      "the per-pixel running average [frames] (49: a released clip, which the "
+                                      "released tools average whole)", (1, 100000))
     voxel_size_m: float = param(0.005, "voxel edge of the 'moving' fusion [m]", (1e-4, 10.0))
     max_points: int = param(2_000_000, "memory bound: points (static, concat) or per-frame voxel records "
                             "(moving) kept for the window; 0 = follow the window: window_frames times the most "
@@ -62,11 +70,11 @@ class FusionConfig:
     static_pose_tolerance_deg: float = param(1.0, "static: the exo camera may turn this much and still count as "
                                              "static [deg]", (0.0, 180.0))
     static_on_move: str = param("reset", "static: when the camera moved beyond the tolerance, 'raise' "
-                                "CameraMovedError (state kept) or 'reset' and start over from the new frame",
-                                choices=("raise", "reset"))
+                                "CameraMovedError (state kept) or 'reset' and start over from the new frame ('auto' "
+                                "turns to the voxel grid instead)", choices=("raise", "reset"))
     static_min_observations: int = param(1, "static: a pixel enters the cloud once it had this many valid "
                                          "readings", (1, 100000))
-    clip_background: bool = param(True, "static: with a clip generator (egox), every frame of a clip sees one "
+    clip_background: bool = param(True, "static and auto: with a clip generator (egox), every frame of a clip sees one "
                                         "background, the per-pixel mean over the whole clip of its static pixels, as "
                                         "the released tools made the priors the weights saw; false: causal (each "
                                         "frame sees the frames up to it); a camera that moves within the clip falls "
@@ -334,10 +342,10 @@ class StaticCameraFusion(_FusionBase):
     observation weight float32 - O(h' * w') memory whatever the window length.
 
     Window semantics (chosen for O(H*W) memory): a *capped running average*.  Each pixel's weight counts its
-    valid static readings up to ``window_frames``; a new reading moves the mean by ``1 / weight``.  So for the
-    first ``window_frames`` readings the mean is the exact average, after that it is an exponential moving
-    average with weight ``1 / window_frames`` per reading (older readings fade out, time constant
-    ``window_frames`` frames).  Removing one old frame exactly would need every frame's image kept;
+    valid static readings up to ``static_window_frames``; a new reading moves the mean by ``1 / weight``.  So for
+    the first ``static_window_frames`` readings the mean is the exact average, after that it is an exponential
+    moving average with weight ``1 / static_window_frames`` per reading (older readings fade out, time constant
+    ``static_window_frames`` frames).  Removing one old frame exactly would need every frame's image kept;
     ``remove_older_than`` therefore only clears the state when *all* fused frames are older than its key.
 
     Pose: the pose of the first frame after a reset is the reference; a frame whose pose differs by more than
@@ -363,15 +371,19 @@ class StaticCameraFusion(_FusionBase):
         self._dynamic = _DynamicStore()
         self._cache: PointCloud | None = None
 
+    def camera_changed(self, camera: CameraModel) -> bool:
+        """Whether ``camera`` differs from the intrinsics of the frames averaged so far."""
+        return self._camera is not None and camera != self._camera
+
     def __len__(self) -> int:
-        """Frames fused since the last reset, capped at ``window_frames`` (the average's effective length)."""
-        return min(self._frames, self.config.window_frames)
+        """Frames fused since the last reset, capped at ``static_window_frames`` (the average's effective length)."""
+        return min(self._frames, self.config.static_window_frames)
 
     def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
         """Average the frame's static pixels in; keep its dynamic pixels (lifted) with ``key``."""
         key = _check_key(key, self._newest)
         frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
-        if self._camera is not None and camera != self._camera:
+        if self.camera_changed(camera):
             raise ValueError("StaticCameraFusion: the camera intrinsics changed; reset() first")
         if self._pose is not None:
             moved_m, moved_deg = _pose_change(self._pose, frame.pose)
@@ -388,7 +400,8 @@ class StaticCameraFusion(_FusionBase):
             self._color = torch.zeros((h, w, 3), dtype=torch.float32, device=frame.device)
             self._weight = torch.zeros((h, w), dtype=torch.float32, device=frame.device)
         valid = frame.static_valid.to(self._depth.device)
-        weight = torch.where(valid, (self._weight + 1.0).clamp_(max=float(self.config.window_frames)), self._weight)
+        weight = torch.where(valid, (self._weight + 1.0).clamp_(max=float(self.config.static_window_frames)),
+                             self._weight)
         step = torch.where(valid, 1.0 / weight.clamp(min=1.0), 0.0)
         depth = torch.nan_to_num(frame.depth.to(self._depth.device), nan=0.0)
         self._depth += step * (depth - self._depth)
@@ -727,8 +740,103 @@ class ConcatFusion(_PerFrameFusion):
         return total
 
 
+# ----------------------------------------------------------------------------- still or moving: auto
+
+
+class AutoFusion:
+    """fusion.mode 'auto': a :class:`StaticCameraFusion` while the exo camera holds still, a :class:`VoxelFusion`
+    of the newest ``window_frames`` frames while it moves.
+
+    Still: every frame since the static average started lies within ``static_pose_tolerance_m`` / ``_deg`` of
+    its first (the static fusion's own test).  A frame beyond them turns to the voxel grid, built from the newest
+    ``window_frames`` frames (their inputs are kept by reference), so from that frame on the cloud is what mode
+    'moving' gives.  Once the newest ``window_frames`` frames lie within the tolerances of the oldest of them, a
+    new static average starts from them.  ``moves`` counts the turns to the voxel grid.  The intrinsics changing
+    counts as a move.
+    """
+
+    def __init__(self, config: FusionConfig, device: torch.device | str | None = None):
+        self.config = config
+        self.device = device
+        self.moves = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._recent: OrderedDict[int, tuple] = OrderedDict()     # key -> add()'s arguments, newest window
+        self._active: StaticCameraFusion | VoxelFusion = self._static()
+
+    def _static(self) -> StaticCameraFusion:
+        return StaticCameraFusion(replace(self.config, static_on_move="raise"), self.device)
+
+    @property
+    def still(self) -> bool:
+        """Whether the static average is in use (the camera holds still)."""
+        return isinstance(self._active, StaticCameraFusion)
+
+    @property
+    def evicted_by_budget(self) -> int:
+        return self._active.evicted_by_budget
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
+        args = (rgb, depth_m, camera, world_T_camera, dynamic_mask)
+        if self.still:
+            try:
+                self._active.add(key, *args)
+            except (CameraMovedError, ValueError) as e:
+                if isinstance(e, ValueError) and not self._active.camera_changed(camera):
+                    raise                             # a bad input, not a move
+                self.moves += 1
+                self._active = VoxelFusion(self.config, self.device)
+                for k, a in self._recent.items():
+                    self._active.add(k, *a)
+                self._active.add(key, *args)
+        else:
+            self._active.add(key, *args)
+        self._recent[int(key)] = args
+        while len(self._recent) > self.config.window_frames:
+            self._recent.popitem(last=False)
+        if not self.still and len(self._recent) == self.config.window_frames and self._held_still(camera):
+            self._active = self._static()
+            for k, a in self._recent.items():
+                self._active.add(k, *a)
+
+    def _held_still(self, camera: CameraModel) -> bool:
+        """Whether the kept frames all lie within the static tolerances of the oldest of them (the reference of the
+        static average they would start) and have the newest frame's intrinsics."""
+        oldest = pose_float64(next(iter(self._recent.values()))[3])
+        for _, _, cam, world_T_camera, _ in self._recent.values():
+            moved_m, moved_deg = _pose_change(oldest, pose_float64(world_T_camera))
+            if cam != camera or moved_m > self.config.static_pose_tolerance_m \
+                    or moved_deg > self.config.static_pose_tolerance_deg:
+                return False
+        return True
+
+    def remove_older_than(self, key: int) -> int:
+        for k in [k for k in self._recent if k < int(key)]:
+            del self._recent[k]
+        return self._active.remove_older_than(key)
+
+    def cloud(self) -> PointCloud:
+        return self._active.cloud()
+
+    def frame_cloud(self, key: int) -> PointCloud:
+        return self._active.frame_cloud(key)
+
+    def dynamic_points(self, key: int) -> int:
+        return self._active.dynamic_points(key)
+
+    def nbytes(self) -> int:
+        """Bytes held by the strategy in use (the kept inputs are the caller's arrays)."""
+        return self._active.nbytes()
+
+
 def make_fusion(config: FusionConfig, device: torch.device | str | None = None) -> CloudFusion:
     """The fusion strategy ``config.mode`` names; ``device``: where inputs are moved (None: depth's device)."""
+    if config.mode == "auto":
+        return AutoFusion(config, device)
     if config.mode == "static":
         return StaticCameraFusion(config, device)
     if config.mode == "moving":

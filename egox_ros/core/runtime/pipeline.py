@@ -88,13 +88,13 @@ class PriorRenderer:
     def prepare_clip(self, frames: list[ExoFrame]) -> list["SplatJob"] | None:
         """Splat jobs of a whole clip over one background, as the released tools make them for a static exo camera:
         the per-pixel mean over all the clip's frames of their static pixels (a StaticCameraFusion as long as the
-        clip), plus each frame's own dynamic points. None when it does not apply (fusion.mode not 'static',
-        fusion.clip_background off, fewer than 2 frames, a frame without depth) or the camera moved within the
-        clip (the caller then renders causally)."""
-        if self.fusion_config.mode != "static" or not self.fusion_config.clip_background or len(frames) < 2 \
-                or any(f.depth_m is None for f in frames):
+        clip), plus each frame's own dynamic points. None when it does not apply (fusion.mode 'moving' or
+        'concat', fusion.clip_background off, fewer than 2 frames, a frame without depth) or the camera moved
+        within the clip (the caller then renders causally)."""
+        if self.fusion_config.mode not in ("static", "auto") or not self.fusion_config.clip_background \
+                or len(frames) < 2 or any(f.depth_m is None for f in frames):
             return None
-        config = replace(self.fusion_config, window_frames=len(frames), static_on_move="raise")
+        config = replace(self.fusion_config, mode="static", static_window_frames=len(frames), static_on_move="raise")
         fusion = make_fusion(config, self.device)
         try:
             for f in frames:

@@ -1,4 +1,5 @@
-"""egox bench soak --crop: the 1280x720 @ 15 Hz case of issue 18 from the 320x240 sample (x4, central crop)."""
+"""egox bench soak's sample stream: --crop (the 1280x720 @ 15 Hz case of issue 18 from the 320x240 sample, x4, central
+crop) and --still-exo (a camera on a tripod)."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,3 +26,15 @@ def test_crop_keeps_the_centre_and_moves_the_principal_point_with_it():
 def test_a_crop_larger_than_the_frames_is_refused():
     with pytest.raises(SoakError, match="does not fit"):
         load_sample(upscale=2, crop=(1280, 720))
+
+
+def test_still_exo_gives_every_frame_the_first_exo_transform_and_keeps_the_head_moving():
+    moving, still = load_sample(upscale=1), load_sample(upscale=1, still_exo=True)
+    exo = moving.frame_id
+
+    def poses(stream, child):
+        return [next(t[2:] for t in f.transforms if t[1] == child) for f in stream.frames]
+    head = next(t[1] for t in moving.frames[0].transforms if t[1] != exo)
+    assert len(set(poses(moving, exo))) > 10 and set(poses(still, exo)) == {poses(moving, exo)[0]}
+    assert poses(still, head) == poses(moving, head) and len(set(poses(still, head))) > 10
+    assert [f.rgb for f in still.frames] == [f.rgb for f in moving.frames]

@@ -262,8 +262,9 @@ def test_every_output_carries_the_source_stamp_and_ego_frame(rig):
             p.frames_waiting, p.frames_queued) == (1, 0, 0, 0)
 
 
-# One frame per prior: the fusion averages the colours of the window, and each frame here has its own encoding.
-@pytest.mark.parametrize("rig", [{"fusion.window_frames": 1}], indirect=True)
+# One frame per prior (the camera holds still: the static average of one frame): the fusion averages the colours
+# of the window, and each frame here has its own encoding.
+@pytest.mark.parametrize("rig", [{"fusion.window_frames": 1, "fusion.static_window_frames": 1}], indirect=True)
 @pytest.mark.parametrize("depth_encoding", ["16UC1", "32FC1"])
 def test_image_encodings_and_depth_units(rig, depth_encoding):
     for i, encoding in enumerate(["rgb8", "bgr8", "rgba8", "bgra8"]):
@@ -285,7 +286,7 @@ def test_image_encodings_and_depth_units(rig, depth_encoding):
 
 
 @pytest.mark.parametrize("rig", [{"inputs.exo_transport": "compressed", "inputs.depth_transport": "compressedDepth",
-                                  "fusion.window_frames": 1}], indirect=True)
+                                  "fusion.window_frames": 1, "fusion.static_window_frames": 1}], indirect=True)
 @pytest.mark.parametrize("depth_encoding,container", [("16UC1", "png"), ("32FC1", "jpeg")])
 def test_compressed_image_and_compressed_depth_inputs(rig, depth_encoding, container):
     # image_transport's compressed (JPEG / PNG) exo image and compressedDepth (PNG of mm, or of quantised inverse
@@ -365,6 +366,7 @@ def test_bad_input_is_dropped_with_a_reason_and_the_node_keeps_running(rig):
     assert values["dropped.bad_depth"] == "1" and values["input_problems.bad_depth"] == "1"
     assert int(values["input_problems.depth_without_valid_pixels"]) == 2
     assert "input_rate_hz" in values and "window_frames" in values
+    assert values["fusion.in_use"] == "static" and values["fusion.camera_moves"] == "0"   # 'auto', a still camera
     transport_ms, callback_ms = (float(x) for x in values["input_delay_max_ms.image"].split(" / "))
     assert 0.0 <= transport_ms <= callback_ms  # a message reaches the queue before its callback runs
     assert rig.node.proc.poll() is None

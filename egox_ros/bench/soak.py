@@ -3,7 +3,9 @@
 A publisher in this process sends the bundled sample's real TUM frames (sample/tum_fr1_rpy: 320x240 pixel-doubled to
 640x480 rgb8 by default, camera info scaled to match, 16UC1 depth, /tf world -> exo and world -> head) as a live
 camera would: at --rate Hz, every frame with a fresh wall-clock stamp (the 50 frames play forwards and backwards, so
-the poses never jump and the stamps only increase). After --warmup seconds, --busy N competing busy-looping processes
+the poses never jump and the stamps only increase). The sample's exo camera is hand-held; with --still-exo every
+frame carries the first frame's world -> exo transform, as a camera on a tripod would (the images are the same, so
+the work per frame is a still camera's; the head still moves). After --warmup seconds, --busy N competing busy-looping processes
 start; --duration seconds later sending stops and the node gets --drain-timeout seconds to finish what it holds.
 
 It reports the frame accounting (sent = published + dropped + lost + still in the node + unaccounted, from the node's
@@ -68,9 +70,11 @@ class SampleStream:
     frames: list[SampleFrame]
 
 
-def load_sample(bag: Path = SAMPLE_BAG, upscale: int = 2, crop: tuple[int, int] | None = None) -> SampleStream:
+def load_sample(bag: Path = SAMPLE_BAG, upscale: int = 2, crop: tuple[int, int] | None = None,
+                still_exo: bool = False) -> SampleStream:
     """The sample bag's exo frames, each pixel repeated upscale x upscale times (intrinsics scaled to match), then
-    cropped about the centre to crop = (width, height) if given (e.g. 1280x720 from x4's 1280x960)."""
+    cropped about the centre to crop = (width, height) if given (e.g. 1280x720 from x4's 1280x960); still_exo:
+    every frame's transform to the exo frame is the first frame's."""
     from rosbags.highlevel import AnyReader
     if upscale < 1:
         raise SoakError(f"--upscale must be at least 1, got {upscale}")
@@ -119,6 +123,12 @@ def load_sample(bag: Path = SAMPLE_BAG, upscale: int = 2, crop: tuple[int, int] 
     p[0], p[5] = p[0] * s, p[5] * s
     p[2], p[6] = (p[2] + 0.5) * s - 0.5 - x0, (p[6] + 0.5) * s - 0.5 - y0
     frame_id = next(e["frame_id"] for _, e in sorted(by_stamp.items()) if "frame_id" in e)
+    if still_exo:
+        first = {t[1]: t for t in frames[0].transforms}
+        if frame_id not in first:
+            raise SoakError(f"{bag}: no /tf to the exo frame {frame_id!r} in the first frame")
+        frames = [SampleFrame(f.rgb, f.depth, [first[frame_id] if t[1] == frame_id else t for t in f.transforms])
+                  for f in frames]
     width, height = crop or (info.width * upscale, info.height * upscale)
     return SampleStream(width=width, height=height, frame_id=frame_id,
                         info={"d": [float(v) for v in info.d], "k": k.tolist(), "p": p.tolist(),
@@ -409,8 +419,8 @@ class _Peer:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def default_label(busy: int, params: list[str], node_env: dict[str, str]) -> str:
-    parts = [f"busy {busy}"] if busy else []
+def default_label(busy: int, params: list[str], node_env: dict[str, str], still_exo: bool = False) -> str:
+    parts = (["still exo"] if still_exo else []) + ([f"busy {busy}"] if busy else [])
     parts += list(params) + [f"{k}={v}" for k, v in node_env.items()]
     return ", ".join(parts) or "default"
 
@@ -418,7 +428,7 @@ def default_label(busy: int, params: list[str], node_env: dict[str, str]) -> str
 def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0, busy: int = 0,
          params: list[str] | None = None, node_env: dict[str, str] | None = None,
          params_file: str | None = str(SAMPLE_PARAMS), upscale: int = 2, crop: tuple[int, int] | None = None,
-         drain_timeout_s: float = 20.0,
+         drain_timeout_s: float = 20.0, still_exo: bool = False,
          domain_id: int | None = None, label: str | None = None, report_every_s: float = 10.0,
          log=None, node_log: Path | None = None) -> dict:
     """Run one soak case and return its result dict (see the module docstring). log: callable(str) for progress."""
@@ -431,7 +441,7 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
     log = log or (lambda _s: None)
     if duration_s <= 0 or rate_hz <= 0 or warmup_s < 0 or busy < 0:
         raise SoakError("need --duration > 0, --rate > 0, --warmup >= 0 and --busy >= 0")
-    stream = load_sample(upscale=upscale, crop=crop)
+    stream = load_sample(upscale=upscale, crop=crop, still_exo=still_exo)
     machine = machine_info()
     machine["versions"]["rclpy"] = _dist_version("ros-rclpy") or _dist_version("rclpy")
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -566,10 +576,12 @@ def soak(duration_s: float = 60.0, rate_hz: float = 30.0, warmup_s: float = 5.0,
     unaccounted = sent - final["received"] - final["lost"]
     dropped_by_reason = dict(sorted(final["meta_dropped"].items()))
     return {
-        "benchmark": SECTION, "label": label or default_label(busy, params, node_env), "interrupted": interrupted,
+        "benchmark": SECTION, "label": label or default_label(busy, params, node_env, still_exo),
+        "interrupted": interrupted,
         "machine": machine, "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "config": {"duration_s": duration_s, "warmup_s": warmup_s, "rate_hz": rate_hz, "busy_processes": busy,
+                   "still_exo": still_exo,
                    "params_file": _rel(params_file), "node_params": params, "node_env": node_env,
                    "input": f"sample/tum_fr1_rpy exo frames ({len(stream.frames)}, played forwards and backwards) "
                             f"pixel-doubled x{upscale}{' and cropped' if crop else ''} to "
@@ -771,9 +783,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upscale", type=int, default=2, help="pixel repeat of the 320x240 sample frames (default 2: "
                                                           "640x480)")
     p.add_argument("--crop", metavar="WxH", help="central crop of the upscaled frames, e.g. 1280x720 with --upscale 4")
+    p.add_argument("--still-exo", action="store_true",
+                   help="every frame carries the first frame's world -> exo transform (a camera on a tripod)")
     p.add_argument("--drain-timeout", type=float, default=20.0,
                    help="seconds the node gets after the stream to finish what it holds (default 20)")
-    p.add_argument("--label", help="case name in the docs table (default: from --busy, -p and --node-env)")
+    p.add_argument("--label", help="case name in the docs table (default: from --still-exo, --busy, -p and --node-env)")
     p.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: random 1..100)")
     p.add_argument("--node-log", type=Path, help="keep the node's log in this file")
 
@@ -803,7 +817,7 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         result = soak(duration_s=duration, rate_hz=args.rate, warmup_s=warmup, busy=args.busy, params=params,
                       node_env=node_env, params_file=args.params_file or None, upscale=args.upscale, crop=crop,
-                      drain_timeout_s=args.drain_timeout, domain_id=args.domain_id, label=args.label, log=log,
+                      drain_timeout_s=args.drain_timeout, still_exo=args.still_exo, domain_id=args.domain_id, label=args.label, log=log,
                       node_log=args.node_log)
     except SoakError as e:
         print(f"egox bench soak: error: {e}", file=sys.stderr)

@@ -28,6 +28,7 @@ from std_msgs.msg import Empty
 from tf2_msgs.msg import TFMessage
 
 from egox_ros.core.demonstrator.head_tracker import HeadEstimate
+from egox_ros.core.geometry.fusion import AutoFusion
 from egox_ros.core.geometry.render import PointCloud
 from egox_ros.core.runtime.engine import EgoEngine, EngineEvents
 from egox_ros.core.runtime.pipeline import ClipOutput
@@ -301,6 +302,9 @@ class EgoxNode(Node):
             "frames_lost": str(progress.frames_lost),
             "frames_waiting": str(progress.frames_waiting), "frames_queued": str(progress.frames_queued),
         }
+        if isinstance(fusion, AutoFusion):         # fusion.mode 'auto': which strategy the camera's motion chose
+            values["fusion.in_use"] = "static" if fusion.still else "moving"
+            values["fusion.camera_moves"] = str(fusion.moves)
         values.update({f"dropped.{k}": str(v) for k, v in sorted(dropped.items())})
         values.update({f"input_problems.{k}": str(v) for k, v in sorted(notes.items())})
         values.update(self._delays.report())

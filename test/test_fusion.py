@@ -467,3 +467,34 @@ def test_compiled_lifting_gives_the_records_the_torch_code_gives(voxel_size_m, f
     fast, ref = frame.voxel_records(frame.static_valid, voxel_size_m), _voxelize(cloud, voxel_size_m)
     assert torch.equal(fast.keys, ref.keys) and torch.equal(fast.count, ref.count)
     assert torch.equal(fast.color_sum, ref.color_sum) and torch.equal(fast.offset_sum, ref.offset_sum)
+
+
+@needs_tum
+def test_compiled_static_average_and_cloud_equal_the_torch_code(monkeypatch):
+    """The static running average and its cloud by the compiled passes (voxel_kernel.static_average_update,
+    static_cloud) against the torch code (numba switched off for the reference): 12 real TUM frames at one pose, a
+    person mask that moves, an average capped at 5 frames (the exponential part) and pixels needing 2 readings:
+    state, points and colours exactly equal (the same float32 operations)."""
+    from egox_ros.core.geometry import voxel_kernel
+    cfg = _config(mode="static", stride=2, static_window_frames=5, static_min_observations=2, edge_window_px=5)
+    inputs = []
+    for k in range(12):
+        rgb, depth, _ = _tum(2 * k)
+        mask = torch.zeros(depth.shape, dtype=torch.bool)
+        mask[100:300, 40 * k: 40 * k + 150] = True
+        inputs.append((k, rgb, depth, FR1, _tum(0)[2], mask))
+
+    def run():
+        fusion = StaticCameraFusion(cfg)
+        for frame in inputs:
+            fusion.add(*frame)
+        return fusion, fusion.cloud()
+    assert voxel_kernel.available()
+    fast, fast_cloud = run()
+    monkeypatch.setattr(voxel_kernel, "available", lambda: False)
+    ref, ref_cloud = run()
+    for a, b in ((fast._depth, ref._depth), (fast._color, ref._color), (fast._weight, ref._weight)):
+        assert torch.equal(a, b)
+    assert 0 < int((ref._weight == 5).sum()) and 0 < int((ref._weight == 1).sum())   # capped, and seen once only
+    assert 10_000 < len(ref_cloud) < int((ref._weight > 0).sum())
+    assert _same_cloud(fast_cloud, ref_cloud)

@@ -400,13 +400,17 @@ class StaticCameraFusion(_FusionBase):
             self._color = torch.zeros((h, w, 3), dtype=torch.float32, device=frame.device)
             self._weight = torch.zeros((h, w), dtype=torch.float32, device=frame.device)
         valid = frame.static_valid.to(self._depth.device)
-        weight = torch.where(valid, (self._weight + 1.0).clamp_(max=float(self.config.static_window_frames)),
-                             self._weight)
-        step = torch.where(valid, 1.0 / weight.clamp(min=1.0), 0.0)
-        depth = torch.nan_to_num(frame.depth.to(self._depth.device), nan=0.0)
-        self._depth += step * (depth - self._depth)
-        self._color += step.unsqueeze(-1) * (frame.rgb.to(self._color.device, torch.float32) - self._color)
-        self._weight = weight
+        cap = float(self.config.static_window_frames)
+        if self._depth.device.type == "cpu" and voxel_kernel.available():     # the same, in one compiled pass
+            voxel_kernel.static_average_update(frame.depth, frame.rgb, valid, self._depth, self._color,
+                                               self._weight, cap)
+        else:
+            weight = torch.where(valid, (self._weight + 1.0).clamp_(max=cap), self._weight)
+            step = torch.where(valid, 1.0 / weight.clamp(min=1.0), 0.0)
+            depth = torch.nan_to_num(frame.depth.to(self._depth.device), nan=0.0)
+            self._depth += step * (depth - self._depth)
+            self._color += step.unsqueeze(-1) * (frame.rgb.to(self._color.device, torch.float32) - self._color)
+            self._weight = weight
         self._frames += 1
         self._newest = key
         self._dynamic.put(key, frame.lift(frame.dynamic_valid), self.point_budget(frame))
@@ -442,12 +446,17 @@ class StaticCameraFusion(_FusionBase):
             if self._depth is None:
                 self._cache = PointCloud.empty(self.device)
             else:
-                select = self._weight >= self.config.static_min_observations
-                keep = torch.nonzero(select.reshape(-1)).squeeze(1)
                 rays = self._camera.ray_grid(self.config.stride, device=self._depth.device)
-                points = rays.reshape(-1, 3).index_select(0, keep) * self._depth.reshape(-1)[keep].unsqueeze(-1)
-                colors = self.background_rgb().reshape(-1, 3).index_select(0, keep)
-                self._cache = PointCloud(transform_points(points, self._pose), colors)
+                min_weight = self.config.static_min_observations
+                if self._depth.device.type == "cpu" and voxel_kernel.available():   # the same, in one pass
+                    points, colors = voxel_kernel.static_cloud(self._depth, self._color, self._weight, min_weight,
+                                                               rays, self._pose)
+                else:
+                    keep = torch.nonzero((self._weight >= min_weight).reshape(-1)).squeeze(1)
+                    points = transform_points(rays.reshape(-1, 3).index_select(0, keep)
+                                              * self._depth.reshape(-1)[keep].unsqueeze(-1), self._pose)
+                    colors = self.background_rgb().reshape(-1, 3).index_select(0, keep)
+                self._cache = PointCloud(points, colors)
         return self._cache
 
     def nbytes(self) -> int:

@@ -1,6 +1,7 @@
-"""Compiled CPU kernels (numba) of the voxel fusion: sum the rows of equal keys into sorted unique voxels, their mean
-points and colours (``voxel_means``), the depth-edge test before lifting (``reliable_depth``), and the lifting of a
-frame's pixels into voxel records (``lift_voxel_records``).
+"""Compiled CPU kernels (numba) of the fusion: sum the rows of equal keys into sorted unique voxels, their mean
+points and colours (``voxel_means``), the depth-edge test before lifting (``reliable_depth``), the lifting of a
+frame's pixels into voxel records (``lift_voxel_records``), and the static camera's running average
+(``static_average_update``) and its cloud (``static_cloud``).
 
 ``fusion._Voxels.reduce`` did this with ``torch.unique(sorted=True, return_inverse=True)`` and three ``index_add_``.
 Here the keys are sorted by torch (a stable radix sort) and one pass sums the runs, with the same keys, counts and
@@ -142,7 +143,52 @@ def _build():
                 k += 1
         return keys[:k], offset[:k], color[:k]
 
-    return run_sums, means, reliable, lift_keys
+    @numba.njit(cache=True, nogil=True)
+    def static_update(depth, rgb, valid, mean_depth, mean_color, weight, cap):
+        """The valid pixels' readings into the running average, in place (see static_average_update)."""
+        h, w = valid.shape
+        one = np.float32(1.0)
+        for y in range(h):
+            for x in range(w):
+                if not valid[y, x]:
+                    continue
+                wt = min(weight[y, x] + one, cap)
+                weight[y, x] = wt
+                step = one / max(wt, one)
+                mean_depth[y, x] += step * (depth[y, x] - mean_depth[y, x])
+                for c in range(3):
+                    mean_color[y, x, c] += step * (np.float32(rgb[y, x, c]) - mean_color[y, x, c])
+
+    @numba.njit(cache=True, nogil=True)
+    def static_points(mean_depth, mean_color, weight, min_weight, rays, m):
+        """The averaged pixels seen often enough, lifted (see static_cloud)."""
+        h, w = weight.shape
+        n = 0
+        for y in range(h):
+            for x in range(w):
+                if weight[y, x] >= min_weight:
+                    n += 1
+        points = np.empty((n, 3), np.float32)
+        colors = np.empty((n, 3), np.uint8)
+        k = 0
+        for y in range(h):
+            for x in range(w):
+                if not weight[y, x] >= min_weight:
+                    continue
+                d = mean_depth[y, x]
+                px = rays[y, x, 0] * d
+                py = rays[y, x, 1] * d
+                pz = rays[y, x, 2] * d
+                points[k, 0] = px * m[0, 0] + py * m[0, 1] + pz * m[0, 2] + m[0, 3]
+                points[k, 1] = px * m[1, 0] + py * m[1, 1] + pz * m[1, 2] + m[1, 3]
+                points[k, 2] = px * m[2, 0] + py * m[2, 1] + pz * m[2, 2] + m[2, 3]
+                for c in range(3):
+                    colors[k, c] = np.uint8(min(max(np.rint(mean_color[y, x, c]), np.float32(0.0)),
+                                                np.float32(255.0)))
+                k += 1
+        return points, colors
+
+    return run_sums, means, reliable, lift_keys, static_update, static_points
 
 
 def available() -> bool:
@@ -219,6 +265,34 @@ def lift_voxel_records(depth_m: torch.Tensor, rays: torch.Tensor, select: torch.
     return tuple(torch.from_numpy(a) for a in out)
 
 
+def static_average_update(depth_m: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor, mean_depth_m: torch.Tensor,
+                          mean_color: torch.Tensor, weight: torch.Tensor, max_weight: float) -> None:
+    """StaticCameraFusion.add's update of its running average, in place, in one compiled pass (the same float32
+    operations as its torch code): where ``valid``, the weight grows by one up to ``max_weight`` and the means move
+    by 1 / weight towards the reading.  depth_m (h, w) float32 [m] (finite where valid), rgb (h, w, 3) uint8,
+    valid (h, w) bool; the state mean_depth_m (h, w), mean_color (h, w, 3) and weight (h, w): contiguous float32
+    CPU tensors, updated."""
+    if not available():
+        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
+    depth_m, rgb, valid = (t.contiguous() for t in (depth_m, rgb, valid))
+    _KERNEL[4](depth_m.numpy(), rgb.numpy(), valid.numpy(), mean_depth_m.numpy(), mean_color.numpy(),
+               weight.numpy(), np.float32(max_weight))
+
+
+def static_cloud(mean_depth_m: torch.Tensor, mean_color: torch.Tensor, weight: torch.Tensor, min_weight: float,
+                 rays: torch.Tensor, world_T_camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """StaticCameraFusion.cloud in one compiled pass (the same float32 operations as its torch code): the pixels
+    whose weight is at least ``min_weight``, in row-major order, lifted along ``rays`` (h, w, 3) float32 by the mean
+    depth and moved by ``world_T_camera`` (4, 4) float64: points (N, 3) float32 [m, world], and their mean colours
+    rounded half to even and clamped, (N, 3) uint8."""
+    if not available():
+        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
+    out = _KERNEL[5](mean_depth_m.contiguous().numpy(), mean_color.contiguous().numpy(),
+                     weight.contiguous().numpy(), np.float32(min_weight), rays.contiguous().numpy(),
+                     world_T_camera.numpy().astype(np.float32))
+    return tuple(torch.from_numpy(a) for a in out)
+
+
 def warm_up() -> bool:
     """Compile the kernel now (first use otherwise); False without numba."""
     if not available():
@@ -229,4 +303,8 @@ def warm_up() -> bool:
     reliable_depth(torch.ones((4, 4)), 3, 0.1, 2)
     lift_voxel_records(torch.ones((2, 2)), torch.ones((2, 2, 3)), torch.ones((2, 2), dtype=torch.bool),
                        torch.zeros((2, 2, 3), dtype=torch.uint8), torch.eye(4, dtype=torch.float64), 0.01, 21, 1 << 20)
+    state = (torch.zeros((2, 2)), torch.zeros((2, 2, 3)), torch.zeros((2, 2)))
+    static_average_update(torch.ones((2, 2)), torch.zeros((2, 2, 3), dtype=torch.uint8),
+                          torch.ones((2, 2), dtype=torch.bool), *state, 4.0)
+    static_cloud(*state, 1.0, torch.ones((2, 2, 3)), torch.eye(4, dtype=torch.float64))
     return True

@@ -228,6 +228,35 @@ def test_person_stride_holds_masks_moved_along_the_track(seq):
         assert recall >= 0.95 and recall > held + 0.05, (k, recall, held)      # measured 0.97 / 0.88, 0.995 / 0.78
 
 
+def test_live_the_detector_sees_half_as_many_images_while_frames_are_dropped_for_lack_of_time(seq):
+    """runtime.person_stride 0 live (sync.overload 'drop_oldest'): every 3rd image, every 6th within 1 s of a frame
+    replaced in the full generator queue. With room for 1 frame and the worker not started, each frame replaces
+    the one before: frames 1-7 give the detector images 1 and 7 (not 1, 4, 7). Then the queue drains and, more
+    than 1 s later, frames 8-14 give it images 10 and 13 again."""
+    engine, events, now = _engine({"person.source": "mediapipe", "sync.overload": "drop_oldest",
+                                   "sync.queue_capacity": 1, "runtime.person_stride": 0}, seq.camera)
+    assert (engine.person_stride, engine.person_stride_overloaded) == (3, 6)
+    f = seq[52]
+
+    def feed(stamp_ns, admitted):
+        _feed(engine, now, stamp_ns, f.rgb, f.depth_m, f.world_T_camera, seq[59].world_T_camera)
+        wait_until(admitted, 120, f"the frame at {stamp_ns} to be admitted")
+    try:
+        for k in range(1, 8):
+            feed(k * PERIOD_NS, lambda k=k: engine.stats.dropped.get("generator_busy", 0) == k - 1
+                 and len(engine._queue) == 1)
+        wait_until(lambda: engine.person_detector.detected >= 2, 120, "two detections")
+        assert engine.person_detector.detected == 2
+        engine.start()
+        wait_until(lambda: len(events.stamps()) == 1, 120, "frame 7 published")
+        later = 7 * PERIOD_NS + 2_000_000_000
+        for k in range(8, 15):
+            feed(later + k * PERIOD_NS, lambda k=k: len(events.stamps()) == k - 6)
+        assert engine.person_detector.detected == 4 and engine.stats.dropped == {"generator_busy": 6}
+    finally:
+        engine.close()
+
+
 def test_propagate_mask_moves_along_the_centroid_track():
     previous = np.zeros((20, 30), bool)
     previous[5:9, 2:6] = True

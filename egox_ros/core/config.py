@@ -300,8 +300,9 @@ class RuntimeConfig:
                                   "images between take the mask of the newest detected one, moved along the "
                                   "person's track, and the head tracker holds the head. MediaPipe costs 30-40 ms of "
                                   "CPU per 640x480 image, a whole core at 30 Hz. 0: 3 with sync.overload "
-                                  "'drop_oldest' (the live node), 1 (every image) with 'keep_all' (egox replay, "
-                                  "egox process)", (0, 30))
+                                  "'drop_oldest' (the live node; 6 while it drops frames for lack of time, within 1 s "
+                                  "of a frame replaced in the full generator queue), 1 (every image) with 'keep_all' "
+                                  "(egox replay, egox process)", (0, 30))
     splat_threads: int = param(1, "CPU threads compositing each soft prior (prior.splat 'soft' on the CPU; bands of "
                                   "rows at once, the same image for any count). More than 1 draws a prior sooner "
                                   "where cores are idle, at more CPU in all: on the 2-core test machine, whose "

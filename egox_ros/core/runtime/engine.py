@@ -177,7 +177,11 @@ class EgoEngine:
             detector, capacity=self.sync.max_waiting, on_result=self._on_person,
             max_lag_s=self.sync.timeout_s / 2 if live else None)
         # runtime.person_stride: the detector sees every n-th accepted image; the others hold (_held_observation).
+        # Live with the default (0), twice as few while frames are being dropped for lack of time (overloaded).
         self.person_stride = runtime.person_stride or (3 if live else 1)
+        self.person_stride_overloaded = 2 * self.person_stride if live and not runtime.person_stride \
+            else self.person_stride
+        self._overload_ns: int | None = None             # stamp of the newest frame that replaced one in the queue
         self._since_detected = 0                         # accepted images since the last one submitted
         self._submitted: deque[int] = deque(maxlen=8)    # stamps submitted to the detector, oldest first
         # The exo frame id of each image submitted to the detector, for its mask: the frame may be complete (and
@@ -309,6 +313,7 @@ class EgoEngine:
                     worker.reset()
             with self.lock:
                 self._since_detected = 0
+                self._overload_ns = None
                 self._submitted.clear()
                 self._held.clear()
                 self._held_masks.clear()
@@ -407,10 +412,13 @@ class EgoEngine:
         self.resolve()
 
     def _detect_next(self, stamp_ns: int) -> bool:
-        """Whether the detector gets this accepted image (every person_stride-th, the first after a reset); if not,
-        the frame will hold the observation of the newest image submitted before it."""
+        """Whether the detector gets this accepted image (every person_stride-th, the first after a reset; every
+        person_stride_overloaded-th within 1 s of a frame replaced in the full queue); if not, the frame will hold
+        the observation of the newest image submitted before it."""
         with self.lock:
-            if self._since_detected % self.person_stride == 0 or not self._submitted:
+            overloaded = self._overload_ns is not None and 0 <= stamp_ns - self._overload_ns < 1_000_000_000
+            stride = self.person_stride_overloaded if overloaded else self.person_stride
+            if self._since_detected >= stride or not self._submitted:
                 self._since_detected = 1
                 self._submitted.append(stamp_ns)
                 return True
@@ -511,6 +519,7 @@ class EgoEngine:
                 return False
             old, _ = self._queue.popleft()
             self._replaced.append(old.stamp_ns)
+            self._overload_ns = frame.stamp_ns
             self._replaced_recent.add(old.stamp_ns)
         self.window.append(frame)
         context = self.window.newest(self.window.config.max_frames, up_to_ns=frame.stamp_ns)

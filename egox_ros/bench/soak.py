@@ -5,8 +5,9 @@ A publisher in this process sends the bundled sample's real TUM frames (sample/t
 camera would: at --rate Hz, every frame with a fresh wall-clock stamp (the 50 frames play forwards and backwards, so
 the poses never jump and the stamps only increase). The sample's exo camera is hand-held; with --still-exo every
 frame carries the first frame's world -> exo transform, as a camera on a tripod would (the images are the same, so
-the work per frame is a still camera's; the head still moves). After --warmup seconds, --busy N competing busy-looping processes
-start; --duration seconds later sending stops and the node gets --drain-timeout seconds to finish what it holds.
+the work per frame is a still camera's; the head still moves). After --warmup seconds, --busy N competing
+busy-looping processes start; --duration seconds later sending stops and the node gets --drain-timeout seconds to
+finish what it holds.
 
 It reports the frame accounting (sent = published + dropped + lost + still in the node + unaccounted, from the node's
 latched ~/progress and the ClipMetadata on ego/clip_metadata), the output rate, the latency from publishing an exo
@@ -787,7 +788,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="every frame carries the first frame's world -> exo transform (a camera on a tripod)")
     p.add_argument("--drain-timeout", type=float, default=20.0,
                    help="seconds the node gets after the stream to finish what it holds (default 20)")
-    p.add_argument("--label", help="case name in the docs table (default: from --still-exo, --busy, -p and --node-env)")
+    p.add_argument("--label",
+                   help="case name in the docs table (default: from --still-exo, --busy, -p and --node-env)")
     p.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: random 1..100)")
     p.add_argument("--node-log", type=Path, help="keep the node's log in this file")
 
@@ -817,8 +819,8 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         result = soak(duration_s=duration, rate_hz=args.rate, warmup_s=warmup, busy=args.busy, params=params,
                       node_env=node_env, params_file=args.params_file or None, upscale=args.upscale, crop=crop,
-                      drain_timeout_s=args.drain_timeout, still_exo=args.still_exo, domain_id=args.domain_id, label=args.label, log=log,
-                      node_log=args.node_log)
+                      drain_timeout_s=args.drain_timeout, still_exo=args.still_exo, domain_id=args.domain_id,
+                      label=args.label, log=log, node_log=args.node_log)
     except SoakError as e:
         print(f"egox bench soak: error: {e}", file=sys.stderr)
         return 1

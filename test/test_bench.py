@@ -157,6 +157,10 @@ def test_prior_bench_speed_run_times_the_kernel_and_its_reference_on_one_thread(
                  ("soft", "soft_offset0", "hard_r1", "hard_r2")} | {"mask_iou_soft_hard_r1": 0.9},
         "reference_check": {"crop": [40, 32], "same_nearest_point_fraction": 1.0, "max_abs_color_diff": 0}}}})
     assert f"| {sp['window_points']} (wall) |" in table and f"| {sp['window_points']} (CPU) |" in table
+    # The still camera's path: the default fusion ran its static average (at most one point per stride pixel).
+    st = sp["still"]
+    assert 30_000 < st["window_points"] <= 320 * 240 and st["fusion_cpu_ms"] > 0 and st["soft_cpu_ms"] > 0
+    assert f"| {st['window_points']} (still camera, CPU) | {st['fusion_cpu_ms']} |" in table
     assert "torch threads 1" in table
     assert f"The kernel on 2 threads (`runtime.splat_threads` 2; the wall time counts, the CPU time is more than " \
            f"one thread's): {sp['soft_2threads_render_ms']} ms per render" in table

@@ -24,7 +24,7 @@ Frames are identified by an integer key, normally the stamp in nanoseconds; keys
 Dynamic pixels are never averaged: they are lifted per frame and kept with that frame (while it is in the
 window); :meth:`CloudFusion.frame_cloud` returns the fused background plus one frame's dynamic points.
 
-Long on purpose (about 800 lines): the strategies share the frame lifting (_FrameInput), the store of
+Long on purpose (about 850 lines): the strategies share the frame lifting (_FrameInput), the store of
 dynamic points and the window bookkeeping (_FusionBase) defined here, and each is read against the others.
 """
 from __future__ import annotations

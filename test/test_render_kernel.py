@@ -95,7 +95,7 @@ def test_compiled_pinhole_projection_keeps_the_same_points_at_the_same_pixels(of
     pose[:3, :3] = torch.tensor([[0.995, -0.0998, 0.0], [0.0998, 0.995, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     pose[:3, 3] = torch.tensor([0.05, -0.1, -0.3], dtype=torch.float64)
     camera_T_world = torch.linalg.inv(pose_float64(pose))
-    ref = _project_for_soft(cloud, len(cloud), cam, camera_T_world, offset, 5.0, min_distance_m)
+    ref = _project_for_soft(cloud, cam, camera_T_world, offset, 5.0, min_distance_m)
     got = soft_kernel.project_pinhole(cloud.points_world.numpy(), camera_T_world.numpy(), cam.fx, cam.fy, cam.cx,
                                       cam.cy, offset, 5.0, cam.width, cam.height, min_distance_m)
     assert 1000 < len(got[0]) < len(cloud)

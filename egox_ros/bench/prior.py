@@ -142,6 +142,22 @@ def speed(device: str = "cpu", repeats: int = 10) -> dict:
         torch.set_num_threads(threads)
 
 
+def _timed(fn, sync) -> tuple[object, float, float]:
+    """fn()'s result, and its wall and thread CPU time [ms] (device work synchronised before and after)."""
+    sync()
+    t, c = time.perf_counter(), time.thread_time()
+    result = fn()
+    sync()
+    return result, (time.perf_counter() - t) * 1e3, (time.thread_time() - c) * 1e3
+
+
+def _fuse(fusion, n: int, frame, camera, world_T_exo, device: str):
+    """Frame ``n`` into the fusion at the exo pose world_T_exo, the window kept to WINDOW_FRAMES: the cloud to draw."""
+    fusion.add(n, _tensor(frame.rgb, device), _tensor(frame.depth_m, device), camera, world_T_exo)
+    fusion.remove_older_than(n - WINDOW_FRAMES + 1)
+    return fusion.cloud()
+
+
 def _speed(device: str, repeats: int) -> dict:
     seq = TumSequence(SEQUENCES[0])
     ego = ego_camera_from_config(EgoCameraConfig())
@@ -154,17 +170,11 @@ def _speed(device: str, repeats: int) -> dict:
     load = [os.getloadavg()[0]]
     for n in range(5, 5 + WINDOW_FRAMES + repeats):
         f = seq[n]
-        sync()
-        t0, c0 = time.perf_counter(), time.thread_time()
-        fusion.add(n, _tensor(f.rgb, device), _tensor(f.depth_m, device), seq.camera, f.world_T_camera)
-        fusion.remove_older_than(n - WINDOW_FRAMES + 1)
-        cloud = fusion.cloud()
-        sync()
-        t1, c1 = time.perf_counter(), time.thread_time()
+        cloud, fuse_ms, fuse_cpu_ms = _timed(lambda: _fuse(fusion, n, f, seq.camera, f.world_T_camera, device), sync)
         measured = n >= 5 + WINDOW_FRAMES
         if measured:
-            wall["fusion"].append((t1 - t0) * 1e3)
-            cpu["fusion"].append((c1 - c0) * 1e3)
+            wall["fusion"].append(fuse_ms)
+            cpu["fusion"].append(fuse_cpu_ms)
             points.append(len(cloud))
         pose = _tensor(f.world_T_camera, device)
         for name, fn in (("soft", lambda: _soft(cloud, ego, pose)),
@@ -172,13 +182,10 @@ def _speed(device: str, repeats: int) -> dict:
                          ("soft_torch", lambda: _soft(cloud, ego, pose, backend="torch")),
                          ("hard_r1", lambda: render_points(cloud, ego, pose, 1)),
                          ("hard_r2", lambda: render_points(cloud, ego, pose, 2))):
-            sync()
-            ts, cs = time.perf_counter(), time.thread_time()
-            fn()
-            sync()
+            _, ms, cpu_ms = _timed(fn, sync)
             if measured:
-                wall[name].append((time.perf_counter() - ts) * 1e3)
-                cpu[name].append((time.thread_time() - cs) * 1e3)
+                wall[name].append(ms)
+                cpu[name].append(cpu_ms)
     out = {"device": device, "ego": f"{ego.width}x{ego.height}", "window_frames": WINDOW_FRAMES,
            "lift_stride": STRIDE, "window_points": int(np.median(points)), "torch_threads": 1,
            "fusion_ms": round(float(np.median(wall["fusion"])), 2),
@@ -204,20 +211,12 @@ def _speed_still(seq, ego, device: str, repeats: int, sync) -> dict:
     points = []
     for n in range(5, 5 + WINDOW_FRAMES + repeats):
         f = seq[n]
-        sync()
-        t0, c0 = time.perf_counter(), time.thread_time()
-        fusion.add(n, _tensor(f.rgb, device), _tensor(f.depth_m, device), seq.camera, exo_pose)
-        fusion.remove_older_than(n - WINDOW_FRAMES + 1)
-        cloud = fusion.cloud()
-        sync()
-        t1, c1 = time.perf_counter(), time.thread_time()
-        _soft(cloud, ego, _tensor(f.world_T_camera, device))
-        sync()
+        cloud, fuse_ms, fuse_cpu_ms = _timed(lambda: _fuse(fusion, n, f, seq.camera, exo_pose, device), sync)
+        _, soft_ms, soft_cpu_ms = _timed(lambda: _soft(cloud, ego, _tensor(f.world_T_camera, device)), sync)
         if n >= 5 + WINDOW_FRAMES:
-            times["fusion"].append((t1 - t0) * 1e3)
-            times["fusion_cpu"].append((c1 - c0) * 1e3)
-            times["soft"].append((time.perf_counter() - t1) * 1e3)
-            times["soft_cpu"].append((time.thread_time() - c1) * 1e3)
+            for key, value in (("fusion", fuse_ms), ("fusion_cpu", fuse_cpu_ms), ("soft", soft_ms),
+                               ("soft_cpu", soft_cpu_ms)):
+                times[key].append(value)
             points.append(len(cloud))
     if not getattr(fusion, "still", False):
         raise RuntimeError("the still camera's fusion did not run the static average")

@@ -791,19 +791,21 @@ class AutoFusion:
 
     def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
         args = (rgb, depth_m, camera, world_T_camera, dynamic_mask)
+        moved = False
         if self.still:
-            try:
-                self._active.add(key, *args)
-            except (CameraMovedError, ValueError) as e:
-                if isinstance(e, ValueError) and not self._active.camera_changed(camera):
-                    raise                             # a bad input, not a move
-                self.moves += 1
-                self._active = VoxelFusion(self.config, self.device)
-                for k, a in self._recent.items():
-                    self._active.add(k, *a)
-                self._active.add(key, *args)
+            moved = self._active.camera_changed(camera)          # new intrinsics count as a move
+            if not moved:
+                try:
+                    self._active.add(key, *args)
+                except CameraMovedError:
+                    moved = True
         else:
             self._active.add(key, *args)
+        if moved:
+            self.moves += 1
+            self._active = VoxelFusion(self.config, self.device)
+            for k, a in [*self._recent.items(), (key, args)]:
+                self._active.add(k, *a)
         self._recent[int(key)] = args
         while len(self._recent) > self.config.window_frames:
             self._recent.popitem(last=False)

@@ -323,13 +323,14 @@ def render_points(
     return RenderedView(rgb=rgb.contiguous(), mask=mask, depth_m=depth, point_index=index)
 
 
-def _project_for_soft(cloud: "PointCloud", n: int, camera: CameraModel, camera_T_world: torch.Tensor,
+def _project_for_soft(cloud: "PointCloud", camera: CameraModel, camera_T_world: torch.Tensor,
                       center_offset_px: float, radius: float, min_distance_m: float):
     """Project every point once (in chunks, to keep the temporaries small); keep those in front of the camera, at
     least min_distance_m from it, whose disc can reach the image. Returns their index (m,) int64 in index order,
     u and v (m,) float32 [px] (minus center_offset_px) and camera z (m,) float32 [m]."""
     h, w, device = camera.height, camera.width, cloud.device
     keep_idx, keep_u, keep_v, keep_z = [], [], [], []
+    n = len(cloud)
     for start in range(0, n, _CHUNK_POINTS):
         stop = min(n, start + _CHUNK_POINTS)
         points_cam = transform_points(cloud.points_world[start:stop], camera_T_world)
@@ -409,7 +410,7 @@ def render_points_soft(
             cloud.points_world.numpy(), camera_T_world.numpy(), camera.fx, camera.fy, camera.cx, camera.cy,
             center_offset_px, radius, w, h, min_distance_m))
     else:
-        idx_all, u_all, v_all, z_all = _project_for_soft(cloud, n, camera, camera_T_world, center_offset_px, radius,
+        idx_all, u_all, v_all, z_all = _project_for_soft(cloud, camera, camera_T_world, center_offset_px, radius,
                                                          min_distance_m)
 
     # Points in key order (depth, ties to the lowest index; z >= 0, whose IEEE bits order like the value): from here

@@ -327,8 +327,9 @@ def gather_ranked(order: np.ndarray, idx: np.ndarray, u: np.ndarray, v: np.ndarr
     out = (np.empty(m, np.float32), np.empty(m, np.float32), np.empty((m, 3), np.float32), np.empty(m, np.int32),
            np.empty(m, np.float32))
     kernels.gather(np.ascontiguousarray(order, dtype=np.int64), np.ascontiguousarray(idx, dtype=np.int64),
-              np.ascontiguousarray(u, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32),
-              np.ascontiguousarray(z, dtype=np.float32), np.ascontiguousarray(colors, dtype=np.uint8), int(pad), *out)
+                   np.ascontiguousarray(u, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32),
+                   np.ascontiguousarray(z, dtype=np.float32), np.ascontiguousarray(colors, dtype=np.uint8), int(pad),
+                   *out)
     return out
 
 

@@ -14,6 +14,7 @@ code.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -188,7 +189,16 @@ def _build():
                 k += 1
         return points, colors
 
-    return run_sums, means, reliable, lift_keys, static_update, static_points
+    return _Kernels(run_sums, means, reliable, lift_keys, static_update, static_points)
+
+
+class _Kernels(NamedTuple):
+    run_sums: object
+    means: object
+    reliable: object
+    lift_keys: object
+    static_update: object
+    static_points: object
 
 
 def available() -> bool:
@@ -202,6 +212,12 @@ def available() -> bool:
     return _KERNEL is not None
 
 
+def _compiled() -> _Kernels:
+    if not available():
+        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
+    return _KERNEL
+
+
 def voxel_sums(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, count: torch.Tensor,
                sorted_runs: bool = False):
     """Rows with equal keys summed, keys ascending: (keys (M,) int64, offset (M, 3) float32, color (M, 3) int32,
@@ -211,16 +227,14 @@ def voxel_sums(keys: torch.Tensor, offset: torch.Tensor, color: torch.Tensor, co
     stable argsort (a timsort, which merges the runs) then orders them in 1.4 ms instead of torch's 3.8 ms for
     4 x 35 k keys (one thread); for keys in no order torch's radix sort is the faster (0.6 vs 2.4 ms for 40 k).
     Both are stable, so the result is the same."""
-    if not available():
-        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
     if sorted_runs:
         key_array = keys.numpy()
         perm = np.argsort(key_array, kind="stable")
         sorted_keys = key_array[perm]
     else:
         sorted_keys, perm = (t.numpy() for t in torch.sort(keys, stable=True))
-    out = _KERNEL[0](sorted_keys, perm, offset.contiguous().numpy(), color.contiguous().numpy(),
-                     count.contiguous().numpy())
+    out = _compiled().run_sums(sorted_keys, perm, offset.contiguous().numpy(), color.contiguous().numpy(),
+                               count.contiguous().numpy())
     return tuple(torch.from_numpy(a) for a in out)
 
 
@@ -229,11 +243,9 @@ def voxel_means(keys: torch.Tensor, offset_sum: torch.Tensor, color_sum: torch.T
     """One point per voxel, as fusion._voxel_cloud computes it in torch (the same float32 operations in the same
     order: corner + offset_sum / count; colour rounded half to even, clamped, uint8): points (M, 3) float32 and
     colors (M, 3) uint8 CPU tensors from the sums of reduce(). 0.3 vs 2-3 ms for 140 k voxels (one thread)."""
-    if not available():
-        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
-    points, colors = _KERNEL[1](keys.contiguous().numpy(), offset_sum.contiguous().numpy(),
-                                color_sum.contiguous().numpy(), count.contiguous().numpy(),
-                                np.float32(voxel_size_m), axis_bits, axis_offset)
+    points, colors = _compiled().means(keys.contiguous().numpy(), offset_sum.contiguous().numpy(),
+                                       color_sum.contiguous().numpy(), count.contiguous().numpy(),
+                                       np.float32(voxel_size_m), axis_bits, axis_offset)
     return torch.from_numpy(points), torch.from_numpy(colors)
 
 
@@ -241,9 +253,8 @@ def reliable_depth(depth_m: torch.Tensor, window_px: int, ratio: float, stride: 
     """fusion.reliable_depth on the CPU in one compiled pass over the stride pixels (float32 as there: window sums in
     avg_pool2d's order), for window_px >= 2: (ceil(H / stride), ceil(W / stride)) bool from (H, W) float32 [m].
     About 1.9 vs 3.4 ms of CPU at 640x480, window 5, stride 2 (one thread)."""
-    if not available():
-        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
-    return torch.from_numpy(_KERNEL[2](depth_m.contiguous().numpy(), int(window_px), np.float32(ratio), int(stride)))
+    return torch.from_numpy(_compiled().reliable(depth_m.contiguous().numpy(), int(window_px), np.float32(ratio),
+                                                 int(stride)))
 
 
 def lift_voxel_records(depth_m: torch.Tensor, rays: torch.Tensor, select: torch.Tensor, rgb: torch.Tensor,
@@ -256,12 +267,10 @@ def lift_voxel_records(depth_m: torch.Tensor, rays: torch.Tensor, select: torch.
     float32 [m] and colours (N, 3) int32, as CPU tensors.  The moving fusion takes about 1.5-2 ms less per 640x480
     frame at stride 2 (one thread).  Inputs are made contiguous (the strided colour view is copied, 0.2 MB): one
     compiled signature, the one scripts/setup.sh compiles ahead."""
-    if not available():
-        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
     depth_m, rays, select, rgb = (t.contiguous() for t in (depth_m, rays, select, rgb))
-    out = _KERNEL[3](depth_m.numpy(), rays.numpy(), select.numpy(), rgb.numpy(),
-                     world_T_camera.numpy().astype(np.float32), np.float32(voxel_size_m), int(axis_bits),
-                     int(axis_offset))
+    out = _compiled().lift_keys(depth_m.numpy(), rays.numpy(), select.numpy(), rgb.numpy(),
+                                world_T_camera.numpy().astype(np.float32), np.float32(voxel_size_m), int(axis_bits),
+                                int(axis_offset))
     return tuple(torch.from_numpy(a) for a in out)
 
 
@@ -272,11 +281,9 @@ def static_average_update(depth_m: torch.Tensor, rgb: torch.Tensor, valid: torch
     by 1 / weight towards the reading.  depth_m (h, w) float32 [m] (finite where valid), rgb (h, w, 3) uint8,
     valid (h, w) bool; the state mean_depth_m (h, w), mean_color (h, w, 3) and weight (h, w): contiguous float32
     CPU tensors, updated."""
-    if not available():
-        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
     depth_m, rgb, valid = (t.contiguous() for t in (depth_m, rgb, valid))
-    _KERNEL[4](depth_m.numpy(), rgb.numpy(), valid.numpy(), mean_depth_m.numpy(), mean_color.numpy(),
-               weight.numpy(), np.float32(max_weight))
+    _compiled().static_update(depth_m.numpy(), rgb.numpy(), valid.numpy(), mean_depth_m.numpy(),
+                              mean_color.numpy(), weight.numpy(), np.float32(max_weight))
 
 
 def static_cloud(mean_depth_m: torch.Tensor, mean_color: torch.Tensor, weight: torch.Tensor, min_weight: float,
@@ -285,11 +292,9 @@ def static_cloud(mean_depth_m: torch.Tensor, mean_color: torch.Tensor, weight: t
     whose weight is at least ``min_weight``, in row-major order, lifted along ``rays`` (h, w, 3) float32 by the mean
     depth and moved by ``world_T_camera`` (4, 4) float64: points (N, 3) float32 [m, world], and their mean colours
     rounded half to even and clamped, (N, 3) uint8."""
-    if not available():
-        raise RuntimeError(f"the voxel kernel needs numba: {_IMPORT_ERROR}")
-    out = _KERNEL[5](mean_depth_m.contiguous().numpy(), mean_color.contiguous().numpy(),
-                     weight.contiguous().numpy(), np.float32(min_weight), rays.contiguous().numpy(),
-                     world_T_camera.numpy().astype(np.float32))
+    out = _compiled().static_points(mean_depth_m.contiguous().numpy(), mean_color.contiguous().numpy(),
+                                    weight.contiguous().numpy(), np.float32(min_weight), rays.contiguous().numpy(),
+                                    world_T_camera.numpy().astype(np.float32))
     return tuple(torch.from_numpy(a) for a in out)
 
 

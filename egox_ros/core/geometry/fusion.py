@@ -138,6 +138,11 @@ class CloudFusion(Protocol):
 # ----------------------------------------------------------------------------- helpers
 
 
+def _compiled_on(device: torch.device) -> bool:
+    """Whether the compiled CPU kernels (voxel_kernel, numba) do the work on ``device``: the CPU, numba installed."""
+    return device.type == "cpu" and voxel_kernel.available()
+
+
 def _pose_change(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """(translation [m], rotation angle [deg]) between two float64 poses."""
     translation = float(torch.linalg.norm(a[:3, 3] - b[:3, 3]))
@@ -156,7 +161,7 @@ def reliable_depth(depth_m: torch.Tensor, window_px: int, ratio: float, stride: 
     mask at every stride-th pixel, computed from the full-resolution depth. ``compiled``: on the CPU with numba,
     core/geometry/voxel_kernel.py's compiled pass (the same result; False: the torch code, its reference).
     """
-    if compiled and window_px > 1 and depth_m.device.type == "cpu" and voxel_kernel.available():
+    if compiled and window_px > 1 and _compiled_on(depth_m.device):
         return voxel_kernel.reliable_depth(depth_m.to(torch.float32), window_px, ratio, stride)
     d = torch.nan_to_num(depth_m.to(torch.float32), nan=0.0).clamp_(min=0.0)
     if window_px <= 1:
@@ -230,7 +235,7 @@ class _FrameInput:
     def voxel_records(self, select: torch.Tensor, voxel_size_m: float) -> "_Voxels":
         """_voxelize(self.lift(select), voxel_size_m); on the CPU with numba in one compiled pass (the same
         records)."""
-        if self.device.type == "cpu" and voxel_kernel.available():
+        if _compiled_on(self.device):
             keys, offset, colors = voxel_kernel.lift_voxel_records(self.depth, self.rays, select, self.rgb, self.pose,
                                                                    voxel_size_m, _AXIS_BITS, _AXIS_OFFSET)
             return _Voxels.reduce(keys, offset, colors, torch.ones(keys.shape, dtype=torch.int32))
@@ -401,7 +406,7 @@ class StaticCameraFusion(_FusionBase):
             self._weight = torch.zeros((h, w), dtype=torch.float32, device=frame.device)
         valid = frame.static_valid.to(self._depth.device)
         cap = float(self.config.static_window_frames)
-        if self._depth.device.type == "cpu" and voxel_kernel.available():     # the same, in one compiled pass
+        if _compiled_on(self._depth.device):     # the same, in one compiled pass
             voxel_kernel.static_average_update(frame.depth, frame.rgb, valid, self._depth, self._color,
                                                self._weight, cap)
         else:
@@ -448,7 +453,7 @@ class StaticCameraFusion(_FusionBase):
             else:
                 rays = self._camera.ray_grid(self.config.stride, device=self._depth.device)
                 min_weight = self.config.static_min_observations
-                if self._depth.device.type == "cpu" and voxel_kernel.available():   # the same, in one pass
+                if _compiled_on(self._depth.device):   # the same, in one pass
                     points, colors = voxel_kernel.static_cloud(self._depth, self._color, self._weight, min_weight,
                                                                rays, self._pose)
                 else:
@@ -496,7 +501,7 @@ class _Voxels:
                sorted_runs: bool = False) -> "_Voxels":
         """Sum rows with equal keys (any order; ``sorted_runs``: a few ascending runs, which sort faster) into sorted
         unique voxels (on the CPU with core/geometry/voxel_kernel.py's compiled pass when numba is there)."""
-        if keys.device.type == "cpu" and voxel_kernel.available():
+        if _compiled_on(keys.device):
             return _Voxels(*voxel_kernel.voxel_sums(keys, offset, color, count, sorted_runs=sorted_runs))
         return _Voxels.reduce_torch(keys, offset, color, count)
 
@@ -564,7 +569,7 @@ def _merge(grid: _Voxels | None, record: _Voxels) -> _Voxels:
 def _voxel_cloud(v: _Voxels, voxel_size_m: float) -> PointCloud:
     """Mean position and colour of each voxel (core/geometry/voxel_kernel.py's compiled pass on the CPU with numba: the
     same float32 arithmetic as the torch code below)."""
-    if v.keys.device.type == "cpu" and voxel_kernel.available():
+    if _compiled_on(v.keys.device):
         return PointCloud(*voxel_kernel.voxel_means(v.keys, v.offset_sum, v.color_sum, v.count, voxel_size_m,
                                                     _AXIS_BITS, _AXIS_OFFSET))
     return _voxel_cloud_torch(v, voxel_size_m)

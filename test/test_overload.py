@@ -98,6 +98,12 @@ def test_replay_and_process_keep_every_frame_unless_told_otherwise():
     sample = Path(__file__).resolve().parents[1] / "sample" / "tum_fr1_rpy"
     plan = make_plan(sample)
     assert "sync.overload:=keep_all" in plan.replay_params and plan.configs["sync"].overload == "keep_all"
+    # ... and draws a still camera's priors over the whole clip's background (49 frames), as the released ones.
+    assert "generator.prior_clip_frames:=49" in plan.replay_params
+    assert plan.configs["generator"].prior_clip_frames == 49
     mine = make_plan(sample, overrides=["sync.overload:=drop_oldest"])
     assert not any(p.startswith("sync.overload") for p in mine.replay_params)
     assert mine.configs["sync"].overload == "drop_oldest"
+    frame_by_frame = make_plan(sample, overrides=["generator.prior_clip_frames:=1"])
+    assert frame_by_frame.configs["generator"].prior_clip_frames == 1
+    assert not any(p.startswith("generator.prior_clip_frames") for p in frame_by_frame.replay_params)

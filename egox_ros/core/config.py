@@ -117,6 +117,13 @@ class GeneratorConfig:
     replicas: int = param(2, "generator replicas with backend 'ray'", (1, 1024))
     ray_address: str = param("", "Ray cluster for backend 'ray' ('auto', 'ray://host:10001'); empty = a local Ray "
                                  "instance on this machine, started and stopped by the node")
+    prior_clip_frames: int = param(1, "generator 'prior' (and the prior published in place of one that cannot "
+                                      "run): frames drawn together as one clip. 1: each frame as it comes, over the "
+                                      "frames up to it (live). More (egox replay and egox process set 49 unless "
+                                      "given): with a still exo camera (fusion.mode auto or static, "
+                                      "fusion.clip_background) every frame of a clip is drawn over one background, "
+                                      "the per-pixel mean of the whole clip's static pixels, as the released EgoX "
+                                      "priors were made; frames are published a clip at a time", (1, 1001))
 
     def __post_init__(self) -> None:
         validate(self)

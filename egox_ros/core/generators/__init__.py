@@ -13,7 +13,7 @@ def make_generator(config: GeneratorConfig, egox: EgoxConfig | None = None) -> E
     """Build the generator named in the config; unknown names raise ValueError listing the known ones.
     'egox' raises egox_ros.core.egox.weights.WeightsError when its weight files are missing (checked, not loaded)."""
     if config.name == "prior":
-        return PriorGenerator()
+        return PriorGenerator(config.prior_clip_frames)
     if config.name == "egox":
         from egox_ros.core.generators.egox import EgoxGenerator   # imports diffusers only when asked for
         return EgoxGenerator(egox or EgoxConfig(), config.device)

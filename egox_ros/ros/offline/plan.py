@@ -226,6 +226,7 @@ NODE_NAME = "egox"
 
 
 REPLAY_INPUT_TIMEOUT_S = 10.0
+OFFLINE_PRIOR_CLIP_FRAMES = 49      # generator.prior_clip_frames offline: the released priors' clip length
 
 
 def _load_params_file(params_file: str) -> dict:
@@ -507,6 +508,10 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     if params.get("sync.overload") is not None and "sync.overload" not in user_set:
         plan.replay_params.append("sync.overload:=keep_all")    # a recording: every frame, none dropped for room
         params["sync.overload"] = "keep_all"
+    if params.get("generator.prior_clip_frames") is not None and "generator.prior_clip_frames" not in user_set:
+        # Offline, a still exo camera's priors are drawn over the whole clip's background, as the released ones.
+        plan.replay_params.append(f"generator.prior_clip_frames:={OFFLINE_PRIOR_CLIP_FRAMES}")
+        params["generator.prior_clip_frames"] = OFFLINE_PRIOR_CLIP_FRAMES
     plan.configs, plan.warnings = _check_parameters(user, plan.replay_params)
 
     # TF: transforms to the exo camera frame and (head_source 'tf') the head frame, connected to the world frame.

@@ -409,6 +409,28 @@ def test_images_lost_in_an_overflowing_input_queue_are_counted(peer, tmp_path):
         node.stop()
 
 
+def test_a_clip_longer_than_the_output_history_reaches_a_subscriber_whole(peer, tmp_path):
+    """generator.prior_clip_frames 13 (egox replay / process set 49): a clip's 13 frames are published at once, so
+    the output history (qos.output_depth 10) holds a whole clip: with 10, a recorder that took a 49-frame clip a
+    little late lost the oldest frames of it (46 of 49)."""
+    node = NodeProcess(tmp_path, params={**RIG_PARAMS, "generator.prior_clip_frames": 13})
+    try:
+        rig = Rig(peer, node, clip_frames=13)
+        stamps = [T0 + k * SEC // 30 for k in range(13)]
+        for ns in stamps:
+            rig.send_frame(ns)
+        meta = rig.ok(stamps[0])
+        assert [ns_of(s) for s in meta.source_stamps] == stamps
+        for topic in ("/ego/image_raw", "/ego/prior/image_raw", "/ego/prior/mask"):
+            def got(topic=topic):      # (a warm-up frame's output may still come in late)
+                return [ns for ns in (ns_of(m.header.stamp) for m in rig.peer.messages(topic)) if ns >= T0]
+            wait_until(lambda: len(got()) >= len(stamps), 10, f"the clip's 13 frames on {topic}",
+                       raise_on_timeout=False)
+            assert got() == stamps, topic
+    finally:
+        node.stop()
+
+
 @pytest.mark.parametrize("rig", [{"outputs.publish_cloud": True}], indirect=True)
 def test_fused_cloud_is_published_for_rviz(rig):
     from sensor_msgs.msg import PointCloud2

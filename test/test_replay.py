@@ -50,8 +50,9 @@ def test_sample_replay_accounts_for_every_frame_and_beats_chance(tmp_path):
     out = tmp_path / "out"
     counts, meta_stamps = _output_counts(out / "bag")
     for topic in ("/ego/image_raw", "/ego/prior/image_raw", "/ego/prior/mask", "/ego/camera_info",
-                  "/ego/prior/camera_info", "/ego/clip_metadata", "/tf"):
+                  "/ego/prior/camera_info", "/tf"):
         assert counts[topic] == FRAMES, (topic, counts)
+    assert counts["/ego/clip_metadata"] == 2       # one per clip: the replay's prior clips hold 49 frames (and 1)
     assert meta_stamps == set(_input_stamps(SAMPLE_BAG))
     metrics = json.loads((out / "metrics.json").read_text())
     summary = metrics["summary"]

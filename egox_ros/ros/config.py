@@ -15,7 +15,8 @@ class QosConfig:
                                    choices=("best_effort", "reliable"))
     input_depth: int = param(5, "history depth of input subscriptions", (1, 1000))
     output_reliability: str = param("reliable", "reliability of output publishers", choices=("best_effort", "reliable"))
-    output_depth: int = param(10, "history depth of output publishers", (1, 1000))
+    output_depth: int = param(10, "history depth of output publishers (the ego images: at least the generator's "
+                                  "clip length, whose frames are published at once)", (1, 1000))
 
     def __post_init__(self) -> None:
         validate(self)

@@ -171,7 +171,10 @@ class EgoxNode(Node):
         self._delays = InputDelays()
 
         in_qos = _qos(self.qos.input_reliability, self.qos.input_depth)
-        out_qos = _qos(self.qos.output_reliability, self.qos.output_depth)
+        # A clip's frames are published at once: a history shorter than a clip lost the oldest of them to a
+        # subscriber that took them a little late (a recorder: 46 of 49 frames).
+        clip_frames = max(e.generator.clip_frames, configs["generator"].prior_clip_frames)    # ... also as fallback
+        out_qos = _qos(self.qos.output_reliability, max(self.qos.output_depth, clip_frames))
         self.feed = EngineInputs(e, self.inputs, on_fixed_exo=self._publish_fixed_exo)
         for topic, (msg_type, handler) in self.feed.topics().items():
             kind = "image" if handler == self.feed.image else "depth" if handler == self.feed.depth else ""

@@ -8,7 +8,7 @@ class PriorGenerator(EgoGenerator):
     """Publishes the rendered prior unchanged: a geometric ego view with black, invalid holes."""
 
     name = "prior"
-    _clip_frames = 1
+    _clip_frames = 1        # also for subclasses that do not call __init__
 
     def __init__(self, clip_frames: int = 1):
         """``clip_frames``: frames per clip (generator.prior_clip_frames); the engine collects that many before a

@@ -58,6 +58,8 @@ def test_sample_replay_accounts_for_every_frame_and_beats_chance(tmp_path):
     summary = metrics["summary"]
     assert summary["frames_in"] == FRAMES and summary["frames_published"] == FRAMES
     assert summary["frames_unaccounted"] == 0 and summary["frames_dropped_by_reason"] == {}
+    # Times per clip (a clip of 49 frames and one of 1: their mean) and per frame (their sum over 50 frames).
+    assert 0 < summary["prior_time_ms_per_frame"] < summary["mean_prior_time_ms"] / 10
     assert len(metrics["frames"]) == FRAMES
     # Real geometry on real data: the prior, compared with the frame really recorded at the head pose, is far
     # better than unrelated images (about 8-10 dB on this scene); 18.4 dB was measured with these settings.

@@ -164,8 +164,12 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
         "ground_truth_info_topic": gt_info_topic if has_gt else None,
         "mean_coverage": float(np.mean(coverages)) if coverages else None,
         "mean_masked_psnr_db": float(np.mean(psnrs)) if psnrs else None,
+        # Per clip (ClipMetadata's times are the clip's), and per frame: a clip of the egox generator, or of the
+        # prior generator offline (generator.prior_clip_frames 49), holds many frames.
         "mean_prior_time_ms": float(np.mean([m.prior_time_s for m in ok_meta]) * 1e3) if ok_meta else None,
         "mean_generation_time_ms": float(np.mean([m.generation_time_s for m in ok_meta]) * 1e3) if ok_meta else None,
+        "prior_time_ms_per_frame": _per_frame_ms(ok_meta, "prior_time_s"),
+        "generation_time_ms_per_frame": _per_frame_ms(ok_meta, "generation_time_s"),
         "generator": ok_meta[0].generator if ok_meta else None,
     }
     person = [f["prior_person_fraction"] for f in per_frame if "prior_person_fraction" in f]
@@ -189,6 +193,12 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
         contact_sheet([sheet_rows[s] for s in ordered], ["exo", "prior", "ego (output)", "ground truth"],
                       titles).save(out_dir / "contact_sheet.png")
     return {"summary": summary, "frames": per_frame}
+
+
+def _per_frame_ms(clips: list, field: str) -> float | None:
+    """The clips' total time in ``field`` [s] over their frames, in ms per frame (None without clips)."""
+    frames = sum(len(m.source_stamps) for m in clips)
+    return float(sum(getattr(m, field) for m in clips) / frames * 1e3) if frames else None
 
 
 def _head_errors(estimate: np.ndarray | None, tf: TfBufferCore, world_frame: str, head_frame: str,

@@ -277,9 +277,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| {sp['window_points']} ({label}) | {sp[f'fusion{suffix}_ms']} | {sp[f'soft_render{suffix}_ms']} / "
                      f"{torch_ms} / {sp[f'hard_r1_render{suffix}_ms']} / {sp[f'hard_r2_render{suffix}_ms']} | "
                      f"{sp[f'soft_path{fps}']} / {sp[f'hard_r1_path{fps}']} |")
-    for label, suffix in (("wall", ""), ("CPU", "_cpu")):
-        if "still" in sp:
-            st = sp["still"]
+    st = sp.get("still")
+    if st:
+        for label, suffix in (("wall", ""), ("CPU", "_cpu")):
             lines.append(f"| {st['window_points']} (still camera, {label}) | {st[f'fusion{suffix}_ms']} | "
                          f"{st[f'soft{suffix}_ms']} / - / - / - | {st['soft_path_fps' + suffix]} / - |")
     if "load_average_1min" in sp:
@@ -288,9 +288,8 @@ def markdown(result: dict) -> str:
                       f"own CPU time (what one free core would take; less sensitive to other work on the machine). "
                       + ("Still camera: the same frames through the default fusion ('auto') with every frame at the "
                          "first one's pose, so it runs the static running average (a camera on a tripod), drawn "
-                         "with the soft splat. " if "still" in sp else "")
-                      + 
-                      f"Fastest soft render {sp['soft_render_ms_min']} ms wall. "
+                         "with the soft splat. " if st else "")
+                      + f"Fastest soft render {sp['soft_render_ms_min']} ms wall. "
                       + (f"The kernel on 2 threads (`runtime.splat_threads` 2; the wall time counts, the CPU "
                          f"time is more than one thread's): {sp['soft_2threads_render_ms']} ms per render, prior path "
                          f"{sp['soft_2threads_path_fps']} frames/s. " if "soft_2threads_render_ms" in sp else "")

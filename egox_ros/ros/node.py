@@ -173,7 +173,7 @@ class EgoxNode(Node):
         in_qos = _qos(self.qos.input_reliability, self.qos.input_depth)
         # A clip's frames are published at once: a history shorter than a clip lost the oldest of them to a
         # subscriber that took them a little late (a recorder: 46 of 49 frames).
-        clip_frames = max(e.generator.clip_frames, configs["generator"].prior_clip_frames)    # ... also as fallback
+        clip_frames = max(e.generator.clip_frames, e.prior_clip_frames)      # the prior generator's as fallback
         out_qos = _qos(self.qos.output_reliability, max(self.qos.output_depth, clip_frames))
         self.feed = EngineInputs(e, self.inputs, on_fixed_exo=self._publish_fixed_exo)
         for topic, (msg_type, handler) in self.feed.topics().items():

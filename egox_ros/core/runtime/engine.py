@@ -197,7 +197,7 @@ class EgoEngine:
         self.head_counts: Counter = Counter()            # measured / held / not_visible / depth_rejected
         self.ego_camera: PinholeCamera = ego_camera_from_config(configs["ego_camera"])
         self.generator_problem = ""                      # why the configured generator is not in use
-        self._prior_clip_frames = generator_config.prior_clip_frames    # of the prior generator, also as fallback
+        self.prior_clip_frames = generator_config.prior_clip_frames     # of the prior generator, also as fallback
         try:
             self.generator: EgoGenerator = generator or make_generator(generator_config, configs["egox"])
             self.generator.check_ego_camera(self.ego_camera)
@@ -545,7 +545,7 @@ class EgoEngine:
         self.generator_problem = f"generator '{name}' unavailable, publishing priors instead: {error}"
         self.generator_state = "fallback"
         self.events.log("error", self.generator_problem)
-        return PriorGenerator(self._prior_clip_frames)
+        return PriorGenerator(self.prior_clip_frames)
 
     def prepare_generator(self) -> None:
         """Load the generator's models (on the calling thread); a failure falls back to the prior generator."""

@@ -83,6 +83,9 @@ class FusionConfig:
                                    "the depth in this window around it is below edge_ratio (the released EgoX "
                                    "tools' 'reliable depth': 5 px, 0.1); 0 or 1 = off; odd", (0, 31))
     edge_ratio: float = param(0.1, "depth-edge filter threshold (see edge_window_px)", (0.0, 100.0))
+    static_mean_edge_filter: bool = param(True, "static and auto: apply the depth-edge filter again to the averaged "
+                                                "depth before lifting it, as the released EgoX tools do: points where "
+                                                "the average mixes surfaces, and next to pixels never seen, leave")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -113,8 +116,11 @@ class CloudFusion(Protocol):
     evicted_by_budget: int   # frames that left the window early to stay within the point budget (max_points)
 
     def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera,
-            dynamic_mask=None) -> None:
-        """Fuse one frame (key: stamp [ns], increasing). Frames beyond the window leave."""
+            dynamic_mask=None, excluded_mask=None) -> None:
+        """Fuse one frame (key: stamp [ns], increasing). Frames beyond the window leave. ``dynamic_mask`` (H, W)
+        bool: pixels kept as this frame's own points, out of the static cloud; ``excluded_mask`` (H, W) bool: pixels
+        not fused at all (their depth still counts in the depth-edge filter, as where the released tools apply
+        their instance masks)."""
 
     def remove_older_than(self, key: int) -> int:
         """Drop the contribution of frames with key < ``key``; returns how many frames left."""
@@ -196,11 +202,13 @@ class _FrameInput:
 
     depth (h', w') float32 with invalid readings set to NaN; rgb (h', w', 3) uint8; dynamic (h', w') bool;
     ``static_valid`` / ``dynamic_valid`` (h', w') bool; rays (h', w', 3) float32 unit-z camera rays. Pixels at
-    depth discontinuities (see :func:`reliable_depth`) count as invalid.
+    depth discontinuities (see :func:`reliable_depth`) count as invalid, and so do excluded pixels, whose depth the
+    discontinuity test still sees (the released tools test the whole depth map, then apply their instance masks: a
+    hand on a table leaves no edge in the table around it).
     """
 
     def __init__(self, config: FusionConfig, device, rgb, depth_m, camera: CameraModel, world_T_camera,
-                 dynamic_mask):
+                 dynamic_mask, excluded_mask=None):
         depth = torch.as_tensor(depth_m)
         dev = torch.device(device) if device is not None else depth.device
         expected = (camera.height, camera.width)
@@ -219,18 +227,24 @@ class _FrameInput:
         self.rays = camera.ray_grid(s, device=dev)
         valid = torch.isfinite(depth) & (depth >= config.min_depth_m) & (depth <= config.max_depth_m) & reliable
         valid &= torch.isfinite(self.rays).all(-1)  # a fisheye has no ray outside its image circle
-        if dynamic_mask is not None:
-            mask = torch.as_tensor(dynamic_mask)
-            if tuple(mask.shape) != expected:
-                raise ValueError(f"dynamic_mask must have shape {expected}, got {tuple(mask.shape)}")
-            dynamic = mask[::s, ::s].to(device=dev, dtype=torch.bool)
-        else:
-            dynamic = torch.zeros_like(valid)
+        dynamic, excluded = (self._grid_mask(m, name, expected, s, dev, valid) for m, name in
+                             ((dynamic_mask, "dynamic_mask"), (excluded_mask, "excluded_mask")))
+        valid &= ~excluded
         self.depth = torch.where(valid, depth, torch.nan)
         self.rgb = rgb[::s, ::s].to(dev)
         self.static_valid = valid & ~dynamic
         self.dynamic_valid = valid & dynamic
         self.pixels = int(valid.numel())      # stride pixels: the most points this frame can give
+
+    @staticmethod
+    def _grid_mask(mask, name: str, expected: tuple[int, int], stride: int, device, like: torch.Tensor):
+        """An optional (H, W) mask at the stride pixels, bool on ``device`` (all False when None)."""
+        if mask is None:
+            return torch.zeros_like(like)
+        mask = torch.as_tensor(mask)
+        if tuple(mask.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(mask.shape)}")
+        return mask[::stride, ::stride].to(device=device, dtype=torch.bool)
 
     def voxel_records(self, select: torch.Tensor, voxel_size_m: float) -> "_Voxels":
         """_voxelize(self.lift(select), voxel_size_m); on the CPU with numba in one compiled pass (the same
@@ -384,10 +398,12 @@ class StaticCameraFusion(_FusionBase):
         """Frames fused since the last reset, capped at ``static_window_frames`` (the average's effective length)."""
         return min(self._frames, self.config.static_window_frames)
 
-    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None,
+            excluded_mask=None) -> None:
         """Average the frame's static pixels in; keep its dynamic pixels (lifted) with ``key``."""
         key = _check_key(key, self._newest)
-        frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
+        frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask,
+                             excluded_mask)
         if self.camera_changed(camera):
             raise ValueError("StaticCameraFusion: the camera intrinsics changed; reset() first")
         if self._pose is not None:
@@ -445,19 +461,38 @@ class StaticCameraFusion(_FusionBase):
             raise RuntimeError("no frame fused yet")
         return self._color.round().clamp(0, 255).to(torch.uint8)
 
+    def _mean_edge_window(self) -> int:
+        """The depth-edge filter's window on the stride grid (odd; 1 = off): the stride pixels within its
+        full-resolution half-width, rounded up."""
+        half = self.config.edge_window_px // 2
+        if not self.config.static_mean_edge_filter or half == 0:
+            return 1
+        return 2 * math.ceil(half / self.config.stride) + 1
+
     def cloud(self) -> PointCloud:
-        """The fused background: one point per stride pixel seen ``static_min_observations`` times."""
+        """The fused background: one point per stride pixel seen ``static_min_observations`` times whose averaged
+        depth passes the depth-edge filter (``static_mean_edge_filter``).
+
+        The released tools filter the full-resolution mean depth (window ``edge_window_px``) and then take every
+        stride-th pixel; the average here is kept on the stride grid only, so the filter runs there with the window
+        that spans the same pixels (5 px at stride 2: 3 stride pixels, a third of the 25 samples). On the Ego-Exo4D
+        development clips the two kept the same priors to 0.003 in mask IoU (docs/benchmarks.md)."""
         if self._cache is None:
             if self._depth is None:
                 self._cache = PointCloud.empty(self.device)
             else:
                 rays = self._camera.ray_grid(self.config.stride, device=self._depth.device)
                 min_weight = self.config.static_min_observations
+                weight = self._weight
+                window = self._mean_edge_window()
+                if window > 1:
+                    smooth = reliable_depth(self.background_depth(), window, self.config.edge_ratio)
+                    weight = torch.where(smooth, weight, 0.0)
                 if _compiled_on(self._depth.device):   # the same, in one pass
-                    points, colors = voxel_kernel.static_cloud(self._depth, self._color, self._weight, min_weight,
+                    points, colors = voxel_kernel.static_cloud(self._depth, self._color, weight, min_weight,
                                                                rays, self._pose)
                 else:
-                    keep = torch.nonzero((self._weight >= min_weight).reshape(-1)).squeeze(1)
+                    keep = torch.nonzero((weight >= min_weight).reshape(-1)).squeeze(1)
                     points = transform_points(rays.reshape(-1, 3).index_select(0, keep)
                                               * self._depth.reshape(-1)[keep].unsqueeze(-1), self._pose)
                     colors = self.background_rgb().reshape(-1, 3).index_select(0, keep)
@@ -629,9 +664,11 @@ class VoxelFusion(_PerFrameFusion):
         """Voxel records held for the window's frames (the quantity bounded by ``max_points``)."""
         return sum(len(r) for r in self._records.values())
 
-    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None,
+            excluded_mask=None) -> None:
         key = _check_key(key, self._newest)
-        frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
+        frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask,
+                             excluded_mask)
         record = frame.voxel_records(frame.static_valid, self.config.voxel_size_m)
         limit = self.point_budget(frame)
         if len(record) > limit:
@@ -718,9 +755,11 @@ class ConcatFusion(_PerFrameFusion):
     def __len__(self) -> int:
         return len(self._clouds)
 
-    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None,
+            excluded_mask=None) -> None:
         key = _check_key(key, self._newest)
-        frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask)
+        frame = _FrameInput(self.config, self.device, rgb, depth_m, camera, world_T_camera, dynamic_mask,
+                             excluded_mask)
         limit = self.point_budget(frame)
         cloud = _thin(frame.lift(frame.static_valid), limit)
         budget = limit - len(cloud)
@@ -794,8 +833,9 @@ class AutoFusion:
     def __len__(self) -> int:
         return len(self._active)
 
-    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None) -> None:
-        args = (rgb, depth_m, camera, world_T_camera, dynamic_mask)
+    def add(self, key: int, rgb, depth_m, camera: CameraModel, world_T_camera, dynamic_mask=None,
+            excluded_mask=None) -> None:
+        args = (rgb, depth_m, camera, world_T_camera, dynamic_mask, excluded_mask)
         moved = False
         if self.still:
             moved = self._active.camera_changed(camera)          # new intrinsics count as a move
@@ -823,7 +863,7 @@ class AutoFusion:
         """Whether the kept frames all lie within the static tolerances of the oldest of them (the reference of the
         static average they would start) and have the newest frame's intrinsics."""
         oldest = pose_float64(next(iter(self._recent.values()))[3])
-        for _, _, cam, world_T_camera, _ in self._recent.values():
+        for _, _, cam, world_T_camera, *_ in self._recent.values():
             moved_m, moved_deg = _pose_change(oldest, pose_float64(world_T_camera))
             if cam != camera or moved_m > self.config.static_pose_tolerance_m \
                     or moved_deg > self.config.static_pose_tolerance_deg:

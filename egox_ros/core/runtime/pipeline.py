@@ -61,13 +61,14 @@ class PriorRenderer:
 
     def _add(self, fusion: CloudFusion, f: ExoFrame) -> None:
         """Fuse one frame, its person pixels left out ('none') or kept as its dynamic points ('per_frame')."""
-        depth_m, dynamic_mask = f.depth_m, None
+        dynamic_mask = excluded_mask = None
         if f.person_mask is not None and f.person_mask.any():
             if self.config.person_points == "per_frame":
                 dynamic_mask = f.person_mask
             else:                       # 'none': the person is not lifted at all
-                depth_m = np.where(f.person_mask, np.float32(np.nan), depth_m)
-        fusion.add(f.stamp_ns, f.rgb, depth_m, f.camera, f.world_T_exo, dynamic_mask=dynamic_mask)
+                excluded_mask = f.person_mask
+        fusion.add(f.stamp_ns, f.rgb, f.depth_m, f.camera, f.world_T_exo, dynamic_mask=dynamic_mask,
+                   excluded_mask=excluded_mask)
 
     def render(self, frame: ExoFrame, context: list[ExoFrame]) -> Prior:
         """Prior of `frame` in its ego pose; `context`: its window frames, oldest first, ending with `frame`."""

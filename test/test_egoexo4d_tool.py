@@ -311,3 +311,46 @@ def test_the_exo_camera_lifts_the_depth_where_the_released_vipe_path_does(root: 
                        torch.as_tensor(clip.world_T_exo), stride=1)
     assert len(cloud) == EXO_W * EXO_H
     assert np.abs(cloud.points_world.numpy() - expected).max() < 1e-5
+
+
+def test_a_prior_against_a_reference_prior_mask_iou_and_psnr_on_shared_pixels():
+    """The acceptance metrics against the released prior: masks (the reference's: any channel above 10, an mp4's
+    black) and PSNR on the pixels both cover."""
+    from egox_ros.core.io.evaluation import compare_with_reference_prior
+    prior = np.zeros((4, 5, 3), np.uint8)
+    mask = np.zeros((4, 5), bool)
+    mask[:, :3] = True                                   # ours: columns 0-2
+    prior[mask] = (100, 100, 100)
+    reference = np.full((4, 5, 3), 7, np.uint8)          # "black" as an mp4 keeps it
+    reference[:, 1:4] = (110, 100, 100)                  # theirs: columns 1-3, one channel 10 off
+    result = compare_with_reference_prior(prior, mask, reference)
+    assert result["reference_prior_mask_iou"] == pytest.approx(8 / 16)     # columns 1-2 of 0-3
+    assert result["reference_prior_psnr_db"] == pytest.approx(10 * np.log10(255.0 ** 2 / (100 / 3)), abs=1e-3)
+    none = compare_with_reference_prior(prior, np.zeros_like(mask), np.zeros_like(reference))
+    assert none == {"reference_prior_mask_iou": None, "reference_prior_psnr_db": None}
+    with pytest.raises(ValueError, match="differ in size"):
+        compare_with_reference_prior(prior, mask, reference[:, :4])
+
+
+def test_egox_process_reports_the_prior_against_the_released_prior(root: Path, tmp_path: Path):
+    """A converted clip carries the released prior: `egox process` with the printed ego camera compares its prior
+    with it frame by frame (mask IoU, PSNR on shared pixels) and scores the released prior against the real
+    video too. The synthetic released prior covers every pixel, so the IoU is our coverage; its colours are the
+    real video's channels turned, so frames 1 and 2 differ from it by 160 grey levels in two channels (5.81 dB)."""
+    bag = tmp_path / "bag"
+    assert _egox(str(root), "-o", str(bag), "--exo-focal-scale", "1").returncode == 0
+    camera = [a for p in egoexo4d.ego_camera_parameters(egoexo4d.released_prior_camera(EGO)) for a in ("-p", p)]
+    result = subprocess.run([sys.executable, "-m", "egox_ros.cli", "process", str(bag), "-o", str(tmp_path / "out"),
+                             "-p", "person.source:=none", *camera], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    summary, frames = metrics["summary"], metrics["frames"]
+    assert summary["reference_prior_topic"] == egoexo4d.TOPIC_PRIOR_IMAGE and len(frames) == N_DEPTH
+    assert all(f["coverage"] > 0.05 for f in frames)
+    for f in frames:
+        assert f["reference_prior_mask_iou"] == pytest.approx(f["coverage"], abs=1e-4)
+        assert 0 < f["reference_prior_psnr_db"] < 60
+    assert summary["mean_reference_prior_mask_iou"] == pytest.approx(summary["mean_coverage"], abs=1e-4)
+    for f in frames[1:]:
+        assert f["reference_prior_masked_psnr_db"] == pytest.approx(10 * np.log10(255.0 ** 2 / (2 * 160 ** 2 / 3)),
+                                                                    abs=0.2)

@@ -1,4 +1,5 @@
-"""Image metrics against a ground-truth ego image, and resampling of that image into the ego camera."""
+"""Image metrics against a ground-truth ego image or a reference prior, and resampling of an image into the ego
+camera."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,6 +23,32 @@ def masked_mae(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> fl
     if not mask.any():
         return None
     return float(np.abs(image[mask].astype(np.float64) - reference[mask].astype(np.float64)).mean())
+
+
+REFERENCE_BLACK_LEVEL = 10      # a reference prior's empty pixels: black, but a compressed video is not exactly 0
+
+
+def reference_prior_mask(reference_rgb: np.ndarray, black_level: int = REFERENCE_BLACK_LEVEL) -> np.ndarray:
+    """(H, W) bool: the pixels a reference prior (H, W, 3) uint8 covers, any channel above ``black_level`` (the
+    released EgoX priors are mp4 files: their empty pixels read a few grey levels above 0)."""
+    return (reference_rgb > black_level).any(-1)
+
+
+def compare_with_reference_prior(prior_rgb: np.ndarray, prior_mask: np.ndarray, reference_rgb: np.ndarray,
+                                 black_level: int = REFERENCE_BLACK_LEVEL) -> dict:
+    """A prior (H, W, 3) uint8 with its valid mask (H, W) bool against a reference prior of the same camera
+    (H, W, 3) uint8 (e.g. the released EgoX prior of the same frame): ``reference_prior_mask_iou`` (intersection
+    over union of the two masks; None if both are empty) and ``reference_prior_psnr_db`` (PSNR on the pixels both
+    cover; None if none). Raises ValueError if the sizes differ."""
+    if reference_rgb.shape != prior_rgb.shape or prior_mask.shape != prior_rgb.shape[:2]:
+        raise ValueError(f"reference prior {reference_rgb.shape} and prior {prior_rgb.shape} (mask "
+                         f"{prior_mask.shape}) differ in size")
+    reference_mask = reference_prior_mask(reference_rgb, black_level)
+    union = int((prior_mask | reference_mask).sum())
+    both = prior_mask & reference_mask
+    psnr = masked_psnr(prior_rgb, reference_rgb, both)
+    return {"reference_prior_mask_iou": round(int(both.sum()) / union, 5) if union else None,
+            "reference_prior_psnr_db": None if psnr is None else round(psnr, 3)}
 
 
 def resample_into_camera(image: np.ndarray, source: CameraModel, target: CameraModel,

@@ -13,7 +13,8 @@ from egox_ros.core.geometry.cameras import PinholeCamera
 from egox_ros.core.geometry.transforms import RigidTransform
 from egox_ros.core.io.compressed_image import decode_compressed_rgb
 from egox_ros.core.io.contact_sheet import contact_sheet, tint
-from egox_ros.core.io.evaluation import masked_psnr, resample_into_camera
+from egox_ros.core.io.evaluation import (compare_with_reference_prior, masked_psnr, reference_prior_mask,
+                                         resample_into_camera)
 from egox_ros.core.io.image_codec import decode_image
 from egox_ros.core.runtime.tf_buffer import TfBufferCore, TfError
 from egox_ros.ros.conversions import camera_info_to_camera as _camera
@@ -26,6 +27,8 @@ STATUS_NAMES = {0: "ok", 1: "failed", 2: "dropped"}
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 HEAD_POSE_TOPIC = "/egox/head_pose"
 PERSON_MASK_TOPIC = "/egox/person_mask"
+REFERENCE_PRIOR_TOPIC = "/ego/released_prior/image_raw"   # a prior to compare with: `egox tools egoexo4d` writes
+                                                          # the released EgoX prior there
 
 
 def _image_rgb(msg, msgtype: str) -> np.ndarray:
@@ -105,10 +108,12 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
 
         # One pass over the images of both bags (time order); a stamp is evaluated once its pieces are in.
         topics = {exo_topic: "exo", gt_topic: "gt", "/ego/image_raw": "ego", "/ego/prior/image_raw": "prior",
-                  "/ego/prior/mask": "mask", PERSON_MASK_TOPIC: "person"}
+                  "/ego/prior/mask": "mask", PERSON_MASK_TOPIC: "person", REFERENCE_PRIOR_TOPIC: "reference"}
         image_conns = [c for c in reader.connections if c.topic in topics]
         has_gt = any(c.topic == gt_topic for c in image_conns) and gt_camera is not None
-        needed = {"ego", "mask"} | ({"gt"} if has_gt else set())
+        has_reference = any(c.topic == REFERENCE_PRIOR_TOPIC for c in image_conns)
+        needed = {"ego", "mask"} | ({"gt"} if has_gt else set()) | ({"prior", "reference"} if has_reference else set())
+        sheet_only = {"exo", "person"} | (set() if has_reference else {"prior"})
         parts: dict[int, dict[str, np.ndarray]] = {}
         frames: dict[int, dict] = {}
         sheet_rows: dict[int, list] = {}
@@ -118,7 +123,7 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
             kind = topics[conn.topic]
             msg = reader.deserialize(raw, conn.msgtype)
             stamp = _ns(msg.header.stamp)
-            if kind in ("exo", "prior", "person") and stamp not in sheet_stamps:
+            if kind in sheet_only and stamp not in sheet_stamps:
                 continue  # only needed for the contact sheet
             if kind == "person":
                 person_masks[stamp] = decode_image(msg.data, msg.encoding, msg.height, msg.width, msg.step,
@@ -164,6 +169,8 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
         "ground_truth_info_topic": gt_info_topic if has_gt else None,
         "mean_coverage": float(np.mean(coverages)) if coverages else None,
         "mean_masked_psnr_db": float(np.mean(psnrs)) if psnrs else None,
+        "reference_prior_topic": REFERENCE_PRIOR_TOPIC if has_reference else None,
+        **{f"mean_{key}": _mean(per_frame, key) for key in REFERENCE_KEYS},
         # Per clip (ClipMetadata's times are the clip's), and per frame: a clip of the egox generator, or of the
         # prior generator offline (generator.prior_clip_frames 49), holds many frames.
         "mean_prior_time_ms": float(np.mean([m.prior_time_s for m in ok_meta]) * 1e3) if ok_meta else None,
@@ -195,6 +202,15 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
     return {"summary": summary, "frames": per_frame}
 
 
+REFERENCE_KEYS = ("reference_prior_mask_iou", "reference_prior_psnr_db", "reference_prior_masked_psnr_db")
+
+
+def _mean(per_frame: list[dict], key: str) -> float | None:
+    """The mean of a per-frame metric over the frames that have it (None where none has)."""
+    values = [f[key] for f in per_frame if f.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
 def _per_frame_ms(clips: list, field: str) -> float | None:
     """The clips' total time in ``field`` [s] over their frames, in ms per frame (None without clips)."""
     frames = sum(len(m.source_stamps) for m in clips)
@@ -215,7 +231,17 @@ def _head_errors(estimate: np.ndarray | None, tf: TfBufferCore, world_frame: str
 
 
 def _evaluate(p: dict, stamp: int, ego_camera, gt_camera, tf: TfBufferCore, meta_by_stamp: dict) -> dict:
+    """One frame's metrics: its prior's coverage; against a reference prior (REFERENCE_PRIOR_TOPIC) of the same
+    size, mask IoU and PSNR on shared pixels; against the ground truth, the output's masked PSNR, and the
+    reference prior's on its own mask."""
     result = {"coverage": float(p["mask"].mean())}
+    reference = p.get("reference")
+    if reference is not None and reference.shape != p["prior"].shape:
+        result["reference_prior_note"] = (f"reference prior {reference.shape[1]}x{reference.shape[0]} is not the "
+                                          f"prior's size {p['prior'].shape[1]}x{p['prior'].shape[0]}; not compared")
+        reference = None
+    if reference is not None:
+        result.update(compare_with_reference_prior(p["prior"], p["mask"], reference))
     if "gt" not in p or ego_camera is None:
         return result
     meta = meta_by_stamp.get(stamp)
@@ -230,6 +256,9 @@ def _evaluate(p: dict, stamp: int, ego_camera, gt_camera, tf: TfBufferCore, meta
     psnr = masked_psnr(p["ego"], gt_in_ego, p["mask"] & gt_valid)
     result["masked_psnr_db"] = None if psnr is None else round(psnr, 3)
     result["evaluated_pixels"] = int((p["mask"] & gt_valid).sum())
+    if reference is not None:
+        psnr = masked_psnr(reference, gt_in_ego, reference_prior_mask(reference) & gt_valid)
+        result["reference_prior_masked_psnr_db"] = None if psnr is None else round(psnr, 3)
     return result
 
 

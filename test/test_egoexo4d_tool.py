@@ -330,6 +330,13 @@ def test_a_prior_against_a_reference_prior_mask_iou_and_psnr_on_shared_pixels():
     assert none == {"reference_prior_mask_iou": None, "reference_prior_psnr_db": None}
     with pytest.raises(ValueError, match="differ in size"):
         compare_with_reference_prior(prior, mask, reference[:, :4])
+    # The report, given a reference of another size (the node's ego camera is not the released one), says so per
+    # frame instead of comparing (the summary carries the first such note).
+    from egox_ros.ros.offline.report import _evaluate
+    frame = _evaluate({"prior": prior, "mask": mask, "ego": prior, "reference": reference[:, :4]}, 0, None, None,
+                      None, {})
+    assert "reference_prior_mask_iou" not in frame and frame["reference_prior_note"].startswith(
+        "reference prior 4x4 is not the prior's size 5x4")
 
 
 def test_egox_process_reports_the_prior_against_the_released_prior(root: Path, tmp_path: Path):

@@ -171,6 +171,9 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
         "mean_masked_psnr_db": float(np.mean(psnrs)) if psnrs else None,
         "reference_prior_topic": REFERENCE_PRIOR_TOPIC if has_reference else None,
         **{f"mean_{key}": _mean(per_frame, key) for key in REFERENCE_KEYS},
+        # e.g. the ego camera is not the reference's (egox tools egoexo4d prints the -p ego_camera.* that is)
+        "reference_prior_note": next((f["reference_prior_note"] for f in per_frame if "reference_prior_note" in f),
+                                     None),
         # Per clip (ClipMetadata's times are the clip's), and per frame: a clip of the egox generator, or of the
         # prior generator offline (generator.prior_clip_frames 49), holds many frames.
         "mean_prior_time_ms": float(np.mean([m.prior_time_s for m in ok_meta]) * 1e3) if ok_meta else None,

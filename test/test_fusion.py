@@ -182,10 +182,10 @@ def test_static_memory_is_bounded_by_the_image_not_the_window():
     assert d == pytest.approx(2.003 + (3.0 - 2.003) / 8, abs=0.004)
 
 
-def _columns(cloud, cam: PinholeCamera = SMALL) -> torch.Tensor:
-    """Image column of each point of a cloud seen from the identity pose."""
+def _columns(cloud) -> torch.Tensor:
+    """SMALL's image column of each point of a cloud seen from the identity pose."""
     p = cloud.points_world
-    return (cam.fx * p[:, 0] / p[:, 2] + cam.cx).round().to(torch.int64)
+    return (SMALL.fx * p[:, 0] / p[:, 2] + SMALL.cx).round().to(torch.int64)
 
 
 def test_static_cloud_leaves_out_where_the_average_mixes_surfaces():

@@ -156,8 +156,6 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
                 [_ns(s) for s in meta.source_stamps].index(stamp)]), 5)
         entry.update(_head_errors(head_estimates.get(stamp), tf, world_frame, head_frame, stamp))
         per_frame.append(entry)
-    psnrs = [f["masked_psnr_db"] for f in per_frame if f.get("masked_psnr_db") is not None]
-    coverages = [f["coverage"] for f in per_frame if "coverage" in f]
     ok_meta = [m for m in {id(m): m for m in meta_by_stamp.values()}.values() if m.status == 0]
     summary = {
         "frames_in": len(exo_stamps),
@@ -167,10 +165,8 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
         "exo_topic": exo_topic,
         "ground_truth_topic": gt_topic if has_gt else None,
         "ground_truth_info_topic": gt_info_topic if has_gt else None,
-        "mean_coverage": float(np.mean(coverages)) if coverages else None,
-        "mean_masked_psnr_db": float(np.mean(psnrs)) if psnrs else None,
         "reference_prior_topic": REFERENCE_PRIOR_TOPIC if has_reference else None,
-        **{f"mean_{key}": _mean(per_frame, key) for key in REFERENCE_KEYS},
+        **{f"mean_{key}": _mean(per_frame, key) for key in ("coverage", "masked_psnr_db", *REFERENCE_KEYS)},
         # e.g. the ego camera is not the reference's (egox tools egoexo4d prints the -p ego_camera.* that is)
         "reference_prior_note": next((f["reference_prior_note"] for f in per_frame if "reference_prior_note" in f),
                                      None),
@@ -182,8 +178,7 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
         "generation_time_ms_per_frame": _per_frame_ms(ok_meta, "generation_time_s"),
         "generator": ok_meta[0].generator if ok_meta else None,
     }
-    person = [f["prior_person_fraction"] for f in per_frame if "prior_person_fraction" in f]
-    summary["mean_prior_person_fraction"] = float(np.mean(person)) if person else None
+    summary["mean_prior_person_fraction"] = _mean(per_frame, "prior_person_fraction")
     summary["head_frames_estimated"] = sum(1 for s in exo_stamps if s in head_estimates)
     position = [f["head_position_error_m"] for f in per_frame if "head_position_error_m" in f]
     forward = [f["head_forward_error_deg"] for f in per_frame if "head_forward_error_deg" in f]

@@ -188,6 +188,23 @@ def _columns(cloud) -> torch.Tensor:
     return (SMALL.fx * p[:, 0] / p[:, 2] + SMALL.cx).round().to(torch.int64)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_static_cloud_colours_are_the_mean_truncated_as_released(compiled, monkeypatch):
+    """The released renderer writes its mean colours to uint8 by truncation: readings 10, 11, 11 average to 10.67,
+    which comes out 10 (rounding would give 11), in the compiled pass and in the torch code alike."""
+    from egox_ros.core.geometry import voxel_kernel
+    if not compiled:
+        monkeypatch.setattr(voxel_kernel, "available", lambda: False)
+    fusion = StaticCameraFusion(_config(mode="static", static_window_frames=3))
+    for k, value in enumerate((10, 11, 11)):
+        fusion.add(k, *_flat(2.0, (value, 250, 0)), SMALL, _pose())
+    colors = fusion.cloud().colors
+    assert len(colors) == SMALL.width * SMALL.height
+    assert torch.equal(colors[0], torch.tensor([10, 250, 0], dtype=torch.uint8))
+    assert torch.equal(colors, colors[:1].expand_as(colors))
+    assert torch.equal(fusion.background_rgb()[0, 0], colors[0])
+
+
 def test_static_cloud_leaves_out_where_the_average_mixes_surfaces():
     """The depth-edge filter runs again on the averaged depth (static_mean_edge_filter, as released): a box in the
     left half of one frame of two averages to 1.5 m beside 2 m, a step no single frame has; the 4 columns whose

@@ -456,10 +456,11 @@ class StaticCameraFusion(_FusionBase):
         return torch.where(self._weight >= self.config.static_min_observations, self._depth, torch.nan)
 
     def background_rgb(self) -> torch.Tensor:
-        """(h', w', 3) uint8 fused colour on the stride grid (0 where not observed)."""
+        """(h', w', 3) uint8 fused colour on the stride grid (0 where not observed), truncated as the released
+        renderer truncates its mean colours (docs/egox-fidelity.md)."""
         if self._color is None:
             raise RuntimeError("no frame fused yet")
-        return self._color.round().clamp(0, 255).to(torch.uint8)
+        return self._color.floor().clamp(0, 255).to(torch.uint8)
 
     def _mean_edge_window(self) -> int:
         """The depth-edge filter's window on the stride grid (odd; 1 = off): the stride pixels within its

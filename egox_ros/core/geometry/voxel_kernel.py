@@ -184,7 +184,7 @@ def _build():
                 points[k, 1] = px * m[1, 0] + py * m[1, 1] + pz * m[1, 2] + m[1, 3]
                 points[k, 2] = px * m[2, 0] + py * m[2, 1] + pz * m[2, 2] + m[2, 3]
                 for c in range(3):
-                    colors[k, c] = np.uint8(min(max(np.rint(mean_color[y, x, c]), np.float32(0.0)),
+                    colors[k, c] = np.uint8(min(max(np.floor(mean_color[y, x, c]), np.float32(0.0)),
                                                 np.float32(255.0)))
                 k += 1
         return points, colors
@@ -291,7 +291,7 @@ def static_cloud(mean_depth_m: torch.Tensor, mean_color: torch.Tensor, weight: t
     """StaticCameraFusion.cloud in one compiled pass (the same float32 operations as its torch code): the pixels
     whose weight is at least ``min_weight``, in row-major order, lifted along ``rays`` (h, w, 3) float32 by the mean
     depth and moved by ``world_T_camera`` (4, 4) float64: points (N, 3) float32 [m, world], and their mean colours
-    rounded half to even and clamped, (N, 3) uint8."""
+    truncated and clamped, (N, 3) uint8."""
     out = _compiled().static_points(mean_depth_m.contiguous().numpy(), mean_color.contiguous().numpy(),
                                     weight.contiguous().numpy(), np.float32(min_weight), rays.contiguous().numpy(),
                                     world_T_camera.numpy().astype(np.float32))

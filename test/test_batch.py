@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_concurrently
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample" / "tum_fr1_rpy"
 PARAMS = str(ROOT / "sample" / "egox_sample.yaml")
@@ -110,8 +112,8 @@ def test_bad_arguments_exit_2_without_starting_ray(tmp_path):
              (["-o", tmp_path / "o1", "-p", "qos.input_depth:=5.0"], "must be integer"),
              (["-o", tmp_path / "o2", "--num-cpus", "0"], "at least 1"),
              (["-o", tmp_path / "o3", "-p", "generator.backend:=ray"], "generator.backend")]
-    for args, message in cases:
-        result = egox("batch", SAMPLE, *args, timeout=120)
+    results = run_concurrently([[sys.executable, "-m", "egox_ros.cli", "batch", SAMPLE, *args] for args, _ in cases])
+    for (args, message), result in zip(cases, results):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-2000:])
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert (taken / "x").read_text() == "mine" and sorted(p.name for p in taken.iterdir()) == ["x"]

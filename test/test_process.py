@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import run_concurrently
 from egox_ros.ros.offline.process import process
 from egox_ros.ros.offline.replay import replay
 
@@ -77,14 +77,16 @@ def test_process_and_replay_agree_frame_for_frame(both):
 
 
 def test_process_command_line_errors_are_one_line(tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "egox_ros.cli", "process", *args], capture_output=True,
-                              text=True, timeout=120)
-    result = run(str(tmp_path / "missing"), "-o", str(tmp_path / "out"))
+    process_cli = [sys.executable, "-m", "egox_ros.cli", "process"]
+    missing, wrong_type, inside_input = run_concurrently([
+        [*process_cli, tmp_path / "missing", "-o", tmp_path / "out"],
+        [*process_cli, SAMPLE, "-o", tmp_path / "out", "-p", "qos.input_depth:=5.0"],
+        [*process_cli, SAMPLE, "-o", SAMPLE / "x"]])
+    result = missing
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "does not exist" in result.stderr
-    result = run(str(SAMPLE), "-o", str(tmp_path / "out"), "-p", "qos.input_depth:=5.0")
+    result = wrong_type
     assert result.returncode == 2 and "must be integer" in result.stderr and "Traceback" not in result.stderr
-    result = run(str(SAMPLE), "-o", str(SAMPLE / "x"))
+    result = inside_input
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "bag").exists()
 

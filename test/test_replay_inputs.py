@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 
-from conftest import SAMPLE_BAG
+from conftest import SAMPLE_BAG, run_concurrently
 from egox_ros.ros.offline.plan import ReplayError, ReplayInputError, make_plan, typestore_with_egox_msgs
 from egox_ros.ros.offline.replay import replay
 from egox_ros.ros.offline.report import check_report
@@ -125,13 +125,17 @@ def test_dry_run_prints_the_plan_and_starts_nothing(bags, tmp_path):
 
 
 def test_bad_remaps_and_presets_are_one_line(tmp_path):
-    line = _error_lines(_cli(SAMPLE_BAG, "-o", tmp_path / "o", "--remap", "exo/imag_raw:=/x"))
-    assert len(line) == 1 and "exo/imag_raw is not an input of the node" in line[0]
-    line = _error_lines(_cli(SAMPLE_BAG, "-o", tmp_path / "o", "--remap", "exo/image_raw"))
-    assert len(line) == 1 and "takes FROM:=TO" in line[0]
     params = tmp_path / "p.yaml"
     params.write_text("egox_replay:\n  ros__parameters:\n    preset: zed\n")
-    line = _error_lines(_cli(SAMPLE_BAG, "-o", tmp_path / "o", "--params-file", params))
+    replay_cli = [sys.executable, "-m", "egox_ros.cli", "replay", SAMPLE_BAG, "-o", tmp_path / "o"]
+    misspelt, no_target, bad_preset = run_concurrently([[*replay_cli, "--remap", "exo/imag_raw:=/x"],
+                                                        [*replay_cli, "--remap", "exo/image_raw"],
+                                                        [*replay_cli, "--params-file", params]])
+    line = _error_lines(misspelt)
+    assert len(line) == 1 and "exo/imag_raw is not an input of the node" in line[0]
+    line = _error_lines(no_target)
+    assert len(line) == 1 and "takes FROM:=TO" in line[0]
+    line = _error_lines(bad_preset)
     assert len(line) == 1 and "unknown preset 'zed'" in line[0]
     assert not (tmp_path / "o").exists()
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from rosbags.highlevel import AnyReader
 
-from conftest import SAMPLE_BAG, LoggedProcess, run_with_progress, wait_until
+from conftest import SAMPLE_BAG, LoggedProcess, run_concurrently, run_with_progress, wait_until
 from egox_ros.ros.offline.plan import PRESETS, make_plan, typestore_with_egox_msgs
 from egox_ros.ros.params import node_key_matches
 from egox_ros.ros.stamps import stamp_to_ns
@@ -30,8 +30,12 @@ HOUR_NS = 3600 * 10**9
 IMAGES = ("/exo/image_raw", "/exo/depth/image_raw", "/ego/ground_truth/image_raw")
 
 
+def _command(command, *args) -> list[str]:
+    return [sys.executable, "-m", "egox_ros.cli", command, *map(str, args)]
+
+
 def _cli(command, *args):
-    return run_with_progress([sys.executable, "-m", "egox_ros.cli", command, *map(str, args)])
+    return run_with_progress(_command(command, *args))
 
 
 def _one_line(result, prefix):
@@ -278,15 +282,18 @@ def test_replay_precheck_reads_a_section_keyed_by_a_wildcard_node_name(tmp_path)
 
 def test_replay_checks_parameter_names_and_values_before_anything_starts(tmp_path):
     out = tmp_path / "out"
+    wrong_type, out_of_range, typo = run_concurrently([
+        _command("replay", SAMPLE_BAG, "-o", out, "--params-file", SAMPLE_PARAMS, "-p", "fusion.window_frames:=abc"),
+        _command("replay", SAMPLE_BAG, "--dry-run", "-p", "window.max_frames:=0"),
+        _command("replay", SAMPLE_BAG, "--dry-run", "-p", "fusion.window_frame:=3")])
     # A wrong type with a params file in play (the node would silently keep the file's value), in a real run.
-    line = _one_line(_cli("replay", SAMPLE_BAG, "-o", out, "--params-file", SAMPLE_PARAMS,
-                          "-p", "fusion.window_frames:=abc"), "egox replay: error: ")
+    line = _one_line(wrong_type, "egox replay: error: ")
     assert "'fusion.window_frames' must be integer, got 'abc'" in line and not out.exists()
     # --dry-run checks values (range) ...
-    line = _one_line(_cli("replay", SAMPLE_BAG, "--dry-run", "-p", "window.max_frames:=0"), "egox replay: error: ")
+    line = _one_line(out_of_range, "egox replay: error: ")
     assert "max_frames = 0 is outside [1, 10000]" in line
     # ... and names: a typo is a warning on the terminal (not only in node.log), with the closest name.
-    result = _cli("replay", SAMPLE_BAG, "--dry-run", "-p", "fusion.window_frame:=3")
+    result = typo
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "egox replay: warning: unknown parameter 'fusion.window_frame' is ignored; " \
                                     "did you mean 'fusion.window_frames'?"
@@ -305,13 +312,14 @@ def test_node_refuses_bad_params_files_and_values_in_one_line(tmp_path):
              (["-p", "sync.timeout_s:=abc"], "'sync.timeout_s' must be double, got 'abc' (string)"),
              (["--params-file", SAMPLE_PARAMS, "-p", "fusion.window_frames:=abc"], "'fusion.window_frames' must be "
                                                                                    "integer")]
-    for args, expected in cases:
-        line = _one_line(_cli("node", "--ros-args", *args), "egox node: error: ")
-        assert expected in line, (args, line)
     # A wrong type inside a params file: the node's own check (float parameters take any type in rclpy).
     bad_value = tmp_path / "bad_value.yaml"
     bad_value.write_text("/**:\n  ros__parameters:\n    sync:\n      timeout_s: true\n")
-    result = _cli("node", "--ros-args", "--params-file", bad_value)
+    *results, result = run_concurrently([_command("node", "--ros-args", *args) for args, _ in cases]
+                                        + [_command("node", "--ros-args", "--params-file", bad_value)])
+    for (args, expected), refused in zip(cases, results):
+        line = _one_line(refused, "egox node: error: ")
+        assert expected in line, (args, line)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     fatal = [line for line in result.stderr.splitlines() if "FATAL" in line]
     assert len(fatal) == 1 and "'sync.timeout_s' must be double, got True (bool)" in fatal[0], result.stderr
@@ -321,9 +329,9 @@ def test_node_refuses_bad_params_files_and_values_in_one_line(tmp_path):
 def test_a_bag_without_tf_is_one_line_everywhere(bags, tmp_path):
     # Before: a 26-line traceback ('CameraInfo' object has no attribute 'transforms': rosbags reads
     # connections=[] as every connection) in replay, --dry-run and process.
-    for command, extra in (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]),
-                           ("process", ["-o", tmp_path / "p"])):
-        line = _one_line(_cli(command, bags["no_tf"], *extra), "")
+    commands = (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]), ("process", ["-o", tmp_path / "p"]))
+    for result in run_concurrently([_command(command, bags["no_tf"], *extra) for command, extra in commands]):
+        line = _one_line(result, "")
         assert "no TF: the bag has no /tf or /tf_static" in line and "'exo_camera_optical'" in line \
             and "'head'" in line, line
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
@@ -343,9 +351,9 @@ def test_a_bag_without_tf_is_one_line_everywhere(bags, tmp_path):
 
 def test_a_bag_with_a_corrupt_chunk_is_one_line(bags, tmp_path):
     # Before: a 45-line ZstdError traceback from the plan stage (and from egox process' loop later in the bag).
-    for command, extra in (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]),
-                           ("process", ["-o", tmp_path / "p"])):
-        line = _one_line(_cli(command, bags["corrupt"], *extra), "")
+    commands = (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]), ("process", ["-o", tmp_path / "p"]))
+    for result in run_concurrently([_command(command, bags["corrupt"], *extra) for command, extra in commands]):
+        line = _one_line(result, "")
         assert f"cannot read {bags['corrupt']}" in line and "ZstdError" in line and "damaged" in line, line
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()
     # A damaged chunk after the plan's reads: process stops there, keeps what it made (exit 1, one line).

@@ -257,7 +257,6 @@ def render(u_pad: np.ndarray, v_pad: np.ndarray, colors: np.ndarray, index_sorte
         raise ValueError(f"pad must be at least 2 ceil(radius) = {2 * reach}, got {pad}")
     if int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
-    m = int(u_pad.shape[0])
     hp, wp = h + 2 * pad, w + 2 * pad
     words = (wp + 63) // 64
     live_bool = np.zeros((hp, words * 64), dtype=bool)

@@ -216,7 +216,9 @@ def test_compressed_colour_round_trip_on_a_real_image():
     rgb = _real_frame().rgb
     data, fmt = encode_compressed_rgb(rgb, "png")
     assert fmt == "bgr8; png compressed bgr8"     # image_transport's label for a payload of the true colours
-    assert np.array_equal(decode_compressed_rgb(data, fmt), rgb)
+    decoded = decode_compressed_rgb(data, fmt)
+    assert np.array_equal(decoded, rgb)
+    assert decoded.flags.writeable       # torch.as_tensor warns on read-only arrays (the fusion wraps this one)
     data, fmt = encode_compressed_rgb(rgb, "jpeg", quality=90)
     error = np.abs(decode_compressed_rgb(data, fmt).astype(int) - rgb).mean()
     assert error < 4.0                       # JPEG at quality 90: a few grey levels on average (2.2 measured)

@@ -60,7 +60,9 @@ def decode_compressed_rgb(data: bytes, fmt: str) -> np.ndarray:
         return np.repeat((mono >> 8).astype(np.uint8)[..., None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
+    # np.array, not np.asarray: a writable array (asarray's is read-only, which torch.as_tensor warns about in the
+    # fusion), at the same cost (the pixels are copied out of PIL either way).
+    return np.array(image, dtype=np.uint8)
 
 
 def decode_compressed_depth_m(data: bytes, fmt: str) -> np.ndarray:

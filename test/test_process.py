@@ -82,12 +82,10 @@ def test_process_command_line_errors_are_one_line(tmp_path):
         [*process_cli, tmp_path / "missing", "-o", tmp_path / "out"],
         [*process_cli, SAMPLE, "-o", tmp_path / "out", "-p", "qos.input_depth:=5.0"],
         [*process_cli, SAMPLE, "-o", SAMPLE / "x"]])
-    result = missing
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "does not exist" in result.stderr
-    result = wrong_type
-    assert result.returncode == 2 and "must be integer" in result.stderr and "Traceback" not in result.stderr
-    result = inside_input
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
+    assert wrong_type.returncode == 2 and "must be integer" in wrong_type.stderr
+    assert "Traceback" not in wrong_type.stderr
+    assert inside_input.returncode == 2 and "Traceback" not in inside_input.stderr
     assert not (tmp_path / "out" / "bag").exists()
 
 

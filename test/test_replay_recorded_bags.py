@@ -293,9 +293,8 @@ def test_replay_checks_parameter_names_and_values_before_anything_starts(tmp_pat
     line = _one_line(out_of_range, "egox replay: error: ")
     assert "max_frames = 0 is outside [1, 10000]" in line
     # ... and names: a typo is a warning on the terminal (not only in node.log), with the closest name.
-    result = typo
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "egox replay: warning: unknown parameter 'fusion.window_frame' is ignored; " \
+    assert typo.returncode == 0, typo.stderr
+    assert typo.stderr.strip() == "egox replay: warning: unknown parameter 'fusion.window_frame' is ignored; " \
                                     "did you mean 'fusion.window_frames'?"
 
 

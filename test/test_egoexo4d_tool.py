@@ -361,3 +361,28 @@ def test_egox_process_reports_the_prior_against_the_released_prior(root: Path, t
     for f in frames[1:]:
         assert f["reference_prior_masked_psnr_db"] == pytest.approx(10 * np.log10(255.0 ** 2 / (2 * 160 ** 2 / 3)),
                                                                     abs=0.2)
+
+
+def test_bench_prior_runs_every_clip_of_a_folder_and_leaves_nothing_behind(root: Path, tmp_path: Path, monkeypatch):
+    """`egox bench prior --egoexo4d DIR`, the acceptance check in one command: each clip converted to a bag in a
+    temporary folder and run through egox process with the released priors' ego camera, the comparison read from
+    its metrics (the synthetic released prior covers every pixel, so the IoU is our coverage), one table row per
+    clip; nothing is written next to the data, and the temporary bags are gone afterwards."""
+    from egox_ros.bench.prior import markdown_egoexo4d, run_egoexo4d
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    before = sorted(root.rglob("*"))
+    done = []
+    result = run_egoexo4d(root, overrides=["person.source:=none"], progress=done.append)
+    assert done == [CLIP] and sorted(root.rglob("*")) == before
+    assert not list(scratch.glob("egox-bench-prior-*"))        # (torch may keep its own cache there)
+    (row,) = result["clips"]
+    assert row["clip"] == CLIP and row["frames"] == row["published"] == N_DEPTH and row["note"] is None
+    assert row["coverage"] > 0.05 and row["mask_iou"] == pytest.approx(row["coverage"], abs=1e-4)
+    assert 0 < row["shared_psnr_db"] < 60 and row["masked_psnr_db"] is not None
+    assert row["released_masked_psnr_db"] >= 5.6        # 5.81 dB from frame 1 on (see the test above)
+    assert result["exo_focal_scale"] == 1.0 and result["overrides"] == ["person.source:=none"]
+    assert result["mean"]["mask_iou"] == pytest.approx(row["mask_iou"], abs=1e-4)
+    table = markdown_egoexo4d(result)
+    assert f"| {CLIP} | {N_DEPTH} of {N_DEPTH} | {row['mask_iou']:.3f} |" in table and "`person.source:=none`" in table

@@ -57,6 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="with --egoexo4d: the released exo focal length times this (default "
                                 f"{DEFAULT_EXO_FOCAL_SCALE}: fits the videos, as egox tools egoexo4d writes it; 1: the "
                                 "released camera)")
+        if name == "prior":
+            p.add_argument("--egoexo4d", type=Path, default=None, metavar="DIR",
+                           help="instead: the released EgoX example/egoexo4D folder: every clip through egox process "
+                                "(temporary bags, deleted after) with the released priors' ego camera; per clip the "
+                                "prior against the released prior (mask IoU, PSNR on shared pixels), coverage, and "
+                                "both priors' masked PSNR against the real head camera's video")
+            p.add_argument("--exo-focal-scale", type=float, default=1.0,
+                           help="with --egoexo4d: the released exo focal length times this (default 1: the camera "
+                                "the released priors were lifted with)")
+            p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                           help="with --egoexo4d: a node parameter for egox process (repeatable)")
         if name in OWN_CLI:
             importlib.import_module(f"egox_ros.bench.{name}").add_arguments(p)
 
@@ -81,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
         return bench.run_cli(args)
     bar = None if args.json else tqdm(desc=f"bench {args.bench}", unit="case", file=sys.stderr)
     progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
-    if getattr(args, "egoexo4d", None) is not None:          # egox bench demonstrator --egoexo4d DIR
-        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=progress)
+    if getattr(args, "egoexo4d", None) is not None:          # egox bench demonstrator|prior --egoexo4d DIR
+        extra = {"overrides": args.param} if args.bench == "prior" else {}
+        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=progress, **extra)
         if bar is not None:
             bar.close()
         print(json.dumps(result, indent=None if args.json else 1))

@@ -13,7 +13,9 @@ Speed: the node's streaming prior path (fusion + render) per new 640x480 frame i
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -296,4 +298,91 @@ def markdown(result: dict) -> str:
                       + f"1-minute load average before / after the speed run: {lo} / {hi} on {m['cpu_cores']} cores"
                       + (" (above the core count: other work was competing and wall times are inflated)."
                          if max(lo, hi) > m["cpu_cores"] else ".")]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------- released demonstrations (Ego-Exo4D, licensed)
+
+EGOEXO4D_SECTION = "prior-egoexo4d"
+EGOEXO4D_TARGETS = {"mask_iou": 0.85, "shared_psnr_db": 21.0}      # per clip (issues 17 and 18)
+RELEASED_EXO_FOCAL_SCALE = 1.0          # the exo camera the released priors were lifted with
+
+
+def run_egoexo4d(root, exo_focal_scale: float = RELEASED_EXO_FOCAL_SCALE, progress=None,
+                 overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Every clip of a released example/egoexo4D folder through `egox process` (default parameters, the released
+    priors' ego camera, then ``overrides`` NAME:=VALUE), as the acceptance check of issues 17 and 18 runs it: per
+    clip, our prior against the released prior (mask IoU, PSNR on the pixels both cover), our coverage, and both
+    priors' masked PSNR against the real head camera's video. Each clip is converted to a bag in a temporary
+    folder, deleted afterwards: nothing is written next to the data (licensed: never publish a bag made from it).
+    ``progress(what)``: called after each clip."""
+    from egox_ros.ros.offline.process import process
+    from egox_ros.tools.egoexo4d import clip_names, ego_camera_parameters, load_clip, write_bag
+    machine = machine_info()
+    machine["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="egox-bench-prior-") as tmp:
+        for name in clip_names(Path(root)):
+            clip = load_clip(Path(root), name, exo_focal_scale)
+            work = Path(tmp) / name
+            work.mkdir()
+            write_bag(clip, work / "bag")
+            params = [*ego_camera_parameters(clip.ego_camera), *overrides]
+            del clip
+            started = time.perf_counter()
+            summary = process(work / "bag", work / "out", overrides=params, progress_bar=False).metrics["summary"]
+            rows.append({"clip": name, "frames": summary["frames_in"], "published": summary["frames_published"],
+                         "mask_iou": summary["mean_reference_prior_mask_iou"],
+                         "shared_psnr_db": summary["mean_reference_prior_psnr_db"],
+                         "coverage": summary["mean_coverage"],
+                         "masked_psnr_db": summary["mean_masked_psnr_db"],
+                         "released_masked_psnr_db": summary["mean_reference_prior_masked_psnr_db"],
+                         "note": summary.get("reference_prior_note"),
+                         "process_s": round(time.perf_counter() - started, 1)})
+            if progress:
+                progress(name)
+    machine["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    keys = ("mask_iou", "shared_psnr_db", "coverage", "masked_psnr_db", "released_masked_psnr_db")
+    mean = {k: (round(float(np.mean([r[k] for r in rows])), 4) if rows and all(r[k] is not None for r in rows)
+                else None) for k in keys}
+    return {"benchmark": EGOEXO4D_SECTION, "machine": machine, "exo_focal_scale": exo_focal_scale,
+            "overrides": list(overrides), "targets": EGOEXO4D_TARGETS, "clips": rows, "mean": mean}
+
+
+def _unmet(row: dict, targets: dict) -> list[str]:
+    """The per-clip targets a run_egoexo4d() row misses, each as '<clip> <what> <value> < <target>'."""
+    checks = (("mask IoU", row["mask_iou"], targets["mask_iou"], 3),
+              ("PSNR on shared pixels", row["shared_psnr_db"], targets["shared_psnr_db"], 2),
+              ("PSNR against the real video", row["masked_psnr_db"], row["released_masked_psnr_db"], 2))
+    return [f"{row['clip']} {what} {'-' if value is None else f'{value:.{digits}f}'} < {target:.{digits}f}"
+            for what, value, target, digits in checks if target is not None and (value is None or value < target)]
+
+
+def markdown_egoexo4d(result: dict) -> str:
+    """The docs/benchmarks.md section of a run_egoexo4d() result."""
+    m = result["machine"]
+    settings = ", ".join(f"`{o}`" for o in result["overrides"]) or "none"
+    lines = [f"Run {m['date']} on {m['cpu']} ({m['cpu_cores']} cores); "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k in ("python", "torch", "numpy"))
+             + f"; exo focal length: the released one times {result['exo_focal_scale']:g}; parameters: the defaults, "
+               f"the released priors' ego camera, overrides: {settings}. Targets per clip: mask IoU >= "
+               f"{result['targets']['mask_iou']}, >= {result['targets']['shared_psnr_db']} dB on shared pixels, and "
+               "our masked PSNR against the real video at least the released prior's.", "",
+             "| clip | published | mask IoU with the released prior | PSNR on shared pixels [dB] | coverage | masked "
+             "PSNR against the real video, ours / released [dB] | process s |", "|---|---|---|---|---|---|---|"]
+
+    def f(v, digits):
+        return "-" if v is None else f"{v:.{digits}f}"
+    for r in result["clips"]:
+        lines.append(f"| {r['clip']} | {r['published']} of {r['frames']} | {f(r['mask_iou'], 3)} | "
+                     f"{f(r['shared_psnr_db'], 2)} | {f(r['coverage'], 3)} | {f(r['masked_psnr_db'], 2)} / "
+                     f"{f(r['released_masked_psnr_db'], 2)} | {r['process_s']} |")
+    a = result["mean"]
+    lines.append(f"| mean | | {f(a['mask_iou'], 3)} | {f(a['shared_psnr_db'], 2)} | {f(a['coverage'], 3)} | "
+                 f"{f(a['masked_psnr_db'], 2)} / {f(a['released_masked_psnr_db'], 2)} | |")
+    unmet = [item for r in result["clips"] for item in _unmet(r, result["targets"])]
+    lines += ["", "Targets: " + ("met on every clip." if not unmet else "not met: " + "; ".join(unmet) + ".")]
+    notes = [f"{r['clip']}: {r['note']}" for r in result["clips"] if r["note"]]
+    if notes:
+        lines += ["", "Not compared: " + "; ".join(notes)]
     return "\n".join(lines) + "\n"

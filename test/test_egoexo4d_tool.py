@@ -7,6 +7,7 @@ the bag back.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -363,19 +364,21 @@ def test_egox_process_reports_the_prior_against_the_released_prior(root: Path, t
                                                                     abs=0.2)
 
 
-def test_bench_prior_runs_every_clip_of_a_folder_and_leaves_nothing_behind(root: Path, tmp_path: Path, monkeypatch):
+def test_bench_prior_runs_every_clip_of_a_folder_and_leaves_nothing_behind(root: Path, tmp_path: Path):
     """`egox bench prior --egoexo4d DIR`, the acceptance check in one command: each clip converted to a bag in a
-    temporary folder and run through egox process with the released priors' ego camera, the comparison read from
-    its metrics (the synthetic released prior covers every pixel, so the IoU is our coverage), one table row per
-    clip; nothing is written next to the data, and the temporary bags are gone afterwards."""
-    from egox_ros.bench.prior import markdown_egoexo4d, run_egoexo4d
+    temporary folder and run through egox process with the released priors' ego camera and the -p given, the
+    comparison read from its metrics (the synthetic released prior covers every pixel, so the IoU is our coverage),
+    one table row per clip; nothing is written next to the data, and the temporary bags are gone afterwards."""
+    from egox_ros.bench.prior import markdown_egoexo4d
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    monkeypatch.setattr("tempfile.tempdir", str(scratch))
     before = sorted(root.rglob("*"))
-    done = []
-    result = run_egoexo4d(root, overrides=["person.source:=none"], progress=done.append)
-    assert done == [CLIP] and sorted(root.rglob("*")) == before
+    run = subprocess.run([sys.executable, "-m", "egox_ros.cli", "bench", "prior", "--egoexo4d", str(root), "--json",
+                          "-p", "person.source:=none"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TMPDIR": str(scratch)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert sorted(root.rglob("*")) == before
     assert not list(scratch.glob("egox-bench-prior-*"))        # (torch may keep its own cache there)
     (row,) = result["clips"]
     assert row["clip"] == CLIP and row["frames"] == row["published"] == N_DEPTH and row["note"] is None

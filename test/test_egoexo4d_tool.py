@@ -389,3 +389,20 @@ def test_bench_prior_runs_every_clip_of_a_folder_and_leaves_nothing_behind(root:
     assert result["mean"]["mask_iou"] == pytest.approx(row["mask_iou"], abs=1e-4)
     table = markdown_egoexo4d(result)
     assert f"| {CLIP} | {N_DEPTH} of {N_DEPTH} | {row['mask_iou']:.3f} |" in table and "`person.source:=none`" in table
+
+
+def test_bench_egoexo4d_refusals_are_one_line(root: Path, tmp_path: Path):
+    """A folder that is not a released one, a focal scale that is not positive and a bad -p value: one line on
+    stderr and exit 2, no traceback (the folder is checked before any work)."""
+    from conftest import run_concurrently
+    bench = [sys.executable, "-m", "egox_ros.cli", "bench"]
+    not_released, zero_focal, bad_param = run_concurrently([
+        [*bench, "prior", "--egoexo4d", tmp_path, "--json"],
+        [*bench, "demonstrator", "--egoexo4d", root, "--exo-focal-scale", "0", "--json"],
+        [*bench, "prior", "--egoexo4d", root, "--json", "-p", "fusion.stride:=abc"]])
+    for result, prefix, words in ((not_released, "egox bench prior: error: ", "has no meta.json"),
+                                  (zero_focal, "egox bench demonstrator: error: ", "must be positive"),
+                                  (bad_param, "egox bench prior: error: ", "'fusion.stride' must be integer")):
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(prefix), result.stderr[-2000:]
+        assert words in lines[0] and result.stdout == ""

@@ -90,18 +90,10 @@ def run(args: argparse.Namespace) -> int:
     bench = importlib.import_module(f"egox_ros.bench.{args.bench}")
     if args.bench in OWN_CLI:
         return bench.run_cli(args)
+    if getattr(args, "egoexo4d", None) is not None:          # egox bench demonstrator|prior --egoexo4d DIR
+        return _run_egoexo4d(bench, args)
     bar = None if args.json else tqdm(desc=f"bench {args.bench}", unit="case", file=sys.stderr)
     progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
-    if getattr(args, "egoexo4d", None) is not None:          # egox bench demonstrator|prior --egoexo4d DIR
-        extra = {"overrides": args.param} if args.bench == "prior" else {}
-        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=progress, **extra)
-        if bar is not None:
-            bar.close()
-        print(json.dumps(result, indent=None if args.json else 1))
-        if args.write_docs:
-            update_docs_section(bench.EGOEXO4D_SECTION, bench.markdown_egoexo4d(result))
-            print(f"updated {DOCS}", file=sys.stderr)
-        return 0
     extra = {"frames": args.frames} if getattr(args, "frames", None) else {}
     result = bench.run_all(quick=args.quick, device=args.device, progress=progress, **extra)
     if bar is not None:
@@ -111,5 +103,35 @@ def run(args: argparse.Namespace) -> int:
         update_docs_section(args.bench, bench.markdown(result))
         if hasattr(bench, "write_figure"):
             print(f"wrote {bench.write_figure()}", file=sys.stderr)
+        print(f"updated {DOCS}", file=sys.stderr)
+    return 0
+
+
+def _run_egoexo4d(bench, args: argparse.Namespace) -> int:
+    """`egox bench demonstrator|prior --egoexo4d DIR`: every clip of a released folder; a folder that is not one, a
+    bad --exo-focal-scale or -p value is one line and exit 2."""
+    from tqdm import tqdm
+    from egox_ros.ros.offline.plan import ReplayError
+    from egox_ros.tools.egoexo4d import ClipError, clip_names
+    extra = {"overrides": args.param} if args.bench == "prior" else {}
+    bar = None
+    try:
+        if not args.exo_focal_scale > 0:
+            raise ClipError(f"--exo-focal-scale must be positive, got {args.exo_focal_scale}")
+        clips = clip_names(args.egoexo4d)           # checks the folder before any work
+        if not args.json:
+            bar = tqdm(desc=f"bench {args.bench}", total=len(clips) * (2 if args.bench == "demonstrator" else 1),
+                       unit="case", file=sys.stderr)
+        progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
+        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=progress, **extra)
+    except (ClipError, ReplayError) as e:
+        print(f"egox bench {args.bench}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    print(json.dumps(result, indent=None if args.json else 1))
+    if args.write_docs:
+        update_docs_section(bench.EGOEXO4D_SECTION, bench.markdown_egoexo4d(result))
         print(f"updated {DOCS}", file=sys.stderr)
     return 0

@@ -9,10 +9,13 @@ Independent check: a per-pixel numpy float64 loop (every point within the radius
 composited front to back) on a 40x32 crop of the same render; reports the nearest-point agreement and the largest
 colour difference in 0-255 units.
 Speed: the node's streaming prior path (fusion + render) per new 640x480 frame into the 448x448 ego camera.
+With --egoexo4d DIR instead (run_egoexo4d): real demonstrations, every clip of a released EgoX example/egoexo4D
+folder through `egox process` against the released prior and the real head camera's video (issues 17 and 18).
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -339,6 +342,7 @@ def run_egoexo4d(root, exo_focal_scale: float = RELEASED_EXO_FOCAL_SCALE, progre
                          "released_masked_psnr_db": summary["mean_reference_prior_masked_psnr_db"],
                          "note": summary.get("reference_prior_note"),
                          "process_s": round(time.perf_counter() - started, 1)})
+            shutil.rmtree(work)                     # a clip's bags at a time on disk (a few hundred MB)
             if progress:
                 progress(name)
     machine["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)

@@ -389,6 +389,21 @@ def test_bench_prior_runs_every_clip_of_a_folder_and_leaves_nothing_behind(root:
     assert result["mean"]["mask_iou"] == pytest.approx(row["mask_iou"], abs=1e-4)
     table = markdown_egoexo4d(result)
     assert f"| {CLIP} | {N_DEPTH} of {N_DEPTH} | {row['mask_iou']:.3f} |" in table and "`person.source:=none`" in table
+    iou_missed = f"{CLIP} mask IoU {row['mask_iou']:.3f}, target >= 0.850"
+    assert (iou_missed in table) == (row["mask_iou"] < 0.85) and "Targets: " in table
+
+
+def test_bench_demonstrator_on_a_folder_without_people_names_every_missed_target(root: Path):
+    """`egox bench demonstrator --egoexo4d` on the synthetic folder (flat colours: nobody to find): every frame
+    counted without a head, with and without depth, and the table says which targets the clip misses."""
+    from egox_ros.bench.demonstrator import markdown_egoexo4d, run_egoexo4d
+    result = run_egoexo4d(root, 1.0)
+    assert [(r["clip"], r["depth"]) for r in result["clips"]] == [(CLIP, True), (CLIP, False)]
+    for r in result["clips"]:
+        assert r["frames"] == N_DEPTH and r["with_head"] == 0 and r["position_error_m"]["median"] is None
+    table = markdown_egoexo4d(result)
+    assert f"{CLIP} frames with a head 0.00, target >= 0.90" in table
+    assert f"{CLIP} position median [m] -, target <= 0.150" in table
 
 
 def test_bench_egoexo4d_refusals_are_one_line(root: Path, tmp_path: Path):

@@ -57,3 +57,16 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1, sync: Cal
             sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return round(statistics.median(times), 3)
+
+
+def missed_targets(name: str, checks) -> list[str]:
+    """Of ``checks`` (what, value, relation '>=' or '<=', target, digits), the ones ``value`` misses (None misses;
+    a None target is no target), each as '<name> <what> <value>, target <relation> <target>'."""
+    missed = []
+    for what, value, relation, target, digits in checks:
+        if target is None:
+            continue
+        if value is None or (value < target if relation == ">=" else value > target):
+            shown = "-" if value is None else f"{value:.{digits}f}"
+            missed.append(f"{name} {what} {shown}, target {relation} {target:.{digits}f}")
+    return missed

@@ -93,12 +93,14 @@ def run_with_progress(cmd: list[str], stall_s: float = 180.0, limit_s: float = 3
                                            err.read().decode(errors="replace"))
 
 
-def run_concurrently(cmds: list[list], workers: int = 4, **kwargs) -> list[subprocess.CompletedProcess]:
-    """run_with_progress on each command, up to ``workers`` at once (results in the commands' order). For commands
-    that each start a Python process and exit early (refusals): most of their time is imports, which overlap."""
+def run_concurrently(egox_args: list[list], workers: int = 4, **kwargs) -> list[subprocess.CompletedProcess]:
+    """`egox ARGS...` (this interpreter's `python -m egox_ros.cli`) for each argument list, through run_with_progress,
+    up to ``workers`` at once; results in the lists' order. For commands that exit early (refusals): most of their
+    time is imports, which overlap."""
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(cmds)))) as pool:
-        futures = [pool.submit(run_with_progress, [str(a) for a in cmd], **kwargs) for cmd in cmds]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(egox_args)))) as pool:
+        futures = [pool.submit(run_with_progress, [sys.executable, "-m", "egox_ros.cli", *map(str, args)], **kwargs)
+                   for args in egox_args]
         return [f.result() for f in futures]
 
 

@@ -118,7 +118,7 @@ def test_bad_arguments_exit_2_without_starting_ray(tmp_path):
              (["-o", tmp_path / "o1", "-p", "qos.input_depth:=5.0"], "must be integer"),
              (["-o", tmp_path / "o2", "--num-cpus", "0"], "at least 1"),
              (["-o", tmp_path / "o3", "-p", "generator.backend:=ray"], "generator.backend")]
-    results = run_concurrently([[sys.executable, "-m", "egox_ros.cli", "batch", SAMPLE, *args] for args, _ in cases])
+    results = run_concurrently([["batch", SAMPLE, *args] for args, _ in cases])
     for (args, message), result in zip(cases, results):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-2000:])
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

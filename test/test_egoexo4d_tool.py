@@ -410,11 +410,10 @@ def test_bench_egoexo4d_refusals_are_one_line(root: Path, tmp_path: Path):
     """A folder that is not a released one, a focal scale that is not positive and a bad -p value: one line on
     stderr and exit 2, no traceback (the folder is checked before any work)."""
     from conftest import run_concurrently
-    bench = [sys.executable, "-m", "egox_ros.cli", "bench"]
     not_released, zero_focal, bad_param = run_concurrently([
-        [*bench, "prior", "--egoexo4d", tmp_path, "--json"],
-        [*bench, "demonstrator", "--egoexo4d", root, "--exo-focal-scale", "0", "--json"],
-        [*bench, "prior", "--egoexo4d", root, "--json", "-p", "fusion.stride:=abc"]])
+        ["bench", "prior", "--egoexo4d", tmp_path, "--json"],
+        ["bench", "demonstrator", "--egoexo4d", root, "--exo-focal-scale", "0", "--json"],
+        ["bench", "prior", "--egoexo4d", root, "--json", "-p", "fusion.stride:=abc"]])
     for result, prefix, words in ((not_released, "egox bench prior: error: ", "has no meta.json"),
                                   (zero_focal, "egox bench demonstrator: error: ", "must be positive"),
                                   (bad_param, "egox bench prior: error: ", "'fusion.stride' must be integer")):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +76,10 @@ def test_process_and_replay_agree_frame_for_frame(both):
 
 
 def test_process_command_line_errors_are_one_line(tmp_path):
-    process_cli = [sys.executable, "-m", "egox_ros.cli", "process"]
     missing, wrong_type, inside_input = run_concurrently([
-        [*process_cli, tmp_path / "missing", "-o", tmp_path / "out"],
-        [*process_cli, SAMPLE, "-o", tmp_path / "out", "-p", "qos.input_depth:=5.0"],
-        [*process_cli, SAMPLE, "-o", SAMPLE / "x"]])
+        ["process", tmp_path / "missing", "-o", tmp_path / "out"],
+        ["process", SAMPLE, "-o", tmp_path / "out", "-p", "qos.input_depth:=5.0"],
+        ["process", SAMPLE, "-o", SAMPLE / "x"]])
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
     assert wrong_type.returncode == 2 and "must be integer" in wrong_type.stderr
     assert "Traceback" not in wrong_type.stderr

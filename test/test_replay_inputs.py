@@ -127,7 +127,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(bags, tmp_path):
 def test_bad_remaps_and_presets_are_one_line(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text("egox_replay:\n  ros__parameters:\n    preset: zed\n")
-    replay_cli = [sys.executable, "-m", "egox_ros.cli", "replay", SAMPLE_BAG, "-o", tmp_path / "o"]
+    replay_cli = ["replay", SAMPLE_BAG, "-o", tmp_path / "o"]
     misspelt, no_target, bad_preset = run_concurrently([[*replay_cli, "--remap", "exo/imag_raw:=/x"],
                                                         [*replay_cli, "--remap", "exo/image_raw"],
                                                         [*replay_cli, "--params-file", params]])

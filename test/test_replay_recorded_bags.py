@@ -30,12 +30,8 @@ HOUR_NS = 3600 * 10**9
 IMAGES = ("/exo/image_raw", "/exo/depth/image_raw", "/ego/ground_truth/image_raw")
 
 
-def _command(command, *args) -> list[str]:
-    return [sys.executable, "-m", "egox_ros.cli", command, *map(str, args)]
-
-
 def _cli(command, *args):
-    return run_with_progress(_command(command, *args))
+    return run_with_progress([sys.executable, "-m", "egox_ros.cli", command, *map(str, args)])
 
 
 def _one_line(result, prefix):
@@ -283,9 +279,9 @@ def test_replay_precheck_reads_a_section_keyed_by_a_wildcard_node_name(tmp_path)
 def test_replay_checks_parameter_names_and_values_before_anything_starts(tmp_path):
     out = tmp_path / "out"
     wrong_type, out_of_range, typo = run_concurrently([
-        _command("replay", SAMPLE_BAG, "-o", out, "--params-file", SAMPLE_PARAMS, "-p", "fusion.window_frames:=abc"),
-        _command("replay", SAMPLE_BAG, "--dry-run", "-p", "window.max_frames:=0"),
-        _command("replay", SAMPLE_BAG, "--dry-run", "-p", "fusion.window_frame:=3")])
+        ["replay", SAMPLE_BAG, "-o", out, "--params-file", SAMPLE_PARAMS, "-p", "fusion.window_frames:=abc"],
+        ["replay", SAMPLE_BAG, "--dry-run", "-p", "window.max_frames:=0"],
+        ["replay", SAMPLE_BAG, "--dry-run", "-p", "fusion.window_frame:=3"]])
     # A wrong type with a params file in play (the node would silently keep the file's value), in a real run.
     line = _one_line(wrong_type, "egox replay: error: ")
     assert "'fusion.window_frames' must be integer, got 'abc'" in line and not out.exists()
@@ -314,8 +310,8 @@ def test_node_refuses_bad_params_files_and_values_in_one_line(tmp_path):
     # A wrong type inside a params file: the node's own check (float parameters take any type in rclpy).
     bad_value = tmp_path / "bad_value.yaml"
     bad_value.write_text("/**:\n  ros__parameters:\n    sync:\n      timeout_s: true\n")
-    *results, result = run_concurrently([_command("node", "--ros-args", *args) for args, _ in cases]
-                                        + [_command("node", "--ros-args", "--params-file", bad_value)])
+    *results, result = run_concurrently([["node", "--ros-args", *args] for args, _ in cases]
+                                        + [["node", "--ros-args", "--params-file", bad_value]])
     for (args, expected), refused in zip(cases, results):
         line = _one_line(refused, "egox node: error: ")
         assert expected in line, (args, line)
@@ -329,7 +325,7 @@ def test_a_bag_without_tf_is_one_line_everywhere(bags, tmp_path):
     # Before: a 26-line traceback ('CameraInfo' object has no attribute 'transforms': rosbags reads
     # connections=[] as every connection) in replay, --dry-run and process.
     commands = (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]), ("process", ["-o", tmp_path / "p"]))
-    for result in run_concurrently([_command(command, bags["no_tf"], *extra) for command, extra in commands]):
+    for result in run_concurrently([[command, bags["no_tf"], *extra] for command, extra in commands]):
         line = _one_line(result, "")
         assert "no TF: the bag has no /tf or /tf_static" in line and "'exo_camera_optical'" in line \
             and "'head'" in line, line
@@ -351,7 +347,7 @@ def test_a_bag_without_tf_is_one_line_everywhere(bags, tmp_path):
 def test_a_bag_with_a_corrupt_chunk_is_one_line(bags, tmp_path):
     # Before: a 45-line ZstdError traceback from the plan stage (and from egox process' loop later in the bag).
     commands = (("replay", ["--dry-run"]), ("replay", ["-o", tmp_path / "r"]), ("process", ["-o", tmp_path / "p"]))
-    for result in run_concurrently([_command(command, bags["corrupt"], *extra) for command, extra in commands]):
+    for result in run_concurrently([[command, bags["corrupt"], *extra] for command, extra in commands]):
         line = _one_line(result, "")
         assert f"cannot read {bags['corrupt']}" in line and "ZstdError" in line and "damaged" in line, line
     assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists()

@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE
+from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE, RELEASED_EXO_FOCAL_SCALE
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
@@ -36,6 +36,18 @@ BENCHMARKS = {
 }
 # Benchmarks with their own options: egox_ros.bench.<name> also has add_arguments(parser) and run_cli(args).
 OWN_CLI = {"soak"}
+# Benchmarks that also run on real demonstrations (--egoexo4d DIR; egox_ros.bench.<name> has run_egoexo4d,
+# markdown_egoexo4d, EGOEXO4D_SECTION and EGOEXO4D_CASES_PER_CLIP): what they measure there, the default exo focal
+# length scale and what it means, whether -p reaches egox process.
+EGOEXO4D = {
+    "demonstrator": ("per clip frames with a head, head position and forward-direction error against the recorded "
+                     "head camera, person masks, time", DEFAULT_EXO_FOCAL_SCALE,
+                     "fits the videos, as egox tools egoexo4d writes it; 1: the released camera", False),
+    "prior": ("every clip through egox process (temporary bags, deleted after) with the released priors' ego "
+              "camera; per clip the prior against the released prior (mask IoU, PSNR on shared pixels), coverage, "
+              "and both priors' masked PSNR against the real head camera's video", RELEASED_EXO_FOCAL_SCALE,
+              "the camera the released priors were lifted with", True),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,27 +61,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "demonstrator":
             p.add_argument("--frames", type=int, default=None,
                            help="frames of each prior-path run (frames 48-59 repeated; default 48, --quick 12)")
-            p.add_argument("--egoexo4d", type=Path, default=None, metavar="DIR",
-                           help="instead: the released EgoX example/egoexo4D folder (meta.json, videos/, "
-                                "depth_maps/; development clips only): per clip frames with a head, head position "
-                                "and forward-direction error against the recorded head camera, person masks, time")
-            p.add_argument("--exo-focal-scale", type=float, default=DEFAULT_EXO_FOCAL_SCALE,
-                           help="with --egoexo4d: the released exo focal length times this (default "
-                                f"{DEFAULT_EXO_FOCAL_SCALE}: fits the videos, as egox tools egoexo4d writes it; 1: the "
-                                "released camera)")
-        if name == "prior":
-            p.add_argument("--egoexo4d", type=Path, default=None, metavar="DIR",
-                           help="instead: the released EgoX example/egoexo4D folder: every clip through egox process "
-                                "(temporary bags, deleted after) with the released priors' ego camera; per clip the "
-                                "prior against the released prior (mask IoU, PSNR on shared pixels), coverage, and "
-                                "both priors' masked PSNR against the real head camera's video")
-            p.add_argument("--exo-focal-scale", type=float, default=1.0,
-                           help="with --egoexo4d: the released exo focal length times this (default 1: the camera "
-                                "the released priors were lifted with)")
-            p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
-                           help="with --egoexo4d: a node parameter for egox process (repeatable)")
+        if name in EGOEXO4D:
+            _add_egoexo4d_arguments(p, *EGOEXO4D[name])
         if name in OWN_CLI:
             importlib.import_module(f"egox_ros.bench.{name}").add_arguments(p)
+
+
+def _add_egoexo4d_arguments(p: argparse.ArgumentParser, measures: str, focal_scale: float, focal_meaning: str,
+                            params: bool) -> None:
+    p.add_argument("--egoexo4d", type=Path, default=None, metavar="DIR",
+                   help=f"instead: the released EgoX example/egoexo4D folder (meta.json, videos/, depth_maps/): "
+                        f"{measures}")
+    p.add_argument("--exo-focal-scale", type=float, default=focal_scale,
+                   help=f"with --egoexo4d: the released exo focal length times this (default {focal_scale:g}: "
+                        f"{focal_meaning})")
+    if params:
+        p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                       help="with --egoexo4d: a node parameter for egox process (repeatable)")
+
+
+def _progress(bar):
+    """progress(what) for a benchmark: the bar's postfix and one step (None without a bar)."""
+    return (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
 
 
 def update_docs_section(name: str, body: str, path: Path = DOCS) -> None:
@@ -93,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "egoexo4d", None) is not None:          # egox bench demonstrator|prior --egoexo4d DIR
         return _run_egoexo4d(bench, args)
     bar = None if args.json else tqdm(desc=f"bench {args.bench}", unit="case", file=sys.stderr)
-    progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
+    progress = _progress(bar)
     extra = {"frames": args.frames} if getattr(args, "frames", None) else {}
     result = bench.run_all(quick=args.quick, device=args.device, progress=progress, **extra)
     if bar is not None:
@@ -113,17 +126,16 @@ def _run_egoexo4d(bench, args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from egox_ros.ros.offline.plan import ReplayError
     from egox_ros.tools.egoexo4d import ClipError, clip_names
-    extra = {"overrides": args.param} if args.bench == "prior" else {}
+    extra = {"overrides": args.param} if hasattr(args, "param") else {}
     bar = None
     try:
         if not args.exo_focal_scale > 0:
             raise ClipError(f"--exo-focal-scale must be positive, got {args.exo_focal_scale}")
         clips = clip_names(args.egoexo4d)           # checks the folder before any work
         if not args.json:
-            bar = tqdm(desc=f"bench {args.bench}", total=len(clips) * (2 if args.bench == "demonstrator" else 1),
-                       unit="case", file=sys.stderr)
-        progress = (lambda what: (bar.set_postfix_str(what), bar.update(1))) if bar is not None else None
-        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=progress, **extra)
+            bar = tqdm(desc=f"bench {args.bench}", total=len(clips) * bench.EGOEXO4D_CASES_PER_CLIP, unit="case",
+                       file=sys.stderr)
+        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=_progress(bar), **extra)
     except (ClipError, ReplayError) as e:
         print(f"egox bench {args.bench}: error: {e}", file=sys.stderr)
         return 2

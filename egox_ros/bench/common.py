@@ -59,6 +59,11 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1, sync: Cal
     return round(statistics.median(times), 3)
 
 
+def fixed_or_dash(value: float | None, digits: int) -> str:
+    """``value`` with ``digits`` decimals, '-' for None (the benchmark tables' empty cell)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def missed_targets(name: str, checks) -> list[str]:
     """Of ``checks`` (what, value, relation '>=' or '<=', target, digits), the ones ``value`` misses (None misses;
     a None target is no target), each as '<name> <what> <value>, target <relation> <target>'."""
@@ -67,6 +72,5 @@ def missed_targets(name: str, checks) -> list[str]:
         if target is None:
             continue
         if value is None or (value < target if relation == ">=" else value > target):
-            shown = "-" if value is None else f"{value:.{digits}f}"
-            missed.append(f"{name} {what} {shown}, target {relation} {target:.{digits}f}")
+            missed.append(f"{name} {what} {fixed_or_dash(value, digits)}, target {relation} {target:.{digits}f}")
     return missed

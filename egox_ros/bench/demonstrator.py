@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egox_ros.bench.common import machine_info, missed_targets
+from egox_ros.bench.common import fixed_or_dash as _f, machine_info, missed_targets
 from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE, clip_names, load_clip
 
 SECTION = "demonstrator"
@@ -490,6 +490,8 @@ def write_figure(path: Path = FIGURE) -> Path:
 # ---------------------------------------------------------------------------------------------------- Ego-Exo4D
 
 EGOEXO4D_SECTION = "demonstrator-egoexo4d"
+EGOEXO4D_DEPTH_CASES = (True, False)        # per clip: with the released depth, and without (the body's size alone)
+EGOEXO4D_CASES_PER_CLIP = len(EGOEXO4D_DEPTH_CASES)
 
 
 def _angle_stats(values) -> dict:
@@ -574,7 +576,7 @@ def run_egoexo4d(root, exo_focal_scale: float = DEFAULT_EXO_FOCAL_SCALE, progres
     rows = []
     for name in clip_names(Path(root)):
         clip = load_clip(Path(root), name, exo_focal_scale)
-        for use_depth in (True, False):
+        for use_depth in EGOEXO4D_DEPTH_CASES:
             rows.append(_egoexo4d_clip(clip, use_depth))
             if progress:
                 progress(f"{name}{'' if use_depth else ' without depth'}")
@@ -582,10 +584,6 @@ def run_egoexo4d(root, exo_focal_scale: float = DEFAULT_EXO_FOCAL_SCALE, progres
     return {"benchmark": EGOEXO4D_SECTION, "machine": machine, "exo_focal_scale": exo_focal_scale,
             "targets": {"head_rate": 0.9, "position_median_m": 0.15, "position_p90_m": 0.25,
                         "forward_median_deg": 20.0, "ms_per_frame": 40.0}, "clips": rows}
-
-
-def _f(v, digits: int) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def markdown_egoexo4d(result: dict) -> str:

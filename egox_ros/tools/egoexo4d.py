@@ -102,7 +102,8 @@ TOPIC_PRIOR_INFO = "/ego/released_prior/camera_info"
 DEPTH_HALF_HEIGHT_PX = 224.0        # cy' of the released depth maps; fx' = fx * 224 / cy
 RELEASED_CROP_X0 = 6                # exo.mp4 = depth-map frame [:, 6:790]
 DEFAULT_FPS = 30.0
-DEFAULT_EXO_FOCAL_SCALE = 1.42      # the camera that fits the videos; 1: the released one the priors were lifted with
+DEFAULT_EXO_FOCAL_SCALE = 1.42      # the camera that fits the videos
+RELEASED_EXO_FOCAL_SCALE = 1.0      # the released camera, which the released priors were lifted with
 # The native (sideways) Aria RGB camera the released priors were rendered with (see above): the camera-rgb
 # FisheyeRadTanThinPrism calibration (f, cx, cy at 2880 px, then k0..k5 p0 p1 s0..s3) that EgoX-EgoPriorRenderer
 # ships as its example (data_preprocess/example/takes/cmu_bike08_2/trajectory/online_calibration.jsonl, first line);

@@ -406,17 +406,45 @@ def test_bench_demonstrator_on_a_folder_without_people_names_every_missed_target
     assert f"{CLIP} position median [m] -, target <= 0.150" in table
 
 
+def test_a_shrunk_exo_image_is_what_a_shorter_lens_sees_from_the_same_place(root: Path):
+    """`--exo-shrink`: the exo image and depth shrunk about the principal point, the camera's focal length with
+    them; a point of the scene is drawn where the new camera projects it, with its own depth, and the border the
+    smaller image leaves has no depth reading."""
+    clip = egoexo4d.load_clip(root, CLIP)
+    small = egoexo4d.shrunk_exo(clip, 0.5)
+    cam, new = clip.exo_camera, small.exo_camera
+    assert len(small.exo_rgb) == len(clip.exo_rgb) and small.exo_rgb[0].shape == clip.exo_rgb[0].shape
+    assert small.depth_m[0].shape == clip.depth_m[0].shape
+    assert new.fx == pytest.approx(cam.fx / 2) and new.fy == pytest.approx(cam.fy / 2)
+    assert abs(new.cx - cam.cx) < 1.0 and abs(new.cy - cam.cy) < 1.0       # the principal point stays put
+    depth, shrunk = clip.depth_m[1], small.depth_m[1]
+    for u, v in ((10, 5), (50, 24), (90, 40)):          # pixels of the original image
+        z = float(depth[v, u])
+        x, y = (u - cam.cx) / cam.fx * z, (v - cam.cy) / cam.fy * z     # the scene point there, exo frame
+        u2, v2 = new.fx * x / z + new.cx, new.fy * y / z + new.cy
+        # the depth ramp rises 0.01 m per original column; nearest-neighbour shrinking keeps one of two columns
+        assert shrunk[int(round(v2)), int(round(u2))] == pytest.approx(z, abs=0.011)
+    rows, cols = np.nonzero(shrunk > 0)
+    assert shrunk[0].max() == 0 and shrunk[:, 0].max() == 0                # the border: no reading
+    assert cols.max() - cols.min() + 1 == EXO_W // 2 and rows.max() - rows.min() + 1 == EXO_H // 2
+    np.testing.assert_allclose(small.exo_rgb[2][0, 0], clip.exo_rgb[2][0, 0], atol=2)   # edge repeated, no black
+    with pytest.raises(egoexo4d.ClipError, match=r"in \(0, 1\]"):
+        egoexo4d.shrunk_exo(clip, 1.5)
+
+
 def test_bench_egoexo4d_refusals_are_one_line(root: Path, tmp_path: Path):
-    """A folder that is not a released one, a focal scale that is not positive and a bad -p value: one line on
-    stderr and exit 2, no traceback (the folder is checked before any work)."""
+    """A folder that is not a released one, a focal scale that is not positive, a bad -p value and a shrink factor
+    above 1: one line on stderr and exit 2, no traceback (the folder is checked before any work)."""
     from conftest import run_concurrently
-    not_released, zero_focal, bad_param = run_concurrently([
+    not_released, zero_focal, bad_param, big_shrink = run_concurrently([
         ["bench", "prior", "--egoexo4d", tmp_path, "--json"],
         ["bench", "demonstrator", "--egoexo4d", root, "--exo-focal-scale", "0", "--json"],
-        ["bench", "prior", "--egoexo4d", root, "--json", "-p", "fusion.stride:=abc"]])
+        ["bench", "prior", "--egoexo4d", root, "--json", "-p", "fusion.stride:=abc"],
+        ["bench", "demonstrator", "--egoexo4d", root, "--exo-shrink", "1.5", "--json"]])
     for result, prefix, words in ((not_released, "egox bench prior: error: ", "has no meta.json"),
                                   (zero_focal, "egox bench demonstrator: error: ", "must be positive"),
-                                  (bad_param, "egox bench prior: error: ", "'fusion.stride' must be integer")):
+                                  (bad_param, "egox bench prior: error: ", "'fusion.stride' must be integer"),
+                                  (big_shrink, "egox bench demonstrator: error: ", "--exo-shrink must be in")):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(prefix), result.stderr[-2000:]
         assert words in lines[0] and result.stdout == ""

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "demonstrator":
             p.add_argument("--frames", type=int, default=None,
                            help="frames of each prior-path run (frames 48-59 repeated; default 48, --quick 12)")
+            p.add_argument("--exo-shrink", type=float, default=1.0, metavar="S",
+                           help="with --egoexo4d: the exo image shrunk by S in (0, 1] about its principal point, "
+                                "as a wider lens would see it: the people as if 1 / S times as far away")
         if name in EGOEXO4D:
             _add_egoexo4d_arguments(p, *EGOEXO4D[name])
         if name in OWN_CLI:
@@ -122,15 +125,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_egoexo4d(bench, args: argparse.Namespace) -> int:
     """`egox bench demonstrator|prior --egoexo4d DIR`: every clip of a released folder; a folder that is not one, a
-    bad --exo-focal-scale or -p value is one line and exit 2."""
+    bad --exo-focal-scale, --exo-shrink or -p value is one line and exit 2."""
     from tqdm import tqdm
     from egox_ros.ros.offline.plan import ReplayError
     from egox_ros.tools.egoexo4d import ClipError, clip_names
     extra = {"overrides": args.param} if hasattr(args, "param") else {}
+    if hasattr(args, "exo_shrink"):
+        extra["exo_shrink"] = args.exo_shrink
     bar = None
     try:
         if not args.exo_focal_scale > 0:
             raise ClipError(f"--exo-focal-scale must be positive, got {args.exo_focal_scale}")
+        if not 0 < getattr(args, "exo_shrink", 1.0) <= 1:
+            raise ClipError(f"--exo-shrink must be in (0, 1], got {args.exo_shrink}")
         clips = clip_names(args.egoexo4d)           # checks the folder before any work
         if not args.json:
             bar = tqdm(desc=f"bench {args.bench}", total=len(clips) * bench.EGOEXO4D_CASES_PER_CLIP, unit="case",

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from egox_ros.bench.common import fixed_or_dash as _f, machine_info, missed_targets
-from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE, clip_names, load_clip
+from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE, clip_names, load_clip, shrunk_exo
 
 SECTION = "demonstrator"
 PERSON_FRAMES = tuple(range(48, 60))
@@ -566,9 +566,11 @@ def _egoexo4d_clip(clip, use_depth: bool = True) -> dict:
             "ms_per_frame": _stats(ms), "detect_ms": _stats(detect_ms)}
 
 
-def run_egoexo4d(root, exo_focal_scale: float = DEFAULT_EXO_FOCAL_SCALE, progress=None) -> dict:
+def run_egoexo4d(root, exo_focal_scale: float = DEFAULT_EXO_FOCAL_SCALE, progress=None,
+                 exo_shrink: float = 1.0) -> dict:
     """Every clip of a released example/egoexo4D folder (development clips only; see issue 17), with the released
-    depth and without depth (the position from the body's size alone)."""
+    depth and without depth (the position from the body's size alone). ``exo_shrink`` < 1: the exo image shrunk
+    about its principal point (tools.egoexo4d.shrunk_exo), the people in it as if 1 / exo_shrink times as far."""
     machine = machine_info()
     import mediapipe
     machine["versions"]["mediapipe"] = mediapipe.__version__
@@ -576,12 +578,15 @@ def run_egoexo4d(root, exo_focal_scale: float = DEFAULT_EXO_FOCAL_SCALE, progres
     rows = []
     for name in clip_names(Path(root)):
         clip = load_clip(Path(root), name, exo_focal_scale)
+        if exo_shrink != 1.0:
+            clip = shrunk_exo(clip, exo_shrink)
         for use_depth in EGOEXO4D_DEPTH_CASES:
             rows.append(_egoexo4d_clip(clip, use_depth))
             if progress:
                 progress(f"{name}{'' if use_depth else ' without depth'}")
     machine["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     return {"benchmark": EGOEXO4D_SECTION, "machine": machine, "exo_focal_scale": exo_focal_scale,
+            "exo_shrink": exo_shrink,
             "targets": {"head_rate": 0.9, "position_median_m": 0.15, "position_p90_m": 0.25,
                         "forward_median_deg": 20.0, "ms_per_frame": 40.0}, "clips": rows}
 
@@ -592,7 +597,10 @@ def markdown_egoexo4d(result: dict) -> str:
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k in ("python", "mediapipe", "numpy"))
              + f"; 1-minute load average {m['load_average_1min_at_start']} at the start, "
                f"{m['load_average_1min_at_end']} at the end (a shared machine: times are upper bounds). Exo focal "
-               f"length: the released one times {result['exo_focal_scale']:g}.", "",
+               f"length: the released one times {result['exo_focal_scale']:g}."
+               + (f" Exo image shrunk by {result['exo_shrink']:g} about its principal point (people as if "
+                  f"{1 / result['exo_shrink']:.2g} times as far)." if result.get("exo_shrink", 1.0) != 1.0 else ""),
+             "",
              "| clip | depth | frames with a head (measured + held) | position median / p90 [m] | forward median / p90 "
              f"[deg] | person mask frames (on the real head) | mask area (depth-refined at "
              f"{REFINED_TOLERANCE_M:g} m) | detect + head ms median / p90 |",

@@ -73,6 +73,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -302,6 +303,35 @@ def load_clip(root: Path, clip: str, exo_focal_scale: float = DEFAULT_EXO_FOCAL_
                       exo_camera=exo_camera_from_meta(entry["camera_intrinsics"], w, h, exo_focal_scale),
                       world_T_exo=_pose_from_extrinsic(entry["camera_extrinsics"]), world_T_head=world_T_head,
                       ego_camera=released_prior_camera(gt[0].shape[0]))
+
+
+
+def shrunk_exo(clip: EgoExoClip, scale: float) -> EgoExoClip:
+    """The clip as a camera with ``scale`` times the focal length (0 < scale <= 1) would see it from the same place:
+    the exo image and depth shrunk by ``scale`` about the principal point, people ``scale`` times as large in
+    pixels as if they stood ``1 / scale`` times as far away (`egox bench demonstrator --exo-shrink`). The border
+    the smaller image leaves repeats its edge pixels (nothing new, nobody copied); the depth there is 0 (no
+    reading). Depth values, poses and the ego videos stay as they are."""
+    import cv2
+    from egox_ros.core.geometry.cameras import PinholeCamera
+    if not 0.0 < scale <= 1.0:
+        raise ClipError(f"the exo shrink factor must be in (0, 1], got {scale}")
+    cam = clip.exo_camera
+    h, w = clip.depth_m[0].shape
+    small_w, small_h = max(1, round(w * scale)), max(1, round(h * scale))
+    sx, sy = small_w / w, small_h / h
+    x0, y0 = round(cam.cx * (1.0 - sx)), round(cam.cy * (1.0 - sy))     # the principal point stays put
+
+    def shrink(image: np.ndarray, interpolation: int, border: int) -> np.ndarray:
+        small = cv2.resize(image, (small_w, small_h), interpolation=interpolation)
+        return cv2.copyMakeBorder(small, y0, h - small_h - y0, x0, w - small_w - x0, border, value=0)
+
+    # cv2.resize puts pixel centre x at (x + 0.5) * sx - 0.5
+    camera = PinholeCamera(w, h, cam.fx * sx, cam.fy * sy, (cam.cx + 0.5) * sx - 0.5 + x0,
+                           (cam.cy + 0.5) * sy - 0.5 + y0)
+    return dataclasses.replace(clip, exo_camera=camera,
+                               exo_rgb=[shrink(f, cv2.INTER_AREA, cv2.BORDER_REPLICATE) for f in clip.exo_rgb],
+                               depth_m=[shrink(d, cv2.INTER_NEAREST, cv2.BORDER_CONSTANT) for d in clip.depth_m])
 
 
 # --------------------------------------------------------------------------- bag

@@ -8,20 +8,30 @@ robot without internet cannot do), so nothing is downloaded. Per image:
 2. without a tracked person, a search: first the pose model with its own detector on a region around the largest
    face found by the full-range face detector (people 1-5 m away, small in the image, facing the camera), then,
    without a face, the pose model on the whole image: it finds people whose face is turned away or too small
-   (the released Ego-Exo4D clips: a soccer player 3-4 m away, a seated person with her back to the camera). A
-   whole-image find must be found again in the region it would be tracked in (``_confirmed``: desk objects are
-   not). On the TUM fr1_rpy frames the seated person is still found by his face. Non-humans that get through are
-   rejected by their metric size at the head estimate (estimate.py), where the depth is known. A tracked person
-   who is lost is first looked for again around where they were, so that someone else in view does not take
-   their place;
+   (the released Ego-Exo4D clips: a soccer player 3-4 m away, a seated person with her back to the camera), and
+   when that finds nobody either, on every other such image, the pose model on one square tile of the image (its
+   short side; the tiles overlap and take turns), where people look about twice as large as in the whole image:
+   people farther away (below). A whole-image or tile find must be found again in the region it would be tracked
+   in (``_confirmed``: desk objects are not). On the TUM fr1_rpy frames the seated person is still found by his
+   face. Non-humans that get through are rejected by their metric size at the head estimate (estimate.py), where
+   the depth is known. A tracked person who is lost is first looked for again around where they were, so that
+   someone else in view does not take their place;
 3. with ``person.face_mesh``, the face mesh (with irises) on a crop around the head: eyes, nose and mouth from it,
    ears from the pose model (the face mesh has none).
 
 On the TUM fr1_rpy frames with a seated person about 2 m away behind a monitor, the pose model on the whole image
 found him in 2 of 12 frames; this search and tracking find him in all 12.
+
+Farther away and beside other people (the Ego-Exo4D development clips with the exo image shrunk about its principal
+point by s, the person then looking as if 1 / s times as far; docs/benchmarks.md): before the tiles the soccer
+player (4.25 m, a goalkeeper 1.5 m beside him) was found in 9 of 49 images at s = 0.6 and none at 0.5; with them in
+all 49 down to s = 0.4 (about 10 m). Before the tracked region moved in bounded steps (``_FOLLOW_STEP``), the
+tracker took the goalkeeper for him from s = 0.85: a region moved at once leaves the pose tracker looking where the
+person was in the old region's coordinates, and a person that small has a neighbour there.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import cv2  # opencv-python-headless: installed with mediapipe, which needs it
@@ -41,6 +51,8 @@ _TRACK_PX = 256                # tracked regions go in at this size (the tracker
 _FACE_CROP_PX = 128            # the crop around a tracked head goes to the close-range face detector at this size
 _FACE_SEEN_SCORE = 0.7         # and a face counts as seen from this score (on the Ego-Exo4D development clips a
                                # face seen scored 0.72-0.82, the back and side of heads 0.6-0.61)
+_FOLLOW_STEP = 0.1             # the tracked region's centre moves by at most this fraction of its side per image
+                               # (the tracker carries its landmarks over in the region's coordinates)
 
 
 def _import_mediapipe():
@@ -84,6 +96,25 @@ def _paste(target: np.ndarray, box: Box, values: np.ndarray) -> None:
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
     if ix1 > ix0 and iy1 > iy0:
         target[iy0:iy1, ix0:ix1] = values[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+
+
+def _towards(box: Box, target: Box, step: float) -> Box:
+    """``target``'s size, its centre moved from ``box``'s by at most ``step`` times ``box``'s side along each axis."""
+    x0, y0, side = box
+    tx0, ty0, target_side = target
+    reach = step * side
+    cx = x0 + side / 2 + float(np.clip(tx0 + target_side / 2 - (x0 + side / 2), -reach, reach))
+    cy = y0 + side / 2 + float(np.clip(ty0 + target_side / 2 - (y0 + side / 2), -reach, reach))
+    return _square(cx, cy, target_side)
+
+
+def search_tiles(height: int, width: int) -> list[Box]:
+    """Square tiles as large as the image's short side along its long side, overlapping, covering it: 2 for 640x480,
+    3 for 784x448 and 1280x720, 1 for a square image."""
+    side, long = min(height, width), max(height, width)
+    n = max(1, math.ceil(2 * long / side) - 1)
+    starts = [round(i * (long - side) / max(n - 1, 1)) for i in range(n)]
+    return [(s, 0, side) if width >= height else (0, s, side) for s in starts]
 
 
 # The body's outline around its skeleton, in shoulder widths (sw, in pixels): limbs and neck as capsules, the torso
@@ -160,6 +191,7 @@ class MediapipePersonDetector:
                                                       max_num_faces=1, min_detection_confidence=conf)
                       if self.config.face_mesh else None)
         self._track_box: Box | None = None
+        self._searches = 0             # searched images with nobody in the whole image (every other: a tile)
 
     def reset(self) -> None:
         self._track_box = None
@@ -238,6 +270,16 @@ class MediapipePersonDetector:
         result = self._faces_near.process(_crop(rgb, box, _FACE_CROP_PX))
         return bool(result.detections)
 
+    def _search_tile(self, h: int, w: int) -> Box | None:
+        """Every other image whose search found nobody in the whole image: the next tile of :func:`search_tiles`
+        (they take turns), else None. A tile's pose run found something in clutter in a third of the empty TUM
+        frames (37 ms with its landmarks, and the second look after it), hence not on every image."""
+        self._searches += 1
+        if self._searches % 2:
+            return None
+        tiles = search_tiles(h, w)
+        return tiles[(self._searches // 2) % len(tiles)]
+
     @staticmethod
     def _region(pose_lm: np.ndarray) -> Box | None:
         """A square region around the visible landmarks, grown by 60 %: where the next images are tracked."""
@@ -291,14 +333,21 @@ class MediapipePersonDetector:
             found = self._pose_in(rgb, box, self._pose_find, None) if box else None
             if found is None:
                 found = self._confirmed(rgb, self._pose_in(rgb, None, self._pose_find, None))
+            tile = self._search_tile(h, w) if found is None else None
+            if tile is not None:
+                found = self._confirmed(rgb, self._pose_in(rgb, tile, self._pose_find, None))
         if found is None:
             return PersonObservation(mask=np.zeros((h, w), bool), head=None,
                                      detector_ms=(time.perf_counter() - started) * 1e3)
         pose_lm, seg, body_m = found
-        if self._track_box is None or not self._still_fits(pose_lm, self._track_box):
-            # A new region for the tracker. Its graph is not reset (that costs over 100 ms): it carries its
-            # landmarks over in the crop's coordinates and re-detects when they no longer fit.
+        if self._track_box is None:
             self._track_box = self._region(pose_lm)
+        elif not self._still_fits(pose_lm, self._track_box):
+            # The tracked region follows the person in steps. The tracker's graph is not reset (that costs 80-120
+            # ms): it carries its landmarks over in the region's coordinates, so a region moved at once would
+            # leave it looking beside the person (module docstring); a step is as far as the person moves.
+            target = self._region(pose_lm)
+            self._track_box = None if target is None else _towards(self._track_box, target, _FOLLOW_STEP)
         mask = np.zeros((h, w), bool) if seg is None else seg > self.config.mask_threshold
         if self.config.body_region:
             mask &= body_region(pose_lm[:, :2], (h, w), pose_lm[:, 2])

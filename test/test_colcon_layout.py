@@ -73,14 +73,21 @@ def _sourced(ws: Path, script: str, env: dict[str, str]) -> str:
     return _run(["bash", "-c", f"source install/setup.bash && {script}"], ws, env, timeout=300)
 
 
+def _sourced_attempt(ws: Path, script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """_sourced without the exit-status check: for probes that are tried again (a `ros2` tool that fails or
+    crashes, as `ros2 node list` once did with SIGSEGV in a fresh-clone run, is asked again, not taken for an
+    answer)."""
+    return subprocess.run(["bash", "-c", f"source install/setup.bash && {script}"], cwd=ws, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
 def _ros2(ws: Path, env: dict[str, str], command: str, expect: str, timeout_s: float = 180) -> str:
     """The output of a `ros2 ...` command once it contains `expect`: run again while it does not (on a busy machine
     a node's parameter services can be discovered well after the node itself); fails with the last output."""
     last = [""]
 
     def attempt():
-        done = subprocess.run(["bash", "-c", f"source install/setup.bash && {command}"], cwd=ws, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        done = _sourced_attempt(ws, command, env)
         last[0] = done.stdout
         return done.stdout if expect in done.stdout else None
     found = wait_until(attempt, timeout_s, interval_s=1.0, raise_on_timeout=False)
@@ -188,7 +195,8 @@ def _started(ws: Path, env: dict[str, str], command: str, log: Path) -> LoggedPr
 def _wait_for_node(ws: Path, env: dict[str, str], name: str, started: LoggedProcess) -> None:
     def listed():
         assert started.proc.poll() is None, f"exited ({started.proc.returncode}):\n{started.log()[-4000:]}"
-        return name in _sourced(ws, "ros2 node list", env).split()
+        done = _sourced_attempt(ws, "ros2 node list", env)
+        return done.returncode == 0 and name in done.stdout.split()
     wait_until(listed, timeout_s=180, interval_s=0.5, what=f"{name} in `ros2 node list`")
 
 

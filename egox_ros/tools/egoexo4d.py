@@ -73,10 +73,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -305,7 +304,6 @@ def load_clip(root: Path, clip: str, exo_focal_scale: float = DEFAULT_EXO_FOCAL_
                       ego_camera=released_prior_camera(gt[0].shape[0]))
 
 
-
 def shrunk_exo(clip: EgoExoClip, scale: float) -> EgoExoClip:
     """The clip as a camera with ``scale`` times the focal length (0 < scale <= 1) would see it from the same place:
     the exo image and depth shrunk by ``scale`` about the principal point, people ``scale`` times as large in
@@ -329,9 +327,9 @@ def shrunk_exo(clip: EgoExoClip, scale: float) -> EgoExoClip:
     # cv2.resize puts pixel centre x at (x + 0.5) * sx - 0.5
     camera = PinholeCamera(w, h, cam.fx * sx, cam.fy * sy, (cam.cx + 0.5) * sx - 0.5 + x0,
                            (cam.cy + 0.5) * sy - 0.5 + y0)
-    return dataclasses.replace(clip, exo_camera=camera,
-                               exo_rgb=[shrink(f, cv2.INTER_AREA, cv2.BORDER_REPLICATE) for f in clip.exo_rgb],
-                               depth_m=[shrink(d, cv2.INTER_NEAREST, cv2.BORDER_CONSTANT) for d in clip.depth_m])
+    return replace(clip, exo_camera=camera,
+                   exo_rgb=[shrink(f, cv2.INTER_AREA, cv2.BORDER_REPLICATE) for f in clip.exo_rgb],
+                   depth_m=[shrink(d, cv2.INTER_NEAREST, cv2.BORDER_CONSTANT) for d in clip.depth_m])
 
 
 # --------------------------------------------------------------------------- bag

@@ -61,24 +61,31 @@ def _workspace_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 240) -> str:
-    done = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def _attempt(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 240) -> str:
+    done = _attempt(cmd, cwd, env, timeout)
     assert done.returncode == 0, f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-6000:]}"
     return done.stdout
 
 
+def _with_setup(script: str) -> list[str]:
+    """A bash snippet run with the workspace's install/setup.bash sourced (what a user does before ros2 run)."""
+    return ["bash", "-c", f"source install/setup.bash && {script}"]
+
+
 def _sourced(ws: Path, script: str, env: dict[str, str]) -> str:
-    """Run a bash snippet with the workspace's install/setup.bash sourced (what a user does before ros2 run)."""
-    return _run(["bash", "-c", f"source install/setup.bash && {script}"], ws, env, timeout=300)
+    return _run(_with_setup(script), ws, env, timeout=300)
 
 
 def _sourced_attempt(ws: Path, script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """_sourced without the exit-status check: for probes that are tried again (a `ros2` tool that fails or
     crashes, as `ros2 node list` once did with SIGSEGV in a fresh-clone run, is asked again, not taken for an
     answer)."""
-    return subprocess.run(["bash", "-c", f"source install/setup.bash && {script}"], cwd=ws, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    return _attempt(_with_setup(script), ws, env, timeout=300)
 
 
 def _ros2(ws: Path, env: dict[str, str], command: str, expect: str, timeout_s: float = 180) -> str:
@@ -182,14 +189,13 @@ def ros2_env(built, tmp_path):
     ws, env = built
     env = {**env, "ROS_HOME": str(tmp_path / "ros_home"), "ROS_LOG_DIR": str(tmp_path / "ros_log")}
     yield ws, env
-    subprocess.run(["bash", "-c", "source install/setup.bash && ros2 daemon stop"], cwd=ws, env=env,
+    subprocess.run(_with_setup("ros2 daemon stop"), cwd=ws, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
 
 
 def _started(ws: Path, env: dict[str, str], command: str, log: Path) -> LoggedProcess:
     """A command run with the workspace sourced, in its own session (stop(): SIGINT, as Ctrl-C to ros2 launch)."""
-    return LoggedProcess(["bash", "-c", f"source install/setup.bash && exec {command}"], log, stop_timeout_s=30,
-                         cwd=ws, env=env)
+    return LoggedProcess(_with_setup(f"exec {command}"), log, stop_timeout_s=30, cwd=ws, env=env)
 
 
 def _wait_for_node(ws: Path, env: dict[str, str], name: str, started: LoggedProcess) -> None:

@@ -38,15 +38,15 @@ BENCHMARKS = {
 OWN_CLI = {"soak"}
 # Benchmarks that also run on real demonstrations (--egoexo4d DIR; egox_ros.bench.<name> has run_egoexo4d,
 # markdown_egoexo4d, EGOEXO4D_SECTION and EGOEXO4D_CASES_PER_CLIP): what they measure there, the default exo focal
-# length scale and what it means, whether -p reaches egox process.
+# length scale and what it means, whether -p reaches egox process, whether --exo-shrink reaches run_egoexo4d.
 EGOEXO4D = {
     "demonstrator": ("per clip frames with a head, head position and forward-direction error against the recorded "
                      "head camera, person masks, time", DEFAULT_EXO_FOCAL_SCALE,
-                     "fits the videos, as egox tools egoexo4d writes it; 1: the released camera", False),
+                     "fits the videos, as egox tools egoexo4d writes it; 1: the released camera", False, True),
     "prior": ("every clip through egox process (temporary bags, deleted after) with the released priors' ego "
               "camera; per clip the prior against the released prior (mask IoU, PSNR on shared pixels), coverage, "
               "and both priors' masked PSNR against the real head camera's video", RELEASED_EXO_FOCAL_SCALE,
-              "the camera the released priors were lifted with", True),
+              "the camera the released priors were lifted with", True, False),
 }
 
 
@@ -61,9 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "demonstrator":
             p.add_argument("--frames", type=int, default=None,
                            help="frames of each prior-path run (frames 48-59 repeated; default 48, --quick 12)")
-            p.add_argument("--exo-shrink", type=float, default=1.0, metavar="S",
-                           help="with --egoexo4d: the exo image shrunk by S in (0, 1] about its principal point, "
-                                "as a wider lens would see it: the people as if 1 / S times as far away")
         if name in EGOEXO4D:
             _add_egoexo4d_arguments(p, *EGOEXO4D[name])
         if name in OWN_CLI:
@@ -71,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_egoexo4d_arguments(p: argparse.ArgumentParser, measures: str, focal_scale: float, focal_meaning: str,
-                            params: bool) -> None:
+                            params: bool, shrink: bool) -> None:
     p.add_argument("--egoexo4d", type=Path, default=None, metavar="DIR",
                    help=f"instead: the released EgoX example/egoexo4D folder (meta.json, videos/, depth_maps/): "
                         f"{measures}")
@@ -81,6 +78,10 @@ def _add_egoexo4d_arguments(p: argparse.ArgumentParser, measures: str, focal_sca
     if params:
         p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                        help="with --egoexo4d: a node parameter for egox process (repeatable)")
+    if shrink:
+        p.add_argument("--exo-shrink", type=float, default=1.0, metavar="S",
+                       help="with --egoexo4d: the exo image shrunk by S in (0, 1] about its principal point, as a "
+                            "wider lens would see it: the people as if 1 / S times as far away")
 
 
 def _progress(bar):

@@ -311,22 +311,20 @@ def shrunk_exo(clip: EgoExoClip, scale: float) -> EgoExoClip:
     the smaller image leaves repeats its edge pixels (nothing new, nobody copied); the depth there is 0 (no
     reading). Depth values, poses and the ego videos stay as they are."""
     import cv2
-    from egox_ros.core.geometry.cameras import PinholeCamera
     if not 0.0 < scale <= 1.0:
         raise ClipError(f"the exo shrink factor must be in (0, 1], got {scale}")
     cam = clip.exo_camera
     h, w = clip.depth_m[0].shape
-    small_w, small_h = max(1, round(w * scale)), max(1, round(h * scale))
-    sx, sy = small_w / w, small_h / h
-    x0, y0 = round(cam.cx * (1.0 - sx)), round(cam.cy * (1.0 - sy))     # the principal point stays put
+    small_camera = cam.with_size(max(1, round(w * scale)), max(1, round(h * scale)))
+    small_w, small_h = small_camera.width, small_camera.height
+    # the offset of the small image in the canvas: the principal point stays where it was
+    x0, y0 = round(cam.cx * (1.0 - small_w / w)), round(cam.cy * (1.0 - small_h / h))
 
     def shrink(image: np.ndarray, interpolation: int, border: int) -> np.ndarray:
         small = cv2.resize(image, (small_w, small_h), interpolation=interpolation)
         return cv2.copyMakeBorder(small, y0, h - small_h - y0, x0, w - small_w - x0, border, value=0)
 
-    # cv2.resize puts pixel centre x at (x + 0.5) * sx - 0.5
-    camera = PinholeCamera(w, h, cam.fx * sx, cam.fy * sy, (cam.cx + 0.5) * sx - 0.5 + x0,
-                           (cam.cy + 0.5) * sy - 0.5 + y0)
+    camera = replace(small_camera, width=w, height=h, cx=small_camera.cx + x0, cy=small_camera.cy + y0)
     return replace(clip, exo_camera=camera,
                    exo_rgb=[shrink(f, cv2.INTER_AREA, cv2.BORDER_REPLICATE) for f in clip.exo_rgb],
                    depth_m=[shrink(d, cv2.INTER_NEAREST, cv2.BORDER_CONSTANT) for d in clip.depth_m])

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from egox_ros.core.config import param, validate
-from egox_ros.core.demonstrator.landmarks import PersonObservation
+from egox_ros.core.demonstrator.landmarks import HeadHint, PersonObservation
 
 PERSON_SOURCES = ("auto", "none", "mediapipe", "topic")   # not "off": YAML reads that as false
 
@@ -57,8 +57,10 @@ class PersonDetector(Protocol):
     """One exo image in, the demonstrator out. Detectors may track between calls; reset() forgets that."""
     name: str
 
-    def detect(self, rgb: np.ndarray) -> PersonObservation:
-        """rgb: (H, W, 3) uint8 exo image. Returns masks of shape (H, W) bool and keypoints in its pixels."""
+    def detect(self, rgb: np.ndarray, head_hint: HeadHint | None = None) -> PersonObservation:
+        """rgb: (H, W, 3) uint8 exo image. Returns masks of shape (H, W) bool and keypoints in its pixels.
+        head_hint: where the head TF puts the demonstrator's head (with a recorded head pose), or None; a detector
+        may use it to prefer that person over others in view."""
         ...
 
     def reset(self) -> None:
@@ -120,7 +122,7 @@ class AsyncPersonDetector:
         self.max_lag_ns = None if max_lag_s is None else int(max_lag_s * 1e9)
         self._newest_detected: tuple[int, np.ndarray] | None = None     # (stamp_ns, mask) of the newest with a mask
         self.on_result = on_result
-        self._queue: deque[tuple[int, np.ndarray]] = deque()
+        self._queue: deque[tuple[int, np.ndarray, HeadHint | None]] = deque()
         self._results: OrderedDict[int, PersonObservation] = OrderedDict()
         self._generation = 0
         self._busy = False
@@ -132,11 +134,12 @@ class AsyncPersonDetector:
         self._worker = threading.Thread(target=self._work, name="egox-person", daemon=True)
         self._worker.start()
 
-    def submit(self, stamp_ns: int, rgb: np.ndarray) -> None:
-        """Queue an exo image (H, W, 3) uint8; stamps increase between resets."""
+    def submit(self, stamp_ns: int, rgb: np.ndarray, head_hint: HeadHint | None = None) -> None:
+        """Queue an exo image (H, W, 3) uint8 with its head hint (see PersonDetector.detect); stamps increase
+        between resets."""
         skipped = []
         with self._cond:
-            self._queue.append((stamp_ns, rgb))
+            self._queue.append((stamp_ns, rgb, head_hint))
             while len(self._queue) > self.capacity or (
                     self.max_lag_ns is not None and stamp_ns - self._queue[0][0] > self.max_lag_ns):
                 old_ns = self._queue.popleft()[0]
@@ -200,7 +203,7 @@ class AsyncPersonDetector:
                 self._cond.wait_for(lambda: not self._running or bool(self._queue))
                 if not self._running:
                     return
-                stamp_ns, rgb = self._queue.popleft()
+                stamp_ns, rgb, head_hint = self._queue.popleft()
                 generation = self._generation
                 self._busy = True
             error = None
@@ -209,7 +212,7 @@ class AsyncPersonDetector:
                 if generation != seen_generation:
                     self.detector.reset()
                     seen_generation = generation
-                observation = self.detector.detect(rgb)
+                observation = self.detector.detect(rgb, head_hint)
             except Exception as e:  # noqa: BLE001 - a failing detector must not stop the stream; reported
                 error = f"{type(e).__name__}: {e}"
                 observation = PersonObservation(mask=None, head=None)

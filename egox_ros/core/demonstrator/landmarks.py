@@ -107,6 +107,17 @@ class PersonObservation:
         return self.head is not None or self.body is not None or (self.mask is not None and bool(self.mask.any()))
 
 
+@dataclass(frozen=True)
+class HeadHint:
+    """Where the head TF puts the demonstrator's head in one exo image: a detector's hint which person to follow.
+
+    uv_px: (u, v) float pixel of the head frame's origin (the head camera) in the exo image as it arrived.
+    px_per_m: pixels per metre across the view at the head's depth (the exo focal length over the depth).
+    """
+    uv_px: tuple[float, float]
+    px_per_m: float
+
+
 def shoulder_width_px(landmarks_uv: np.ndarray) -> float:
     """The body's scale in pixels from its 33 landmark pixels: the shoulder width, or from the ears and the torso
     when the shoulders are foreshortened (a side view); at least 4 px."""

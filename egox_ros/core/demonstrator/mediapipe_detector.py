@@ -16,7 +16,13 @@ robot without internet cannot do), so nothing is downloaded. Per image:
    face. Non-humans that get through are rejected by their metric size at the head estimate (estimate.py), where
    the depth is known. A tracked person who is lost is first looked for again around where they were, so that
    someone else in view does not take their place;
-3. with ``person.face_mesh``, the face mesh (with irises) on a crop around the head: eyes, nose and mouth from it,
+3. with a head hint (the head TF projected into the image, when the head pose is recorded rather than estimated from
+   this image): when the person tracked or found lies more than ``_HINT_CHECK_M`` from it, or nobody was found, a
+   person found on a region around the hinted head, and closer to it, takes their place, so that in a crowd the
+   mask stays on the demonstrator. The hint only steers: a person alone is found as without it (the same masks), and with nobody at
+   the hint the detector keeps whom it found (a head TF a little off, e.g. an exo focal length that does not fit
+   the video, costs no mask);
+4. with ``person.face_mesh``, the face mesh (with irises) on a crop around the head: eyes, nose and mouth from it,
    ears from the pose model (the face mesh has none).
 
 On the TUM fr1_rpy frames with a seated person about 2 m away behind a monitor, the pose model on the whole image
@@ -38,7 +44,7 @@ import cv2  # opencv-python-headless: installed with mediapipe, which needs it
 import numpy as np
 
 from egox_ros.core.demonstrator.detector import PersonConfig, dilate_mask
-from egox_ros.core.demonstrator.landmarks import (BODY_INDEX, BodyLandmarks, HEAD_KEYPOINTS, HeadLandmarks,
+from egox_ros.core.demonstrator.landmarks import (BODY_INDEX, BodyLandmarks, HEAD_KEYPOINTS, HeadHint, HeadLandmarks,
                                                   PersonObservation, shoulder_width_px)
 
 # Face mesh (478 landmarks with irises) index of each head keypoint it has; the demonstrator's own left/right.
@@ -53,6 +59,16 @@ _FACE_SEEN_SCORE = 0.7         # and a face counts as seen from this score (on t
                                # face seen scored 0.72-0.82, the back and side of heads 0.6-0.61)
 _FOLLOW_STEP = 0.1             # the tracked region's centre moves by at most this fraction of its side per image
                                # (the tracker carries its landmarks over in the region's coordinates)
+_HINT_REGION_M = 0.8           # the region looked at around a hinted head: a square this many metres wide at the
+                               # head's depth, the head 20 % from its top: head and shoulders, which the pose model's
+                               # detector anchors on (the seated TUM person, two side by side: 0.8 m found the hinted
+                               # one in every image; 1.2 m missed the first, 1.6 m the first 1-5)
+_HINT_CHECK_M = 0.3            # a head found farther than this from the hint makes the detector look at the hint
+                               # (the recorded heads of the development clips lie a median 0.03-0.04 m from the
+                               # pose's head with the exo camera that fits the videos, 0.09-0.28 m with the released
+                               # one, whose focal length is 1.42 times too short)
+_HINT_CLOSER_M = 0.2           # and a person found there takes the place when their head is this much closer to it
+_HINT_RECHECK_IMAGES = 8       # a look that changed nothing is not repeated for this many images
 
 
 def _import_mediapipe():
@@ -192,9 +208,11 @@ class MediapipePersonDetector:
                       if self.config.face_mesh else None)
         self._track_box: Box | None = None
         self._searches = 0             # searched images with nobody in the whole image (every other: a tile)
+        self._hint_wait = 0            # images before a tracked person away from the hint is checked again
 
     def reset(self) -> None:
         self._track_box = None
+        self._hint_wait = 0
         self._pose_track.reset()
 
     def close(self) -> None:
@@ -281,6 +299,42 @@ class MediapipePersonDetector:
         return tiles[(self._searches // 2) % len(tiles)]
 
     @staticmethod
+    def _hint_region(hint: HeadHint, h: int, w: int) -> Box:
+        """The square where the hinted person should be: ``_HINT_REGION_M`` at the head's depth (96 px to the image's
+        long side), the head 20 % from its top."""
+        side = min(max(_HINT_REGION_M * hint.px_per_m, 96.0), float(max(h, w)))
+        return _square(hint.uv_px[0], hint.uv_px[1] + 0.3 * side, side)
+
+    @staticmethod
+    def _hint_distance_m(pose_lm: np.ndarray, hint: HeadHint) -> float:
+        """How far the pose's head (its 11 head landmarks' mean) lies from the hint, across the view [m]."""
+        return float(np.linalg.norm(pose_lm[:11, :2].mean(axis=0) - np.asarray(hint.uv_px))) / hint.px_per_m
+
+    def _follow_hint(self, rgb: np.ndarray, found, hint: HeadHint):
+        """``found`` (the tracked or searched-for person, or None), or the person found on the region around the
+        hinted head instead, when nobody was found or found's head lies more than ``_HINT_CHECK_M`` from the hint
+        and theirs ``_HINT_CLOSER_M`` closer (a tracker that followed someone else starts again). A look that
+        changes nothing waits ``_HINT_RECHECK_IMAGES`` images before the next (a head TF that is a little off
+        costs one pose run per so many images, not one per image)."""
+        distance_m = None if found is None else self._hint_distance_m(found[0], hint)
+        if distance_m is not None and distance_m <= _HINT_CHECK_M:
+            self._hint_wait = 0
+            return found
+        if self._hint_wait > 0:
+            self._hint_wait -= 1
+            return found
+        h, w = rgb.shape[:2]
+        hinted = self._pose_in(rgb, self._hint_region(hint, h, w), self._pose_find, None)
+        if hinted is None or (distance_m is not None
+                              and self._hint_distance_m(hinted[0], hint) > distance_m - _HINT_CLOSER_M):
+            self._hint_wait = _HINT_RECHECK_IMAGES
+            return found
+        if self._track_box is not None:
+            self._track_box = None
+            self._pose_track.reset()    # it carries the other person's landmarks over (80-120 ms, once)
+        return hinted
+
+    @staticmethod
     def _region(pose_lm: np.ndarray) -> Box | None:
         """A square region around the visible landmarks, grown by 60 %: where the next images are tracked."""
         seen = pose_lm[pose_lm[:, 2] > 0.5, :2]
@@ -315,7 +369,8 @@ class MediapipePersonDetector:
         return found
 
     # ------------------------------------------------------------------ detect
-    def detect(self, rgb: np.ndarray) -> PersonObservation:
+    def detect(self, rgb: np.ndarray, head_hint: HeadHint | None = None) -> PersonObservation:
+        """See PersonDetector.detect and the module docstring."""
         started = time.perf_counter()
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
@@ -336,6 +391,8 @@ class MediapipePersonDetector:
             tile = self._search_tile(h, w) if found is None else None
             if tile is not None:
                 found = self._confirmed(rgb, self._pose_in(rgb, tile, self._pose_find, None))
+        if head_hint is not None:
+            found = self._follow_hint(rgb, found, head_hint)
         if found is None:
             return PersonObservation(mask=np.zeros((h, w), bool), head=None,
                                      detector_ms=(time.perf_counter() - started) * 1e3)

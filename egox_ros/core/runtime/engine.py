@@ -328,7 +328,8 @@ class EgoEngine:
                 self._detector_frame_ids[frame.stamp_ns] = frame.frame_id
                 while len(self._detector_frame_ids) > 4 * self.sync.max_waiting:
                     self._detector_frame_ids.popitem(last=False)
-                self.person_detector.submit(frame.stamp_ns, frame.rgb)
+                self.person_detector.submit(frame.stamp_ns, frame.rgb,
+                                            self.frames.head_hint(frame.stamp_ns, frame.frame_id))
             elif self.depth_from_model():
                 self.depth_estimator.submit(frame.stamp_ns, frame.rgb)
         self._report_drops(result.drops)

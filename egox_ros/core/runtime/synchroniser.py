@@ -32,12 +32,17 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import torch
 
 from egox_ros.core.config import param, validate
+from egox_ros.core.demonstrator.landmarks import HeadHint
 from egox_ros.core.geometry.cameras import CameraModel
 from egox_ros.core.geometry.frames import ExoFrame
 from egox_ros.core.geometry.transforms import RigidTransform
 from egox_ros.core.runtime.tf_buffer import ExtrapolationError, TfBufferCore, TfError
+
+
+HINT_TF_AGE_S = 0.25      # head_hint: how much older than the image the newest head TF may be
 
 
 @dataclass
@@ -226,6 +231,37 @@ class FrameSynchroniser:
                     result.drops.append(self._stray_drop())
                 self._accept(frame, result)
         return result
+
+    def head_hint(self, stamp_ns: int, frame_id: str) -> HeadHint | None:
+        """Where the head TF puts the head frame's origin in the exo image with this stamp and frame id, for the
+        person detector (which person is the demonstrator). None with the head estimated from the image
+        (``sources.head``), without a camera info or the transforms, or with the head behind the camera. Head TF
+        that has not reached the stamp yet (it often arrives after the image) is taken at its newest, if that is at
+        most ``HINT_TF_AGE_S`` older."""
+        if self.sources.head is not None:
+            return None
+        exo_frame = self.exo_frame or frame_id
+        with self.lock:
+            camera = self.camera
+            if camera is None or not exo_frame:
+                return None
+            try:
+                try:
+                    exo_T_head = self.tf.lookup_transform(exo_frame, self.head_frame, stamp_ns)
+                except ExtrapolationError as e:
+                    if e.direction != "future" or e.requested_ns - e.newest_ns > HINT_TF_AGE_S * 1e9:
+                        return None
+                    exo_T_head = self.tf.lookup_transform(exo_frame, self.head_frame, 0)
+            except TfError:
+                return None
+        head_m = np.asarray(exo_T_head.as_matrix())[:3, 3]
+        if not head_m[2] > 0.05:
+            return None
+        uv, valid = camera.project(torch.as_tensor(head_m, dtype=torch.float32))
+        if not bool(valid):
+            return None
+        u, v = (float(x) for x in uv)
+        return HeadHint(uv_px=(u, v), px_per_m=float(camera.fx) / float(head_m[2]))
 
     # ---------------------------------------------------------------- time jumps
     @property

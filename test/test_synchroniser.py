@@ -374,3 +374,30 @@ def test_quaternions_must_be_normalised_as_tf2_requires():
         check_unit_quaternion([0.0, 0.0, 0.0, 2.0])
     with pytest.raises(ValueError, match="finite"):
         check_unit_quaternion([0.0, 0.0, float("nan"), 1.0])
+
+
+def test_head_hint_is_the_head_tf_projected_into_the_exo_image():
+    """The person detector's hint: the head frame's origin through the exo camera at the image's stamp; head TF
+    that has not reached the stamp yet is taken at its newest within HINT_TF_AGE_S (0.25 s), older is no hint."""
+    sync, _ = make()
+    head = RigidTransform(np.array([0.4, -0.2, 2.0]), np.array([0.0, 0.0, 0.0, 1.0]))
+    sync.add_transform("world", "exo", T0, pose(), static=True)
+    sync.add_transform("world", "head", T0, head)
+    hint = sync.head_hint(T0, "exo")
+    np.testing.assert_allclose(hint.uv_px, (4.5 + 10.0 * 0.4 / 2.0, 3.5 - 10.0 * 0.2 / 2.0), atol=1e-4)
+    assert hint.px_per_m == pytest.approx(5.0)
+    assert sync.head_hint(T0 + 6 * DT, "exo").uv_px == pytest.approx(hint.uv_px)    # 0.2 s ahead of the TF
+    assert sync.head_hint(T0 + 9 * DT, "exo") is None                               # 0.3 s ahead
+    sync.add_transform("world", "head", T0 + DT, RigidTransform(np.array([0.0, 0.0, -1.0]),
+                                                                np.array([0.0, 0.0, 0.0, 1.0])))
+    assert sync.head_hint(T0 + DT, "exo") is None                                   # behind the camera
+    assert sync.head_hint(T0, "unknown_frame") is None
+
+
+def test_head_hint_is_none_when_the_head_comes_from_the_image():
+    in_front = RigidTransform(np.array([0.0, 0.0, 2.0]), np.array([0.0, 0.0, 0.0, 1.0]))
+    for sources, hinted in ((None, True), (SyncSources(head=lambda *args: None), False)):
+        sync, _ = make(sources=sources)
+        sync.add_transform("world", "exo", T0, pose(), static=True)
+        sync.add_transform("world", "head", T0, in_front)
+        assert (sync.head_hint(T0, "exo") is not None) == hinted

@@ -19,9 +19,9 @@ robot without internet cannot do), so nothing is downloaded. Per image:
 3. with a head hint (the head TF projected into the image, when the head pose is recorded rather than estimated from
    this image): when the person tracked or found lies more than ``_HINT_CHECK_M`` from it, or nobody was found, a
    person found on a region around the hinted head, and closer to it, takes their place, so that in a crowd the
-   mask stays on the demonstrator. The hint only steers: a person alone is found as without it (the same masks), and with nobody at
-   the hint the detector keeps whom it found (a head TF a little off, e.g. an exo focal length that does not fit
-   the video, costs no mask);
+   mask stays on the demonstrator. The hint only steers: a person alone is found as without it (the same masks),
+   and with nobody at the hint the detector keeps whom it found (a head TF a little off, e.g. an exo focal length
+   that does not fit the video, costs no mask);
 4. with ``person.face_mesh``, the face mesh (with irises) on a crop around the head: eyes, nose and mouth from it,
    ears from the pose model (the face mesh has none).
 
@@ -208,7 +208,7 @@ class MediapipePersonDetector:
                       if self.config.face_mesh else None)
         self._track_box: Box | None = None
         self._searches = 0             # searched images with nobody in the whole image (every other: a tile)
-        self._hint_wait = 0            # images before a tracked person away from the hint is checked again
+        self._hint_wait = 0            # images before the region at the hint is looked at again
 
     def reset(self) -> None:
         self._track_box = None

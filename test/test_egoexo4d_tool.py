@@ -401,9 +401,14 @@ def test_bench_demonstrator_on_a_folder_without_people_names_every_missed_target
     assert [(r["clip"], r["depth"]) for r in result["clips"]] == [(CLIP, True), (CLIP, False)]
     for r in result["clips"]:
         assert r["frames"] == N_DEPTH and r["with_head"] == 0 and r["position_error_m"]["median"] is None
+    # The frames twice side by side, the recorded head as no hint / on either copy: nobody masked anywhere.
+    assert [(r["clip"], r["hint"]) for r in result["pairs"]] == [(CLIP, None), (CLIP, "left"), (CLIP, "right")]
+    assert all(r["frames"] == N_DEPTH and r["mask_on_left_head_frames"] == r["mask_on_right_head_frames"] == 0
+               for r in result["pairs"])
     table = markdown_egoexo4d(result)
     assert f"{CLIP} frames with a head 0.00, target >= 0.90" in table
     assert f"{CLIP} position median [m] -, target <= 0.150" in table
+    assert f"| {CLIP} | right | 0 of {N_DEPTH} | 0 of {N_DEPTH} |" in table
 
 
 def test_a_shrunk_exo_image_is_what_a_shorter_lens_sees_from_the_same_place(root: Path):

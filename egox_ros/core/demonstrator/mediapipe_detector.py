@@ -59,16 +59,18 @@ _FACE_SEEN_SCORE = 0.7         # and a face counts as seen from this score (on t
                                # face seen scored 0.72-0.82, the back and side of heads 0.6-0.61)
 _FOLLOW_STEP = 0.1             # the tracked region's centre moves by at most this fraction of its side per image
                                # (the tracker carries its landmarks over in the region's coordinates)
-_HINT_REGION_M = 0.8           # the region looked at around a hinted head: a square this many metres wide at the
-                               # head's depth, the head 20 % from its top: head and shoulders, which the pose model's
-                               # detector anchors on (the seated TUM person, two side by side: 0.8 m found the hinted
-                               # one in every image; 1.2 m missed the first, 1.6 m the first 1-5)
+_HINT_REGIONS = ((0.8, 96.0), (2.4, 128.0))   # the regions looked at around a hinted head, in turn until someone
+                               # is found there: squares this many metres wide at the head's depth (at least so many
+                               # pixels), the head 20 % from their top. Head and shoulders first, which the pose
+                               # model's detector anchors on (the seated TUM person twice side by side: found in 12 of
+                               # 12 images, at 2.4 m in none); then the whole body (the soccer player twice side by
+                               # side, bent over the ball, 87 px/m: 14 of 25 images at 0.8 m, 22 at 2.4 m, 25 with both)
 _HINT_CHECK_M = 0.3            # a head found farther than this from the hint makes the detector look at the hint
                                # (the recorded heads of the development clips lie a median 0.03-0.04 m from the
                                # pose's head with the exo camera that fits the videos, 0.09-0.28 m with the released
                                # one, whose focal length is 1.42 times too short)
 _HINT_CLOSER_M = 0.2           # and a person found there takes the place when their head is this much closer to it
-_HINT_RECHECK_IMAGES = 8       # a look that changed nothing is not repeated for this many images
+_HINT_RECHECK_IMAGES = 4       # a look that changed nothing is not repeated for this many images
 
 
 def _import_mediapipe():
@@ -298,12 +300,17 @@ class MediapipePersonDetector:
         tiles = search_tiles(h, w)
         return tiles[(self._searches // 2) % len(tiles)]
 
-    @staticmethod
-    def _hint_region(hint: HeadHint, h: int, w: int) -> Box:
-        """The square where the hinted person should be: ``_HINT_REGION_M`` at the head's depth (96 px to the image's
-        long side), the head 20 % from its top."""
-        side = min(max(_HINT_REGION_M * hint.px_per_m, 96.0), float(max(h, w)))
-        return _square(hint.uv_px[0], hint.uv_px[1] + 0.3 * side, side)
+    def _at_hint(self, rgb: np.ndarray, hint: HeadHint):
+        """The person the pose model finds in the first of ``_HINT_REGIONS`` around the hinted head that has one
+        (at most the image's long side), or None."""
+        long_side = float(max(rgb.shape[:2]))
+        for size_m, min_px in _HINT_REGIONS:
+            side = min(max(size_m * hint.px_per_m, min_px), long_side)
+            found = self._pose_in(rgb, _square(hint.uv_px[0], hint.uv_px[1] + 0.3 * side, side), self._pose_find,
+                                  None)
+            if found is not None:
+                return found
+        return None
 
     @staticmethod
     def _hint_distance_m(pose_lm: np.ndarray, hint: HeadHint) -> float:
@@ -311,8 +318,8 @@ class MediapipePersonDetector:
         return float(np.linalg.norm(pose_lm[:11, :2].mean(axis=0) - np.asarray(hint.uv_px))) / hint.px_per_m
 
     def _follow_hint(self, rgb: np.ndarray, found, hint: HeadHint):
-        """``found`` (the tracked or searched-for person, or None), or the person found on the region around the
-        hinted head instead, when nobody was found or found's head lies more than ``_HINT_CHECK_M`` from the hint
+        """``found`` (the tracked or searched-for person, or None), or the person found around the hinted head
+        (``_at_hint``) instead, when nobody was found or found's head lies more than ``_HINT_CHECK_M`` from the hint
         and theirs ``_HINT_CLOSER_M`` closer (a tracker that followed someone else starts again). A look that
         changes nothing waits ``_HINT_RECHECK_IMAGES`` images before the next (a head TF that is a little off
         costs one pose run per so many images, not one per image)."""
@@ -323,8 +330,7 @@ class MediapipePersonDetector:
         if self._hint_wait > 0:
             self._hint_wait -= 1
             return found
-        h, w = rgb.shape[:2]
-        hinted = self._pose_in(rgb, self._hint_region(hint, h, w), self._pose_find, None)
+        hinted = self._at_hint(rgb, hint)
         if hinted is None or (distance_m is not None
                               and self._hint_distance_m(hinted[0], hint) > distance_m - _HINT_CLOSER_M):
             self._hint_wait = _HINT_RECHECK_IMAGES

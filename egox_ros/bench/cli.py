@@ -41,7 +41,8 @@ OWN_CLI = {"soak"}
 # length scale and what it means, whether -p reaches egox process, whether --exo-shrink reaches run_egoexo4d.
 EGOEXO4D = {
     "demonstrator": ("per clip frames with a head, head position and forward-direction error against the recorded "
-                     "head camera, person masks, time", DEFAULT_EXO_FOCAL_SCALE,
+                     "head camera, person masks, time; and each clip's frames twice side by side with the recorded "
+                     "head as the detector's hint on either copy: whose head the mask covers", DEFAULT_EXO_FOCAL_SCALE,
                      "fits the videos, as egox tools egoexo4d writes it; 1: the released camera", False, True),
     "prior": ("every clip through egox process (temporary bags, deleted after) with the released priors' ego "
               "camera; per clip the prior against the released prior (mask IoU, PSNR on shared pixels), coverage, "

@@ -1,4 +1,4 @@
-"""What a person detector reports about the demonstrator in one exo image.
+"""What a person detector reports about the demonstrator in one exo image, and the head hint it may be given.
 
 Conventions: pixel coordinates (u right, v down) in the exo image as it arrived (before any crop), float64.
 "left" and "right" are the demonstrator's own sides (MediaPipe's convention): facing the camera, their left eye

@@ -45,6 +45,10 @@ class PersonConfig:
                                           "the mask takes beyond the person lies at the person's own depth; 0.1-"
                                           "0.25 gave no better prior, see docs/benchmarks.md) [m]", (0.0, 10.0))
     min_detection_confidence: float = param(0.5, "MediaPipe person / face detection threshold", (0.0, 1.0))
+    other_people: int = param(0, "other people masked beside the demonstrator, at most this many (found on the image "
+                                 "with the demonstrator blanked out, then tracked; the released priors leave out "
+                                 "every person): about one pose run per person and detected image, so 0 live; "
+                                 "egox replay / process set 2 unless given", (0, 4))
     face_mesh: bool = param(False, "refine the head keypoints with MediaPipe's face mesh when the face is visible "
                                    "(5-13 ms per frame; only the face fit uses them, which the head from the whole "
                                    "body replaced: off by default)")
@@ -221,7 +225,7 @@ class AsyncPersonDetector:
                 if generation == self._generation:      # else reset meanwhile: discard
                     self._store(stamp_ns, observation)
                     if observation.mask is not None:
-                        self._newest_detected = (stamp_ns, observation.mask)
+                        self._newest_detected = (stamp_ns, observation.people_mask)
                     self.detected += 1
                     self.found += int(observation.found)
                     self.last_ms = elapsed_ms

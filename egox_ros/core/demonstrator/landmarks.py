@@ -95,12 +95,20 @@ class PersonObservation:
     detector_ms: time the detector spent on this image [ms] (0 for masks from a topic).
     body: the whole-body landmarks, or None (no person, or a source without them).
     face_seen: the close-range face detector found a face on the head crop, not only the body's head landmarks.
+    others: the other people in view (person.other_people), each with its own mask and body landmarks (no head).
     """
     mask: np.ndarray | None
     head: HeadLandmarks | None
     detector_ms: float = 0.0
     body: BodyLandmarks | None = None
     face_seen: bool = False
+    others: tuple["PersonObservation", ...] = ()
+
+    @property
+    def people_mask(self) -> np.ndarray | None:
+        """What the prior leaves out: the demonstrator's mask joined with the other people's (None without any)."""
+        masks = [m for m in (self.mask, *(o.mask for o in self.others)) if m is not None]
+        return None if not masks else masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
 
     @property
     def found(self) -> bool:

@@ -22,7 +22,13 @@ robot without internet cannot do), so nothing is downloaded. Per image:
    mask stays on the demonstrator. The hint only steers: a person alone is found as without it (the same masks),
    and with nobody at the hint the detector keeps whom it found (a head TF a little off, e.g. an exo focal length
    that does not fit the video, costs no mask);
-4. with ``person.face_mesh``, the face mesh (with irises) on a crop around the head: eyes, nose and mouth from it,
+4. with ``person.other_people`` N > 0, up to N other people are masked too (the released priors leave out every
+   person; a goalkeeper beside the soccer player otherwise stands in the player's view): each is tracked like the
+   demonstrator in its own region, on the image with the demonstrator and the others found before blanked out
+   (grey, grown by ``_BLANK_PX``); a free place searches the image so blanked (by the face, then the whole image
+   and one of the tiles, with the second look) every other image. They are ``PersonObservation.others`` (mask and
+   body each); the demonstrator's head and mask stay apart;
+5. with ``person.face_mesh``, the face mesh (with irises) on a crop around the head: eyes, nose and mouth from it,
    ears from the pose model (the face mesh has none).
 
 On the TUM fr1_rpy frames with a seated person about 2 m away behind a monitor, the pose model on the whole image
@@ -71,6 +77,7 @@ _HINT_CHECK_M = 0.3            # a head found farther than this from the hint ma
                                # one, whose focal length is 1.42 times too short)
 _HINT_CLOSER_M = 0.2           # and a person found there takes the place when their head is this much closer to it
 _HINT_RECHECK_IMAGES = 4       # a look that changed nothing is not repeated for this many images
+_BLANK_PX = 15                 # people already masked are blanked out, grown by this, before others are looked for
 
 
 def _import_mediapipe():
@@ -124,6 +131,15 @@ def _towards(box: Box, target: Box, step: float) -> Box:
     cx = x0 + side / 2 + float(np.clip(tx0 + target_side / 2 - (x0 + side / 2), -reach, reach))
     cy = y0 + side / 2 + float(np.clip(ty0 + target_side / 2 - (y0 + side / 2), -reach, reach))
     return _square(cx, cy, target_side)
+
+
+def _blanked(image: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """The image with the ``taken`` pixels (grown by ``_BLANK_PX``) grey: people masked already are not found again."""
+    if not taken.any():
+        return image
+    out = image.copy()
+    out[dilate_mask(taken, _BLANK_PX)] = 127
+    return out
 
 
 def search_tiles(height: int, width: int) -> list[Box]:
@@ -185,6 +201,14 @@ def body_region(landmarks_uv: np.ndarray, shape: tuple[int, int],
     return region.astype(bool)
 
 
+class _OtherPerson:
+    """Another person in view (person.other_people): their own pose tracker and the region it tracks them in."""
+
+    def __init__(self, pose):
+        self.pose = pose
+        self.box: Box | None = None
+
+
 class MediapipePersonDetector:
     """See the module docstring. Not thread-safe: one instance per stream (AsyncPersonDetector runs it)."""
     name = "mediapipe"
@@ -208,6 +232,11 @@ class MediapipePersonDetector:
         self._mesh = (mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True,
                                                       max_num_faces=1, min_detection_confidence=conf)
                       if self.config.face_mesh else None)
+        self._others = [_OtherPerson(mp.solutions.pose.Pose(static_image_mode=False, model_complexity=1,
+                                                             smooth_landmarks=False, enable_segmentation=True,
+                                                             min_detection_confidence=conf))
+                        for _ in range(self.config.other_people)]
+        self._other_searches = 0       # images with a free place for another person (every other: a search)
         self._track_box: Box | None = None
         self._searches = 0             # searched images with nobody in the whole image (every other: a tile)
         self._hint_wait = 0            # images before the region at the hint is looked at again
@@ -216,9 +245,13 @@ class MediapipePersonDetector:
         self._track_box = None
         self._hint_wait = 0
         self._pose_track.reset()
+        for other in self._others:
+            other.box = None
+            other.pose.reset()
 
     def close(self) -> None:
-        for model in (self._pose_find, self._pose_track, self._faces, self._faces_near, self._mesh):
+        for model in (self._pose_find, self._pose_track, self._faces, self._faces_near, self._mesh,
+                      *(other.pose for other in self._others)):
             if model is not None:
                 model.close()
 
@@ -350,6 +383,57 @@ class MediapipePersonDetector:
         side = 1.6 * float(max(hi - lo)) + 32.0
         return _square(float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2, side)
 
+    @classmethod
+    def _followed(cls, box: Box | None, pose_lm: np.ndarray) -> Box | None:
+        """The region to track a person in next: around their landmarks when new (box None), else the box, or when
+        they near its edge the box moved towards the new region in a step. The tracker's graph is not reset (that
+        costs 80-120 ms): it carries its landmarks over in the region's coordinates, so a region moved at once
+        would leave it looking beside the person (module docstring); a step is as far as the person moves."""
+        if box is None:
+            return cls._region(pose_lm)
+        if cls._still_fits(pose_lm, box):
+            return box
+        target = cls._region(pose_lm)
+        return None if target is None else _towards(box, target, _FOLLOW_STEP)
+
+    def _mask_of(self, found, h: int, w: int) -> np.ndarray:
+        """(H, W) bool: a found person's segmentation kept to their body's outline (person.body_region), grown by
+        person.dilate_px."""
+        pose_lm, seg, _ = found
+        mask = np.zeros((h, w), bool) if seg is None else seg > self.config.mask_threshold
+        if self.config.body_region:
+            mask &= body_region(pose_lm[:, :2], (h, w), pose_lm[:, 2])
+        return dilate_mask(mask, self.config.dilate_px)
+
+    def _other_people(self, rgb: np.ndarray, taken: np.ndarray) -> tuple[PersonObservation, ...]:
+        """The other people (module docstring, step 4), ``taken`` the demonstrator's mask."""
+        h, w = rgb.shape[:2]
+        taken, others = taken.copy(), []
+        search = False
+        if any(other.box is None for other in self._others):
+            self._other_searches += 1
+            search = self._other_searches % 2 == 1
+        for other in self._others:
+            image = _blanked(rgb, taken)
+            found = None
+            if other.box is not None:
+                found = self._pose_in(image, other.box, other.pose, _TRACK_PX)
+            elif search:                # one search per image: face, whole image, then one tile in turn
+                found = self._search(image)
+                if found is None:
+                    tiles = search_tiles(h, w)
+                    tile = tiles[(self._other_searches // 2) % len(tiles)]
+                    found = self._confirmed(image, self._pose_in(image, tile, self._pose_find, None))
+                search = False
+            other.box = None if found is None else self._followed(other.box, found[0])
+            if found is not None:
+                pose_lm, _, body_m = found
+                mask = self._mask_of(found, h, w)
+                taken |= mask
+                others.append(PersonObservation(mask=mask, head=None, body=BodyLandmarks(
+                    uv_px=pose_lm[:, :2], visibility=pose_lm[:, 2], body_m=body_m)))
+        return tuple(others)
+
     @staticmethod
     def _still_fits(pose_lm: np.ndarray, box: Box) -> bool:
         """The visible landmarks stay inside the box's central 80 % and fill at least a third of it."""
@@ -360,6 +444,13 @@ class MediapipePersonDetector:
         lo, hi = seen.min(axis=0), seen.max(axis=0)
         inside = np.all(lo >= np.array([x0, y0]) + 0.1 * side) and np.all(hi <= np.array([x0, y0]) + 0.9 * side)
         return bool(inside and max(hi - lo) >= side / 3)
+
+    def _search(self, rgb: np.ndarray):
+        """A person found by the face first (the pose model around the largest face), else on the whole image
+        (with the second look), or None."""
+        box = self._face_box(rgb)
+        found = self._pose_in(rgb, box, self._pose_find, None) if box else None
+        return found if found is not None else self._confirmed(rgb, self._pose_in(rgb, None, self._pose_find, None))
 
     def _confirmed(self, rgb: np.ndarray, found):
         """A whole-image find (no face anchors it) kept only when the pose model finds a person again in the region
@@ -389,32 +480,20 @@ class MediapipePersonDetector:
             x0, y0, side = self._track_box
             found = self._pose_in(rgb, _square(x0 + side / 2, y0 + side / 2, 1.5 * side), self._pose_find, None)
             self._track_box = None
-        if found is None:   # search: by the face first, then the whole image (see the module docstring)
-            box = self._face_box(rgb)
-            found = self._pose_in(rgb, box, self._pose_find, None) if box else None
-            if found is None:
-                found = self._confirmed(rgb, self._pose_in(rgb, None, self._pose_find, None))
+        if found is None:   # search (see the module docstring)
+            found = self._search(rgb)
             tile = self._search_tile(h, w) if found is None else None
             if tile is not None:
                 found = self._confirmed(rgb, self._pose_in(rgb, tile, self._pose_find, None))
         if head_hint is not None:
             found = self._follow_hint(rgb, found, head_hint)
+        mask = np.zeros((h, w), bool) if found is None else self._mask_of(found, h, w)
+        others = self._other_people(rgb, mask) if self._others else ()
         if found is None:
-            return PersonObservation(mask=np.zeros((h, w), bool), head=None,
+            return PersonObservation(mask=mask, head=None, others=others,
                                      detector_ms=(time.perf_counter() - started) * 1e3)
         pose_lm, seg, body_m = found
-        if self._track_box is None:
-            self._track_box = self._region(pose_lm)
-        elif not self._still_fits(pose_lm, self._track_box):
-            # The tracked region follows the person in steps. The tracker's graph is not reset (that costs 80-120
-            # ms): it carries its landmarks over in the region's coordinates, so a region moved at once would
-            # leave it looking beside the person (module docstring); a step is as far as the person moves.
-            target = self._region(pose_lm)
-            self._track_box = None if target is None else _towards(self._track_box, target, _FOLLOW_STEP)
-        mask = np.zeros((h, w), bool) if seg is None else seg > self.config.mask_threshold
-        if self.config.body_region:
-            mask &= body_region(pose_lm[:, :2], (h, w), pose_lm[:, 2])
-        mask = dilate_mask(mask, self.config.dilate_px)
+        self._track_box = self._followed(self._track_box, pose_lm)
 
         uv = np.array([pose_lm[BODY_INDEX[k], :2] for k in HEAD_KEYPOINTS])
         weight = np.array([pose_lm[BODY_INDEX[k], 2] for k in HEAD_KEYPOINTS])
@@ -428,5 +507,5 @@ class MediapipePersonDetector:
         head = HeadLandmarks(uv_px=uv, weight=weight, source=source)
         face_seen = self._face_on_head(rgb, pose_lm)
         body = BodyLandmarks(uv_px=pose_lm[:, :2], visibility=pose_lm[:, 2], body_m=body_m)
-        return PersonObservation(mask=mask, head=head, body=body, face_seen=face_seen,
+        return PersonObservation(mask=mask, head=head, body=body, face_seen=face_seen, others=others,
                                  detector_ms=(time.perf_counter() - started) * 1e3)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -406,11 +406,11 @@ class EgoEngine:
             self.note("person_detector_failed", f"person detector failed at {stamp_ns * 1e-9:.3f} s: {error}")
         pending = self.frames.pending(stamp_ns)
         if pending is not None and self.depth_from_model():
-            static = None if observation.mask is None else ~observation.mask
-            self.depth_estimator.submit(stamp_ns, pending.rgb, static_mask=static)
+            people = observation.people_mask
+            self.depth_estimator.submit(stamp_ns, pending.rgb, static_mask=None if people is None else ~people)
         frame_id = self._detector_frame_ids.pop(stamp_ns, None)
-        if observation.mask is not None and frame_id is not None:
-            self.events.person_mask(stamp_ns, observation.mask, frame_id)
+        if observation.people_mask is not None and frame_id is not None:
+            self.events.person_mask(stamp_ns, observation.people_mask, frame_id)
         self.resolve()
 
     def _detect_next(self, stamp_ns: int) -> bool:
@@ -447,18 +447,22 @@ class EgoEngine:
                 while len(self._held_masks) > 16:
                     del self._held_masks[next(iter(self._held_masks))]
                 pending = self.frames.pending(stamp_ns)
-                if observation.mask is not None and pending is not None:    # reported by resolve(), unlocked
-                    self._held_reports.append((stamp_ns, observation.mask, pending.frame_id))
+                if observation.people_mask is not None and pending is not None:     # reported by resolve()
+                    self._held_reports.append((stamp_ns, observation.people_mask, pending.frame_id))
             return self._held_masks[stamp_ns]
         observation = self.person_detector.result_for(stamp_ns)
-        if observation is None or not observation.found:
-            return observation
-        if is_person_sized(observation, camera, depth_m, self.head_config):
+        if observation is None:
+            return None
+        if observation.others:      # other people the depth shows not person-sized are left out the same way
+            observation = replace(observation, others=tuple(
+                o for o in observation.others if is_person_sized(o, camera, depth_m, self.head_config)))
+        if not observation.found or is_person_sized(observation, camera, depth_m, self.head_config):
             return refine_observation(observation, depth_m, self.person_config)
         self._not_a_person.append(stamp_ns)
         self.note("not_a_person", f"detection at {stamp_ns * 1e-9:.3f} s is not person-sized in the depth",
                   log=False)
-        return PersonObservation(mask=None, head=None, detector_ms=observation.detector_ms)
+        return PersonObservation(mask=None, head=None, detector_ms=observation.detector_ms,
+                                 others=observation.others)
 
     def _held_observation(self, stamp_ns: int, source_ns: int) -> PersonObservation | None:
         """The observation of a frame the detector skipped by stride (lock held): the mask of the image submitted
@@ -469,13 +473,13 @@ class EgoEngine:
         if source is None:
             return None
         if source.mask is None or source_ns in self._not_a_person:
-            return PersonObservation(mask=None, head=None)
+            return PersonObservation(mask=None, head=None, others=source.others)
         mask = source.mask
         earlier = [s for s in self._submitted if s < source_ns]
         before = self.person_detector.result_for(earlier[-1]) if earlier else None
         if source.detector_ms > 0 and before is not None and before.detector_ms > 0 and before.mask is not None:
             mask = propagate_mask(mask, before.mask, (stamp_ns - source_ns) / (source_ns - earlier[-1]))
-        return PersonObservation(mask=mask, head=None)
+        return PersonObservation(mask=mask, head=None, others=source.others)
 
     def _estimate_head(self, stamp_ns: int, observation: PersonObservation, depth_m: np.ndarray | None,
                        camera: CameraModel, world_T_exo: np.ndarray) -> np.ndarray | None:

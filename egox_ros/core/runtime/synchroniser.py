@@ -424,7 +424,7 @@ class FrameSynchroniser:
             if observation is None:
                 p.waiting_for = ("person_missing", "the person detector's result")
                 return None
-            person_mask = observation.mask
+            person_mask = observation.people_mask
         elif self.person_masks:
             person_mask = self._masks.get(p.stamp_ns)
             if person_mask is None:

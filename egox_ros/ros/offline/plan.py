@@ -227,6 +227,7 @@ NODE_NAME = "egox"
 
 REPLAY_INPUT_TIMEOUT_S = 10.0
 OFFLINE_PRIOR_CLIP_FRAMES = 49      # generator.prior_clip_frames offline: the released priors' clip length
+OFFLINE_OTHER_PEOPLE = 2            # person.other_people offline: the released priors leave out every person
 
 
 def _load_params_file(params_file: str) -> dict:
@@ -512,6 +513,10 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
         # Offline, a still exo camera's priors are drawn over the whole clip's background, as the released ones.
         plan.replay_params.append(f"generator.prior_clip_frames:={OFFLINE_PRIOR_CLIP_FRAMES}")
         params["generator.prior_clip_frames"] = OFFLINE_PRIOR_CLIP_FRAMES
+    if params.get("person.other_people") is not None and "person.other_people" not in user_set:
+        # Offline, other people in view are masked too (a pose run each per image; the live node has no time).
+        plan.replay_params.append(f"person.other_people:={OFFLINE_OTHER_PEOPLE}")
+        params["person.other_people"] = OFFLINE_OTHER_PEOPLE
     plan.configs, plan.warnings = _check_parameters(user, plan.replay_params)
 
     # TF: transforms to the exo camera frame and (head_source 'tf') the head frame, connected to the world frame.

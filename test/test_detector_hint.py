@@ -90,3 +90,32 @@ def test_a_person_alone_gets_the_same_masks_with_a_hint_half_a_metre_off(scene):
             assert np.count_nonzero(mask != mask_alone) <= 0.01 * max(int(mask_alone.sum()), 1), f"frame {k}"
     finally:
         detector.close()
+
+
+def test_the_other_person_is_masked_apart_from_the_demonstrator(scene):
+    """person.other_people 1, two people side by side, the hint on the left one: the demonstrator's mask stays on
+    him in every image, and the other person (searched for on the image with him blanked out: by the face, the
+    whole image, then a tile in turn) is found within the 12 images, tracked from then on, never on the
+    demonstrator; PersonObservation.people_mask joins both."""
+    seq, alone = scene
+    width = seq[FRAMES[0]].rgb.shape[1]
+    detector = MediapipePersonDetector(PersonConfig(other_people=1))
+    found_from = None
+    try:
+        for k in FRAMES:
+            hint = alone[k][1]
+            observation = detector.detect(_two_people(seq[k].rgb), hint)
+            assert _on(observation.mask, hint, width) == (True, "left"), f"frame {k}: the demonstrator's mask"
+            assert len(observation.others) <= 1 and all(o.head is None for o in observation.others)
+            if observation.others:
+                other = observation.others[0]
+                assert _on(other.mask, _hint_on(hint, "right", width), width) == (True, "right"), f"frame {k}"
+                assert not other.mask[:, :width].any() and other.body is not None
+                np.testing.assert_array_equal(observation.people_mask, observation.mask | other.mask)
+                found_from = k if found_from is None else found_from
+            else:
+                assert found_from is None, f"frame {k}: the other person lost after frame {found_from}"
+                assert observation.people_mask is observation.mask
+    finally:
+        detector.close()
+    assert found_from is not None, "the other person was never found"

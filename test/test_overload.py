@@ -107,3 +107,9 @@ def test_replay_and_process_keep_every_frame_unless_told_otherwise():
     frame_by_frame = make_plan(sample, overrides=["generator.prior_clip_frames:=1"])
     assert frame_by_frame.configs["generator"].prior_clip_frames == 1
     assert not any(p.startswith("generator.prior_clip_frames") for p in frame_by_frame.replay_params)
+    # ... and masks other people in view too (2), as the released priors leave out every person; the live node's
+    # default is 0 (no time for it), and the user's value stands.
+    assert "person.other_people:=2" in plan.replay_params and plan.configs["person"].other_people == 2
+    alone = make_plan(sample, overrides=["person.other_people:=0"])
+    assert alone.configs["person"].other_people == 0
+    assert not any(p.startswith("person.other_people") for p in alone.replay_params)

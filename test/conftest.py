@@ -151,8 +151,11 @@ def _param_text(value) -> str:
     return str(value)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rclpy_context():
+    """rclpy initialised for one test module and shut down after it: the DDS participant and its threads live only
+    while a module talks over DDS (a fresh clone's suite once died of a segfault in a DDS thread of this process
+    while a later module ran Ray)."""
     import rclpy
     rclpy.init()
     yield

@@ -414,11 +414,11 @@ class MediapipePersonDetector:
             self._other_searches += 1
             search = self._other_searches % 2 == 1
         for other in self._others:
-            image = _blanked(rgb, taken)
             found = None
             if other.box is not None:
-                found = self._pose_in(image, other.box, other.pose, _TRACK_PX)
+                found = self._pose_in(_blanked(rgb, taken), other.box, other.pose, _TRACK_PX)
             elif search:                # one search per image: face, whole image, then one tile in turn
+                image = _blanked(rgb, taken)
                 found = self._search(image)
                 if found is None:
                     tiles = search_tiles(h, w)
@@ -492,7 +492,7 @@ class MediapipePersonDetector:
         if found is None:
             return PersonObservation(mask=mask, head=None, others=others,
                                      detector_ms=(time.perf_counter() - started) * 1e3)
-        pose_lm, seg, body_m = found
+        pose_lm, _, body_m = found
         self._track_box = self._followed(self._track_box, pose_lm)
 
         uv = np.array([pose_lm[BODY_INDEX[k], :2] for k in HEAD_KEYPOINTS])

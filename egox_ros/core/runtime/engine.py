@@ -405,12 +405,12 @@ class EgoEngine:
         elif error is not None:
             self.note("person_detector_failed", f"person detector failed at {stamp_ns * 1e-9:.3f} s: {error}")
         pending = self.frames.pending(stamp_ns)
+        people = observation.people_mask
         if pending is not None and self.depth_from_model():
-            people = observation.people_mask
             self.depth_estimator.submit(stamp_ns, pending.rgb, static_mask=None if people is None else ~people)
         frame_id = self._detector_frame_ids.pop(stamp_ns, None)
-        if observation.people_mask is not None and frame_id is not None:
-            self.events.person_mask(stamp_ns, observation.people_mask, frame_id)
+        if people is not None and frame_id is not None:
+            self.events.person_mask(stamp_ns, people, frame_id)
         self.resolve()
 
     def _detect_next(self, stamp_ns: int) -> bool:
@@ -447,8 +447,9 @@ class EgoEngine:
                 while len(self._held_masks) > 16:
                     del self._held_masks[next(iter(self._held_masks))]
                 pending = self.frames.pending(stamp_ns)
-                if observation.people_mask is not None and pending is not None:     # reported by resolve()
-                    self._held_reports.append((stamp_ns, observation.people_mask, pending.frame_id))
+                people = observation.people_mask
+                if people is not None and pending is not None:      # reported by resolve(), unlocked
+                    self._held_reports.append((stamp_ns, people, pending.frame_id))
             return self._held_masks[stamp_ns]
         observation = self.person_detector.result_for(stamp_ns)
         if observation is None:

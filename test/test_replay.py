@@ -321,6 +321,30 @@ def test_stopping_the_replay_stops_its_node(tmp_path, signum):
         assert f"stopped by {signal.Signals(signum).name}" in text and "Traceback" not in text, text[-2000:]
 
 
+def test_a_stop_signal_inside_a_held_block_is_raised_when_the_block_ends():
+    # What keeps a stop signal out of tqdm's constructor (a half-built bar prints a traceback at exit): the block
+    # runs to its end, then the replay stops as it would have.
+    import threading
+    from egox_ros.ros.offline.interrupts import ReplayInterrupted, interrupts_held, raise_interrupted
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    saved = {s: signal.getsignal(s) for s in stops}
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    steps = []
+    try:
+        with pytest.raises(ReplayInterrupted) as stopped:
+            with interrupts_held():
+                steps.append("before")
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+                for _ in range(1000):       # the handler runs at the interpreter's next check, inside the block
+                    pass
+                steps.append("after")
+            steps.append("past the block")
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert steps == ["before", "after"] and stopped.value.signum == signal.SIGTERM
+
+
 def test_replay_refuses_a_domain_with_another_egox_node():
     # The decision on what the replay's graph shows: one NodeProgress publisher per egox node. (Whether a node in the
     # same domain is discovered at all is Fast DDS's part: see the report of issue 12 item 5.)

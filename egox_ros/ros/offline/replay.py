@@ -29,6 +29,7 @@ from egox_ros.ros.dds import DDS_ENV_KEYS, BackgroundSpin, apply_isolated_env
 from egox_ros.ros.offline.plan import (NODE_INPUTS, OUTPUT_TOPICS, PER_FRAME_TOPICS, PRESETS, PRESET_HELP,
                                        REPLAY_SECTION, ReplayError, ReplayInputError, ReplayPlan, check_output, dry_run,
                                        node_arguments, open_bag, plan_replay, prepare_output, typestore_with_egox_msgs)
+from egox_ros.ros.offline.interrupts import ReplayInterrupted, interrupts_held, raise_interrupted
 from egox_ros.ros.offline.player import BagPlayer, OutputRecorder, images_taken, wait_for, wait_for_matches
 from egox_ros.ros.offline.report import ReplayResult, check_report, outcome_line, report
 
@@ -71,20 +72,6 @@ def _stop_node(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             proc.wait()
         except ProcessLookupError:
             pass
-
-
-class ReplayInterrupted(BaseException):
-    """SIGTERM, SIGINT or SIGHUP reached the replay (raised from its signal handler, so every cleanup runs)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_interrupted(signum, _frame):
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # a second signal must not cut the cleanup short
-        signal.signal(s, signal.SIG_IGN)
-    raise ReplayInterrupted(signum)
 
 
 def _egox_publishers(node) -> list[str]:
@@ -210,7 +197,8 @@ def replay(in_bag: Path, out_dir: Path, params_file: str | None = None, override
             raise ReplayError("the node's /egox/progress never arrived; is the node an egox node?")
         alive()
         playing = True
-        bar = tqdm(total=total_images, unit="frame", desc="replay", disable=not progress_bar)
+        with interrupts_held():
+            bar = tqdm(total=total_images, unit="frame", desc="replay", disable=not progress_bar)
         images_sent, truncated = player.play(((c.topic, t, raw) for c, t, raw in reader.messages()),
                                              stall_timeout_s, alive, on_image=lambda: bar.update(1))
         if truncated is not None:
@@ -337,7 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`egox replay`: exit 0 done, 1 failed, 2 bad input, 128 + N stopped by signal N (the node stopped too)."""
-    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    handlers = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         return _run(args)
     except ReplayInterrupted as e:

@@ -21,6 +21,7 @@ from egox_ros.ros.conversions import camera_info_to_camera as _camera
 from egox_ros.ros.conversions import image_to_rgb as _rgb
 from egox_ros.ros.conversions import stamp_to_ns as _ns
 from egox_ros.ros.conversions import transform_msg_to_rigid as _rigid
+from egox_ros.ros.offline.interrupts import interrupts_held
 from egox_ros.ros.offline.plan import ReplayError
 
 STATUS_NAMES = {0: "ok", 1: "failed", 2: "dropped"}
@@ -117,7 +118,9 @@ def _write_report(in_bag: Path, out_bag: Path, out_dir: Path, exo_topic: str, gt
         parts: dict[int, dict[str, np.ndarray]] = {}
         frames: dict[int, dict] = {}
         sheet_rows: dict[int, list] = {}
-        bar = tqdm(total=sum(c.msgcount for c in image_conns), unit="image", desc="report", disable=not progress_bar)
+        with interrupts_held():     # egox replay's stop signal: not inside tqdm's constructor
+            bar = tqdm(total=sum(c.msgcount for c in image_conns), unit="image", desc="report",
+                       disable=not progress_bar)
         for conn, _, raw in reader.messages(connections=image_conns):
             bar.update(1)
             kind = topics[conn.topic]

@@ -7,6 +7,7 @@ the bag back.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -411,6 +412,26 @@ def test_bench_demonstrator_on_a_folder_without_people_names_every_missed_target
     assert f"| {CLIP} | right | 0 of {N_DEPTH} | 0 of {N_DEPTH} |" in table
 
 
+def test_bench_egoexo4d_runs_only_the_clips_named(root: Path):
+    """`--clip NAME`: of a folder with two clips only the one named runs (the held-out clips of a full released
+    folder stay unopened); with no name every clip runs, in meta.json's order; a name meta.json does not list is
+    a ClipError naming those it does."""
+    from egox_ros.bench.demonstrator import run_egoexo4d
+    other = "lab_test_2_100_104"
+    for part in ("videos", "depth_maps"):
+        shutil.copytree(root / part / CLIP, root / part / other)
+    meta = json.loads((root / "meta.json").read_text())
+    entry = {k: (v.replace(CLIP, other) if isinstance(v, str) else v) for k, v in meta["test_datasets"][0].items()}
+    meta["test_datasets"].append(entry)
+    (root / "meta.json").write_text(json.dumps(meta))
+    assert egoexo4d.selected_clips(root) == [CLIP, other]
+    assert egoexo4d.selected_clips(root, [other, CLIP, other]) == [CLIP, other]
+    result = run_egoexo4d(root, 1.0, clips=[other])
+    assert {r["clip"] for r in result["clips"]} == {r["clip"] for r in result["pairs"]} == {other}
+    with pytest.raises(egoexo4d.ClipError, match=f"'sfu_basketball' is not in .*({CLIP}, {other})"):
+        egoexo4d.selected_clips(root, ["sfu_basketball"])
+
+
 def test_a_shrunk_exo_image_is_what_a_shorter_lens_sees_from_the_same_place(root: Path):
     """`--exo-shrink`: the exo image and depth shrunk about the principal point, the camera's focal length with
     them; a point of the scene is drawn where the new camera projects it, with its own depth, and the border the
@@ -438,18 +459,21 @@ def test_a_shrunk_exo_image_is_what_a_shorter_lens_sees_from_the_same_place(root
 
 
 def test_bench_egoexo4d_refusals_are_one_line(root: Path, tmp_path: Path):
-    """A folder that is not a released one, a focal scale that is not positive, a bad -p value and a shrink factor
-    above 1: one line on stderr and exit 2, no traceback (the folder is checked before any work)."""
+    """A folder that is not a released one, a focal scale that is not positive, a bad -p value, a shrink factor
+    above 1 and a clip the folder does not have: one line on stderr and exit 2, no traceback (the folder is checked
+    before any work)."""
     from conftest import run_concurrently
-    not_released, zero_focal, bad_param, big_shrink = run_concurrently([
+    not_released, zero_focal, bad_param, big_shrink, unknown_clip = run_concurrently([
         ["bench", "prior", "--egoexo4d", tmp_path, "--json"],
         ["bench", "demonstrator", "--egoexo4d", root, "--exo-focal-scale", "0", "--json"],
         ["bench", "prior", "--egoexo4d", root, "--json", "-p", "fusion.stride:=abc"],
-        ["bench", "demonstrator", "--egoexo4d", root, "--exo-shrink", "1.5", "--json"]])
+        ["bench", "demonstrator", "--egoexo4d", root, "--exo-shrink", "1.5", "--json"],
+        ["bench", "prior", "--egoexo4d", root, "--clip", "no_such_clip", "--json"]])
     for result, prefix, words in ((not_released, "egox bench prior: error: ", "has no meta.json"),
                                   (zero_focal, "egox bench demonstrator: error: ", "must be positive"),
                                   (bad_param, "egox bench prior: error: ", "'fusion.stride' must be integer"),
-                                  (big_shrink, "egox bench demonstrator: error: ", "--exo-shrink must be in")):
+                                  (big_shrink, "egox bench demonstrator: error: ", "--exo-shrink must be in"),
+                                  (unknown_clip, "egox bench prior: error: ", "'no_such_clip' is not in")):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(prefix), result.stderr[-2000:]
         assert words in lines[0] and result.stdout == ""

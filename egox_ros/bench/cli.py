@@ -73,6 +73,8 @@ def _add_egoexo4d_arguments(p: argparse.ArgumentParser, measures: str, focal_sca
     p.add_argument("--egoexo4d", type=Path, default=None, metavar="DIR",
                    help=f"instead: the released EgoX example/egoexo4D folder (meta.json, videos/, depth_maps/): "
                         f"{measures}")
+    p.add_argument("--clip", action="append", default=None, metavar="NAME",
+                   help="with --egoexo4d: only this clip of meta.json (repeatable; default: every clip it lists)")
     p.add_argument("--exo-focal-scale", type=float, default=focal_scale,
                    help=f"with --egoexo4d: the released exo focal length times this (default {focal_scale:g}: "
                         f"{focal_meaning})")
@@ -127,10 +129,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_egoexo4d(bench, args: argparse.Namespace) -> int:
     """`egox bench demonstrator|prior --egoexo4d DIR`: every clip of a released folder; a folder that is not one, a
-    bad --exo-focal-scale, --exo-shrink or -p value is one line and exit 2."""
+    clip it does not list, a bad --exo-focal-scale, --exo-shrink or -p value is one line and exit 2."""
     from tqdm import tqdm
     from egox_ros.ros.offline.plan import ReplayError
-    from egox_ros.tools.egoexo4d import ClipError, clip_names
+    from egox_ros.tools.egoexo4d import ClipError, selected_clips
     extra = {"overrides": args.param} if hasattr(args, "param") else {}
     if hasattr(args, "exo_shrink"):
         extra["exo_shrink"] = args.exo_shrink
@@ -140,11 +142,12 @@ def _run_egoexo4d(bench, args: argparse.Namespace) -> int:
             raise ClipError(f"--exo-focal-scale must be positive, got {args.exo_focal_scale}")
         if not 0 < getattr(args, "exo_shrink", 1.0) <= 1:
             raise ClipError(f"--exo-shrink must be in (0, 1], got {args.exo_shrink}")
-        clips = clip_names(args.egoexo4d)           # checks the folder before any work
+        clips = selected_clips(args.egoexo4d, args.clip)        # checks the folder before any work
         if not args.json:
             bar = tqdm(desc=f"bench {args.bench}", total=len(clips) * bench.EGOEXO4D_CASES_PER_CLIP, unit="case",
                        file=sys.stderr)
-        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=_progress(bar), **extra)
+        result = bench.run_egoexo4d(args.egoexo4d, args.exo_focal_scale, progress=_progress(bar), clips=clips,
+                                    **extra)
     except (ClipError, ReplayError) as e:
         print(f"egox bench {args.bench}: error: {e}", file=sys.stderr)
         return 2

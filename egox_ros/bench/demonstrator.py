@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from egox_ros.bench.common import fixed_or_dash as _f, machine_info, missed_targets
-from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE, clip_names, load_clip, shrunk_exo
+from egox_ros.tools.egoexo4d import DEFAULT_EXO_FOCAL_SCALE, load_clip, selected_clips, shrunk_exo
 
 SECTION = "demonstrator"
 PERSON_FRAMES = tuple(range(48, 60))
@@ -602,16 +602,18 @@ def _egoexo4d_pair(clip, hinted: str | None) -> dict:
 
 
 def run_egoexo4d(root, exo_focal_scale: float = DEFAULT_EXO_FOCAL_SCALE, progress=None,
-                 exo_shrink: float = 1.0) -> dict:
-    """Every clip of a released example/egoexo4D folder (development clips only; see issue 17), with the released
-    depth and without depth (the position from the body's size alone). ``exo_shrink`` < 1: the exo image shrunk
-    about its principal point (tools.egoexo4d.shrunk_exo), the people in it as if 1 / exo_shrink times as far."""
+                 exo_shrink: float = 1.0,
+                 clips: list[str] | None = None) -> dict:
+    """Every clip of a released example/egoexo4D folder, or those named in ``clips`` (develop on the development
+    clips only; see issue 17), with the released depth and without depth (the position from the body's size alone).
+    ``exo_shrink`` < 1: the exo image shrunk about its principal point (tools.egoexo4d.shrunk_exo), the people in it
+    as if 1 / exo_shrink times as far."""
     machine = machine_info()
     import mediapipe
     machine["versions"]["mediapipe"] = mediapipe.__version__
     machine["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
     rows, pairs = [], []
-    for name in clip_names(Path(root)):
+    for name in selected_clips(Path(root), clips):
         clip = load_clip(Path(root), name, exo_focal_scale)
         if exo_shrink != 1.0:
             clip = shrunk_exo(clip, exo_shrink)

@@ -313,20 +313,22 @@ EGOEXO4D_CASES_PER_CLIP = 1
 
 
 def run_egoexo4d(root, exo_focal_scale: float = RELEASED_EXO_FOCAL_SCALE, progress=None,
-                 overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Every clip of a released example/egoexo4D folder through `egox process` (default parameters, the released
-    priors' ego camera, then ``overrides`` NAME:=VALUE), as the acceptance check of issues 17 and 18 runs it: per
-    clip, our prior against the released prior (mask IoU, PSNR on the pixels both cover), our coverage, and both
-    priors' masked PSNR against the real head camera's video. Each clip is converted to a bag in a temporary
-    folder, deleted afterwards: nothing is written next to the data (licensed: never publish a bag made from it).
+                 overrides: list[str] | tuple[str, ...] = (),
+                 clips: list[str] | None = None) -> dict:
+    """Every clip of a released example/egoexo4D folder (or those named in ``clips``) through `egox process`
+    (default parameters, the released priors' ego camera, then ``overrides`` NAME:=VALUE), as the acceptance check
+    of issues 17 and 18 runs it: per clip, our prior against the released prior (mask IoU, PSNR on the pixels both
+    cover), our coverage, and both priors' masked PSNR against the real head camera's video. Each clip is converted
+    to a bag in a temporary folder, deleted afterwards: nothing is written next to the data (licensed: never
+    publish a bag made from it).
     ``progress(what)``: called after each clip."""
     from egox_ros.ros.offline.process import process
-    from egox_ros.tools.egoexo4d import clip_names, ego_camera_parameters, load_clip, write_bag
+    from egox_ros.tools.egoexo4d import ego_camera_parameters, load_clip, selected_clips, write_bag
     machine = machine_info()
     machine["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="egox-bench-prior-") as tmp:
-        for name in clip_names(Path(root)):
+        for name in selected_clips(Path(root), clips):
             clip = load_clip(Path(root), name, exo_focal_scale)
             work = Path(tmp) / name
             work.mkdir()

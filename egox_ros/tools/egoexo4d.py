@@ -77,7 +77,7 @@ import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -213,6 +213,18 @@ class EgoExoClip:
 def clip_names(root: Path) -> list[str]:
     """The clip names meta.json lists (in its order)."""
     return [_entry_name(e) for e in _meta_entries(root)]
+
+
+def selected_clips(root: Path, wanted: Sequence[str] | None = None) -> list[str]:
+    """The clips to run, in meta.json's order: all it lists when ``wanted`` is None, else those named (each once);
+    a name meta.json does not list is a ClipError naming the ones it does."""
+    names = clip_names(root)
+    if wanted is None:
+        return names
+    unknown = [c for c in wanted if c not in names]
+    if unknown:
+        raise ClipError(f"clip {unknown[0]!r} is not in {root}/meta.json ({', '.join(names)})")
+    return [n for n in names if n in set(wanted)]
 
 
 def _meta_entries(root: Path) -> list[dict]:

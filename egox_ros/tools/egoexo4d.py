@@ -261,8 +261,7 @@ def resolve_clip(path: Path, clip: str | None) -> tuple[Path, str]:
                 raise ClipError(f"{path}/meta.json lists {len(names)} clips; pick one with --clip "
                                 f"({', '.join(names)}) or convert all with --all")
             clip = names[0]
-        if clip not in names:
-            raise ClipError(f"clip {clip!r} is not in {path}/meta.json ({', '.join(names)})")
+        selected_clips(path, [clip])           # a clip meta.json does not list: ClipError
         return path, clip
     root = path.parent.parent
     if path.parent.name == "videos" and (root / "meta.json").is_file():

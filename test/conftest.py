@@ -18,6 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 TUM = REPO.parent / "shared" / "data" / "tum_rgbd"
 SAMPLE_BAG = REPO / "sample" / "tum_fr1_rpy"
 
+def require_tum():
+    """egox_ros.tools.tum, or a skip (of the calling module at import time, else of the calling test) when the TUM
+    RGB-D data is not there (../shared/data/tum_rgbd beside the repo, or $EGOX_TUM_DIR)."""
+    tum = pytest.importorskip("egox_ros.tools.tum")
+    try:
+        tum.tum_root()
+    except FileNotFoundError as e:
+        pytest.skip(str(e), allow_module_level=True)
+    return tum
+
+
 # Before rclpy is imported anywhere in the test process: keep DDS on this machine, own domain per test run.
 apply_isolated_env(int(os.environ.get("EGOX_TEST_DOMAIN_ID", 1 + os.getpid() % 100)))
 

@@ -6,16 +6,13 @@ import sys
 
 import pytest
 
-from conftest import run_with_progress
+from conftest import require_tum, run_with_progress
 
 tum = pytest.importorskip("egox_ros.tools.tum")
 
 
 def test_geometry_bench_quick_run_reports_accuracy_speed_and_scaling():
-    try:
-        tum.tum_root()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    require_tum()
     run = run_with_progress([sys.executable, "-m", "egox_ros.cli", "bench", "geometry", "--quick", "--json"])
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
@@ -114,10 +111,7 @@ def test_depth_bench_times_every_source_at_640x480():
 
 
 def test_demonstrator_bench_times_detector_head_pose_and_prior_path_on_real_frames():
-    try:
-        tum.tum_root()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    require_tum()
     pytest.importorskip("mediapipe")
     from egox_ros.bench import demonstrator
     result = demonstrator.run_all(quick=True, frames=4)
@@ -136,10 +130,7 @@ def test_demonstrator_bench_times_detector_head_pose_and_prior_path_on_real_fram
 def test_prior_bench_speed_run_times_the_kernel_and_its_reference_on_one_thread():
     # `egox bench prior`'s speed part on real TUM frames: the soft kernel and the torch reference it replaced are both
     # timed, wall and CPU, on one torch thread (restored afterwards); the table shows both rows. No speed is asserted.
-    try:
-        tum.tum_root()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    require_tum()
     import torch
 
     from egox_ros.bench import prior

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_tum
+
 from egox_ros.core.config import PriorConfig
 from egox_ros.core.demonstrator.detector import AsyncPersonDetector, PersonConfig, dilate_mask
 from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
@@ -18,11 +20,7 @@ from egox_ros.core.geometry.fusion import FusionConfig
 from egox_ros.core.geometry.render import PointCloud, render_points
 from egox_ros.core.runtime.pipeline import PriorRenderer
 
-tum = pytest.importorskip("egox_ros.tools.tum")
-try:
-    tum.tum_root()
-except Exception:  # noqa: BLE001 - the data lives in ../shared beside the repo
-    pytest.skip("TUM data not present", allow_module_level=True)
+tum = require_tum()
 
 PERSON_FRAMES = range(48, 60)
 EMPTY_FRAMES = range(9, 40)   # frames 0-8 show part of another person at the top edge

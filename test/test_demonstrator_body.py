@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import require_tum
+
 from egox_ros.core.demonstrator.estimate import MIN_HUMAN_SCALE, is_person_sized, measure_body_head, measure_person_head
 from egox_ros.core.demonstrator.head_geometry import HeadPoseConfig, measure_head
 from egox_ros.core.demonstrator.landmarks import BODY_INDEX, BodyLandmarks
@@ -145,10 +147,7 @@ tum = pytest.importorskip("egox_ros.tools.tum")
 
 @pytest.fixture(scope="module")
 def tum_person():
-    try:
-        tum.tum_root()
-    except Exception:  # noqa: BLE001 - the data lives in ../shared beside the repo
-        pytest.skip("TUM data not present")
+    require_tum()
     from egox_ros.core.demonstrator.detector import PersonConfig
     from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
     seq = tum.TumSequence("fr1_rpy_60")

@@ -154,11 +154,8 @@ def test_the_engine_keeps_the_frames_mask_to_the_persons_depth():
     """The engine's hook: with person.depth_tolerance_m the mask that keeps the seated person out of the prior
     (TUM fr1_rpy frame 55, real Kinect depth) is the detector's less what the depth shows is not him (about 9 %
     here: edges reading the wall behind); at 0 (the default) it is the detector's mask itself."""
-    tum = pytest.importorskip("egox_ros.tools.tum")
-    try:
-        tum.tum_root()
-    except Exception:  # noqa: BLE001 - the data lives in ../shared beside the repo
-        pytest.skip("TUM data not present")
+    from conftest import require_tum
+    tum = require_tum()
     seq = tum.TumSequence("fr1_rpy_60")
     frame = seq[55]
     detected, used = _engine_frame_mask(frame, seq.camera, 0.25)

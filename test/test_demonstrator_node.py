@@ -3,22 +3,17 @@ depth and camera poses, and no head TF or pose at all."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from egox_msgs.msg import ClipMetadata
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.duration import Duration
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
-from conftest import NodeProcess, wait_until
+from conftest import NodeProcess, require_tum, wait_until
 from egox_ros.core.geometry.transforms import RigidTransform
 from egox_ros.ros import conversions as conv
 
-tum = pytest.importorskip("egox_ros.tools.tum")
-try:
-    tum.tum_root()
-except Exception:  # noqa: BLE001
-    pytest.skip("TUM data not present", allow_module_level=True)
+tum = require_tum()
 
 PARAMS = {"inputs.head_source": "exo", "person.source": "mediapipe", "sync.timeout_s": 20.0,
           "qos.input_reliability": "reliable", "qos.input_depth": 100, "sync.queue_capacity": 100,

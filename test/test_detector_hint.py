@@ -7,15 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import require_tum
+
 from egox_ros.core.demonstrator.detector import PersonConfig, dilate_mask
 from egox_ros.core.demonstrator.landmarks import HeadHint
 from egox_ros.core.demonstrator.mediapipe_detector import MediapipePersonDetector
 
-tum = pytest.importorskip("egox_ros.tools.tum")
-try:
-    tum.tum_root()
-except Exception:  # noqa: BLE001 - the data lives in ../shared beside the repo
-    pytest.skip("TUM data not present", allow_module_level=True)
+tum = require_tum()
 
 FRAMES = range(48, 60)
 

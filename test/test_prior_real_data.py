@@ -5,17 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import require_tum
+
 from egox_ros.core.config import PriorConfig
 from egox_ros.core.geometry.frames import ExoFrame
 from egox_ros.core.geometry.fusion import FusionConfig
 from egox_ros.core.io.evaluation import masked_psnr
 from egox_ros.core.runtime.pipeline import PriorRenderer
 
-tum = pytest.importorskip("egox_ros.tools.tum")
-try:
-    tum.tum_root()
-except FileNotFoundError as e:
-    pytest.skip(str(e), allow_module_level=True)
+tum = require_tum()
 
 
 def exo_frame(seq, index: int, ego_index: int) -> ExoFrame:

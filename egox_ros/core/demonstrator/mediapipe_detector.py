@@ -201,6 +201,12 @@ def body_region(landmarks_uv: np.ndarray, shape: tuple[int, int],
     return region.astype(bool)
 
 
+def _body_of(found) -> BodyLandmarks:
+    """A find's (pose landmarks, segmentation, metric body) as BodyLandmarks."""
+    pose_lm, _, body_m = found
+    return BodyLandmarks(uv_px=pose_lm[:, :2], visibility=pose_lm[:, 2], body_m=body_m)
+
+
 class _OtherPerson:
     """Another person in view (person.other_people): their own pose tracker and the region it tracks them in."""
 
@@ -323,15 +329,18 @@ class MediapipePersonDetector:
         result = self._faces_near.process(_crop(rgb, box, _FACE_CROP_PX))
         return bool(result.detections)
 
-    def _search_tile(self, h: int, w: int) -> Box | None:
-        """Every other image whose search found nobody in the whole image: the next tile of :func:`search_tiles`
-        (they take turns), else None. A tile's pose run found something in clutter in a third of the empty TUM
-        frames (37 ms with its landmarks, and the second look after it), hence not on every image."""
+    def _tile_search(self, rgb: np.ndarray):
+        """Every other image whose search found nobody in the whole image: the person in the next tile
+        (``_in_tile``; they take turns), else None. A tile's pose run found something in clutter in a third of the
+        empty TUM frames (37 ms with its landmarks, and the second look after it), hence not on every image."""
         self._searches += 1
-        if self._searches % 2:
-            return None
-        tiles = search_tiles(h, w)
-        return tiles[(self._searches // 2) % len(tiles)]
+        return None if self._searches % 2 else self._in_tile(rgb, self._searches // 2)
+
+    def _in_tile(self, rgb: np.ndarray, turn: int):
+        """The person the pose model finds in tile ``turn`` (modulo their number) of :func:`search_tiles`, with the
+        second look, or None."""
+        tiles = search_tiles(*rgb.shape[:2])
+        return self._confirmed(rgb, self._pose_in(rgb, tiles[turn % len(tiles)], self._pose_find, None))
 
     def _at_hint(self, rgb: np.ndarray, hint: HeadHint):
         """The person the pose model finds in the first of ``_HINT_REGIONS`` around the hinted head that has one
@@ -421,17 +430,13 @@ class MediapipePersonDetector:
                 image = _blanked(rgb, taken)
                 found = self._search(image)
                 if found is None:
-                    tiles = search_tiles(h, w)
-                    tile = tiles[(self._other_searches // 2) % len(tiles)]
-                    found = self._confirmed(image, self._pose_in(image, tile, self._pose_find, None))
+                    found = self._in_tile(image, self._other_searches // 2)
                 search = False
             other.box = None if found is None else self._followed(other.box, found[0])
             if found is not None:
-                pose_lm, _, body_m = found
                 mask = self._mask_of(found, h, w)
                 taken |= mask
-                others.append(PersonObservation(mask=mask, head=None, body=BodyLandmarks(
-                    uv_px=pose_lm[:, :2], visibility=pose_lm[:, 2], body_m=body_m)))
+                others.append(PersonObservation(mask=mask, head=None, body=_body_of(found)))
         return tuple(others)
 
     @staticmethod
@@ -482,9 +487,8 @@ class MediapipePersonDetector:
             self._track_box = None
         if found is None:   # search (see the module docstring)
             found = self._search(rgb)
-            tile = self._search_tile(h, w) if found is None else None
-            if tile is not None:
-                found = self._confirmed(rgb, self._pose_in(rgb, tile, self._pose_find, None))
+            if found is None:
+                found = self._tile_search(rgb)
         if head_hint is not None:
             found = self._follow_hint(rgb, found, head_hint)
         mask = np.zeros((h, w), bool) if found is None else self._mask_of(found, h, w)
@@ -492,7 +496,7 @@ class MediapipePersonDetector:
         if found is None:
             return PersonObservation(mask=mask, head=None, others=others,
                                      detector_ms=(time.perf_counter() - started) * 1e3)
-        pose_lm, _, body_m = found
+        pose_lm = found[0]
         self._track_box = self._followed(self._track_box, pose_lm)
 
         uv = np.array([pose_lm[BODY_INDEX[k], :2] for k in HEAD_KEYPOINTS])
@@ -506,6 +510,5 @@ class MediapipePersonDetector:
             source = "face_mesh"
         head = HeadLandmarks(uv_px=uv, weight=weight, source=source)
         face_seen = self._face_on_head(rgb, pose_lm)
-        body = BodyLandmarks(uv_px=pose_lm[:, :2], visibility=pose_lm[:, 2], body_m=body_m)
-        return PersonObservation(mask=mask, head=head, body=body, face_seen=face_seen, others=others,
+        return PersonObservation(mask=mask, head=head, body=_body_of(found), face_seen=face_seen, others=others,
                                  detector_ms=(time.perf_counter() - started) * 1e3)

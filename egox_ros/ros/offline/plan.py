@@ -225,9 +225,15 @@ REPLAY_SECTION = "egox_replay"
 NODE_NAME = "egox"
 
 
-REPLAY_INPUT_TIMEOUT_S = 10.0
-OFFLINE_PRIOR_CLIP_FRAMES = 49      # generator.prior_clip_frames offline: the released priors' clip length
-OFFLINE_OTHER_PEOPLE = 2            # person.other_people offline: the released priors leave out every person
+# What egox replay / process set unless the user sets it (the node's defaults are for live use):
+OFFLINE_PARAMS = {
+    "sync.timeout_s": 10.0,                 # a busy machine delivers a frame's inputs late (1 s dropped frames on CI)
+    "sync.overload": "keep_all",            # a recording: every frame, none dropped for room
+    "generator.prior_clip_frames": 49,      # a still exo camera's priors over the whole clip's background, as the
+                                            # released ones (their clip length)
+    "person.other_people": 2,               # other people masked too, as the released priors leave out every
+                                            # person (a pose run each per image; the live node has no time)
+}
 
 
 def _load_params_file(params_file: str) -> dict:
@@ -503,20 +509,10 @@ def plan_replay(reader, in_bag: Path, params_file: str | None = None, overrides:
     for node_input, topic in rules.items():
         if topic != "/" + node_input:
             plan.remaps.setdefault(node_input, topic)
-    if params.get("sync.timeout_s") is not None and "sync.timeout_s" not in user_set:
-        plan.replay_params.append(f"sync.timeout_s:={REPLAY_INPUT_TIMEOUT_S}")
-        params["sync.timeout_s"] = REPLAY_INPUT_TIMEOUT_S
-    if params.get("sync.overload") is not None and "sync.overload" not in user_set:
-        plan.replay_params.append("sync.overload:=keep_all")    # a recording: every frame, none dropped for room
-        params["sync.overload"] = "keep_all"
-    if params.get("generator.prior_clip_frames") is not None and "generator.prior_clip_frames" not in user_set:
-        # Offline, a still exo camera's priors are drawn over the whole clip's background, as the released ones.
-        plan.replay_params.append(f"generator.prior_clip_frames:={OFFLINE_PRIOR_CLIP_FRAMES}")
-        params["generator.prior_clip_frames"] = OFFLINE_PRIOR_CLIP_FRAMES
-    if params.get("person.other_people") is not None and "person.other_people" not in user_set:
-        # Offline, other people in view are masked too (a pose run each per image; the live node has no time).
-        plan.replay_params.append(f"person.other_people:={OFFLINE_OTHER_PEOPLE}")
-        params["person.other_people"] = OFFLINE_OTHER_PEOPLE
+    for name, value in OFFLINE_PARAMS.items():
+        if params.get(name) is not None and name not in user_set:
+            plan.replay_params.append(f"{name}:={value}")
+            params[name] = value
     plan.configs, plan.warnings = _check_parameters(user, plan.replay_params)
 
     # TF: transforms to the exo camera frame and (head_source 'tf') the head frame, connected to the world frame.
